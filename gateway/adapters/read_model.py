@@ -1,0 +1,146 @@
+"""Queries behind the read API. Plain SQL through a psycopg pool, rows as dicts."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+Row = dict[str, Any]
+
+
+class ReadModel:
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
+
+    async def _all(self, sql: str, args: tuple[object, ...] | dict[str, object] = ()) -> list[Row]:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(sql, args)
+            return await cur.fetchall()
+
+    async def _one(self, sql: str, args: tuple[object, ...] | dict[str, object] = ()) -> Row | None:
+        rows = await self._all(sql, args)
+        return rows[0] if rows else None
+
+    async def ping(self) -> None:
+        await self._all("SELECT 1")
+
+    async def poles(self, *, after: str | None, limit: int) -> list[Row]:
+        return await self._all(
+            """
+            SELECT p.id, p.name, p.road, p.lat, p.lon, p.height_m,
+                   pr.state AS presence, pr.since AS presence_since,
+                   (SELECT count(*) FROM devices d WHERE d.pole_id = p.id) AS device_count
+            FROM poles p LEFT JOIN pole_presence pr ON pr.pole_id = p.id
+            WHERE %(after)s::text IS NULL OR p.id > %(after)s
+            ORDER BY p.id LIMIT %(limit)s
+            """,
+            {"after": after, "limit": limit},
+        )
+
+    async def pole(self, pole_id: str) -> Row | None:
+        return await self._one(
+            """
+            SELECT p.id, p.name, p.road, p.lat, p.lon, p.height_m,
+                   pr.state AS presence, pr.since AS presence_since,
+                   (SELECT count(*) FROM devices d WHERE d.pole_id = p.id) AS device_count
+            FROM poles p LEFT JOIN pole_presence pr ON pr.pole_id = p.id
+            WHERE p.id = %s
+            """,
+            (pole_id,),
+        )
+
+    async def devices(self, *, pole: str | None, after: str | None, limit: int) -> list[Row]:
+        return await self._all(
+            """
+            SELECT id, pole_id, profile, transport, modbus FROM devices
+            WHERE (%(pole)s::text IS NULL OR pole_id = %(pole)s)
+              AND (%(after)s::text IS NULL OR id > %(after)s)
+            ORDER BY id LIMIT %(limit)s
+            """,
+            {"pole": pole, "after": after, "limit": limit},
+        )
+
+    async def device(self, device_id: str) -> Row | None:
+        return await self._one(
+            """
+            SELECT d.id, d.pole_id, d.profile, d.transport, d.modbus,
+                   pr.state AS pole_presence, pr.since AS pole_presence_since
+            FROM devices d LEFT JOIN pole_presence pr ON pr.pole_id = d.pole_id
+            WHERE d.id = %s
+            """,
+            (device_id,),
+        )
+
+    async def latest(self, device_id: str, metrics: list[str]) -> list[Row]:
+        """The newest reading of each metric: one index probe per metric."""
+        return await self._all(
+            """
+            SELECT m.metric, t.ts, t.value, t.quality
+            FROM unnest(%s::text[]) AS m(metric)
+            CROSS JOIN LATERAL (
+                SELECT ts, value, quality FROM telemetry
+                WHERE device_id = %s AND metric = m.metric
+                ORDER BY ts DESC LIMIT 1
+            ) t
+            ORDER BY m.metric
+            """,
+            (metrics, device_id),
+        )
+
+    async def raw(
+        self,
+        device_id: str,
+        metric: str,
+        start: datetime,
+        end: datetime,
+        *,
+        after: datetime | None,
+        limit: int,
+    ) -> list[Row]:
+        return await self._all(
+            """
+            SELECT ts, value, quality FROM telemetry
+            WHERE device_id = %s AND metric = %s AND ts >= %s AND ts < %s
+              AND (%s::timestamptz IS NULL OR ts > %s)
+            ORDER BY ts LIMIT %s
+            """,
+            (device_id, metric, start, end, after, after, limit),
+        )
+
+    async def buckets(
+        self,
+        device_id: str,
+        metric: str,
+        start: datetime,
+        end: datetime,
+        bucket: timedelta,
+        *,
+        after: datetime | None,
+        limit: int,
+    ) -> list[Row]:
+        return await self._all(
+            """
+            SELECT date_bin(%(bucket)s, ts, TIMESTAMPTZ '2000-01-01') AS bucket,
+                   min(value) AS min, avg(value) AS avg, max(value) AS max,
+                   (array_agg(value ORDER BY ts DESC))[1] AS last,
+                   count(*) AS samples
+            FROM telemetry
+            WHERE device_id = %(device)s AND metric = %(metric)s
+              AND ts >= %(start)s AND ts < %(end)s
+              AND (%(after)s::timestamptz IS NULL
+                   OR ts >= %(after)s::timestamptz + %(bucket)s::interval)
+            GROUP BY 1 ORDER BY 1 LIMIT %(limit)s
+            """,
+            {
+                "bucket": bucket,
+                "device": device_id,
+                "metric": metric,
+                "start": start,
+                "end": end,
+                "after": after,
+                "limit": limit,
+            },
+        )

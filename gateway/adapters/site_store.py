@@ -1,0 +1,119 @@
+"""The site registry in PostgreSQL: import a site file, load the run-time registry."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import orjson
+import psycopg
+
+from gateway.adapters.db import libpq_url
+from gateway.core.profiles import ProfileCatalog
+from gateway.core.registry import DeviceRef, Registry
+from gateway.core.site import SiteSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportCounts:
+    created: int
+    updated: int
+    unchanged: int
+
+    def __str__(self) -> str:
+        return f"{self.created} created, {self.updated} updated, {self.unchanged} unchanged"
+
+
+# Each upsert touches a row only when something differs, so importing the same
+# file twice changes nothing (not even updated_at). `xmax = 0` tells an insert
+# from an update in RETURNING.
+_TENANT = """
+INSERT INTO tenants (id, name) VALUES (%s, %s)
+ON CONFLICT (id) DO UPDATE SET name = excluded.name, updated_at = now()
+WHERE tenants.name IS DISTINCT FROM excluded.name
+RETURNING (xmax = 0)
+"""
+_POLE = """
+INSERT INTO poles (id, name, road, lat, lon, height_m) VALUES (%s, %s, %s, %s, %s, %s)
+ON CONFLICT (id) DO UPDATE SET name = excluded.name, road = excluded.road,
+  lat = excluded.lat, lon = excluded.lon, height_m = excluded.height_m, updated_at = now()
+WHERE (poles.name, poles.road, poles.lat, poles.lon, poles.height_m)
+  IS DISTINCT FROM (excluded.name, excluded.road, excluded.lat, excluded.lon, excluded.height_m)
+RETURNING (xmax = 0)
+"""
+_DEVICE = """
+INSERT INTO devices (id, pole_id, profile, transport, modbus) VALUES (%s, %s, %s, %s, %s::jsonb)
+ON CONFLICT (id) DO UPDATE SET pole_id = excluded.pole_id, profile = excluded.profile,
+  transport = excluded.transport, modbus = excluded.modbus, updated_at = now()
+WHERE (devices.pole_id, devices.profile, devices.transport, devices.modbus)
+  IS DISTINCT FROM (excluded.pole_id, excluded.profile, excluded.transport, excluded.modbus)
+RETURNING (xmax = 0)
+"""
+
+
+async def import_site(database_url: str, site: SiteSpec) -> ImportCounts:
+    """Upsert everything in the site in one transaction (all or nothing).
+
+    Records missing from the file are left alone: a site file adds and changes,
+    it never deletes (retiring a pole is an operator's decision, not a diff).
+    """
+    created = updated = unchanged = 0
+
+    async def run(
+        cur: psycopg.AsyncCursor[tuple[object, ...]], sql: str, args: tuple[object, ...]
+    ) -> None:
+        nonlocal created, updated, unchanged
+        await cur.execute(sql, args)
+        row = await cur.fetchone()
+        if row is None:
+            unchanged += 1
+        elif row[0]:
+            created += 1
+        else:
+            updated += 1
+
+    conn = await psycopg.AsyncConnection.connect(libpq_url(database_url))
+    async with conn, conn.transaction(), conn.cursor() as cur:
+        for t in site.tenants:
+            await run(cur, _TENANT, (t.id, t.name))
+        for p in site.poles:
+            loc = p.location
+            await run(
+                cur,
+                _POLE,
+                (
+                    p.id,
+                    p.name,
+                    p.road,
+                    loc.lat if loc else None,
+                    loc.lon if loc else None,
+                    p.height_m,
+                ),
+            )
+        for p in site.poles:
+            for d in p.devices:
+                modbus = orjson.dumps(d.modbus.model_dump()).decode() if d.modbus else None
+                await run(cur, _DEVICE, (d.id, p.id, d.profile, d.transport, modbus))
+    return ImportCounts(created, updated, unchanged)
+
+
+async def load_registry(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], catalog: ProfileCatalog
+) -> Registry:
+    """The registry as stored; devices with a profile this gateway lacks are skipped."""
+    poles = [str(r[0]) for r in await (await conn.execute("SELECT id FROM poles")).fetchall()]
+    devices = []
+    rows = await (
+        await conn.execute("SELECT id, pole_id, profile, transport FROM devices")
+    ).fetchall()
+    for device_id, pole_id, profile, transport in rows:
+        spec = catalog.get(str(profile))
+        if spec is None:
+            log.warning(
+                "device %s has unknown profile %r; its data will be refused", device_id, profile
+            )
+            continue
+        devices.append(DeviceRef(str(device_id), str(pole_id), spec, str(transport)))
+    return Registry(poles, devices)

@@ -1,0 +1,181 @@
+"""Commit decoded batches to PostgreSQL: readings by binary COPY, idempotently.
+
+The fast path COPYs a batch straight into `telemetry`. If any reading is
+already stored (a redelivery after a crash, a replay), the unique index refuses
+the COPY; the batch is then COPYed into a session temp table and moved across
+with INSERT … ON CONFLICT DO NOTHING. Either way a reading stored twice leaves
+one row, and the common case costs one COPY.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import Sequence
+
+import orjson
+import psycopg
+from psycopg import errors as pg_errors
+
+from gateway.adapters.db import libpq_url
+from gateway.core.readings import Batch, DeadLetter, DeviceEvent, Presence, Reading, WriteResult
+from gateway.errors import StorageUnavailable
+
+log = logging.getLogger(__name__)
+
+COPY_COLUMNS = "ts, device_id, metric, value, quality"
+COPY_TYPES = ["timestamptz", "text", "text", "float8", "int2"]
+
+
+def dead_letter_key(d: DeadLetter) -> bytes:
+    h = hashlib.sha256()
+    for part in (d.topic, d.reason.value, d.device_id or "", d.metric or ""):
+        h.update(part.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    h.update(d.payload)
+    return h.digest()
+
+
+class TelemetryWriter:
+    """One connection, one transaction per batch. Not safe for concurrent use."""
+
+    def __init__(self, database_url: str) -> None:
+        self._url = libpq_url(database_url)
+        self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
+
+    async def _connection(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self._url, application_name="polegw-writer", connect_timeout=5
+            )
+            async with self._conn.transaction():
+                await self._conn.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS telemetry_incoming"
+                    " (LIKE telemetry INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+                )
+        return self._conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def write(self, batch: Batch) -> WriteResult:
+        """Commit the batch or raise StorageUnavailable (nothing committed)."""
+        try:
+            conn = await self._connection()
+            async with conn.transaction():
+                inserted = await self._readings(conn, batch.readings)
+                await self._events(conn, batch.events)
+                await self._presence(conn, batch.presence)
+                await self._dead_letters(conn, batch.dead_letters)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            await self._discard()
+            raise StorageUnavailable(str(exc).strip()) from exc
+        return WriteResult(inserted, len(batch.readings) - inserted)
+
+    async def _discard(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._conn.close()
+            self._conn = None
+
+    @staticmethod
+    async def _copy(
+        conn: psycopg.AsyncConnection[tuple[object, ...]], table: str, rows: Sequence[Reading]
+    ) -> None:
+        async with (
+            conn.cursor() as cur,
+            cur.copy(f"COPY {table} ({COPY_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy,
+        ):
+            copy.set_types(COPY_TYPES)
+            for row in rows:
+                await copy.write_row(row)
+
+    async def _readings(
+        self, conn: psycopg.AsyncConnection[tuple[object, ...]], readings: list[Reading]
+    ) -> int:
+        if not readings:
+            return 0
+        # Within a batch the same reading may arrive twice (a redelivered
+        # message next to its original); keep the first.
+        unique = list({(r.device_id, r.metric, r.ts): r for r in reversed(readings)}.values())
+        try:
+            async with conn.transaction():  # a savepoint: a refused COPY undoes only itself
+                await self._copy(conn, "telemetry", unique)
+            return len(unique)
+        except pg_errors.UniqueViolation:
+            pass
+        await self._copy(conn, "telemetry_incoming", unique)
+        cur = await conn.execute(
+            f"INSERT INTO telemetry ({COPY_COLUMNS}) SELECT {COPY_COLUMNS}"
+            " FROM telemetry_incoming ON CONFLICT DO NOTHING"
+        )
+        return cur.rowcount
+
+    @staticmethod
+    async def _events(
+        conn: psycopg.AsyncConnection[tuple[object, ...]], events: list[DeviceEvent]
+    ) -> None:
+        if not events:
+            return
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO device_events (ts, pole_id, device_id, type, data)"
+                " VALUES (%s, %s, %s, %s, %s::jsonb) ON CONFLICT DO NOTHING",
+                [
+                    (e.ts, e.pole_id, e.device_id, e.type, orjson.dumps(e.data).decode())
+                    for e in events
+                ],
+            )
+
+    @staticmethod
+    async def _presence(
+        conn: psycopg.AsyncConnection[tuple[object, ...]], presence: list[Presence]
+    ) -> None:
+        for p in presence:
+            await conn.execute(
+                "INSERT INTO pole_presence (pole_id, state, since)"
+                " VALUES (%s, %s, coalesce(%s, now()))"
+                " ON CONFLICT (pole_id) DO UPDATE SET"
+                "  since = CASE WHEN pole_presence.state = excluded.state"
+                "   THEN pole_presence.since ELSE excluded.since END,"
+                "  state = excluded.state, updated_at = now()",
+                (p.pole_id, p.state, p.ts),
+            )
+
+    @staticmethod
+    async def _dead_letters(
+        conn: psycopg.AsyncConnection[tuple[object, ...]], dead: list[DeadLetter]
+    ) -> None:
+        if not dead:
+            return
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO dead_letters"
+                " (key, topic, reason, detail, pole_id, device_id, metric, payload)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (key) DO NOTHING",
+                [
+                    (
+                        dead_letter_key(d),
+                        _text(d.topic),
+                        d.reason.value,
+                        _text(d.detail),
+                        _opt_text(d.pole_id),
+                        _opt_text(d.device_id),
+                        _opt_text(d.metric),
+                        d.payload,
+                    )
+                    for d in dead
+                ],
+            )
+
+
+def _text(s: str) -> str:
+    # PostgreSQL text cannot hold NUL or lone surrogates; keep the rest readable.
+    return s.encode("utf-8", "replace").decode("utf-8").replace("\0", "\ufffd")
+
+
+def _opt_text(s: str | None) -> str | None:
+    return None if s is None else _text(s)

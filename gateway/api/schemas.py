@@ -1,0 +1,135 @@
+"""Response bodies of the read API (they are the OpenAPI documentation too)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, Field
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next: str | None = Field(
+        None, description="Pass as `after` to get the next page; null on the last page."
+    )
+
+
+class Pole(BaseModel):
+    id: str
+    name: str
+    road: str
+    lat: float | None
+    lon: float | None
+    height_m: float | None
+    presence: str | None = Field(None, description="online / offline, from the pole's status topic")
+    presence_since: datetime | None
+    device_count: int
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "id": "P0001",
+                    "name": "Renmin Rd 1",
+                    "road": "Renmin Rd",
+                    "lat": 30.657,
+                    "lon": 104.066,
+                    "height_m": 10,
+                    "presence": "online",
+                    "presence_since": "2026-11-22T10:00:00Z",
+                    "device_count": 5,
+                }
+            ]
+        }
+    }
+
+
+class MetricInfo(BaseModel):
+    unit: str | None
+    kind: str
+    type: str
+    min: float | None
+    max: float | None
+    description: str
+
+
+class Device(BaseModel):
+    id: str
+    pole_id: str
+    profile: str
+    transport: str
+    modbus: dict[str, Any] | None
+
+
+class DeviceDetail(Device):
+    pole_presence: str | None
+    pole_presence_since: datetime | None
+    last_seen: datetime | None = Field(None, description="Time of the newest stored reading")
+    metrics: dict[str, MetricInfo]
+    events: list[str]
+
+
+class LatestValue(BaseModel):
+    value: float | bool
+    ts: datetime
+    unit: str | None
+    quality: int
+
+
+class Latest(BaseModel):
+    device_id: str
+    values: dict[str, LatestValue]
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "device_id": "P0001-lamp",
+                    "values": {
+                        "power_w": {
+                            "value": 96.5,
+                            "ts": "2026-11-22T10:00:00Z",
+                            "unit": "W",
+                            "quality": 0,
+                        },
+                        "lamp_on": {
+                            "value": True,
+                            "ts": "2026-11-22T10:00:00Z",
+                            "unit": None,
+                            "quality": 0,
+                        },
+                    },
+                }
+            ]
+        }
+    }
+
+
+class Point(BaseModel):
+    ts: datetime
+    value: float | bool
+    quality: int
+
+
+class Bucket(BaseModel):
+    bucket: datetime
+    min: float
+    avg: float
+    max: float
+    last: float
+    samples: int
+
+
+class Series(BaseModel):
+    device_id: str
+    metric: str
+    unit: str | None
+    start: datetime
+    end: datetime
+    bucket: str | None
+    points: list[Point] | None = None
+    buckets: list[Bucket] | None = None
+    next: str | None = Field(None, description="Pass as `after` for the next page")

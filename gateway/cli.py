@@ -1,0 +1,207 @@
+"""The `polegw` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gateway.config import Settings
+from gateway.errors import ConfigError, SourceFileError
+
+app = typer.Typer(
+    help="polegw: telemetry gateway and operations back end for smart multi-function poles.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+site_app = typer.Typer(help="Load the site: poles, devices and tenants.", no_args_is_help=True)
+app.add_typer(site_app, name="site")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("amqtt", "transitions", "uvicorn.error", "pymodbus"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return Settings()
+    except ValueError as exc:  # pydantic's ValidationError names the variable
+        typer.echo(f"polegw: invalid settings:\n{exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"polegw: {message}", err=True)
+    return typer.Exit(code)
+
+
+def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run `main(stop)`; the first Ctrl-C/SIGTERM sets `stop`, a second one aborts."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+
+        def on_signal() -> None:
+            if stop.is_set() and task is not None:
+                task.cancel()
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        await main(stop)
+
+    try:
+        asyncio.run(runner())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        raise typer.Exit(130) from None
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command()
+def run() -> None:
+    """Run the gateway for production: MQTT ingest and the API, from POLEGW_* settings."""
+    from gateway.service import run_gateway
+
+    settings = settings_or_exit()
+    setup_logging(settings.log_level)
+    run_until_signal(lambda stop: run_gateway(settings, stop))
+
+
+@app.command()
+def migrate(
+    revision: Annotated[str, typer.Option(help="Target revision")] = "head",
+    downgrade: Annotated[
+        bool, typer.Option("--downgrade", help="Downgrade to the revision")
+    ] = False,
+) -> None:
+    """Apply the database migrations (alembic upgrade head)."""
+    from gateway.adapters import migrate as m
+
+    settings = settings_or_exit()
+    setup_logging(settings.log_level)
+    try:
+        url = settings.require_database_url()
+        if downgrade:
+            m.downgrade(url, revision)
+        else:
+            m.upgrade(url, revision)
+        typer.echo(f"database at revision {m.current(url) or 'base'}")
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+
+
+@site_app.command("import")
+def site_import(
+    file: Annotated[Path, typer.Argument(help="Site YAML file", exists=False)],
+    dry_run: Annotated[bool, typer.Option(help="Validate only; change nothing")] = False,
+) -> None:
+    """Load poles, devices and tenants from a YAML site file (idempotent, all or nothing)."""
+    from gateway.adapters.site_store import import_site
+    from gateway.core.profiles import load_catalog
+    from gateway.core.site import parse_site
+
+    settings = settings_or_exit()
+    setup_logging(settings.log_level)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise fail(f"{file}: cannot read: {exc}") from None
+    try:
+        site = parse_site(text, str(file), load_catalog(settings.profiles_dir))
+    except SourceFileError as exc:
+        typer.echo("\n".join(str(p) for p in exc.problems), err=True)
+        raise fail(f"{file}: refused, nothing imported ({len(exc.problems)} problem(s))") from None
+    devices = sum(len(p.devices) for p in site.poles)
+    if dry_run:
+        typer.echo(
+            f"{file}: valid: {len(site.tenants)} tenants,"
+            f" {len(site.poles)} poles, {devices} devices"
+        )
+        return
+    try:
+        counts = asyncio.run(import_site(settings.require_database_url(), site))
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"{file}: {counts}")
+
+
+@app.command()
+def simulate(
+    site_file: Annotated[
+        Path | None, typer.Option("--site", help="Simulate the poles of this site file")
+    ] = None,
+    poles: Annotated[int, typer.Option(help="Without --site: this many demo poles")] = 20,
+    interval: Annotated[float, typer.Option(help="Seconds between telemetry messages")] = 5.0,
+    seed: Annotated[int, typer.Option(help="Random seed")] = 1,
+) -> None:
+    """Run simulated poles publishing to the broker at POLEGW_MQTT_URL."""
+    from gateway.core.profiles import load_catalog
+    from gateway.core.site import parse_site
+    from simulators.demo_site import demo_site
+    from simulators.mqtt_poles import run_poles
+
+    settings = settings_or_exit()
+    setup_logging(settings.log_level)
+    if site_file is not None:
+        try:
+            site = parse_site(
+                site_file.read_text(encoding="utf-8"),
+                str(site_file),
+                load_catalog(settings.profiles_dir),
+            )
+        except SourceFileError as exc:
+            typer.echo(str(exc), err=True)
+            raise fail(f"{site_file}: refused") from None
+        except OSError as exc:
+            raise fail(f"{site_file}: cannot read: {exc}") from None
+    else:
+        site = demo_site(poles)
+    typer.echo(
+        f"simulating {len(site.poles)} poles on {settings.mqtt_url}"
+        f" every {interval:g}s; Ctrl-C stops"
+    )
+    run_until_signal(
+        lambda stop: run_poles(
+            site,
+            settings.mqtt_url,
+            prefix=settings.mqtt_topic_prefix,
+            interval_s=interval,
+            seed=seed,
+            stop=stop,
+        )
+    )
+
+
+@app.command()
+def demo(
+    poles: Annotated[int, typer.Option(help="Number of demo poles")] = 20,
+    data_dir: Annotated[
+        Path, typer.Option(help="Where the embedded database keeps its data")
+    ] = Path(".polegw-demo"),
+    interval: Annotated[
+        float, typer.Option(help="Seconds between simulated telemetry messages")
+    ] = 5.0,
+) -> None:
+    """Start everything on one machine: broker, database, simulators, gateway and API."""
+    from gateway.demo import run_demo
+
+    settings = settings_or_exit()
+    setup_logging(settings.log_level)
+    run_until_signal(
+        lambda stop: run_demo(settings, stop, poles=poles, data_dir=data_dir, interval_s=interval)
+    )

@@ -1,0 +1,78 @@
+"""Settings: one object built at start-up from POLEGW_* variables and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="POLEGW_", extra="ignore", frozen=True)
+
+    database_url: str | None = None
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    mqtt_topic_prefix: str = "poles"
+    mqtt_client_id: str = "polegw-gateway"
+    # MQTT 5 lets the gateway set Receive Maximum (how many unacknowledged QoS 1
+    # messages the broker may send it), which ack-after-commit needs for
+    # throughput; 3.1.1 is for brokers without MQTT 5 (the embedded demo broker).
+    mqtt_protocol: Literal["5", "3.1.1"] = "5"
+    mqtt_receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 2000
+    mqtt_session_expiry_s: Annotated[int, Field(ge=0)] = 7 * 24 * 3600
+    mqtt_keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    api_host: str = "127.0.0.1"
+    api_port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    secret_key: SecretStr | None = None
+    spool_dir: Path = Path("spool")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    profiles_dir: Path | None = None
+    # A batch is committed when it holds this many readings or is this old.
+    batch_max_readings: Annotated[int, Field(ge=1)] = 5000
+    batch_max_delay_s: Annotated[float, Field(gt=0, le=10)] = 0.05
+    registry_refresh_s: Annotated[float, Field(gt=0)] = 10.0
+    # Telemetry queries: the widest time range one request may ask for.
+    api_max_raw_range_h: Annotated[int, Field(ge=1)] = 7 * 24
+    api_max_bucket_range_d: Annotated[int, Field(ge=1)] = 400
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
+
+    @field_validator("mqtt_topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        v = v.strip("/")
+        if not v or any(c in v for c in "+#"):
+            raise ValueError("must be a non-empty topic without wildcards")
+        return v
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise ConfigError("POLEGW_DATABASE_URL is not set (postgresql://user@host:5432/db)")
+        return self.database_url
+
+
+class MqttEndpoint:
+    """An mqtt:// or mqtts:// URL taken apart."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ConfigError(f"MQTT URL must start with mqtt:// or mqtts://, got {url!r}")
+        if not parts.hostname:
+            raise ConfigError(f"MQTT URL has no host: {url!r}")
+        self.tls = parts.scheme == "mqtts"
+        self.host = parts.hostname
+        self.port = parts.port or (8883 if self.tls else 1883)
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+
+    def __repr__(self) -> str:
+        return f"MqttEndpoint({'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port})"

@@ -1,0 +1,1 @@
+"""The pure domain core: no I/O libraries are imported below this package."""

@@ -1,0 +1,258 @@
+"""Decode one MQTT message (DESIGN.md section 5) into readings and dead letters.
+
+Pure: no I/O. A bad part of a message becomes a dead letter with its reason; the
+valid rest is kept. Nothing in here raises for bad input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from gateway.core.profiles import Refused
+from gateway.core.readings import (
+    DeadLetter,
+    DeadLetterReason,
+    Decoded,
+    DeviceEvent,
+    Presence,
+    Reading,
+)
+from gateway.core.registry import DeviceRef, Registry
+
+R = DeadLetterReason
+
+# A dead letter keeps at most this much of the raw payload.
+MAX_KEPT_PAYLOAD = 64 * 1024
+
+_EPOCH_MS_MIN = 0  # 1970-01-01
+_EPOCH_MS_MAX = 253_402_300_799_000  # 9999-12-31T23:59:59Z
+
+
+class BadTimestamp(ValueError):
+    pass
+
+
+def parse_ts(raw: object) -> datetime:
+    """RFC 3339 with an offset, or epoch milliseconds, as an aware UTC datetime."""
+    if isinstance(raw, bool):
+        raise BadTimestamp("ts must be an RFC 3339 string or epoch milliseconds, not a boolean")
+    if isinstance(raw, int | float):
+        if not (_EPOCH_MS_MIN <= raw <= _EPOCH_MS_MAX):
+            raise BadTimestamp(f"epoch milliseconds out of range: {raw!r}")
+        return datetime.fromtimestamp(raw / 1000, tz=UTC)
+    if isinstance(raw, str):
+        try:
+            ts = datetime.fromisoformat(raw)
+        except ValueError:
+            raise BadTimestamp(f"not an RFC 3339 timestamp: {raw[:64]!r}") from None
+        if ts.tzinfo is None:
+            raise BadTimestamp(f"timestamp has no UTC offset: {raw[:64]!r}")
+        try:
+            return ts.astimezone(UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+            raise BadTimestamp(f"timestamp out of range: {raw[:64]!r}") from None
+    if raw is None:
+        raise BadTimestamp("ts is missing")
+    raise BadTimestamp(f"ts must be a string or a number, not {type(raw).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    kind: str  # "telemetry" | "device_telemetry" | "events" | "status"
+    pole_id: str
+    device_id: str | None = None
+
+
+def parse_topic(topic: str, prefix: str) -> Topic | None:
+    parts = topic.split("/")
+    head = prefix.split("/")
+    n = len(head)
+    if parts[:n] != head or len(parts) < n + 2:
+        return None
+    pole, rest = parts[n], parts[n + 1 :]
+    if not pole:
+        return None
+    if rest == ["telemetry"]:
+        return Topic("telemetry", pole)
+    if rest == ["events"]:
+        return Topic("events", pole)
+    if rest == ["status"]:
+        return Topic("status", pole)
+    if len(rest) == 3 and rest[0] == "devices" and rest[2] == "telemetry" and rest[1]:
+        return Topic("device_telemetry", pole, rest[1])
+    return None
+
+
+class _Builder:
+    """Collects the outcome of one message."""
+
+    def __init__(self, topic: str, payload: bytes) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.out = Decoded()
+
+    def dead(
+        self,
+        reason: DeadLetterReason,
+        detail: str,
+        *,
+        pole: str | None = None,
+        device: str | None = None,
+        metric: str | None = None,
+    ) -> None:
+        self.out.dead_letters.append(
+            DeadLetter(
+                topic=self.topic,
+                reason=reason,
+                detail=detail,
+                payload=self.payload[:MAX_KEPT_PAYLOAD],
+                pole_id=pole,
+                device_id=device,
+                metric=metric,
+            )
+        )
+
+
+def decode_message(
+    topic: str, payload: bytes, registry: Registry, *, prefix: str = "poles"
+) -> Decoded:
+    """Everything one message yields; never raises for bad input."""
+    b = _Builder(topic, payload)
+    where = parse_topic(topic, prefix)
+    if where is None:
+        b.dead(R.UNKNOWN_TOPIC, f"topic {topic[:200]!r} is not part of the polegw contract")
+        return b.out
+    b.out.topic_kind = where.kind
+    pole = where.pole_id
+    if not registry.has_pole(pole):
+        b.dead(R.UNKNOWN_POLE, f"pole {pole!r} is not registered", pole=pole)
+        return b.out
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        b.dead(R.MALFORMED, f"not valid JSON: {exc}", pole=pole)
+        return b.out
+    if not isinstance(body, dict):
+        b.dead(R.MALFORMED, f"payload must be a JSON object, not {type(body).__name__}", pole=pole)
+        return b.out
+
+    if where.kind == "status":
+        _status(b, pole, body)
+        return b.out
+    try:
+        ts = parse_ts(body.get("ts"))
+    except BadTimestamp as exc:
+        b.dead(R.MALFORMED, str(exc), pole=pole, device=where.device_id)
+        return b.out
+    b.out.message_ts = ts
+    if where.kind == "telemetry":
+        devices = body.get("devices")
+        if not isinstance(devices, dict):
+            b.dead(R.MALFORMED, "'devices' must be an object of device id -> values", pole=pole)
+            return b.out
+        for device_id, values in devices.items():
+            _device_values(b, registry, pole, device_id, values, ts)
+    elif where.kind == "device_telemetry":
+        assert where.device_id is not None
+        values = body.get("values")
+        _device_values(b, registry, pole, where.device_id, values, ts)
+    else:
+        _event(b, registry, pole, body, ts)
+    return b.out
+
+
+def _device(b: _Builder, registry: Registry, pole: str, device_id: str) -> DeviceRef | None:
+    device = registry.device(device_id)
+    if device is None:
+        b.dead(
+            R.UNKNOWN_DEVICE, f"device {device_id!r} is not registered", pole=pole, device=device_id
+        )
+        return None
+    if device.pole_id != pole:
+        b.dead(
+            R.UNKNOWN_DEVICE,
+            f"device {device_id!r} is registered on pole {device.pole_id!r}, not {pole!r}",
+            pole=pole,
+            device=device_id,
+        )
+        return None
+    return device
+
+
+def _device_values(
+    b: _Builder, registry: Registry, pole: str, device_id: str, values: Any, ts: datetime
+) -> None:
+    device = _device(b, registry, pole, device_id)
+    if device is None:
+        return
+    if not isinstance(values, dict):
+        b.dead(
+            R.MALFORMED,
+            "device values must be an object of metric -> value",
+            pole=pole,
+            device=device_id,
+        )
+        return
+    metrics = device.profile.metrics
+    readings = b.out.readings
+    for name, raw in values.items():
+        spec = metrics.get(name)
+        if spec is None:
+            b.dead(
+                R.UNDECLARED_METRIC,
+                f"metric {name[:100]!r} is not declared by profile {device.profile.profile!r}",
+                pole=pole,
+                device=device_id,
+                metric=name[:100],
+            )
+            continue
+        value = spec.check(raw)
+        if isinstance(value, Refused):
+            b.dead(value.reason, value.detail, pole=pole, device=device_id, metric=name)
+            continue
+        readings.append(Reading(ts, device_id, name, value))
+
+
+def _event(b: _Builder, registry: Registry, pole: str, body: dict[str, Any], ts: datetime) -> None:
+    device_id = body.get("device")
+    kind = body.get("type")
+    data = body.get("data", {})
+    if not isinstance(device_id, str) or not isinstance(kind, str):
+        b.dead(R.MALFORMED, "an event needs 'device' and 'type' strings", pole=pole)
+        return
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        b.dead(R.MALFORMED, "event 'data' must be an object", pole=pole, device=device_id)
+        return
+    device = _device(b, registry, pole, device_id)
+    if device is None:
+        return
+    if kind not in device.profile.events:
+        b.dead(
+            R.UNDECLARED_EVENT,
+            f"event {kind[:100]!r} is not declared by profile {device.profile.profile!r}",
+            pole=pole,
+            device=device_id,
+        )
+        return
+    b.out.events.append(DeviceEvent(ts, pole, device_id, kind, data))
+
+
+def _status(b: _Builder, pole: str, body: dict[str, Any]) -> None:
+    state = body.get("state")
+    if state not in ("online", "offline"):
+        b.dead(R.MALFORMED, "status 'state' must be 'online' or 'offline'", pole=pole)
+        return
+    ts: datetime | None = None
+    if body.get("ts") is not None:
+        try:
+            ts = parse_ts(body["ts"])
+        except BadTimestamp as exc:
+            b.dead(R.MALFORMED, str(exc), pole=pole)
+            return
+    b.out.presence.append(Presence(pole, str(state), ts))

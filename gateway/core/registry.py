@@ -1,0 +1,40 @@
+"""What the gateway knows about the site at run time: which poles and devices exist."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from gateway.core.profiles import Profile
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRef:
+    id: str
+    pole_id: str
+    profile: Profile
+    transport: str = "mqtt"
+
+
+class Registry:
+    """An immutable snapshot of the site, swapped whole when the site changes."""
+
+    __slots__ = ("_devices", "_poles")
+
+    def __init__(self, poles: Iterable[str], devices: Iterable[DeviceRef]) -> None:
+        self._poles = frozenset(poles)
+        self._devices = {d.id: d for d in devices}
+
+    def has_pole(self, pole_id: str) -> bool:
+        return pole_id in self._poles
+
+    def device(self, device_id: str) -> DeviceRef | None:
+        return self._devices.get(device_id)
+
+    @property
+    def pole_count(self) -> int:
+        return len(self._poles)
+
+    @property
+    def device_count(self) -> int:
+        return len(self._devices)

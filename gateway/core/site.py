@@ -1,0 +1,143 @@
+"""The site file for `polegw site import`: tenants, poles and their devices."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gateway.core.profiles import ProfileCatalog
+from gateway.core.yamlsource import YamlSyntaxError, load_yaml, problems_from_validation
+from gateway.errors import SiteError, SourceProblem
+
+# Ids become MQTT topic levels and URL path segments: no '/', '+', '#' or spaces.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+Id = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Location(_Strict):
+    lat: Annotated[float, Field(ge=-90, le=90)]
+    lon: Annotated[float, Field(ge=-180, le=180)]
+
+
+class ModbusEndpoint(_Strict):
+    """Where a Modbus device answers: a TCP endpoint and the unit id behind it."""
+
+    host: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)] = 502
+    unit: Annotated[int, Field(ge=0, le=247)] = 1
+    framer: Literal["socket", "rtu"] = "socket"
+    interval_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
+
+
+class DeviceSpec(_Strict):
+    id: Id
+    profile: str
+    transport: Literal["mqtt", "modbus"] = "mqtt"
+    modbus: ModbusEndpoint | None = None
+
+    @model_validator(mode="after")
+    def _endpoint_matches_transport(self) -> Self:
+        if self.transport == "modbus" and self.modbus is None:
+            raise ValueError("transport: modbus needs a modbus: {host, port, unit} section")
+        if self.transport == "mqtt" and self.modbus is not None:
+            raise ValueError("a modbus: section is only valid with transport: modbus")
+        return self
+
+
+class PoleSpec(_Strict):
+    id: Id
+    name: str = ""
+    location: Location | None = None
+    height_m: Annotated[float, Field(gt=0, le=100)] | None = None
+    road: str = ""
+    devices: list[DeviceSpec] = Field(default_factory=list)
+
+
+class TenantSpec(_Strict):
+    id: Id
+    name: Annotated[str, Field(min_length=1)]
+
+
+class SiteSpec(_Strict):
+    tenants: list[TenantSpec] = Field(default_factory=list)
+    poles: list[PoleSpec] = Field(default_factory=list)
+
+
+def _duplicates(
+    items: Sequence[tuple[tuple[str | int, ...], str]], what: str
+) -> list[tuple[tuple[str | int, ...], str]]:
+    seen: dict[str, tuple[str | int, ...]] = {}
+    out = []
+    for loc, ident in items:
+        if ident in seen:
+            out.append((loc, f"duplicate {what} id {ident!r} (first at {_fmt(seen[ident])})"))
+        else:
+            seen[ident] = loc
+    return out
+
+
+def _fmt(loc: tuple[str | int, ...]) -> str:
+    from gateway.core.yamlsource import format_loc
+
+    return format_loc(loc)
+
+
+def _entries(data: object, key: str) -> list[tuple[int, dict[str, Any]]]:
+    """(index, item) of the mappings in the list under `key` of the raw document."""
+    items = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        return []
+    return [(i, item) for i, item in enumerate(items) if isinstance(item, dict)]
+
+
+def _cross_references(
+    data: object, catalog: ProfileCatalog
+) -> list[tuple[tuple[str | int, ...], str]]:
+    """Duplicate ids and unknown profiles, read from the raw document so that they are
+    reported together with the schema's problems, not only after those are fixed."""
+    tenants = [(("tenants", i), t) for i, t in _entries(data, "tenants")]
+    poles = [(("poles", i), p) for i, p in _entries(data, "poles")]
+    devices = [((*loc, "devices", j), d) for loc, p in poles for j, d in _entries(p, "devices")]
+    issues: list[tuple[tuple[str | int, ...], str]] = []
+    for entries, what in ((tenants, "tenant"), (poles, "pole"), (devices, "device")):
+        ids = [((*loc, "id"), e["id"]) for loc, e in entries if isinstance(e.get("id"), str)]
+        issues += _duplicates(ids, what)
+    for loc, device in devices:
+        profile = device.get("profile")
+        if isinstance(profile, str) and profile not in catalog:
+            known = ", ".join(sorted(catalog))
+            issues.append(((*loc, "profile"), f"unknown profile {profile!r} (known: {known})"))
+    return issues
+
+
+def parse_site(text: str, filename: str, catalog: ProfileCatalog) -> SiteSpec:
+    """Validate a site file completely; any problem refuses the whole file.
+
+    Every problem found is reported at once, in the order of the file's lines.
+    """
+    try:
+        data, lines = load_yaml(text, filename)
+    except YamlSyntaxError as exc:
+        raise SiteError([exc.problem]) from None
+    if data is None:
+        data = {}
+    site: SiteSpec | None = None
+    problems: list[SourceProblem] = []
+    try:
+        site = SiteSpec.model_validate(data)
+    except ValidationError as exc:
+        problems += problems_from_validation(exc, filename, lines)
+    problems += [
+        SourceProblem(filename, lines.line_of(loc), _fmt(loc), msg)
+        for loc, msg in _cross_references(data, catalog)
+    ]
+    if problems or site is None:
+        problems.sort(key=lambda p: p.line or 0)
+        raise SiteError(problems)
+    return site

@@ -1,0 +1,81 @@
+"""Every Prometheus metric polegw exports, declared once, with fixed label values."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from gateway.core.readings import DeadLetterReason
+
+TOPIC_KINDS = ("telemetry", "device_telemetry", "events", "status", "unknown")
+
+
+class Metrics:
+    """Owns a registry so that several gateways (tests) can live in one process."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.messages_received = Counter(
+            "polegw_mqtt_messages_received",
+            "MQTT messages received, by topic kind",
+            ["kind"],
+            registry=r,
+        )
+        self.messages_acked = Counter(
+            "polegw_mqtt_messages_acked", "QoS 1 messages acknowledged after commit", registry=r
+        )
+        self.readings_received = Counter(
+            "polegw_readings_received", "Valid readings decoded from messages", registry=r
+        )
+        self.readings_stored = Counter(
+            "polegw_readings_stored",
+            "Readings committed to the database (replays of stored readings included)",
+            registry=r,
+        )
+        self.readings_duplicate = Counter(
+            "polegw_readings_duplicate",
+            "Readings already stored (replays, redeliveries)",
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "polegw_dead_letters", "Parts of messages refused, by reason", ["reason"], registry=r
+        )
+        self.batch_readings = Histogram(
+            "polegw_batch_readings",
+            "Readings per committed batch",
+            buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000, 20000),
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "polegw_commit_seconds",
+            "Time to commit one batch",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.ingest_lag_seconds = Histogram(
+            "polegw_ingest_lag_seconds",
+            "Commit time minus the message's ts",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+            registry=r,
+        )
+        self.db_write_failures = Counter(
+            "polegw_db_write_failures", "Batches whose commit failed and was retried", registry=r
+        )
+        self.pending_messages = Gauge(
+            "polegw_ingest_pending_messages",
+            "Messages received but not yet committed and acknowledged",
+            registry=r,
+        )
+        self.mqtt_connected = Gauge(
+            "polegw_mqtt_connected", "1 while connected to the MQTT broker", registry=r
+        )
+        self.mqtt_reconnects = Counter(
+            "polegw_mqtt_reconnects", "Connection attempts after a lost connection", registry=r
+        )
+        self.registry_devices = Gauge(
+            "polegw_registry_devices", "Devices known to the gateway", registry=r
+        )
+        for kind in TOPIC_KINDS:
+            self.messages_received.labels(kind)
+        for reason in DeadLetterReason:
+            self.dead_letters.labels(reason.value)

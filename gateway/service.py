@@ -1,0 +1,111 @@
+"""The gateway process: ingest (MQTT -> pipeline -> database) and the API, supervised."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import uvicorn
+from psycopg_pool import AsyncConnectionPool
+
+from gateway.adapters.db import libpq_url
+from gateway.adapters.mqtt import MqttSubscription
+from gateway.adapters.read_model import ReadModel
+from gateway.adapters.telemetry_writer import TelemetryWriter
+from gateway.api.app import create_app
+from gateway.api.deps import ApiContext
+from gateway.config import Settings
+from gateway.core.profiles import ProfileCatalog, load_catalog
+from gateway.ingest import IngestPipeline
+from gateway.metrics import Metrics
+from gateway.registry_source import RegistrySource
+
+log = logging.getLogger(__name__)
+
+
+class ApiServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the supervisor owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def open_pool(database_url: str) -> AsyncConnectionPool:
+    """The API's pool; connections are checked before use, so a restarted
+    PostgreSQL costs failed requests only while it is down."""
+    return AsyncConnectionPool(
+        libpq_url(database_url),
+        min_size=1,
+        max_size=10,
+        open=False,
+        check=AsyncConnectionPool.check_connection,
+        kwargs={"application_name": "polegw-api", "connect_timeout": 5},
+        timeout=5,
+    )
+
+
+async def run_gateway(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    catalog: ProfileCatalog | None = None,
+    metrics: Metrics | None = None,
+    api: bool = True,
+    started: asyncio.Event | None = None,
+) -> None:
+    """Run ingest and (optionally) the API until `stop` is set, then shut down cleanly."""
+    database_url = settings.require_database_url()
+    catalog = catalog or load_catalog(settings.profiles_dir)
+    metrics = metrics or Metrics()
+    registry = RegistrySource(database_url, catalog, metrics, every_s=settings.registry_refresh_s)
+    await registry.load_with_retry()
+    writer = TelemetryWriter(database_url)
+    pipeline = IngestPipeline(
+        writer=writer,
+        registry=registry,
+        metrics=metrics,
+        prefix=settings.mqtt_topic_prefix,
+        max_readings=settings.batch_max_readings,
+        max_delay_s=settings.batch_max_delay_s,
+    )
+    mqtt = MqttSubscription(settings, metrics)
+    pool = open_pool(database_url)
+    await pool.open(wait=False)
+    server: ApiServer | None = None
+    try:
+        async with asyncio.TaskGroup() as tg:
+            commit = tg.create_task(pipeline.run(), name="ingest-commit")
+            refresh = tg.create_task(registry.refresh_forever(), name="registry-refresh")
+            if api:
+                ctx = ApiContext(
+                    settings, ReadModel(pool), catalog, metrics, lambda: mqtt.connected
+                )
+                config = uvicorn.Config(
+                    create_app(ctx),
+                    host=settings.api_host,
+                    port=settings.api_port,
+                    log_config=None,
+                    access_log=False,
+                    lifespan="off",
+                )
+                server = ApiServer(config)
+                tg.create_task(server.serve(), name="api")
+            ingest = tg.create_task(
+                mqtt.run(pipeline.put, stop, pipeline.drain), name="mqtt-ingest"
+            )
+            if started is not None:
+                started.set()
+            await stop.wait()
+            log.info("stopping: draining ingest")
+            await ingest
+            commit.cancel()
+            refresh.cancel()
+            if server is not None:
+                server.should_exit = True
+    finally:
+        await writer.close()
+        await pool.close()
+    log.info("stopped")
