@@ -196,12 +196,27 @@ def demo(
     interval: Annotated[
         float, typer.Option(help="Seconds between simulated telemetry messages")
     ] = 5.0,
+    embedded_broker: Annotated[
+        bool, typer.Option(help="Start the embedded broker even if one listens on port 1883")
+    ] = False,
 ) -> None:
     """Start everything on one machine: broker, database, simulators, gateway and API."""
     from gateway.demo import run_demo
 
     settings = settings_or_exit()
     setup_logging(settings.log_level)
+    data_dir = data_dir.resolve()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fail(f"{data_dir}: cannot create the demo data folder: {exc}") from None
     run_until_signal(
-        lambda stop: run_demo(settings, stop, poles=poles, data_dir=data_dir, interval_s=interval)
+        lambda stop: run_demo(
+            settings,
+            stop,
+            poles=poles,
+            data_dir=data_dir,
+            interval_s=interval,
+            embedded_broker_only=embedded_broker,
+        )
     )

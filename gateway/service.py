@@ -54,9 +54,13 @@ async def run_gateway(
     catalog: ProfileCatalog | None = None,
     metrics: Metrics | None = None,
     api: bool = True,
-    started: asyncio.Event | None = None,
+    subscribed: asyncio.Event | None = None,
 ) -> None:
-    """Run ingest and (optionally) the API until `stop` is set, then shut down cleanly."""
+    """Run ingest and (optionally) the API until `stop` is set, then shut down cleanly.
+
+    `subscribed` is set whenever the MQTT subscription is in place (for callers
+    that must not publish before the gateway listens).
+    """
     database_url = settings.require_database_url()
     catalog = catalog or load_catalog(settings.profiles_dir)
     metrics = metrics or Metrics()
@@ -71,7 +75,7 @@ async def run_gateway(
         max_readings=settings.batch_max_readings,
         max_delay_s=settings.batch_max_delay_s,
     )
-    mqtt = MqttSubscription(settings, metrics)
+    mqtt = MqttSubscription(settings, metrics, subscribed=subscribed)
     pool = open_pool(database_url)
     await pool.open(wait=False)
     server: ApiServer | None = None
@@ -96,8 +100,6 @@ async def run_gateway(
             ingest = tg.create_task(
                 mqtt.run(pipeline.put, stop, pipeline.drain), name="mqtt-ingest"
             )
-            if started is not None:
-                started.set()
             await stop.wait()
             log.info("stopping: draining ingest")
             await ingest

@@ -98,9 +98,12 @@ def make_client(settings: Settings, *, client_id: str, clean: bool) -> aiomqtt.C
 class MqttSubscription:
     """Receives the contract's topics on a persistent session, forever, reconnecting."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, *, subscribed: asyncio.Event | None = None
+    ) -> None:
         self._settings = settings
         self._metrics = metrics
+        self._subscribed = subscribed or asyncio.Event()
         self._generation = 0
         self._connected = False
         self._client: aiomqtt.Client | None = None
@@ -153,6 +156,7 @@ class MqttSubscription:
                         "MQTT connected to %s, subscribed to %s", self._settings.mqtt_url, topics
                     )
                     backoff.reset()
+                    self._subscribed.set()
                     if await self._pump_until(client, deliver, stop):
                         await drain()
                         return
@@ -160,6 +164,7 @@ class MqttSubscription:
                 log.warning("MQTT connection lost or refused: %s", exc)
             finally:
                 self._connected = False
+                self._subscribed.clear()
                 self._client = None
                 self._metrics.mqtt_connected.set(0)
             delay = backoff.next_delay()

@@ -1,0 +1,5 @@
+"""`python -m gateway` is `polegw`."""
+
+from gateway.cli import app
+
+app()

@@ -1,0 +1,194 @@
+"""Helpers shared by the integration tests: a small site, a gateway in-process, a publisher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import paho.mqtt.client as paho
+import psycopg
+
+from gateway.adapters.migrate import upgrade
+from gateway.adapters.site_store import import_site
+from gateway.config import MqttEndpoint, Settings
+from gateway.core.site import DeviceSpec, PoleSpec, SiteSpec, TenantSpec
+from gateway.metrics import Metrics
+from gateway.service import run_gateway
+
+POLES = ("P0001", "P0002", "P0003")
+
+
+def small_site() -> SiteSpec:
+    """Three poles, each with a lamp and an environmental station over MQTT."""
+    return SiteSpec(
+        tenants=[TenantSpec(id="tn-telecom", name="City Telecom")],
+        poles=[
+            PoleSpec(
+                id=pole,
+                name=f"Renmin Rd {i}",
+                devices=[
+                    DeviceSpec(id=f"{pole}-lamp", profile="lamp-controller"),
+                    DeviceSpec(id=f"{pole}-env", profile="env-station"),
+                    DeviceSpec(id=f"{pole}-cab", profile="cabinet-monitor"),
+                ],
+            )
+            for i, pole in enumerate(POLES, start=1)
+        ],
+    )
+
+
+def telemetry_message(pole: str, ts: datetime, seq: int) -> bytes:
+    """A batch message with 8 readings (5 lamp, 3 env)."""
+    x = seq % 50
+    return orjson.dumps(
+        {
+            "ts": ts.isoformat().replace("+00:00", "Z"),
+            "seq": seq,
+            "devices": {
+                f"{pole}-lamp": {
+                    "voltage_v": 229.0 + x / 10,
+                    "power_w": 90.0 + x,
+                    "energy_kwh": 1000 + seq / 100,
+                    "dim_pct": 80,
+                    "lamp_on": True,
+                },
+                f"{pole}-env": {"pm25_ugm3": 30.0 + x, "temp_c": 12.5, "noise_dba": 61.2},
+            },
+        }
+    )
+
+
+READINGS_PER_MESSAGE = 8
+
+
+def stream(prefix: str, count: int, *, start: datetime | None = None) -> list[tuple[str, bytes]]:
+    """`count` telemetry messages spread over the three poles, all readings distinct."""
+    t0 = start or datetime(2026, 11, 22, 0, 0, tzinfo=UTC)
+    out = []
+    for seq in range(count):
+        pole = POLES[seq % len(POLES)]
+        out.append(
+            (
+                f"{prefix}/{pole}/telemetry",
+                telemetry_message(pole, t0 + timedelta(seconds=seq), seq),
+            )
+        )
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def gateway_settings(database_url: str, mqtt_url: str, prefix: str, **extra: object) -> Settings:
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "mqtt_url": mqtt_url,
+        "mqtt_topic_prefix": prefix,
+        "mqtt_client_id": f"polegw-test-{secrets.token_hex(4)}",
+        "api_port": free_port(),
+        "registry_refresh_s": 0.5,
+        # Sessions of test gateways should not outlive the test run on a shared broker.
+        "mqtt_session_expiry_s": 120,
+    }
+    values.update(extra)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@dataclass
+class RunningGateway:
+    settings: Settings
+    metrics: Metrics
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.settings.api_port}"
+
+
+@contextlib.asynccontextmanager
+async def gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
+    """Run the gateway in this loop until the block ends; waits until it is subscribed."""
+    stop = asyncio.Event()
+    subscribed = asyncio.Event()
+    metrics = Metrics()
+    task = asyncio.create_task(run_gateway(settings, stop, metrics=metrics, subscribed=subscribed))
+    try:
+        async with asyncio.timeout(15):
+            waiter = asyncio.ensure_future(subscribed.wait())
+            done, _ = await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                task.result()
+            await wait_for_port(settings.api_port)
+        yield RunningGateway(settings, metrics, stop, task)
+    finally:
+        stop.set()
+        async with asyncio.timeout(20):
+            await task
+
+
+async def wait_for_port(port: int) -> None:
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+
+
+async def prepare_database(database_url: str, site: SiteSpec | None = None) -> None:
+    """Migrate an empty database and import the site."""
+    await asyncio.to_thread(upgrade, database_url)
+    await import_site(database_url, site or small_site())
+
+
+def publish(mqtt_url: str, messages: Iterable[tuple[str, bytes]], *, qos: int = 1) -> int:
+    """Publish with a real MQTT client and wait until the broker acknowledged each one."""
+    endpoint = MqttEndpoint(mqtt_url)
+    client = paho.Client(
+        paho.CallbackAPIVersion.VERSION2, client_id=f"test-pub-{secrets.token_hex(4)}"
+    )
+    if endpoint.username:
+        client.username_pw_set(endpoint.username, endpoint.password)
+    client.max_inflight_messages_set(100)
+    client.connect(endpoint.host, endpoint.port)
+    client.loop_start()
+    try:
+        infos = [client.publish(topic, payload, qos=qos) for topic, payload in messages]
+        for info in infos:
+            info.wait_for_publish(timeout=30)
+        return len(infos)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def count(database_url: str, sql: str, *args: object) -> int:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(sql, args).fetchone()  # type: ignore[call-overload]
+        assert row is not None
+        return int(row[0])
+
+
+async def eventually(
+    check: Callable[[], bool], *, within: float = 20, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.1)
