@@ -47,3 +47,7 @@ class ConfigError(PolegwError):
 
 class StorageUnavailable(PolegwError):
     """The database cannot be reached; the caller keeps its data and retries."""
+
+
+class EmbeddedServiceError(PolegwError):
+    """An embedded broker or database (polegw demo) could not be started."""

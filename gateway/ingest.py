@@ -41,6 +41,7 @@ class IngestPipeline:
         metrics: Metrics,
         prefix: str,
         max_readings: int = 5000,
+        max_messages: int = 2000,
         max_delay_s: float = 0.05,
     ) -> None:
         self._writer = writer
@@ -50,7 +51,7 @@ class IngestPipeline:
         self._max_readings = max_readings
         # A batch also closes at this many messages, so a stream of messages
         # that yield no readings (events, dead letters) stays bounded too.
-        self._max_messages = max(1, max_readings // 4)
+        self._max_messages = max_messages
         self._max_delay_s = max_delay_s
         self._new_batch()
         self._has_data = asyncio.Event()

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import paho.mqtt.client as paho
 import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.adapters.migrate import upgrade
 from gateway.adapters.site_store import import_site
@@ -160,7 +161,7 @@ def publish(mqtt_url: str, messages: Iterable[tuple[str, bytes]], *, qos: int = 
     """Publish with a real MQTT client and wait until the broker acknowledged each one."""
     endpoint = MqttEndpoint(mqtt_url)
     client = paho.Client(
-        paho.CallbackAPIVersion.VERSION2, client_id=f"test-pub-{secrets.token_hex(4)}"
+        CallbackAPIVersion.VERSION2, client_id=f"test-pub-{secrets.token_hex(4)}"
     )
     if endpoint.username:
         client.username_pw_set(endpoint.username, endpoint.password)
@@ -179,7 +180,7 @@ def publish(mqtt_url: str, messages: Iterable[tuple[str, bytes]], *, qos: int = 
 
 def count(database_url: str, sql: str, *args: object) -> int:
     with psycopg.connect(database_url) as conn:
-        row = conn.execute(sql, args).fetchone()  # type: ignore[call-overload]
+        row = conn.execute(sql, args).fetchone()
         assert row is not None
         return int(row[0])
 

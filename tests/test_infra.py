@@ -26,10 +26,10 @@ def _database_exists(admin_url: str, name: str) -> bool:
 
 def test_database_url_is_a_new_empty_database(database_url: str, pg_admin_url: str) -> None:
     with psycopg.connect(database_url) as conn:
-        name = conn.execute("SELECT current_database()").fetchone()[0]
+        name = conn.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
         tables = conn.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
-        ).fetchone()[0]
+        ).fetchone()[0]  # type: ignore[index]
         conn.execute("CREATE TABLE scratch (id int PRIMARY KEY)")
     assert name.startswith(TEST_DATABASE_PREFIX)
     assert name != "postgres"
@@ -44,7 +44,7 @@ def test_fresh_database_url_differs_from_module_database(
     with psycopg.connect(fresh_database_url) as conn:
         tables = conn.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
-        ).fetchone()[0]
+        ).fetchone()[0]  # type: ignore[index]
     assert tables == 0  # the previous test's table lives in database_url only
 
 

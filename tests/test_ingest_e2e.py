@@ -124,7 +124,7 @@ async def test_events_and_presence_are_stored(
 ) -> None:
     await prepare_database(fresh_database_url)
     settings = gateway_settings(fresh_database_url, mqtt_url, topic_prefix)
-    event = {"ts": "2026-11-22T10:00:00Z", "device": "P0001-cab", "type": "door_opened", "data": {}}
+    event = {"ts": "2026-11-22T10:00:00Z", "device": "P0001-cab", "type": "door_open", "data": {}}
     async with gateway(settings) as gw:
         publish(
             mqtt_url,

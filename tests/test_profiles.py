@@ -70,8 +70,8 @@ EXPECTED: dict[str, tuple[set[str], dict[str, str]]] = {
             "ups_battery_pct",
         },
         {
-            "door_opened": "info",
-            "door_closed": "info",
+            "door_open": "info",
+            "door_close": "info",
             "water": "critical",
             "smoke": "critical",
             "leakage": "critical",

@@ -1,0 +1,103 @@
+"""The demo site: a few roads of poles in central Chengdu, and its site file."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import yaml
+
+from gateway.core.site import DeviceSpec, Location, PoleSpec, SiteSpec, TenantSpec
+
+CENTRE = (30.657, 104.066)  # lat, lon
+SPACING_M = 40.0
+_M_PER_DEG_LAT = 111_320.0
+
+# Road name, bearing (degrees from north) and where its first pole stands, in metres
+# east and north of CENTRE.
+ROADS: tuple[tuple[str, float, tuple[float, float]], ...] = (
+    ("Renmin Rd", 0.0, (0.0, -150.0)),
+    ("Tianfu Ave", 90.0, (-200.0, 80.0)),
+    ("Shuncheng St", 45.0, (120.0, 150.0)),
+)
+
+TENANTS = (
+    TenantSpec(id="tn-telecom", name="City Telecom"),
+    TenantSpec(id="tn-police", name="City Police Traffic"),
+)
+
+
+def _place(east_m: float, north_m: float) -> Location:
+    lat = CENTRE[0] + north_m / _M_PER_DEG_LAT
+    lon = CENTRE[1] + east_m / (_M_PER_DEG_LAT * math.cos(math.radians(CENTRE[0])))
+    return Location(lat=round(lat, 6), lon=round(lon, 6))
+
+
+def _devices(pole_id: str, number: int) -> list[DeviceSpec]:
+    """Every pole: lamp, cabinet, tilt, port meter; env station on every second pole and an
+    SOS button on every fifth, counting from the first."""
+    kinds = [("lamp", "lamp-controller")]
+    if number % 2 == 1:
+        kinds.append(("env", "env-station"))
+    kinds += [("cab", "cabinet-monitor"), ("tilt", "pole-tilt")]
+    if number % 5 == 1:
+        kinds.append(("sos", "sos-button"))
+    kinds.append(("meter", "port-meter-4"))
+    return [DeviceSpec(id=f"{pole_id}-{suffix}", profile=profile) for suffix, profile in kinds]
+
+
+def demo_site(poles: int = 20) -> SiteSpec:
+    """`poles` poles P0001… spread in blocks along up to three roads, 40 m apart."""
+    if poles < 0:
+        raise ValueError("the number of poles cannot be negative")
+    roads = ROADS[: max(1, min(len(ROADS), poles))]
+    per_road = math.ceil(poles / len(roads)) if poles else 0
+    specs = []
+    for index in range(poles):
+        number = index + 1
+        road, bearing, (east0, north0) = roads[index // per_road]
+        along = index % per_road
+        pole_id = f"P{number:04d}"
+        distance = along * SPACING_M
+        b = math.radians(bearing)
+        specs.append(
+            PoleSpec(
+                id=pole_id,
+                name=f"{road} {along + 1}",
+                road=road,
+                location=_place(east0 + distance * math.sin(b), north0 + distance * math.cos(b)),
+                height_m=10.0 + number % 3,
+                devices=_devices(pole_id, number),
+            )
+        )
+    return SiteSpec(tenants=list(TENANTS), poles=specs)
+
+
+class _FlowDict(dict[str, Any]):
+    """A mapping written on one line: `{id: P0001-lamp, profile: lamp-controller}`."""
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _flow(dumper: yaml.SafeDumper, data: _FlowDict) -> yaml.Node:
+    return dumper.represent_mapping("tag:yaml.org,2002:map", data, flow_style=True)
+
+
+_Dumper.add_representer(_FlowDict, _flow)
+
+
+def site_to_yaml(site: SiteSpec) -> str:
+    """A site file `polegw site import` accepts, with one line per device."""
+    data = site.model_dump(mode="json", exclude_none=True)
+    for pole in data["poles"]:
+        if "location" in pole:
+            pole["location"] = _FlowDict(pole["location"])
+        pole["devices"] = [
+            _FlowDict({**d, "modbus": _FlowDict(d["modbus"])} if "modbus" in d else d)
+            for d in pole["devices"]
+        ]
+    header = "# polegw site file: tenants, poles and their devices (polegw site import FILE)\n"
+    body = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
+    return header + body
