@@ -145,11 +145,13 @@ def simulate(
     site_file: Annotated[
         Path | None, typer.Option("--site", help="Simulate the poles of this site file")
     ] = None,
-    poles: Annotated[int, typer.Option(help="Without --site: this many demo poles")] = 20,
+    poles: Annotated[
+        int, typer.Option(min=1, max=9999, help="Without --site: this many demo poles")
+    ] = 20,
     interval: Annotated[float, typer.Option(help="Seconds between telemetry messages")] = 5.0,
     seed: Annotated[int, typer.Option(help="Random seed")] = 1,
 ) -> None:
-    """Run simulated poles publishing to the broker at POLEGW_MQTT_URL."""
+    """Run simulated MQTT poles (edge controllers) against the broker at POLEGW_MQTT_URL."""
     from gateway.core.profiles import load_catalog
     from gateway.core.site import parse_site
     from simulators.demo_site import demo_site
@@ -189,7 +191,7 @@ def simulate(
 
 @app.command()
 def demo(
-    poles: Annotated[int, typer.Option(help="Number of demo poles")] = 20,
+    poles: Annotated[int, typer.Option(min=1, max=9999, help="Number of demo poles")] = 20,
     data_dir: Annotated[
         Path, typer.Option(help="Where the embedded database keeps its data")
     ] = Path(".polegw-demo"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import socket
 from pathlib import Path
@@ -73,7 +74,11 @@ async def run_demo(
         if port_is_open(settings.api_host, settings.api_port):
             update["api_port"] = free_port(settings.api_host)
             _say(f"port {settings.api_port} is taken; the API uses {update['api_port']}")
-        update.setdefault("mqtt_client_id", "polegw-demo-gateway")
+        if "mqtt_client_id" not in settings.model_fields_set:
+            # One persistent session per demo database: two demos on one
+            # broker must not take each other's session over.
+            tag = hashlib.sha256(database_url.encode()).hexdigest()[:10]
+            update["mqtt_client_id"] = f"polegw-demo-{tag}"
         settings = settings.model_copy(update=update)
 
         await asyncio.to_thread(migrate.upgrade, database_url)

@@ -4,9 +4,12 @@ One batch is collecting while the previous one commits. A message is
 acknowledged only after everything it yielded (readings, events, presence,
 dead letters) is committed, and acknowledgements go out in the order the
 messages arrived. While the database is unreachable the batch is retried with
-back-off and nothing is acknowledged, so the broker keeps the messages; the
-collecting batch is bounded, so a stalled database stops intake instead of
-growing memory.
+back-off and nothing is acknowledged, so the broker keeps the messages.
+
+Memory is bounded either way: messages offered from the MQTT callback are
+bounded by the broker's in-flight window (Receive Maximum), since nothing is
+acknowledged before commit; sources without such a window use `put`, which
+waits while the collecting batch is full.
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
-from gateway.adapters.mqtt import Ack, Backoff, Inbound
+from gateway.adapters.mqtt import Ack, Inbound
+from gateway.backoff import Backoff
 from gateway.core.decode import decode_message
 from gateway.core.readings import Batch, WriteResult
 from gateway.core.registry import Registry
@@ -30,6 +35,20 @@ log = logging.getLogger(__name__)
 
 class BatchWriter(Protocol):
     async def write(self, batch: Batch) -> WriteResult: ...
+
+
+class _Collecting:
+    """The batch being filled, with what is needed once it is committed."""
+
+    __slots__ = ("acks", "batch", "dead", "kinds", "opened_at", "stamps")
+
+    def __init__(self) -> None:
+        self.batch = Batch()
+        self.acks: list[Ack] = []
+        self.stamps: list[datetime] = []
+        self.kinds: Counter[str] = Counter()
+        self.dead: Counter[str] = Counter()
+        self.opened_at = 0.0
 
 
 class IngestPipeline:
@@ -53,7 +72,7 @@ class IngestPipeline:
         # that yield no readings (events, dead letters) stays bounded too.
         self._max_messages = max_messages
         self._max_delay_s = max_delay_s
-        self._new_batch()
+        self._current = _Collecting()
         self._has_data = asyncio.Event()
         self._full = asyncio.Event()
         self._room = asyncio.Event()
@@ -62,71 +81,85 @@ class IngestPipeline:
         self._idle.set()
         self._in_flight = 0
 
-    def _new_batch(self) -> None:
-        self._batch = Batch()
-        self._acks: list[Ack] = []
-        self._oldest_ts: list[datetime] = []
-
     @property
     def pending_messages(self) -> int:
         return self._in_flight
 
     def _is_full(self) -> bool:
-        return (
-            len(self._batch.readings) >= self._max_readings or len(self._acks) >= self._max_messages
-        )
+        c = self._current
+        return len(c.batch.readings) >= self._max_readings or len(c.acks) >= self._max_messages
 
-    async def put(self, message: Inbound) -> None:
-        """Decode a message into the collecting batch (waits while that batch is full)."""
-        while self._is_full():
-            self._room.clear()
-            await self._room.wait()
+    def offer(self, message: Inbound) -> None:
+        """Decode a message into the collecting batch, without waiting."""
         decoded = decode_message(
             message.topic, message.payload, self._registry(), prefix=self._prefix
         )
-        m = self._metrics
-        m.messages_received.labels(decoded.topic_kind).inc()
-        b = self._batch
+        c = self._current
+        if not c.acks:
+            c.opened_at = time.monotonic()
+        b = c.batch
+        c.kinds[decoded.topic_kind] += 1
         if decoded.readings:
-            m.readings_received.inc(len(decoded.readings))
             b.readings.extend(decoded.readings)
-        b.events.extend(decoded.events)
-        b.presence.extend(decoded.presence)
-        for dead in decoded.dead_letters:
-            m.dead_letters.labels(dead.reason.value).inc()
-        b.dead_letters.extend(decoded.dead_letters)
+        if decoded.events:
+            b.events.extend(decoded.events)
+        if decoded.presence:
+            b.presence.extend(decoded.presence)
+        if decoded.dead_letters:
+            b.dead_letters.extend(decoded.dead_letters)
+            for dead in decoded.dead_letters:
+                c.dead[dead.reason.value] += 1
         if decoded.message_ts is not None:
-            self._oldest_ts.append(decoded.message_ts)
-        self._acks.append(message.ack)
+            c.stamps.append(decoded.message_ts)
+        c.acks.append(message.ack)
         self._in_flight += 1
-        m.pending_messages.set(self._in_flight)
         self._idle.clear()
         self._has_data.set()
         if self._is_full():
             self._full.set()
+
+    async def put(self, message: Inbound) -> None:
+        """Like `offer`, but first waits while the collecting batch is full."""
+        while self._is_full():
+            self._room.clear()
+            await self._room.wait()
+        self.offer(message)
 
     async def run(self) -> None:
         """Commit batches forever (cancel to stop)."""
         while True:
             await self._has_data.wait()
             if not self._full.is_set():
-                try:
-                    async with asyncio.timeout(self._max_delay_s):
-                        await self._full.wait()
-                except TimeoutError:
-                    pass
-            batch, acks, stamps = self._batch, self._acks, self._oldest_ts
-            self._new_batch()
+                # The delay counts from the batch's first message, not from
+                # the end of the previous commit.
+                left = self._current.opened_at + self._max_delay_s - time.monotonic()
+                if left > 0:
+                    try:
+                        async with asyncio.timeout(left):
+                            await self._full.wait()
+                    except TimeoutError:
+                        pass
+            done, self._current = self._current, _Collecting()
             self._has_data.clear()
             self._full.clear()
             self._room.set()
-            await self._commit(batch, stamps)
-            for ack in acks:
-                ack()
-            self._in_flight -= len(acks)
+            self._count_received(done)
+            await self._commit(done)
+            acked = sum(ack() for ack in done.acks)
+            self._metrics.messages_acked.inc(acked)
+            self._in_flight -= len(done.acks)
             self._metrics.pending_messages.set(self._in_flight)
             if self._in_flight == 0:
                 self._idle.set()
+
+    def _count_received(self, c: _Collecting) -> None:
+        m = self._metrics
+        for kind, n in c.kinds.items():
+            m.messages_received.labels(kind).inc(n)
+        for reason, n in c.dead.items():
+            m.dead_letters.labels(reason).inc(n)
+        m.readings_received.inc(len(c.batch.readings))
+        m.pending_messages.set(self._in_flight)
 
     async def drain(self, timeout_s: float = 10.0) -> bool:
         """Commit and acknowledge everything received so far (on shutdown)."""
@@ -142,9 +175,10 @@ class IngestPipeline:
             return False
         return True
 
-    async def _commit(self, batch: Batch, stamps: list[datetime]) -> None:
+    async def _commit(self, c: _Collecting) -> None:
         backoff = Backoff(first=0.2, cap=10.0)
         failing = False
+        batch = c.batch
         while True:
             started = time.perf_counter()
             try:
@@ -167,5 +201,5 @@ class IngestPipeline:
         m.readings_stored.inc(result.inserted)
         m.readings_duplicate.inc(result.duplicates)
         now = datetime.now(UTC)
-        for ts in stamps:
+        for ts in c.stamps:
             m.ingest_lag_seconds.observe(max(0.0, (now - ts).total_seconds()))

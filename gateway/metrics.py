@@ -55,7 +55,27 @@ class Metrics:
         self.ingest_lag_seconds = Histogram(
             "polegw_ingest_lag_seconds",
             "Commit time minus the message's ts",
-            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+            buckets=(
+                0.01,
+                0.025,
+                0.05,
+                0.075,
+                0.1,
+                0.15,
+                0.2,
+                0.3,
+                0.4,
+                0.5,
+                0.75,
+                1,
+                2.5,
+                5,
+                10,
+                30,
+                60,
+                300,
+                3600,
+            ),
             registry=r,
         )
         self.db_write_failures = Counter(

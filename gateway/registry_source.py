@@ -8,8 +8,8 @@ import logging
 import psycopg
 
 from gateway.adapters.db import libpq_url
-from gateway.adapters.mqtt import Backoff
 from gateway.adapters.site_store import load_registry
+from gateway.backoff import Backoff
 from gateway.core.profiles import ProfileCatalog
 from gateway.core.registry import Registry
 from gateway.metrics import Metrics

@@ -98,7 +98,7 @@ async def run_gateway(
                 server = ApiServer(config)
                 tg.create_task(server.serve(), name="api")
             ingest = tg.create_task(
-                mqtt.run(pipeline.put, stop, pipeline.drain), name="mqtt-ingest"
+                mqtt.run(pipeline.offer, stop, pipeline.drain), name="mqtt-ingest"
             )
             await stop.wait()
             log.info("stopping: draining ingest")

@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlsplit
 import aiomqtt
 import orjson
 
+from gateway.backoff import Backoff
 from gateway.core.site import SiteSpec
 from gateway.errors import ConfigError
 from simulators.model import (
@@ -35,7 +36,7 @@ from simulators.model import (
 
 log = logging.getLogger(__name__)
 
-BACKOFF_BASE_S = 1.0
+BACKOFF_FIRST_S = 1.0
 BACKOFF_CAP_S = 30.0
 OFFLINE_GRACE_S = 2.0  # how long stopping waits to say goodbye before dropping the line
 
@@ -133,20 +134,18 @@ class EdgeController:
         """Publish until `stop` is set, reconnecting whenever the broker drops us."""
         if await _wait(stop, start_delay_s):
             return
-        failures = 0
+        backoff = Backoff(first=BACKOFF_FIRST_S, cap=BACKOFF_CAP_S, rng=self.rng)
         while not stop.is_set():
             try:
                 async with self._client() as client:
                     await client.publish(self.status_topic, _status("online"), qos=1, retain=True)
-                    if failures:
+                    if backoff.failures:
                         log.info("pole %s reconnected to the broker", self.model.pole_id)
-                    failures = 0
+                    backoff.reset()
                     await self._publish_until(client, stop)
             except aiomqtt.MqttError as exc:
-                failures += 1
-                delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(failures - 1, 16))
-                delay = delay / 2 + self.rng.uniform(0, delay / 2)
-                level = logging.WARNING if failures == 1 else logging.DEBUG
+                delay = backoff.next_delay()
+                level = logging.WARNING if backoff.failures == 1 else logging.DEBUG
                 log.log(
                     level,
                     "pole %s: broker connection failed (%s); retrying in %.1f s",

@@ -160,9 +160,7 @@ async def prepare_database(database_url: str, site: SiteSpec | None = None) -> N
 def publish(mqtt_url: str, messages: Iterable[tuple[str, bytes]], *, qos: int = 1) -> int:
     """Publish with a real MQTT client and wait until the broker acknowledged each one."""
     endpoint = MqttEndpoint(mqtt_url)
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"test-pub-{secrets.token_hex(4)}"
-    )
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"test-pub-{secrets.token_hex(4)}")
     if endpoint.username:
         client.username_pw_set(endpoint.username, endpoint.password)
     client.max_inflight_messages_set(100)

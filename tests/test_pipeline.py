@@ -24,7 +24,12 @@ def message(i: int, acks: list[int]) -> Inbound:
     payload = orjson.dumps(
         {"ts": i * 1000, "devices": {"P1-lamp": {"power_w": 1.0, "dim_pct": 50}}}
     )
-    return Inbound("poles/P1/telemetry", payload, lambda: acks.append(i))
+
+    def ack() -> bool:
+        acks.append(i)
+        return True
+
+    return Inbound("poles/P1/telemetry", payload, ack)
 
 
 class FakeWriter:

@@ -1,16 +1,18 @@
 """The MQTT adapter: a persistent QoS 1 subscription whose messages are acknowledged
 only when the caller says so (after commit; DESIGN.md section 8, invariant 1).
 
-aiomqtt owns the connection; it does not expose manual acknowledgement, so the
-adapter switches on paho-mqtt's manual ack on the client aiomqtt wraps (see
-docs/decisions.md). That is the only place polegw reaches into aiomqtt.
+aiomqtt owns the connection (asyncio integration, TLS, subscribe) and reports
+its loss. It does not expose manual acknowledgement, so the adapter switches on
+paho-mqtt's manual ack on the client aiomqtt wraps, and takes paho's message
+callback over to hand each message to the pipeline without a task per message
+(see docs/decisions.md). `MqttSubscription._take_over_messages` is the only
+place polegw reaches into aiomqtt.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,12 +22,13 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway.backoff import Backoff
 from gateway.config import MqttEndpoint, Settings
 from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-Ack = Callable[[], None]
+Ack = Callable[[], bool]  # True when an acknowledgement was sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,23 +49,8 @@ def ingest_topics(prefix: str) -> list[str]:
     ]
 
 
-def _noop() -> None:
-    pass
-
-
-class Backoff:
-    """Capped exponential back-off with full jitter in [delay/2, delay]."""
-
-    def __init__(self, *, first: float = 0.5, cap: float = 30.0) -> None:
-        self._first, self._cap, self._n = first, cap, 0
-
-    def reset(self) -> None:
-        self._n = 0
-
-    def next_delay(self) -> float:
-        delay = min(self._cap, self._first * 2**self._n)
-        self._n = min(self._n + 1, 32)
-        return random.uniform(delay / 2, delay)
+def _no_ack() -> bool:
+    return False
 
 
 def make_client(settings: Settings, *, client_id: str, clean: bool) -> aiomqtt.Client:
@@ -106,30 +94,54 @@ class MqttSubscription:
         self._subscribed = subscribed or asyncio.Event()
         self._generation = 0
         self._connected = False
-        self._client: aiomqtt.Client | None = None
 
     @property
     def connected(self) -> bool:
         return self._connected
 
-    def _ack_for(self, client: aiomqtt.Client, message: aiomqtt.Message) -> Ack:
-        if message.qos == 0:
-            return _noop
-        generation, mid, qos = self._generation, message.mid, message.qos
-        paho_client: paho.Client = client._client  # see module docstring
+    def _ack_for(self, client: paho.Client, generation: int, mid: int, qos: int) -> Ack:
+        if qos == 0:
+            return _no_ack
 
-        def ack() -> None:
+        def ack() -> bool:
             # A message from an earlier connection is not acknowledged on this
             # one: the broker redelivers it, and storing it again is a no-op.
-            if self._generation == generation and self._connected:
-                paho_client.ack(mid, qos)
-                self._metrics.messages_acked.inc()
+            if self._generation != generation or not self._connected:
+                return False
+            client.ack(mid, qos)
+            return True
 
         return ack
 
+    def _take_over_messages(
+        self, client: aiomqtt.Client, deliver: Callable[[Inbound], None]
+    ) -> None:
+        """Receive straight from paho's callback (see module docstring).
+
+        aiomqtt's own path queues each message and wakes a task per message;
+        handing it to `deliver` in the callback halves the gateway's cost per
+        message. aiomqtt still owns the connection and reports its loss.
+        """
+        paho_client: paho.Client = client._client
+        generation = self._generation
+
+        def on_message(_client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
+            try:
+                topic = msg.topic
+            except UnicodeDecodeError:  # brokers should refuse these; keep it readable
+                topic = msg._topic.decode("utf-8", "replace")
+            try:
+                ack = self._ack_for(paho_client, generation, msg.mid, msg.qos)
+                deliver(Inbound(topic, bytes(msg.payload), ack))
+            except Exception:  # a bug must not kill the network loop; the message stays unacked
+                log.exception("ingest failed on a message from %s", topic)
+
+        paho_client.manual_ack_set(True)
+        paho_client.on_message = on_message
+
     async def run(
         self,
-        deliver: Callable[[Inbound], Awaitable[None]],
+        deliver: Callable[[Inbound], None],
         stop: asyncio.Event,
         drain: Callable[[], Awaitable[object]],
     ) -> None:
@@ -144,12 +156,11 @@ class MqttSubscription:
             client = make_client(
                 self._settings, client_id=self._settings.mqtt_client_id, clean=False
             )
-            client._client.manual_ack_set(True)  # see module docstring
+            self._generation += 1
+            self._take_over_messages(client, deliver)
             try:
                 async with client:
-                    self._generation += 1
                     self._connected = True
-                    self._client = client
                     self._metrics.mqtt_connected.set(1)
                     await client.subscribe([(t, 1) for t in topics])
                     log.info(
@@ -157,7 +168,7 @@ class MqttSubscription:
                     )
                     backoff.reset()
                     self._subscribed.set()
-                    if await self._pump_until(client, deliver, stop):
+                    if await self._pump_until(client, stop):
                         await drain()
                         return
             except aiomqtt.MqttError as exc:
@@ -165,7 +176,6 @@ class MqttSubscription:
             finally:
                 self._connected = False
                 self._subscribed.clear()
-                self._client = None
                 self._metrics.mqtt_connected.set(0)
             delay = backoff.next_delay()
             log.info("MQTT reconnecting in %.1fs", delay)
@@ -175,25 +185,15 @@ class MqttSubscription:
             except TimeoutError:
                 pass
 
-    async def _pump(
-        self, client: aiomqtt.Client, deliver: Callable[[Inbound], Awaitable[None]]
-    ) -> None:
-        """Hand messages over until disconnected (aiomqtt raises MqttError)."""
-        async for message in client.messages:
-            payload = message.payload
-            if not isinstance(payload, bytes | bytearray):
-                payload = str(payload).encode()
-            ack = self._ack_for(client, message)
-            await deliver(Inbound(message.topic.value, bytes(payload), ack))
+    @staticmethod
+    async def _until_disconnected(client: aiomqtt.Client) -> None:
+        """Messages go to the callback, so this only waits for aiomqtt's MqttError."""
+        async for _ in client.messages:
+            pass
 
-    async def _pump_until(
-        self,
-        client: aiomqtt.Client,
-        deliver: Callable[[Inbound], Awaitable[None]],
-        stop: asyncio.Event,
-    ) -> bool:
+    async def _pump_until(self, client: aiomqtt.Client, stop: asyncio.Event) -> bool:
         """True when stopped; raises MqttError when the connection is lost."""
-        pump = asyncio.create_task(self._pump(client, deliver), name="mqtt-pump")
+        pump = asyncio.create_task(self._until_disconnected(client), name="mqtt-connection")
         stopped = asyncio.create_task(stop.wait(), name="mqtt-stop")
         try:
             done, _ = await asyncio.wait({pump, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -204,11 +204,3 @@ class MqttSubscription:
             pump.result()  # re-raises the disconnect
             raise aiomqtt.MqttError("message stream ended")
         return True
-
-    async def publish(
-        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
-    ) -> None:
-        """Publish on the gateway's connection (commands). Raises MqttError when offline."""
-        if self._client is None or not self._connected:
-            raise aiomqtt.MqttError("not connected to the MQTT broker")
-        await self._client.publish(topic, payload, qos=qos, retain=retain)

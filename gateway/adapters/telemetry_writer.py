@@ -98,16 +98,15 @@ class TelemetryWriter:
     ) -> int:
         if not readings:
             return 0
-        # Within a batch the same reading may arrive twice (a redelivered
-        # message next to its original); keep the first.
-        unique = list({(r.device_id, r.metric, r.ts): r for r in reversed(readings)}.values())
         try:
             async with conn.transaction():  # a savepoint: a refused COPY undoes only itself
-                await self._copy(conn, "telemetry", unique)
-            return len(unique)
+                await self._copy(conn, "telemetry", readings)
+            return len(readings)
         except pg_errors.UniqueViolation:
             pass
-        await self._copy(conn, "telemetry_incoming", unique)
+        # Some reading is stored already, or is in this batch twice (a
+        # redelivered message beside its original): DO NOTHING skips both.
+        await self._copy(conn, "telemetry_incoming", readings)
         cur = await conn.execute(
             f"INSERT INTO telemetry ({COPY_COLUMNS}) SELECT {COPY_COLUMNS}"
             " FROM telemetry_incoming ON CONFLICT DO NOTHING"

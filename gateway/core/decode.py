@@ -198,8 +198,14 @@ def _device_values(
         )
         return
     metrics = device.profile.metrics
+    bounds = device.profile.number_bounds
     readings = b.out.readings
     for name, raw in values.items():
+        # Fast path for the common case; anything else gets the full check.
+        limits = bounds.get(name)
+        if limits is not None and type(raw) in (float, int) and limits[0] <= raw <= limits[1]:
+            readings.append(Reading(ts, device_id, name, float(raw)))
+            continue
         spec = metrics.get(name)
         if spec is None:
             b.dead(

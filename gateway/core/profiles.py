@@ -8,9 +8,11 @@ profile of the device that sent it.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal, Self
@@ -114,6 +116,20 @@ class Profile(_Strict):
         if not self.metrics and not self.events:
             raise ValueError("a profile declares at least one metric or event")
         return self
+
+    @cached_property
+    def number_bounds(self) -> dict[str, tuple[float, float]]:
+        """(min, max) of each number metric, open ends as the largest finite floats.
+
+        The decoder's fast path: a plain int or float within these bounds is
+        valid as it is (NaN and infinities fall outside, to the full check).
+        """
+        top = sys.float_info.max
+        return {
+            name: (-top if m.min is None else m.min, top if m.max is None else m.max)
+            for name, m in self.metrics.items()
+            if m.type == "number"
+        }
 
 
 class ProfileCatalog(Mapping[str, Profile]):
