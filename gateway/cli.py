@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from gateway.config import Settings
 from gateway.errors import ConfigError, SourceFileError
@@ -37,8 +38,11 @@ def setup_logging(level: str) -> None:
 def settings_or_exit() -> Settings:
     try:
         return Settings()
-    except ValueError as exc:  # pydantic's ValidationError names the variable
-        typer.echo(f"polegw: invalid settings:\n{exc}", err=True)
+    except ValidationError as exc:
+        # Name the variable and the problem; never echo the value (it may hold a password).
+        for err in exc.errors(include_url=False, include_input=False):
+            name = "POLEGW_" + "_".join(str(p) for p in err["loc"]).upper()
+            typer.echo(f"polegw: {name}: {err['msg'].removeprefix('Value error, ')}", err=True)
         raise typer.Exit(2) from None
 
 

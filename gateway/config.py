@@ -36,6 +36,17 @@ class Settings(BaseSettings):
     batch_max_readings: Annotated[int, Field(ge=1)] = 5000
     batch_max_delay_s: Annotated[float, Field(gt=0, le=10)] = 0.05
     registry_refresh_s: Annotated[float, Field(gt=0)] = 10.0
+    # Readings stamped further ahead than this, or older than this, are stored
+    # with a quality flag and counted (a pole's clock is wrong, or it uploads
+    # a long backlog). 35 days matches the rollups' refresh window.
+    clock_max_ahead_s: Annotated[float, Field(gt=0)] = 300.0
+    clock_max_age_s: Annotated[float, Field(gt=0)] = 35 * 24 * 3600.0
+    # Modbus polling: per-request timeout, quiet gap between RTU frames, failed
+    # polls before a device is offline and quarantined, longest quarantine.
+    modbus_timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    modbus_rtu_gap_s: Annotated[float, Field(ge=0, le=1)] = 0.005
+    modbus_offline_after: Annotated[int, Field(ge=1, le=100)] = 3
+    modbus_quarantine_cap_s: Annotated[float, Field(gt=0)] = 300.0
     # Telemetry queries: the widest time range one request may ask for.
     api_max_raw_range_h: Annotated[int, Field(ge=1)] = 7 * 24
     api_max_bucket_range_d: Annotated[int, Field(ge=1)] = 400
@@ -51,6 +62,27 @@ class Settings(BaseSettings):
         v = v.strip("/")
         if not v or any(c in v for c in "+#"):
             raise ValueError("must be a non-empty topic without wildcards")
+        return v
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_url(cls, v: str) -> str:
+        try:
+            MqttEndpoint(v)
+        except (ConfigError, ValueError) as exc:  # ValueError: a port that is not a number
+            raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, v: str | None) -> str | None:
+        if v:
+            from gateway.adapters.db import libpq_url
+
+            try:
+                libpq_url(v)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         return v
 
     def require_database_url(self) -> str:

@@ -16,6 +16,7 @@ import socket
 from pathlib import Path
 
 from gateway.adapters import migrate
+from gateway.adapters.db import redacted
 from gateway.adapters.site_store import import_site
 from gateway.config import Settings
 from gateway.service import run_gateway
@@ -52,7 +53,7 @@ async def run_demo(
         update: dict[str, object] = {}
         if settings.database_url:
             database_url = settings.database_url
-            _say(f"database: {database_url} (POLEGW_DATABASE_URL)")
+            _say(f"database: {redacted(database_url)} (POLEGW_DATABASE_URL)")
         else:
             _say(f"database: starting embedded PostgreSQL, data in {data_dir}")
             database_url = await stack.enter_async_context(

@@ -19,13 +19,13 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from gateway.adapters.mqtt import Ack, Inbound
 from gateway.backoff import Backoff
 from gateway.core.decode import decode_message
-from gateway.core.readings import Batch, WriteResult
+from gateway.core.readings import Batch, ClockCheck, Decoded, Quality, WriteResult
 from gateway.core.registry import Registry
 from gateway.errors import StorageUnavailable
 from gateway.metrics import Metrics
@@ -40,7 +40,7 @@ class BatchWriter(Protocol):
 class _Collecting:
     """The batch being filled, with what is needed once it is committed."""
 
-    __slots__ = ("acks", "batch", "dead", "kinds", "opened_at", "stamps")
+    __slots__ = ("acks", "batch", "dead", "flagged", "kinds", "opened_at", "stamps")
 
     def __init__(self) -> None:
         self.batch = Batch()
@@ -48,6 +48,7 @@ class _Collecting:
         self.stamps: list[datetime] = []
         self.kinds: Counter[str] = Counter()
         self.dead: Counter[str] = Counter()
+        self.flagged: Counter[str] = Counter()
         self.opened_at = 0.0
 
 
@@ -62,7 +63,11 @@ class IngestPipeline:
         max_readings: int = 5000,
         max_messages: int = 2000,
         max_delay_s: float = 0.05,
+        clock_max_ahead: timedelta = timedelta(minutes=5),
+        clock_max_age: timedelta = timedelta(days=35),
     ) -> None:
+        self._max_ahead = clock_max_ahead
+        self._max_age = clock_max_age
         self._writer = writer
         self._registry = registry
         self._metrics = metrics
@@ -91,9 +96,29 @@ class IngestPipeline:
 
     def offer(self, message: Inbound) -> None:
         """Decode a message into the collecting batch, without waiting."""
+        clock = ClockCheck(datetime.now(UTC), self._max_ahead, self._max_age)
         decoded = decode_message(
-            message.topic, message.payload, self._registry(), prefix=self._prefix
+            message.topic, message.payload, self._registry(), prefix=self._prefix, clock=clock
         )
+        self._add(decoded, message.ack)
+
+    async def put(self, message: Inbound) -> None:
+        """Like `offer`, but first waits while the collecting batch is full."""
+        await self._wait_for_room()
+        self.offer(message)
+
+    async def put_decoded(self, decoded: Decoded, ack: Ack) -> None:
+        """Add what a poller decoded itself (Modbus); waits while the batch is full.
+        `ack` runs after the batch is committed."""
+        await self._wait_for_room()
+        self._add(decoded, ack)
+
+    async def _wait_for_room(self) -> None:
+        while self._is_full():
+            self._room.clear()
+            await self._room.wait()
+
+    def _add(self, decoded: Decoded, ack: Ack) -> None:
         c = self._current
         if not c.acks:
             c.opened_at = time.monotonic()
@@ -101,6 +126,9 @@ class IngestPipeline:
         c.kinds[decoded.topic_kind] += 1
         if decoded.readings:
             b.readings.extend(decoded.readings)
+            if decoded.quality:
+                flag = "ahead" if decoded.quality & Quality.CLOCK_AHEAD else "stale"
+                c.flagged[flag] += len(decoded.readings)
         if decoded.events:
             b.events.extend(decoded.events)
         if decoded.presence:
@@ -111,19 +139,12 @@ class IngestPipeline:
                 c.dead[dead.reason.value] += 1
         if decoded.message_ts is not None:
             c.stamps.append(decoded.message_ts)
-        c.acks.append(message.ack)
+        c.acks.append(ack)
         self._in_flight += 1
         self._idle.clear()
         self._has_data.set()
         if self._is_full():
             self._full.set()
-
-    async def put(self, message: Inbound) -> None:
-        """Like `offer`, but first waits while the collecting batch is full."""
-        while self._is_full():
-            self._room.clear()
-            await self._room.wait()
-        self.offer(message)
 
     async def run(self) -> None:
         """Commit batches forever (cancel to stop)."""
@@ -158,6 +179,8 @@ class IngestPipeline:
             m.messages_received.labels(kind).inc(n)
         for reason, n in c.dead.items():
             m.dead_letters.labels(reason).inc(n)
+        for flag, n in c.flagged.items():
+            m.readings_clock_flagged.labels(flag).inc(n)
         m.readings_received.inc(len(c.batch.readings))
         m.pending_messages.set(self._in_flight)
 

@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway.core.readings import DeadLetterReason
 
-TOPIC_KINDS = ("telemetry", "device_telemetry", "events", "status", "unknown")
+TOPIC_KINDS = ("telemetry", "device_telemetry", "events", "status", "modbus", "unknown")
 
 
 class Metrics:
@@ -17,7 +17,7 @@ class Metrics:
         r = self.registry
         self.messages_received = Counter(
             "polegw_mqtt_messages_received",
-            "MQTT messages received, by topic kind",
+            "Messages received (MQTT by topic kind; modbus: one per poll)",
             ["kind"],
             registry=r,
         )
@@ -37,6 +37,14 @@ class Metrics:
             "Readings already stored (replays, redeliveries)",
             registry=r,
         )
+        self.readings_clock_flagged = Counter(
+            "polegw_readings_clock_flagged",
+            "Readings stored with a clock flag (ahead: in the future; stale: too old)",
+            ["flag"],
+            registry=r,
+        )
+        for flag in ("ahead", "stale"):
+            self.readings_clock_flagged.labels(flag)
         self.dead_letters = Counter(
             "polegw_dead_letters", "Parts of messages refused, by reason", ["reason"], registry=r
         )
@@ -94,6 +102,48 @@ class Metrics:
         )
         self.registry_devices = Gauge(
             "polegw_registry_devices", "Devices known to the gateway", registry=r
+        )
+        # Modbus: labelled by bus ("host:port/framer"), one series per configured bus.
+        self.modbus_polls = Counter(
+            "polegw_modbus_polls",
+            "Device polls by outcome (ok, timeout, exception, connection, protocol)",
+            ["bus", "result"],
+            registry=r,
+        )
+        self.modbus_poll_seconds = Histogram(
+            "polegw_modbus_poll_seconds",
+            "Time to read all blocks of one device",
+            ["bus"],
+            buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.modbus_poll_lateness = Histogram(
+            "polegw_modbus_poll_lateness_seconds",
+            "How late a poll started against its schedule",
+            ["bus"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+            registry=r,
+        )
+        self.modbus_skipped_cycles = Counter(
+            "polegw_modbus_skipped_cycles",
+            "Poll cycles skipped because they were a whole interval late",
+            ["bus"],
+            registry=r,
+        )
+        self.modbus_quarantined = Gauge(
+            "polegw_modbus_quarantined_devices",
+            "Devices offline and retried with back-off",
+            ["bus"],
+            registry=r,
+        )
+        self.modbus_connect_failures = Counter(
+            "polegw_modbus_connect_failures",
+            "Failed connection attempts to a bus",
+            ["bus"],
+            registry=r,
+        )
+        self.modbus_points_read = Counter(
+            "polegw_modbus_points_read", "Values read from Modbus devices", registry=r
         )
         for kind in TOPIC_KINDS:
             self.messages_received.labels(kind)

@@ -46,12 +46,13 @@ class RegistrySource:
         self._metrics.registry_devices.set(self._current.device_count)
         return self._current
 
-    async def load_with_retry(self) -> Registry:
-        """At start-up: wait for the database rather than ingest with an empty registry."""
+    async def load_with_retry(self, stop: asyncio.Event) -> bool:
+        """At start-up: wait for the database rather than ingest with an empty
+        registry. False when `stop` was set first."""
         backoff = Backoff(first=0.5, cap=10)
-        while True:
+        while not stop.is_set():
             try:
-                return await self.load()
+                await self.load()
             except psycopg.OperationalError as exc:
                 delay = backoff.next_delay()
                 log.warning(
@@ -59,7 +60,14 @@ class RegistrySource:
                     str(exc).strip(),
                     delay,
                 )
-                await asyncio.sleep(delay)
+                try:
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
+                except TimeoutError:
+                    pass
+            else:
+                return True
+        return False
 
     async def refresh_forever(self) -> None:
         failing = False

@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
+from datetime import timedelta
 
 import uvicorn
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.adapters.db import libpq_url
+from gateway.adapters.modbus_bus import BusOptions
 from gateway.adapters.mqtt import MqttSubscription
 from gateway.adapters.read_model import ReadModel
 from gateway.adapters.telemetry_writer import TelemetryWriter
@@ -20,6 +22,7 @@ from gateway.config import Settings
 from gateway.core.profiles import ProfileCatalog, load_catalog
 from gateway.ingest import IngestPipeline
 from gateway.metrics import Metrics
+from gateway.modbus_polling import ModbusPolling, StateStore
 from gateway.registry_source import RegistrySource
 
 log = logging.getLogger(__name__)
@@ -65,7 +68,8 @@ async def run_gateway(
     catalog = catalog or load_catalog(settings.profiles_dir)
     metrics = metrics or Metrics()
     registry = RegistrySource(database_url, catalog, metrics, every_s=settings.registry_refresh_s)
-    await registry.load_with_retry()
+    if not await registry.load_with_retry(stop):
+        return
     writer = TelemetryWriter(database_url)
     pipeline = IngestPipeline(
         writer=writer,
@@ -74,8 +78,23 @@ async def run_gateway(
         prefix=settings.mqtt_topic_prefix,
         max_readings=settings.batch_max_readings,
         max_delay_s=settings.batch_max_delay_s,
+        clock_max_ahead=timedelta(seconds=settings.clock_max_ahead_s),
+        clock_max_age=timedelta(seconds=settings.clock_max_age_s),
     )
     mqtt = MqttSubscription(settings, metrics, subscribed=subscribed)
+    modbus = ModbusPolling(
+        registry=registry,
+        pipeline=pipeline,
+        metrics=metrics,
+        on_state=StateStore(database_url),
+        options=BusOptions(
+            timeout_s=settings.modbus_timeout_s,
+            rtu_gap_s=settings.modbus_rtu_gap_s,
+            offline_after=settings.modbus_offline_after,
+            quarantine_cap_s=settings.modbus_quarantine_cap_s,
+        ),
+        refresh_s=settings.registry_refresh_s,
+    )
     pool = open_pool(database_url)
     await pool.open(wait=False)
     server: ApiServer | None = None
@@ -83,6 +102,7 @@ async def run_gateway(
         async with asyncio.TaskGroup() as tg:
             commit = tg.create_task(pipeline.run(), name="ingest-commit")
             refresh = tg.create_task(registry.refresh_forever(), name="registry-refresh")
+            polling = tg.create_task(modbus.run(stop), name="modbus-polling")
             if api:
                 ctx = ApiContext(
                     settings, ReadModel(pool), catalog, metrics, lambda: mqtt.connected
@@ -102,7 +122,9 @@ async def run_gateway(
             )
             await stop.wait()
             log.info("stopping: draining ingest")
-            await ingest
+            await polling
+            await ingest  # drains and disconnects
+            await pipeline.drain()  # whatever the last polls delivered meanwhile
             commit.cancel()
             refresh.cancel()
             if server is not None:

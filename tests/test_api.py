@@ -145,6 +145,12 @@ async def test_buckets(api: httpx.AsyncClient) -> None:
             "start",
         ),
         ("/api/v1/poles", {"limit": 0}, 422, "limit"),
+        (
+            "/api/v1/devices/P0001-lamp/telemetry",
+            {"metric": "power_w", "start": "2026-01-01T00:00:00Z", "bucket": "1s"},
+            422,
+            "bucket",
+        ),
     ],
 )
 async def test_errors_are_json_and_name_the_field(

@@ -337,6 +337,12 @@ CASES = [
         dead=[(R.UNDECLARED_EVENT, "P0001", "cab-1", None)],
     ),
     Case(
+        "event-data-with-nul",  # valid JSON, but PostgreSQL's jsonb cannot hold it
+        EVENTS,
+        {"ts": TS, "device": "cab-1", "type": "door_open", "data": {"by": "\u0000"}},
+        dead=[(R.BAD_VALUE, "P0001", "cab-1", None)],
+    ),
+    Case(
         "event-of-a-device-without-events",
         EVENTS,
         {"ts": TS, "device": "env-1", "type": "impact"},

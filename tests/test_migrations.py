@@ -15,6 +15,7 @@ TABLES = {
     "device_events",
     "dead_letters",
     "pole_presence",
+    "device_state",
 }
 VIEWS = {"telemetry_15m", "telemetry_1h"}
 
@@ -37,7 +38,7 @@ def has_timescale(url: str) -> bool:
 
 def test_upgrade_downgrade_upgrade(fresh_database_url: str) -> None:
     migrate.upgrade(fresh_database_url)
-    assert migrate.current(fresh_database_url) == "0001"
+    assert migrate.current(fresh_database_url) == "0002"
     assert relations(fresh_database_url) >= TABLES | VIEWS
     migrate.downgrade(fresh_database_url)
     assert migrate.current(fresh_database_url) is None

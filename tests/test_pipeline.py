@@ -4,6 +4,7 @@ retries while storage is down, bounded intake."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import orjson
 import pytest
@@ -120,3 +121,22 @@ async def test_drain_gives_up_when_storage_stays_down() -> None:
     with pytest.raises(asyncio.CancelledError):
         await runner
     assert acks == []  # never acknowledged: the broker will redeliver
+
+
+async def test_implausible_clocks_are_flagged_and_counted_not_dropped() -> None:
+    writer, acks = FakeWriter(), list[int]()
+    metrics = Metrics()
+    p = IngestPipeline(writer=writer, registry=lambda: REGISTRY, metrics=metrics, prefix="poles")
+    runner = asyncio.create_task(p.run())
+    future = orjson.dumps({"ts": "2099-01-01T00:00:00Z", "devices": {"P1-lamp": {"power_w": 1.0}}})
+    ancient = orjson.dumps({"ts": 0, "devices": {"P1-lamp": {"power_w": 1.0, "dim_pct": 5}}})
+    for payload in (future, ancient):
+        p.offer(Inbound("poles/P1/telemetry", payload, lambda: True))
+    await p.put(message(int(time.time()), acks))  # a good clock
+    assert await p.drain(timeout_s=2)
+    runner.cancel()
+    qualities = [r.quality for b in writer.batches for r in b.readings]
+    assert qualities == [1, 2, 2, 0, 0]  # ahead, stale, stale, good, good
+    flagged = metrics.readings_clock_flagged
+    assert flagged.labels("ahead")._value.get() == 1
+    assert flagged.labels("stale")._value.get() == 2

@@ -93,3 +93,30 @@ async def test_unreachable_database_raises_storage_unavailable() -> None:
     writer = TelemetryWriter("postgresql://postgres@127.0.0.1:1/none")
     with pytest.raises(StorageUnavailable):
         await writer.write(Batch(readings=readings(1)))
+
+
+async def test_a_batch_the_database_refuses_is_salvaged_not_fatal(fresh_database_url: str) -> None:
+    """PostgreSQL's jsonb refuses \\u0000: the batch's other parts are stored and the
+    refused event becomes a dead letter (no crash loop on a redelivered message)."""
+    from gateway.adapters.migrate import upgrade
+
+    upgrade(fresh_database_url)
+    poisoned = DeviceEvent(T0, "P0001", "P0001-cab", "door_open", {"by": "\0"})
+    good = DeviceEvent(T0, "P0001", "P0001-cab", "door_close", {})
+    writer = TelemetryWriter(fresh_database_url)
+    try:
+        result = await writer.write(Batch(readings=readings(3), events=[poisoned, good]))
+        assert result.inserted == 3
+        # The connection is still usable afterwards.
+        assert (await writer.write(Batch(readings=readings(1, start=10)))).inserted == 1
+    finally:
+        await writer.close()
+    with psycopg.connect(fresh_database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM telemetry").fetchone() == (4,)
+        assert conn.execute("SELECT type FROM device_events").fetchall() == [("door_close",)]
+        reason, detail = conn.execute("SELECT reason, detail FROM dead_letters").fetchone() or (
+            "",
+            "",
+        )
+    assert reason == "bad_value"
+    assert "door_open" in detail

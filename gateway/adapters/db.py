@@ -19,3 +19,13 @@ def libpq_url(url: str) -> str:
 def sqlalchemy_url(url: str) -> str:
     """The same database for SQLAlchemy with the psycopg 3 driver."""
     return "postgresql+psycopg" + libpq_url(url)[len("postgresql") :]
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = (parts.username or "") + ":***"
+    return urlunsplit((parts.scheme, f"{user}@{netloc[-1]}", *parts[2:]))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -51,6 +52,24 @@ def ingest_topics(prefix: str) -> list[str]:
 
 def _no_ack() -> bool:
     return False
+
+
+# A connection must last this long before the reconnect back-off starts over.
+STABLE_AFTER_S = 30.0
+
+
+class SubscriptionRefused(aiomqtt.MqttError):
+    """The broker did not grant QoS 1 on every ingest topic (ACL, max_qos)."""
+
+
+def _require_qos1(granted: object, topics: list[str]) -> None:
+    """`subscribe` answers reason codes (MQTT 5) or granted QoS values (3.1.1)."""
+    codes = [getattr(g, "value", g) for g in granted] if isinstance(granted, list | tuple) else []
+    bad = [t for t, code in zip(topics, codes, strict=False) if code != 1]
+    if len(codes) != len(topics) or bad:
+        raise SubscriptionRefused(
+            f"the broker did not grant QoS 1 on {bad or topics} (got {codes})"
+        )
 
 
 def make_client(settings: Settings, *, client_id: str, clean: bool) -> aiomqtt.Client:
@@ -94,6 +113,8 @@ class MqttSubscription:
         self._subscribed = subscribed or asyncio.Event()
         self._generation = 0
         self._connected = False
+        self._closing = False
+        self._endpoint = MqttEndpoint(settings.mqtt_url)
 
     @property
     def connected(self) -> bool:
@@ -126,6 +147,8 @@ class MqttSubscription:
         generation = self._generation
 
         def on_message(_client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
+            if self._closing:
+                return  # stopping: left unacknowledged for the next session to receive
             try:
                 topic = msg.topic
             except UnicodeDecodeError:  # brokers should refuse these; keep it readable
@@ -149,6 +172,7 @@ class MqttSubscription:
         backoff = Backoff()
         topics = ingest_topics(self._settings.mqtt_topic_prefix)
         first = True
+        self._closing = False
         while not stop.is_set():
             if not first:
                 self._metrics.mqtt_reconnects.inc()
@@ -160,19 +184,32 @@ class MqttSubscription:
             self._take_over_messages(client, deliver)
             try:
                 async with client:
+                    connected_at = time.monotonic()
                     self._connected = True
                     self._metrics.mqtt_connected.set(1)
-                    await client.subscribe([(t, 1) for t in topics])
+                    granted = await client.subscribe([(t, 1) for t in topics])
+                    _require_qos1(granted, topics)
                     log.info(
-                        "MQTT connected to %s, subscribed to %s", self._settings.mqtt_url, topics
+                        "MQTT connected to %r as %s, subscribed to %s",
+                        self._endpoint,
+                        self._settings.mqtt_client_id,
+                        topics,
                     )
-                    backoff.reset()
                     self._subscribed.set()
-                    if await self._pump_until(client, stop):
+                    try:
+                        stopped = await self._pump_until(client, stop)
+                    finally:
+                        # A connection that drops at once is not a recovery.
+                        if time.monotonic() - connected_at > STABLE_AFTER_S:
+                            backoff.reset()
+                    if stopped:
+                        self._closing = True
                         await drain()
                         return
+            except SubscriptionRefused as exc:
+                log.error("MQTT: %s; retrying with back-off", exc)
             except aiomqtt.MqttError as exc:
-                log.warning("MQTT connection lost or refused: %s", exc)
+                log.warning("MQTT connection to %r lost or refused: %s", self._endpoint, exc)
             finally:
                 self._connected = False
                 self._subscribed.clear()

@@ -67,8 +67,12 @@ class ReadModel:
         return await self._one(
             """
             SELECT d.id, d.pole_id, d.profile, d.transport, d.modbus,
-                   pr.state AS pole_presence, pr.since AS pole_presence_since
-            FROM devices d LEFT JOIN pole_presence pr ON pr.pole_id = d.pole_id
+                   pr.state AS pole_presence, pr.since AS pole_presence_since,
+                   st.online AS polled_online, st.since AS polled_since,
+                   st.detail AS polled_detail
+            FROM devices d
+            LEFT JOIN pole_presence pr ON pr.pole_id = d.pole_id
+            LEFT JOIN device_state st ON st.device_id = d.id
             WHERE d.id = %s
             """,
             (device_id,),
@@ -123,7 +127,7 @@ class ReadModel:
     ) -> list[Row]:
         return await self._all(
             """
-            SELECT date_bin(%(bucket)s, ts, TIMESTAMPTZ '2000-01-01') AS bucket,
+            SELECT date_bin(%(bucket)s, ts, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
                    min(value) AS min, avg(value) AS avg, max(value) AS max,
                    (array_agg(value ORDER BY ts DESC))[1] AS last,
                    count(*) AS samples

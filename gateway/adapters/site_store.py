@@ -7,11 +7,12 @@ from dataclasses import dataclass
 
 import orjson
 import psycopg
+from pydantic import ValidationError
 
 from gateway.adapters.db import libpq_url
 from gateway.core.profiles import ProfileCatalog
 from gateway.core.registry import DeviceRef, Registry
-from gateway.core.site import SiteSpec
+from gateway.core.site import ModbusEndpoint, SiteSpec
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +107,19 @@ async def load_registry(
     poles = [str(r[0]) for r in await (await conn.execute("SELECT id FROM poles")).fetchall()]
     devices = []
     rows = await (
-        await conn.execute("SELECT id, pole_id, profile, transport FROM devices")
+        await conn.execute("SELECT id, pole_id, profile, transport, modbus FROM devices")
     ).fetchall()
-    for device_id, pole_id, profile, transport in rows:
+    for device_id, pole_id, profile, transport, modbus in rows:
         spec = catalog.get(str(profile))
+        try:
+            endpoint = ModbusEndpoint.model_validate(modbus) if modbus is not None else None
+        except ValidationError as exc:
+            log.warning("device %s has an unusable modbus endpoint; not polled: %s", device_id, exc)
+            endpoint = None
         if spec is None:
             log.warning(
                 "device %s has unknown profile %r; its data will be refused", device_id, profile
             )
             continue
-        devices.append(DeviceRef(str(device_id), str(pole_id), spec, str(transport)))
+        devices.append(DeviceRef(str(device_id), str(pole_id), spec, str(transport), endpoint))
     return Registry(poles, devices)

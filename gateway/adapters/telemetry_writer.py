@@ -19,7 +19,15 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from gateway.adapters.db import libpq_url
-from gateway.core.readings import Batch, DeadLetter, DeviceEvent, Presence, Reading, WriteResult
+from gateway.core.readings import (
+    Batch,
+    DeadLetter,
+    DeadLetterReason,
+    DeviceEvent,
+    Presence,
+    Reading,
+    WriteResult,
+)
 from gateway.errors import StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -62,18 +70,72 @@ class TelemetryWriter:
             self._conn = None
 
     async def write(self, batch: Batch) -> WriteResult:
-        """Commit the batch or raise StorageUnavailable (nothing committed)."""
+        """Commit the batch, or raise StorageUnavailable with nothing committed.
+
+        If PostgreSQL refuses the batch for its content rather than its
+        availability (a value it cannot store), the batch is salvaged: each
+        part is committed on its own and what is refused becomes a dead letter,
+        so one bad message can never stop ingestion or crash the gateway.
+        """
         try:
             conn = await self._connection()
-            async with conn.transaction():
-                inserted = await self._readings(conn, batch.readings)
-                await self._events(conn, batch.events)
-                await self._presence(conn, batch.presence)
-                await self._dead_letters(conn, batch.dead_letters)
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            try:
+                async with conn.transaction():
+                    inserted = await self._readings(conn, batch.readings)
+                    await self._events(conn, batch.events)
+                    await self._presence(conn, batch.presence)
+                    await self._dead_letters(conn, batch.dead_letters)
+            except _UNAVAILABLE:
+                raise
+            except psycopg.DatabaseError as exc:
+                if _is_unavailable(exc):
+                    raise
+                log.error("database refused a batch (%s); committing its parts one by one", exc)
+                inserted = await self._salvage(conn, batch)
+        except _UNAVAILABLE as exc:
+            await self._discard()
+            raise StorageUnavailable(str(exc).strip()) from exc
+        except psycopg.DatabaseError as exc:  # only the unavailable kinds get here
             await self._discard()
             raise StorageUnavailable(str(exc).strip()) from exc
         return WriteResult(inserted, len(batch.readings) - inserted)
+
+    async def _salvage(
+        self, conn: psycopg.AsyncConnection[tuple[object, ...]], batch: Batch
+    ) -> int:
+        """Commit each item in its own transaction; refused items become dead letters."""
+        refused: list[DeadLetter] = []
+        inserted = 0
+        for reading in batch.readings:
+            try:
+                async with conn.transaction():
+                    inserted += await self._readings(conn, [reading])
+            except psycopg.DataError as exc:
+                refused.append(
+                    _refused(
+                        f"reading {reading.device_id}/{reading.metric}",
+                        exc,
+                        reading.device_id,
+                        reading.metric,
+                    )
+                )
+        for event in batch.events:
+            try:
+                async with conn.transaction():
+                    await self._events(conn, [event])
+            except psycopg.DataError as exc:
+                refused.append(
+                    _refused(f"event {event.type}", exc, event.device_id, None, event.pole_id)
+                )
+        for presence in batch.presence:
+            try:
+                async with conn.transaction():
+                    await self._presence(conn, [presence])
+            except psycopg.DataError as exc:
+                refused.append(_refused("presence", exc, None, None, presence.pole_id))
+        async with conn.transaction():
+            await self._dead_letters(conn, [*batch.dead_letters, *refused])
+        return inserted
 
     async def _discard(self) -> None:
         if self._conn is not None:
@@ -169,6 +231,31 @@ class TelemetryWriter:
                     for d in dead
                 ],
             )
+
+
+_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError)
+
+
+def _is_unavailable(exc: psycopg.DatabaseError) -> bool:
+    """Errors that say the database cannot take writes now, whatever the data:
+    class 25 (e.g. read-only after a failover), 53 (resources), 57 (operator
+    intervention), 08 (connection)."""
+    state = exc.sqlstate or ""
+    return state[:2] in ("08", "25", "53", "57")
+
+
+def _refused(
+    what: str, exc: psycopg.Error, device: str | None, metric: str | None, pole: str | None = None
+) -> DeadLetter:
+    return DeadLetter(
+        topic="(database)",
+        reason=DeadLetterReason.BAD_VALUE,
+        detail=f"{what} refused by the database: {str(exc).strip()[:300]}",
+        payload=b"",
+        pole_id=pole,
+        device_id=device,
+        metric=metric,
+    )
 
 
 def _text(s: str) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -65,6 +65,12 @@ class Device(BaseModel):
 
 
 class DeviceDetail(Device):
+    state: Literal["online", "offline", "unknown"] = Field(
+        description="Polled devices: from their polls (offline after repeated failures);"
+        " MQTT devices: their pole's presence"
+    )
+    state_since: datetime | None
+    state_detail: str | None = Field(None, description="Why a polled device is offline")
     pole_presence: str | None
     pole_presence_since: datetime | None
     last_seen: datetime | None = Field(None, description="Time of the newest stored reading")

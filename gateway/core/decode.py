@@ -14,6 +14,7 @@ import orjson
 
 from gateway.core.profiles import Refused
 from gateway.core.readings import (
+    ClockCheck,
     DeadLetter,
     DeadLetterReason,
     Decoded,
@@ -90,9 +91,10 @@ def parse_topic(topic: str, prefix: str) -> Topic | None:
 class _Builder:
     """Collects the outcome of one message."""
 
-    def __init__(self, topic: str, payload: bytes) -> None:
+    def __init__(self, topic: str, payload: bytes, clock: ClockCheck | None = None) -> None:
         self.topic = topic
         self.payload = payload
+        self.clock = clock
         self.out = Decoded()
 
     def dead(
@@ -118,10 +120,17 @@ class _Builder:
 
 
 def decode_message(
-    topic: str, payload: bytes, registry: Registry, *, prefix: str = "poles"
+    topic: str,
+    payload: bytes,
+    registry: Registry,
+    *,
+    prefix: str = "poles",
+    clock: ClockCheck | None = None,
 ) -> Decoded:
-    """Everything one message yields; never raises for bad input."""
-    b = _Builder(topic, payload)
+    """Everything one message yields; never raises for bad input.
+
+    With `clock`, readings with an implausible timestamp carry a quality flag."""
+    b = _Builder(topic, payload, clock)
     where = parse_topic(topic, prefix)
     if where is None:
         b.dead(R.UNKNOWN_TOPIC, f"topic {topic[:200]!r} is not part of the polegw contract")
@@ -183,12 +192,29 @@ def _device(b: _Builder, registry: Registry, pole: str, device_id: str) -> Devic
     return device
 
 
+def decode_polled(
+    device: DeviceRef, values: dict[str, object], ts: datetime, *, source: str
+) -> Decoded:
+    """Values read from a device by polling (Modbus), checked exactly like the
+    values of an MQTT message. `source` stands in for the topic in dead letters."""
+    b = _Builder(source, orjson.dumps(values, option=orjson.OPT_NON_STR_KEYS), None)
+    b.out.topic_kind = "modbus"
+    b.out.message_ts = ts
+    _checked_values(b, device, device.pole_id, values, ts)
+    return b.out
+
+
 def _device_values(
     b: _Builder, registry: Registry, pole: str, device_id: str, values: Any, ts: datetime
 ) -> None:
     device = _device(b, registry, pole, device_id)
     if device is None:
         return
+    _checked_values(b, device, pole, values, ts)
+
+
+def _checked_values(b: _Builder, device: DeviceRef, pole: str, values: Any, ts: datetime) -> None:
+    device_id = device.id
     if not isinstance(values, dict):
         b.dead(
             R.MALFORMED,
@@ -200,11 +226,13 @@ def _device_values(
     metrics = device.profile.metrics
     bounds = device.profile.number_bounds
     readings = b.out.readings
+    quality = b.clock.quality(ts) if b.clock is not None else 0
+    b.out.quality = quality
     for name, raw in values.items():
         # Fast path for the common case; anything else gets the full check.
         limits = bounds.get(name)
         if limits is not None and type(raw) in (float, int) and limits[0] <= raw <= limits[1]:
-            readings.append(Reading(ts, device_id, name, float(raw)))
+            readings.append(Reading(ts, device_id, name, float(raw), quality))
             continue
         spec = metrics.get(name)
         if spec is None:
@@ -220,7 +248,7 @@ def _device_values(
         if isinstance(value, Refused):
             b.dead(value.reason, value.detail, pole=pole, device=device_id, metric=name)
             continue
-        readings.append(Reading(ts, device_id, name, value))
+        readings.append(Reading(ts, device_id, name, value, quality))
 
 
 def _event(b: _Builder, registry: Registry, pole: str, body: dict[str, Any], ts: datetime) -> None:
@@ -245,6 +273,10 @@ def _event(b: _Builder, registry: Registry, pole: str, body: dict[str, Any], ts:
             pole=pole,
             device=device_id,
         )
+        return
+    if b"\\u0000" in orjson.dumps(data):
+        # JSON allows it; PostgreSQL's jsonb (where events are kept) does not.
+        b.dead(R.BAD_VALUE, "event data contains \\u0000", pole=pole, device=device_id)
         return
     b.out.events.append(DeviceEvent(ts, pole, device_id, kind, data))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import IntFlag, StrEnum
 from typing import Any, NamedTuple
 
@@ -14,6 +14,24 @@ class Quality(IntFlag):
     GOOD = 0
     CLOCK_AHEAD = 1  # stamped further in the future than the allowed margin
     CLOCK_STALE = 2  # stamped older than the allowed age
+
+
+@dataclass(frozen=True, slots=True)
+class ClockCheck:
+    """Flags readings whose timestamp cannot be right: further ahead of `now`
+    than `max_ahead`, or older than `max_age`. They are stored, flagged and
+    counted; one device's bad clock never changes anything else's notion of now."""
+
+    now: datetime
+    max_ahead: timedelta
+    max_age: timedelta
+
+    def quality(self, ts: datetime) -> int:
+        if ts > self.now + self.max_ahead:
+            return int(Quality.CLOCK_AHEAD)
+        if ts < self.now - self.max_age:
+            return int(Quality.CLOCK_STALE)
+        return int(Quality.GOOD)
 
 
 class Reading(NamedTuple):
@@ -81,7 +99,8 @@ class Decoded:
     presence: list[Presence] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     message_ts: datetime | None = None
-    topic_kind: str = "unknown"  # telemetry | device_telemetry | events | status | unknown
+    topic_kind: str = "unknown"  # telemetry | device_telemetry | events | status | modbus | unknown
+    quality: int = 0  # the clock flags given to this message's readings
 
 
 @dataclass(slots=True)

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.core.profiles import Profile
+from gateway.core.site import ModbusEndpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,6 +15,7 @@ class DeviceRef:
     pole_id: str
     profile: Profile
     transport: str = "mqtt"
+    modbus: ModbusEndpoint | None = None  # where a polled device answers
 
 
 class Registry:
@@ -30,6 +32,12 @@ class Registry:
 
     def device(self, device_id: str) -> DeviceRef | None:
         return self._devices.get(device_id)
+
+    def polled_devices(self) -> list[DeviceRef]:
+        """Devices the gateway polls over Modbus, in id order."""
+        return sorted(
+            (d for d in self._devices.values() if d.modbus is not None), key=lambda d: d.id
+        )
 
     @property
     def pole_count(self) -> int:

@@ -7,6 +7,9 @@ Create Date: 2026-11-22
 
 from __future__ import annotations
 
+import logging
+import os
+
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql as pg
@@ -15,6 +18,8 @@ revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
+
+log = logging.getLogger("alembic.runtime.migration")
 
 TS = sa.DateTime(timezone=True)
 ID = sa.Text(collation="C")
@@ -27,20 +32,48 @@ ROLLUPS = {"telemetry_15m": "15 minutes", "telemetry_1h": "1 hour"}
 
 
 def timescale_available() -> bool:
+    """Whether to build the TimescaleDB objects: POLEGW_TIMESCALEDB=auto (default:
+    when the extension is installed and preloaded), require, or off."""
+    mode = os.environ.get("POLEGW_TIMESCALEDB", "auto").lower()
+    if mode not in ("auto", "require", "off"):
+        raise RuntimeError(f"POLEGW_TIMESCALEDB must be auto, require or off, not {mode!r}")
+    if mode == "off":
+        log.warning("POLEGW_TIMESCALEDB=off: telemetry on plain PostgreSQL")
+        return False
     bind = op.get_bind()
     if bind.execute(sa.text("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")).first():
+        log.info("TimescaleDB extension present: hypertables and continuous aggregates")
         return True
-    if not bind.execute(
+    available = bind.execute(
         sa.text("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
-    ).first():
-        return False
-    # Available but perhaps not preloaded: try, and fall back to plain PostgreSQL.
-    try:
-        with bind.begin_nested():
-            bind.execute(sa.text("CREATE EXTENSION IF NOT EXISTS timescaledb"))
-    except sa.exc.DBAPIError:
-        return False
-    return True
+    ).first()
+    # CREATE EXTENSION on a server that did not preload timescaledb ends the
+    # session with FATAL, which no savepoint can catch: check first.
+    preloaded = "timescaledb" in str(
+        bind.execute(sa.text("SELECT current_setting('shared_preload_libraries')")).scalar()
+    )
+    why = None
+    if not available:
+        why = "the timescaledb extension is not installed on this server"
+    elif not preloaded:
+        why = "timescaledb is installed but not in shared_preload_libraries"
+    else:
+        try:
+            with bind.begin_nested():
+                bind.execute(sa.text("CREATE EXTENSION IF NOT EXISTS timescaledb"))
+        except sa.exc.DBAPIError as exc:  # e.g. not allowed to create extensions
+            why = f"CREATE EXTENSION timescaledb failed: {exc.orig}"
+    if why is None:
+        log.info("TimescaleDB enabled: hypertables and continuous aggregates")
+        return True
+    if mode == "require":
+        raise RuntimeError(f"POLEGW_TIMESCALEDB=require, but {why}")
+    log.warning(
+        "%s: telemetry on plain PostgreSQL (same tables and views, no compression"
+        " or retention policies)",
+        why,
+    )
+    return False
 
 
 def upgrade() -> None:
@@ -137,7 +170,8 @@ def _plain_views() -> None:
         op.execute(
             f"""
             CREATE VIEW {view} AS
-            SELECT date_bin(INTERVAL '{width}', ts, TIMESTAMPTZ '2000-01-01') AS bucket,
+            SELECT date_bin(INTERVAL '{width}', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+                   AS bucket,
                    device_id, metric,
                    min(value) AS min, avg(value) AS avg, max(value) AS max,
                    (array_agg(value ORDER BY ts ASC))[1] AS first,
@@ -180,9 +214,11 @@ def _timescale_upgrade() -> None:
             """
         )
         op.execute(f"ALTER MATERIALIZED VIEW {view} SET (timescaledb.materialized_only = false)")
+        # Refresh the last 35 days each time: readings a pole uploads after an
+        # outage (or a spool drains) up to that late still reach the rollups.
         op.execute(
             f"SELECT add_continuous_aggregate_policy('{view}',"
-            f" start_offset => INTERVAL '3 days', end_offset => INTERVAL '{width}',"
+            f" start_offset => INTERVAL '35 days', end_offset => INTERVAL '{width}',"
             f" schedule_interval => INTERVAL '{width}')"
         )
 

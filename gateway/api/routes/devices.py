@@ -31,6 +31,8 @@ After = Annotated[
 ]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such device"}}
 
+# Each bucket of a query is aggregated from raw rows: bound the work one request can ask for.
+MAX_BUCKETS = 10_000
 _BUCKET = re.compile(r"^(\d{1,6})(s|m|h|d)$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -86,9 +88,20 @@ async def list_devices(
 async def get_device(ctx: Context, device_id: str) -> DeviceDetail:
     row, profile = await _device_and_profile(ctx, device_id)
     latest = await ctx.reads.latest(device_id, list(profile.metrics))
+    state: object
+    if row["transport"] == "modbus":
+        online = row["polled_online"]
+        state = "unknown" if online is None else ("online" if online else "offline")
+        since, detail = row["polled_since"], row["polled_detail"]
+    else:
+        state = row["pole_presence"] or "unknown"
+        since, detail = row["pole_presence_since"], None
     return DeviceDetail.model_validate(
         {
             **row,
+            "state": state,
+            "state_since": since,
+            "state_detail": detail,
             "last_seen": max((r["ts"] for r in latest), default=None),
             "metrics": {
                 name: MetricInfo.model_validate(m.model_dump())
@@ -159,6 +172,11 @@ async def telemetry(
     )
     if end - start > cap:
         raise bad_param("start", f"the range may span at most {cap}; narrow it or use a bucket")
+    if width is not None and (end - start) / width > MAX_BUCKETS:
+        raise bad_param(
+            "bucket",
+            f"at most {MAX_BUCKETS} buckets per query; widen the bucket or narrow the range",
+        )
     series = Series(
         device_id=device_id, metric=metric, unit=spec.unit, start=start, end=end, bucket=bucket
     )

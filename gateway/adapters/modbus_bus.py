@@ -1,0 +1,302 @@
+"""A Modbus bus: one TCP endpoint, one connection, one request at a time.
+
+A bus is a Modbus TCP device, or a serial-to-TCP converter with several unit
+ids behind it spoken as RTU-over-TCP. Its devices are polled on their own
+intervals from one scheduler: start times are staggered across the interval,
+a cycle that is already late by a whole interval is skipped and counted (never
+queued up), and a device that keeps failing is quarantined with exponential
+back-off, so it costs the others on its bus at most one timeout per back-off
+period. After a timeout the connection is closed and opened again: a reply
+that arrives late can then never be taken for the answer to a later request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from pymodbus import FramerType, ModbusException
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusIOException
+
+from gateway.adapters.modbus_registers import decode_block
+from gateway.backoff import Backoff
+from gateway.core.decode import decode_polled
+from gateway.core.modbus_plan import ReadBlock, plan_reads
+from gateway.core.readings import Decoded
+from gateway.core.registry import DeviceRef
+from gateway.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Deliver = Callable[[Decoded], Awaitable[None]]
+StateChange = Callable[[str, bool, datetime, str | None], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class BusAddress:
+    host: str
+    port: int
+    framer: str  # "socket" (Modbus TCP) | "rtu" (RTU over TCP)
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}/{self.framer}"
+
+
+@dataclass(frozen=True, slots=True)
+class PolledDevice:
+    ref: DeviceRef
+    unit: int
+    interval_s: float
+    blocks: tuple[ReadBlock, ...]
+
+    @classmethod
+    def of(cls, ref: DeviceRef, unit: int, interval_s: float) -> PolledDevice:
+        modbus = ref.profile.modbus
+        if modbus is None:
+            raise ValueError(f"profile {ref.profile.profile!r} has no register map")
+        return cls(ref, unit, interval_s, tuple(plan_reads(modbus)))
+
+
+class PollFailed(Exception):
+    """One poll of one device failed; `kind` is a metric label."""
+
+    def __init__(self, kind: str, detail: str, *, reconnect: bool) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.reconnect = reconnect
+
+
+@dataclass(slots=True)
+class Health:
+    """A device's run of failures, quarantine and derived online state."""
+
+    failures: int = 0
+    online: bool | None = None
+    quarantined_until: float = 0.0
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+@dataclass(frozen=True, slots=True)
+class BusOptions:
+    timeout_s: float = 1.0
+    rtu_gap_s: float = 0.005  # quiet time between frames on a serial line
+    offline_after: int = 3  # consecutive failed polls before a device is offline + quarantined
+    quarantine_cap_s: float = 300.0
+
+
+class ModbusBus:
+    def __init__(
+        self,
+        address: BusAddress,
+        devices: Sequence[PolledDevice],
+        *,
+        deliver: Deliver,
+        on_state: StateChange,
+        metrics: Metrics,
+        options: BusOptions | None = None,
+    ) -> None:
+        self.address = address
+        self._devices = list(devices)
+        self._deliver = deliver
+        self._on_state = on_state
+        self._m = metrics
+        self._o = options or BusOptions()
+        self._health = {d.ref.id: self._new_health(d) for d in self._devices}
+        self._client: AsyncModbusTcpClient | None = None
+        self._connect_backoff = Backoff(first=0.5, cap=30.0)
+        self._next_connect = 0.0
+        self._lock = asyncio.Lock()  # one request at a time; a write waits for a whole poll
+        self._label = str(address)
+
+    @property
+    def device_count(self) -> int:
+        return len(self._devices)
+
+    def _new_health(self, device: PolledDevice) -> Health:
+        first = max(device.interval_s, 1.0)
+        return Health(backoff=Backoff(first=first, cap=max(first, self._o.quarantine_cap_s)))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll every device on its interval until `stop` is set."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        n = len(self._devices)
+        heap = [
+            (start + d.interval_s * i / n, i, d) for i, d in enumerate(self._devices)
+        ]  # staggered
+        heapq.heapify(heap)
+        try:
+            while heap and not stop.is_set():
+                due, i, device = heap[0]
+                wait = due - loop.time()
+                if wait > 0:
+                    try:
+                        async with asyncio.timeout(wait):
+                            await stop.wait()
+                        break
+                    except TimeoutError:
+                        pass
+                heapq.heappop(heap)
+                now = loop.time()
+                late = now - due
+                if late >= device.interval_s:  # a whole cycle missed: skip, never queue up
+                    missed = int(late // device.interval_s)
+                    self._m.modbus_skipped_cycles.labels(self._label).inc(missed)
+                    due += missed * device.interval_s
+                health = self._health[device.ref.id]
+                if health.quarantined_until <= now:
+                    self._m.modbus_poll_lateness.labels(self._label).observe(max(0.0, now - due))
+                    await self._poll(device, health)
+                heapq.heappush(
+                    heap, (max(due + device.interval_s, health.quarantined_until), i, device)
+                )
+        finally:
+            await self._close()
+
+    async def _poll(self, device: PolledDevice, health: Health) -> None:
+        started = time.perf_counter()
+        ts = datetime.now(UTC)
+        try:
+            async with self._lock:
+                values = await self._read_device(device)
+        except PollFailed as exc:
+            self._m.modbus_polls.labels(self._label, exc.kind).inc()
+            if exc.reconnect:
+                await self._close()
+            await self._failed(device, health, exc)
+            return
+        self._m.modbus_polls.labels(self._label, "ok").inc()
+        self._m.modbus_poll_seconds.labels(self._label).observe(time.perf_counter() - started)
+        self._m.modbus_points_read.inc(len(values))
+        source = f"modbus://{self.address.host}:{self.address.port}/{device.unit}"
+        await self._deliver(decode_polled(device.ref, values, ts, source=source))
+        await self._succeeded(device, health)
+
+    async def _read_device(self, device: PolledDevice) -> dict[str, object]:
+        client = await self._connected()
+        values: dict[str, object] = {}
+        modbus = device.ref.profile.modbus
+        assert modbus is not None
+        for block in device.blocks:
+            registers = await self._request(client, block, device.unit)
+            values.update(decode_block(block, modbus, registers))
+        return values
+
+    async def _request(
+        self, client: AsyncModbusTcpClient, block: ReadBlock, unit: int
+    ) -> Sequence[int] | Sequence[bool]:
+        read = {
+            "holding": client.read_holding_registers,
+            "input": client.read_input_registers,
+            "coil": client.read_coils,
+            "discrete": client.read_discrete_inputs,
+        }[block.table]
+        try:
+            async with asyncio.timeout(self._o.timeout_s * 1.5):
+                response = await read(block.start, count=block.count, device_id=unit)
+        except (TimeoutError, ModbusIOException) as exc:
+            raise PollFailed(
+                "timeout", f"no answer within {self._o.timeout_s:g}s", reconnect=True
+            ) from exc
+        except ConnectionException as exc:
+            raise PollFailed("connection", f"connection lost: {exc}", reconnect=True) from exc
+        except ModbusException as exc:
+            raise PollFailed("protocol", str(exc), reconnect=True) from exc
+        finally:
+            if self.address.framer == "rtu" and self._o.rtu_gap_s > 0:
+                await asyncio.sleep(self._o.rtu_gap_s)
+        if response.isError():
+            code = getattr(response, "exception_code", None)
+            raise PollFailed("exception", f"exception response (code {code})", reconnect=False)
+        if block.table in ("coil", "discrete"):
+            return list(response.bits[: block.count])
+        got = len(response.registers)
+        if got != block.count:
+            detail = f"asked for {block.count} registers at {block.start}, got {got}"
+            raise PollFailed("protocol", detail, reconnect=True)
+        return list(response.registers)
+
+    async def _connected(self) -> AsyncModbusTcpClient:
+        if self._client is not None and self._client.connected:
+            return self._client
+        now = time.monotonic()
+        if now < self._next_connect:
+            raise PollFailed("connection", f"bus {self.address} is reconnecting", reconnect=False)
+        client = AsyncModbusTcpClient(
+            self.address.host,
+            port=self.address.port,
+            framer=FramerType.RTU if self.address.framer == "rtu" else FramerType.SOCKET,
+            timeout=self._o.timeout_s,
+            retries=0,
+            reconnect_delay=0,  # the bus reconnects on its own schedule
+        )
+        try:
+            ok = await client.connect()
+        except (OSError, ModbusException):
+            ok = False
+        if not ok:
+            client.close()
+            delay = self._connect_backoff.next_delay()
+            self._next_connect = time.monotonic() + delay
+            self._m.modbus_connect_failures.labels(self._label).inc()
+            if self._connect_backoff.failures == 1:
+                log.warning("Modbus bus %s unreachable; retrying with back-off", self.address)
+            raise PollFailed("connection", f"cannot connect to {self.address}", reconnect=False)
+        if self._connect_backoff.failures:
+            log.info("Modbus bus %s connected again", self.address)
+        self._connect_backoff.reset()
+        self._client = client
+        return client
+
+    async def _close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def _failed(self, device: PolledDevice, health: Health, exc: PollFailed) -> None:
+        health.failures += 1
+        if health.failures == 1:
+            log.warning(
+                "Modbus device %s (unit %d on %s): %s",
+                device.ref.id,
+                device.unit,
+                self.address,
+                exc,
+            )
+        if health.failures >= self._o.offline_after:
+            delay = health.backoff.next_delay()
+            health.quarantined_until = asyncio.get_running_loop().time() + delay
+            if health.online is not False:
+                health.online = False
+                self._update_quarantined()
+                log.warning(
+                    "Modbus device %s offline after %d failed polls; retrying every %.0fs at most",
+                    device.ref.id,
+                    health.failures,
+                    self._o.quarantine_cap_s,
+                )
+                await self._on_state(device.ref.id, False, datetime.now(UTC), str(exc))
+
+    async def _succeeded(self, device: PolledDevice, health: Health) -> None:
+        if health.failures and health.online is not False:
+            log.info("Modbus device %s answers again", device.ref.id)
+        health.failures = 0
+        health.quarantined_until = 0.0
+        health.backoff.reset()
+        if health.online is not True:
+            was_offline = health.online is False
+            health.online = True
+            self._update_quarantined()
+            if was_offline:
+                log.info("Modbus device %s back online", device.ref.id)
+            await self._on_state(device.ref.id, True, datetime.now(UTC), None)
+
+    def _update_quarantined(self) -> None:
+        n = sum(1 for h in self._health.values() if h.online is False)
+        self._m.modbus_quarantined.labels(self._label).set(n)

@@ -1,0 +1,183 @@
+"""Registers to values and back, for the points of a profile's Modbus map.
+
+Numbers go through pymodbus's one conversion (`convert_from_registers` /
+`convert_to_registers`): word order is its `word_order` argument; byte order
+(the two bytes within each register) is applied by swapping the bytes of each
+register around it. Then value = raw * scale + offset (an integer without scale
+or offset stays an exact int). A bool is a coil, a
+discrete input, or one bit of a register.
+
+Writing one bit of a register is a read-modify-write on the device; use
+`bit_write_masks` with Modbus function 22 (mask write register) so the other
+bits are left alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Final
+
+from pymodbus.client.mixin import ModbusClientMixin
+
+from gateway.core.modbus_plan import ReadBlock, extract
+from gateway.core.profiles import BIT_TABLES, ModbusMap, ModbusPoint
+
+DATATYPE = ModbusClientMixin.DATATYPE
+_from_registers = ModbusClientMixin.convert_from_registers
+_to_registers = ModbusClientMixin.convert_to_registers
+
+_DATATYPES: Final[dict[str, ModbusClientMixin.DATATYPE]] = {
+    "int16": DATATYPE.INT16,
+    "uint16": DATATYPE.UINT16,
+    "int32": DATATYPE.INT32,
+    "uint32": DATATYPE.UINT32,
+    "int64": DATATYPE.INT64,
+    "uint64": DATATYPE.UINT64,
+    "float32": DATATYPE.FLOAT32,
+    "float64": DATATYPE.FLOAT64,
+}
+#: The raw values each integer type holds.
+INTEGER_RANGE: Final[dict[str, tuple[int, int]]] = {
+    "int16": (-(2**15), 2**15 - 1),
+    "uint16": (0, 2**16 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+    "uint32": (0, 2**32 - 1),
+    "int64": (-(2**63), 2**63 - 1),
+    "uint64": (0, 2**64 - 1),
+}
+_FLOAT32_MAX: Final = 3.4028234663852886e38
+
+
+def _swap_bytes(registers: Sequence[int]) -> list[int]:
+    return [((r & 0xFF) << 8) | (r >> 8) for r in registers]
+
+
+def _raw_number(registers: Sequence[int], point: ModbusPoint) -> int | float:
+    if point.byte_order == "little":
+        registers = _swap_bytes(registers)
+    raw = _from_registers(registers, _DATATYPES[point.type], word_order=point.word_order)
+    if not isinstance(raw, int | float):  # pragma: no cover - one value of a numeric type
+        raise TypeError(f"pymodbus returned {type(raw).__name__} for a {point.type}")
+    return raw
+
+
+def _scaled(raw: int | float, point: ModbusPoint) -> float:
+    # Unscaled integers stay exact (a 64-bit counter is not rounded to a float here).
+    if point.scale == 1 and point.offset == 0:
+        return raw
+    return raw * point.scale + point.offset
+
+
+class BlockDecoder:
+    """The points of one block, prepared once, decoded from every answer to its read."""
+
+    __slots__ = ("_bits", "_numbers", "_register_bits", "block")
+
+    def __init__(self, block: ReadBlock, modbus_map: ModbusMap) -> None:
+        self.block = block
+        self._bits: list[tuple[str, int]] = []
+        self._register_bits: list[tuple[str, int, int]] = []
+        self._numbers: list[tuple[str, slice, ModbusPoint]] = []
+        for name in block.points:
+            point = modbus_map.points[name]
+            where = extract(block, point)
+            if point.table in BIT_TABLES:
+                self._bits.append((name, where.start))
+            elif point.type == "bool":
+                assert point.bit is not None  # the profile check guarantees it
+                self._register_bits.append((name, where.start, point.bit))
+            else:
+                self._numbers.append((name, where, point))
+
+    def decode(self, values: Sequence[int] | Sequence[bool]) -> dict[str, float | bool]:
+        """Each point's value from the registers (or bits) the block's read returned.
+
+        `values` may run past the block (pymodbus pads coils to whole bytes); it
+        may not stop short of it.
+        """
+        if len(values) < self.block.count:
+            raise ValueError(
+                f"{len(values)} values for a block of {self.block.count} "
+                f"({self.block.table} {self.block.start}..{self.block.end - 1})"
+            )
+        out: dict[str, float | bool] = {}
+        for name, index in self._bits:
+            out[name] = bool(values[index])
+        for name, index, bit in self._register_bits:
+            out[name] = bool((int(values[index]) >> bit) & 1)
+        for name, where, point in self._numbers:
+            out[name] = _scaled(_raw_number(values[where], point), point)
+        return out
+
+
+# Prepared decoders by (block, id of the map); each entry holds its map, so the id
+# cannot be reused by another map while the entry lives.
+_decoders: dict[tuple[ReadBlock, int], tuple[ModbusMap, BlockDecoder]] = {}
+_MAX_DECODERS: Final = 4096
+
+
+def decode_block(
+    block: ReadBlock, modbus_map: ModbusMap, values: Sequence[int] | Sequence[bool]
+) -> dict[str, float | bool]:
+    """Each point of `block` from the values its read returned (see BlockDecoder).
+
+    The block's decoder is prepared on first use and kept for the next poll.
+    """
+    key = (block, id(modbus_map))
+    cached = _decoders.get(key)
+    if cached is None or cached[0] is not modbus_map:
+        if len(_decoders) >= _MAX_DECODERS:
+            _decoders.clear()
+        cached = _decoders[key] = (modbus_map, BlockDecoder(block, modbus_map))
+    return cached[1].decode(values)
+
+
+def decode_point(point: ModbusPoint, values: Sequence[int] | Sequence[bool]) -> float | bool:
+    """One point's value from exactly the registers (or the one bit) it occupies."""
+    if len(values) != point.count:
+        raise ValueError(f"a {point.type} point takes {point.count} values, not {len(values)}")
+    if point.table in BIT_TABLES:
+        return bool(values[0])
+    if point.type == "bool":
+        assert point.bit is not None
+        return bool((int(values[0]) >> point.bit) & 1)
+    return _scaled(_raw_number(values, point), point)
+
+
+def encode_write(point: ModbusPoint, value: float | bool) -> list[int] | bool:
+    """What to write for `value`: the registers of a number, or the bool of a bit.
+
+    The raw value is (value - offset) / scale, rounded to the nearest integer for
+    an integer type (an int with no scale or offset is taken exactly). A value the
+    type cannot hold raises ValueError. For a bool in a register the bool is
+    returned; write it with `bit_write_masks`.
+    """
+    if point.type == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"a bool point takes true or false, not {value!r}")
+        return value
+    if isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"a {point.type} point takes a finite number, not {value!r}")
+    unscaled = point.scale == 1 and point.offset == 0
+    raw: int | float = value if unscaled else (value - point.offset) / point.scale
+    if not math.isfinite(raw):
+        raise ValueError(f"{value:g} gives a raw value too large for a {point.type}")
+    if point.type in INTEGER_RANGE:
+        raw = round(raw)
+        low, high = INTEGER_RANGE[point.type]
+        if not low <= raw <= high:
+            raise ValueError(
+                f"{value:g} gives the raw value {raw}, outside a {point.type} ({low}..{high})"
+            )
+    elif point.type == "float32" and abs(raw) > _FLOAT32_MAX:
+        raise ValueError(f"{value:g} gives a raw value too large for a float32")
+    registers = _to_registers(raw, _DATATYPES[point.type], word_order=point.word_order)
+    return _swap_bytes(registers) if point.byte_order == "little" else registers
+
+
+def bit_write_masks(point: ModbusPoint, value: bool) -> tuple[int, int]:
+    """(and_mask, or_mask) for a mask write (function 22) setting a register bit to `value`."""
+    if point.type != "bool" or point.bit is None or point.table in BIT_TABLES:
+        raise ValueError("only a bool point that is one bit of a register has bit masks")
+    return 0xFFFF & ~(1 << point.bit), (1 << point.bit) if value else 0

@@ -1,0 +1,138 @@
+"""Modbus polling: one ModbusBus per endpoint of the site's polled devices.
+
+The buses are built from the registry and rebuilt when its set of polled
+devices changes (a site import). Readings go into the same pipeline as MQTT
+readings; state changes (online/offline) are written to `device_state`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import datetime
+
+import psycopg
+
+from gateway.adapters.db import libpq_url
+from gateway.adapters.modbus_bus import BusAddress, BusOptions, ModbusBus, PolledDevice
+from gateway.core.readings import Decoded
+from gateway.core.registry import DeviceRef, Registry
+from gateway.ingest import IngestPipeline
+from gateway.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+def _no_ack() -> bool:
+    return False
+
+
+def group_by_bus(devices: list[DeviceRef]) -> dict[BusAddress, list[PolledDevice]]:
+    """Polled devices by the endpoint they share (devices without a map are skipped)."""
+    buses: dict[BusAddress, list[PolledDevice]] = defaultdict(list)
+    for ref in devices:
+        endpoint = ref.modbus
+        if endpoint is None:
+            continue
+        if ref.profile.modbus is None:
+            log.warning(
+                "device %s: profile %r has no register map; not polled", ref.id, ref.profile.profile
+            )
+            continue
+        address = BusAddress(endpoint.host, endpoint.port, endpoint.framer)
+        buses[address].append(PolledDevice.of(ref, endpoint.unit, endpoint.interval_s))
+    return dict(buses)
+
+
+def _fingerprint(registry: Registry) -> frozenset[tuple[str, object, str]]:
+    return frozenset((d.id, d.modbus, d.profile.profile) for d in registry.polled_devices())
+
+
+class StateStore:
+    """Writes a polled device's online/offline changes (rare: only on change)."""
+
+    def __init__(self, database_url: str) -> None:
+        self._url = libpq_url(database_url)
+
+    async def __call__(
+        self, device_id: str, online: bool, since: datetime, detail: str | None
+    ) -> None:
+        try:
+            async with await psycopg.AsyncConnection.connect(self._url, connect_timeout=5) as conn:
+                await conn.execute(
+                    "INSERT INTO device_state (device_id, online, since, detail)"
+                    " VALUES (%s, %s, %s, %s)"
+                    " ON CONFLICT (device_id) DO UPDATE SET online = excluded.online,"
+                    " since = excluded.since, detail = excluded.detail, updated_at = now()",
+                    (device_id, online, since, detail),
+                )
+        except psycopg.OperationalError as exc:
+            # The readings path has its own retries; a lost state change is
+            # re-derived at the next change and visible in the logs.
+            log.warning(
+                "could not record that %s is %s: %s",
+                device_id,
+                "online" if online else "offline",
+                exc,
+            )
+
+
+class ModbusPolling:
+    def __init__(
+        self,
+        *,
+        registry: Callable[[], Registry],
+        pipeline: IngestPipeline,
+        metrics: Metrics,
+        on_state: StateStore,
+        options: BusOptions,
+        refresh_s: float,
+    ) -> None:
+        self._registry = registry
+        self._pipeline = pipeline
+        self._metrics = metrics
+        self._on_state = on_state
+        self._options = options
+        self._refresh_s = refresh_s
+
+    async def _deliver(self, decoded: Decoded) -> None:
+        await self._pipeline.put_decoded(decoded, _no_ack)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until `stop` is set, rebuilding the buses when the site changes."""
+        while not stop.is_set():
+            snapshot = self._registry()
+            fingerprint = _fingerprint(snapshot)
+            buses = [
+                ModbusBus(
+                    address,
+                    devices,
+                    deliver=self._deliver,
+                    on_state=self._on_state,
+                    metrics=self._metrics,
+                    options=self._options,
+                )
+                for address, devices in group_by_bus(snapshot.polled_devices()).items()
+            ]
+            if buses:
+                log.info(
+                    "Modbus: polling %d devices on %d buses",
+                    sum(b.device_count for b in buses),
+                    len(buses),
+                )
+            restart = asyncio.Event()
+            async with asyncio.TaskGroup() as tg:
+                for bus in buses:
+                    tg.create_task(bus.run(restart), name=f"modbus-bus {bus.address}")
+                while not stop.is_set():
+                    try:
+                        async with asyncio.timeout(self._refresh_s):
+                            await stop.wait()
+                    except TimeoutError:
+                        pass
+                    if _fingerprint(self._registry()) != fingerprint:
+                        log.info("Modbus: the site's polled devices changed; rebuilding buses")
+                        break
+                restart.set()
