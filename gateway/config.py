@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     modbus_rtu_gap_s: Annotated[float, Field(ge=0, le=1)] = 0.005
     modbus_offline_after: Annotated[int, Field(ge=1, le=100)] = 3
     modbus_quarantine_cap_s: Annotated[float, Field(gt=0)] = 300.0
+    # How long a command may take: the Modbus write and readback, or the wait
+    # for the pole's reply over MQTT.
+    command_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
     # Telemetry queries: the widest time range one request may ask for.
     api_max_raw_range_h: Annotated[int, Field(ge=1)] = 7 * 24
     api_max_bucket_range_d: Annotated[int, Field(ge=1)] = 400

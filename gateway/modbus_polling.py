@@ -96,6 +96,11 @@ class ModbusPolling:
         self._on_state = on_state
         self._options = options
         self._refresh_s = refresh_s
+        self._bus_of: dict[str, ModbusBus] = {}
+
+    def bus_for(self, device_id: str) -> ModbusBus | None:
+        """The bus polling a device now (commands to it go through the same bus)."""
+        return self._bus_of.get(device_id)
 
     async def _deliver(self, decoded: Decoded) -> None:
         await self._pipeline.put_decoded(decoded, _no_ack)
@@ -122,6 +127,7 @@ class ModbusPolling:
                     sum(b.device_count for b in buses),
                     len(buses),
                 )
+            self._bus_of = {d: bus for bus in buses for d in bus.device_ids}
             restart = asyncio.Event()
             async with asyncio.TaskGroup() as tg:
                 for bus in buses:

@@ -11,6 +11,7 @@ from datetime import timedelta
 import uvicorn
 from psycopg_pool import AsyncConnectionPool
 
+from gateway.adapters.command_store import CommandStore
 from gateway.adapters.db import libpq_url
 from gateway.adapters.modbus_bus import BusOptions
 from gateway.adapters.mqtt import MqttSubscription
@@ -18,6 +19,7 @@ from gateway.adapters.read_model import ReadModel
 from gateway.adapters.telemetry_writer import TelemetryWriter
 from gateway.api.app import create_app
 from gateway.api.deps import ApiContext
+from gateway.commands import CommandDispatcher
 from gateway.config import Settings
 from gateway.core.profiles import ProfileCatalog, load_catalog
 from gateway.ingest import IngestPipeline
@@ -81,7 +83,15 @@ async def run_gateway(
         clock_max_ahead=timedelta(seconds=settings.clock_max_ahead_s),
         clock_max_age=timedelta(seconds=settings.clock_max_age_s),
     )
-    mqtt = MqttSubscription(settings, metrics, subscribed=subscribed)
+    pool = open_pool(database_url)
+    command_store = CommandStore(pool)
+    replies: list[CommandDispatcher] = []  # the dispatcher needs mqtt, mqtt routes replies to it
+    mqtt = MqttSubscription(
+        settings,
+        metrics,
+        subscribed=subscribed,
+        on_reply=lambda topic, payload: replies[0].on_reply(topic, payload),
+    )
     modbus = ModbusPolling(
         registry=registry,
         pipeline=pipeline,
@@ -95,8 +105,18 @@ async def run_gateway(
         ),
         refresh_s=settings.registry_refresh_s,
     )
-    pool = open_pool(database_url)
+    dispatcher = CommandDispatcher(
+        store=command_store,
+        bus_for=modbus.bus_for,
+        publish=mqtt.publish,
+        prefix=settings.mqtt_topic_prefix,
+        timeout_s=settings.command_timeout_s,
+    )
+    replies.append(dispatcher)
     await pool.open(wait=False)
+    abandoned = await command_store.abandon_unfinished()
+    if abandoned:
+        log.warning("%d commands left unfinished by the last run are marked failed", abandoned)
     server: ApiServer | None = None
     try:
         async with asyncio.TaskGroup() as tg:
@@ -105,7 +125,14 @@ async def run_gateway(
             polling = tg.create_task(modbus.run(stop), name="modbus-polling")
             if api:
                 ctx = ApiContext(
-                    settings, ReadModel(pool), catalog, metrics, lambda: mqtt.connected
+                    settings,
+                    ReadModel(pool),
+                    catalog,
+                    metrics,
+                    command_store,
+                    registry,
+                    mqtt_connected=lambda: mqtt.connected,
+                    commands=dispatcher,
                 )
                 config = uvicorn.Config(
                     create_app(ctx),
@@ -130,6 +157,7 @@ async def run_gateway(
             if server is not None:
                 server.should_exit = True
     finally:
+        await dispatcher.close()
         await writer.close()
         await pool.close()
     log.info("stopped")

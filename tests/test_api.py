@@ -9,11 +9,13 @@ import httpx
 import psycopg
 import pytest
 
+from gateway.adapters.command_store import CommandStore
 from gateway.adapters.read_model import ReadModel
 from gateway.api.app import create_app
 from gateway.api.deps import ApiContext
 from gateway.config import Settings
 from gateway.core.profiles import load_catalog
+from gateway.core.registry import Registry
 from gateway.metrics import Metrics
 from gateway.service import open_pool
 from tests.support import prepare_database
@@ -34,7 +36,13 @@ async def api(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
     pool = open_pool(database_url)
     await pool.open()
     ctx = ApiContext(
-        settings, ReadModel(pool), load_catalog(), Metrics(), mqtt_connected=lambda: True
+        settings,
+        ReadModel(pool),
+        load_catalog(),
+        Metrics(),
+        CommandStore(pool),
+        lambda: Registry((), ()),
+        mqtt_connected=lambda: True,
     )
     transport = httpx.ASGITransport(app=create_app(ctx))
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
@@ -171,7 +179,13 @@ async def test_readiness_reports_a_dead_database() -> None:
     await pool.open(wait=False)
     try:
         ctx = ApiContext(
-            settings, ReadModel(pool), load_catalog(), Metrics(), mqtt_connected=lambda: False
+            settings,
+            ReadModel(pool),
+            load_catalog(),
+            Metrics(),
+            CommandStore(pool),
+            lambda: Registry((), ()),
+            mqtt_connected=lambda: False,
         )
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=create_app(ctx)), base_url="http://api"

@@ -16,6 +16,7 @@ TABLES = {
     "dead_letters",
     "pole_presence",
     "device_state",
+    "device_commands",
 }
 VIEWS = {"telemetry_15m", "telemetry_1h"}
 

@@ -13,10 +13,11 @@ that arrives late can then never be taken for the answer to a later request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -24,10 +25,11 @@ from pymodbus import FramerType, ModbusException
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 
-from gateway.adapters.modbus_registers import decode_block
+from gateway.adapters.modbus_registers import bit_write_masks, decode_block, encode_write
 from gateway.backoff import Backoff
 from gateway.core.decode import decode_polled
 from gateway.core.modbus_plan import ReadBlock, plan_reads
+from gateway.core.profiles import ModbusPoint, ModbusWrite
 from gateway.core.readings import Decoded
 from gateway.core.registry import DeviceRef
 from gateway.metrics import Metrics
@@ -108,6 +110,7 @@ class ModbusBus:
         self._m = metrics
         self._o = options or BusOptions()
         self._health = {d.ref.id: self._new_health(d) for d in self._devices}
+        self._by_id = {d.ref.id: d for d in self._devices}
         self._client: AsyncModbusTcpClient | None = None
         self._connect_backoff = Backoff(first=0.5, cap=30.0)
         self._next_connect = 0.0
@@ -117,6 +120,10 @@ class ModbusBus:
     @property
     def device_count(self) -> int:
         return len(self._devices)
+
+    @property
+    def device_ids(self) -> list[str]:
+        return list(self._by_id)
 
     def _new_health(self, device: PolledDevice) -> Health:
         first = max(device.interval_s, 1.0)
@@ -157,7 +164,7 @@ class ModbusBus:
                     heap, (max(due + device.interval_s, health.quarantined_until), i, device)
                 )
         finally:
-            await self._close()
+            await self.close()
 
     async def _poll(self, device: PolledDevice, health: Health) -> None:
         started = time.perf_counter()
@@ -168,7 +175,7 @@ class ModbusBus:
         except PollFailed as exc:
             self._m.modbus_polls.labels(self._label, exc.kind).inc()
             if exc.reconnect:
-                await self._close()
+                await self.close()
             await self._failed(device, health, exc)
             return
         self._m.modbus_polls.labels(self._label, "ok").inc()
@@ -197,20 +204,8 @@ class ModbusBus:
             "coil": client.read_coils,
             "discrete": client.read_discrete_inputs,
         }[block.table]
-        try:
-            async with asyncio.timeout(self._o.timeout_s * 1.5):
-                response = await read(block.start, count=block.count, device_id=unit)
-        except (TimeoutError, ModbusIOException) as exc:
-            raise PollFailed(
-                "timeout", f"no answer within {self._o.timeout_s:g}s", reconnect=True
-            ) from exc
-        except ConnectionException as exc:
-            raise PollFailed("connection", f"connection lost: {exc}", reconnect=True) from exc
-        except ModbusException as exc:
-            raise PollFailed("protocol", str(exc), reconnect=True) from exc
-        finally:
-            if self.address.framer == "rtu" and self._o.rtu_gap_s > 0:
-                await asyncio.sleep(self._o.rtu_gap_s)
+        async with self._exchange():
+            response = await read(block.start, count=block.count, device_id=unit)
         if response.isError():
             code = getattr(response, "exception_code", None)
             raise PollFailed("exception", f"exception response (code {code})", reconnect=False)
@@ -221,6 +216,71 @@ class ModbusBus:
             detail = f"asked for {block.count} registers at {block.start}, got {got}"
             raise PollFailed("protocol", detail, reconnect=True)
         return list(response.registers)
+
+    async def write(self, device_id: str, write: ModbusWrite) -> float | bool | None:
+        """Execute one command write on a device of this bus; with readback, read the
+        point again and return what the device now reports (None without readback).
+
+        Runs under the bus lock, so it never interleaves with a poll. Raises
+        PollFailed (kind, detail) when the device does not take the write.
+        """
+        device = self._by_id[device_id]
+        modbus = device.ref.profile.modbus
+        assert modbus is not None
+        point = modbus.points[write.point]
+        async with self._lock:
+            client = await self._connected()
+            try:
+                await self._write_point(client, device.unit, point, write.value)
+                if not write.readback:
+                    return None
+                block = plan_reads(modbus, only=[write.point])[0]
+                registers = await self._request(client, block, device.unit)
+            except PollFailed as exc:
+                if exc.reconnect:
+                    await self.close()
+                raise
+            return decode_block(block, modbus, registers)[write.point]
+
+    async def _write_point(
+        self, client: AsyncModbusTcpClient, unit: int, point: ModbusPoint, value: float | bool
+    ) -> None:
+        try:
+            encoded = encode_write(point, value)
+        except ValueError as exc:
+            raise PollFailed("refused", str(exc), reconnect=False) from exc
+        async with self._exchange():
+            if point.table == "coil":
+                response = await client.write_coil(point.address, bool(encoded), device_id=unit)
+            elif point.bit is not None:
+                and_mask, or_mask = bit_write_masks(point, bool(value))
+                response = await client.mask_write_register(
+                    address=point.address, and_mask=and_mask, or_mask=or_mask, device_id=unit
+                )
+            else:
+                assert isinstance(encoded, list)
+                response = await client.write_registers(point.address, encoded, device_id=unit)
+        if response.isError():
+            code = getattr(response, "exception_code", None)
+            detail = f"device refused the write (exception code {code})"
+            raise PollFailed("exception", detail, reconnect=False)
+
+    @contextlib.asynccontextmanager
+    async def _exchange(self) -> AsyncIterator[None]:
+        """One request and its answer: failures as PollFailed, then the RTU quiet gap."""
+        try:
+            async with asyncio.timeout(self._o.timeout_s * 1.5):
+                yield
+        except (TimeoutError, ModbusIOException) as exc:
+            detail = f"no answer within {self._o.timeout_s:g}s"
+            raise PollFailed("timeout", detail, reconnect=True) from exc
+        except ConnectionException as exc:
+            raise PollFailed("connection", f"connection lost: {exc}", reconnect=True) from exc
+        except ModbusException as exc:
+            raise PollFailed("protocol", str(exc), reconnect=True) from exc
+        finally:
+            if self.address.framer == "rtu" and self._o.rtu_gap_s > 0:
+                await asyncio.sleep(self._o.rtu_gap_s)
 
     async def _connected(self) -> AsyncModbusTcpClient:
         if self._client is not None and self._client.connected:
@@ -254,7 +314,8 @@ class ModbusBus:
         self._client = client
         return client
 
-    async def _close(self) -> None:
+    async def close(self) -> None:
+        """Close the bus's connection (the next request opens a new one)."""
         if self._client is not None:
             self._client.close()
             self._client = None

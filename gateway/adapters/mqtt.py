@@ -47,7 +47,14 @@ def ingest_topics(prefix: str) -> list[str]:
         f"{prefix}/+/devices/+/telemetry",
         f"{prefix}/+/events",
         f"{prefix}/+/status",
+        f"{prefix}/+/commands/+/reply",
     ]
+
+
+def is_command_reply(topic: str, prefix: str) -> bool:
+    parts = topic.split("/")
+    n = len(prefix.split("/"))
+    return len(parts) == n + 4 and parts[n + 1] == "commands" and parts[n + 3] == "reply"
 
 
 def _no_ack() -> bool:
@@ -106,8 +113,15 @@ class MqttSubscription:
     """Receives the contract's topics on a persistent session, forever, reconnecting."""
 
     def __init__(
-        self, settings: Settings, metrics: Metrics, *, subscribed: asyncio.Event | None = None
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        subscribed: asyncio.Event | None = None,
+        on_reply: Callable[[str, bytes], None] | None = None,
     ) -> None:
+        self._on_reply = on_reply
+        self._client: aiomqtt.Client | None = None
         self._settings = settings
         self._metrics = metrics
         self._subscribed = subscribed or asyncio.Event()
@@ -145,6 +159,7 @@ class MqttSubscription:
         """
         paho_client: paho.Client = client._client
         generation = self._generation
+        prefix = self._settings.mqtt_topic_prefix
 
         def on_message(_client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
             if self._closing:
@@ -155,6 +170,12 @@ class MqttSubscription:
                 topic = msg._topic.decode("utf-8", "replace")
             try:
                 ack = self._ack_for(paho_client, generation, msg.mid, msg.qos)
+                if self._on_reply is not None and is_command_reply(topic, prefix):
+                    # Replies live in memory (the waiting command); a lost one
+                    # makes that command time out, which is reported.
+                    self._on_reply(topic, bytes(msg.payload))
+                    ack()
+                    return
                 deliver(Inbound(topic, bytes(msg.payload), ack))
             except Exception:  # a bug must not kill the network loop; the message stays unacked
                 log.exception("ingest failed on a message from %s", topic)
@@ -185,6 +206,7 @@ class MqttSubscription:
             try:
                 async with client:
                     connected_at = time.monotonic()
+                    self._client = client
                     self._connected = True
                     self._metrics.mqtt_connected.set(1)
                     granted = await client.subscribe([(t, 1) for t in topics])
@@ -212,6 +234,7 @@ class MqttSubscription:
                 log.warning("MQTT connection to %r lost or refused: %s", self._endpoint, exc)
             finally:
                 self._connected = False
+                self._client = None
                 self._subscribed.clear()
                 self._metrics.mqtt_connected.set(0)
             delay = backoff.next_delay()
@@ -241,3 +264,11 @@ class MqttSubscription:
             pump.result()  # re-raises the disconnect
             raise aiomqtt.MqttError("message stream ended")
         return True
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        """Publish at QoS 1 on the gateway's connection; returns when the broker has
+        it. Raises MqttError when not connected (never queued silently)."""
+        client = self._client
+        if client is None or not self._connected:
+            raise aiomqtt.MqttError("not connected to the MQTT broker")
+        await client.publish(topic, payload, qos=1)

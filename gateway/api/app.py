@@ -6,7 +6,7 @@ from fastapi import APIRouter, FastAPI
 
 from gateway import __version__
 from gateway.api.deps import ApiContext
-from gateway.api.routes import devices, health, poles
+from gateway.api.routes import commands, devices, health, poles
 
 
 def create_app(ctx: ApiContext) -> FastAPI:
@@ -24,5 +24,6 @@ def create_app(ctx: ApiContext) -> FastAPI:
     v1 = APIRouter(prefix="/api/v1")
     v1.include_router(poles.router)
     v1.include_router(devices.router)
+    v1.include_router(commands.router)
     app.include_router(v1)
     return app

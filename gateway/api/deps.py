@@ -8,9 +8,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from gateway.adapters.command_store import CommandStore
 from gateway.adapters.read_model import ReadModel
+from gateway.commands import CommandDispatcher
 from gateway.config import Settings
 from gateway.core.profiles import ProfileCatalog
+from gateway.core.registry import Registry
 from gateway.metrics import Metrics
 
 
@@ -20,8 +23,13 @@ class ApiContext:
     reads: ReadModel
     catalog: ProfileCatalog
     metrics: Metrics
+    command_store: CommandStore
+    # The gateway's current registry (poles, devices and their profiles).
+    registry: Callable[[], Registry]
     # None when this process runs no MQTT ingest (then readiness ignores it).
     mqtt_connected: Callable[[], bool] | None = None
+    # None when this process does not execute commands.
+    commands: CommandDispatcher | None = None
 
 
 def _context(request: Request) -> ApiContext:

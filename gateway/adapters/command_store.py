@@ -1,0 +1,81 @@
+"""Tracked device commands in PostgreSQL (table device_commands)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import orjson
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+Row = dict[str, Any]
+
+_COLUMNS = "id, device_id, command, args, state, error, result, created_at, sent_at, finished_at"
+
+
+class CommandStore:
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
+
+    async def create(self, device_id: str, command: str, args: dict[str, object]) -> Row:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                f"INSERT INTO device_commands (id, device_id, command, args, state)"
+                f" VALUES (%s, %s, %s, %s::jsonb, 'pending') RETURNING {_COLUMNS}",
+                (uuid.uuid4(), device_id, command, orjson.dumps(args).decode()),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            return row
+
+    async def sent(self, command_id: uuid.UUID) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "UPDATE device_commands SET state = 'sent', sent_at = now()"
+                " WHERE id = %s AND state = 'pending'",
+                (command_id,),
+            )
+
+    async def finished(
+        self, command_id: uuid.UUID, state: str, *, error: str | None = None, result: object = None
+    ) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "UPDATE device_commands SET state = %s, error = %s, result = %s::jsonb,"
+                " finished_at = now() WHERE id = %s",
+                (
+                    state,
+                    error,
+                    None if result is None else orjson.dumps(result).decode(),
+                    command_id,
+                ),
+            )
+
+    async def get(self, device_id: str, command_id: uuid.UUID) -> Row | None:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                f"SELECT {_COLUMNS} FROM device_commands WHERE device_id = %s AND id = %s",
+                (device_id, command_id),
+            )
+            return await cur.fetchone()
+
+    async def list(self, device_id: str, *, before: int | None, limit: int) -> list[Row]:
+        """Newest first; `before` is the `seq` cursor of the previous page."""
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                f"SELECT {_COLUMNS}, seq FROM device_commands WHERE device_id = %s"
+                " AND (%s::bigint IS NULL OR seq < %s) ORDER BY seq DESC LIMIT %s",
+                (device_id, before, before, limit),
+            )
+            return await cur.fetchall()
+
+    async def abandon_unfinished(self) -> int:
+        """At start-up: commands a previous process did not finish are failed, with why."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE device_commands SET state = 'failed', finished_at = now(),"
+                " error = 'the gateway restarted before the command finished'"
+                " WHERE state IN ('pending', 'sent')"
+            )
+            return cur.rowcount

@@ -1,0 +1,166 @@
+"""Device commands: checked against the profile, tracked in the database, executed
+over Modbus (a write, then a readback) or MQTT (a publish, then the pole's reply).
+
+States: pending -> sent -> succeeded | failed | timed_out. Commands to one device
+run one at a time, in the order they were submitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
+
+import orjson
+
+from gateway.adapters.command_store import CommandStore
+from gateway.adapters.modbus_bus import ModbusBus, PollFailed
+from gateway.core.profiles import ArgValue, ModbusWrite
+from gateway.core.registry import DeviceRef
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, bytes], Awaitable[None]]
+
+
+class Outcome(NamedTuple):
+    state: str  # succeeded | failed | timed_out
+    error: str | None = None
+    result: object = None
+
+
+class CommandDispatcher:
+    def __init__(
+        self,
+        *,
+        store: CommandStore,
+        bus_for: Callable[[str], ModbusBus | None],
+        publish: Publish,
+        prefix: str,
+        timeout_s: float,
+    ) -> None:
+        self._store = store
+        self._bus_for = bus_for
+        self._publish = publish
+        self._prefix = prefix
+        self._timeout_s = timeout_s
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._replies: dict[str, asyncio.Future[tuple[bool, str | None]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(
+        self, device: DeviceRef, name: str, args: dict[str, ArgValue]
+    ) -> dict[str, Any]:
+        """Record the command (pending) and start it; returns the record at once.
+
+        `args` must already be checked with the profile's Command.check_args."""
+        row = await self._store.create(device.id, name, dict(args))
+        task = asyncio.create_task(
+            self._execute(device, name, args, row["id"]), name=f"command {row['id']}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return row
+
+    async def close(self) -> None:
+        """Cancel commands still running (the next start marks them failed)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _execute(
+        self, device: DeviceRef, name: str, args: dict[str, ArgValue], cid: uuid.UUID
+    ) -> None:
+        async with self._locks[device.id]:
+            try:
+                if device.modbus is not None:
+                    out = await self._via_modbus(device, name, args, cid)
+                else:
+                    out = await self._via_mqtt(device, name, args, cid)
+            except Exception as exc:  # a background task's edge: record it, never lose it
+                log.exception("command %s to %s failed unexpectedly", cid, device.id)
+                out = Outcome("failed", f"internal error: {exc!r}")
+            await self._store.finished(cid, out.state, error=out.error, result=out.result)
+            log.info("command %s %s to %s: %s %s", cid, name, device.id, out.state, out.error or "")
+
+    async def _via_modbus(
+        self, device: DeviceRef, name: str, args: dict[str, ArgValue], cid: uuid.UUID
+    ) -> Outcome:
+        write = device.profile.commands[name].modbus_write(args)
+        if write is None:
+            return Outcome("failed", f"{name!r} has no Modbus write in {device.profile.profile!r}")
+        bus = self._bus_for(device.id)
+        if bus is None:
+            return Outcome("failed", "the device is not being polled (no Modbus bus for it)")
+        await self._store.sent(cid)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                got = await bus.write(device.id, write)
+        except TimeoutError:
+            return Outcome("timed_out", f"the write did not complete within {self._timeout_s:g}s")
+        except PollFailed as exc:
+            return Outcome("timed_out" if exc.kind == "timeout" else "failed", str(exc))
+        if not write.readback:
+            return Outcome("succeeded")
+        result = {"readback": {write.point: got}}
+        if _matches(device, write, got):
+            return Outcome("succeeded", None, result)
+        detail = f"read back {write.point} = {got!r}, expected {write.value!r}"
+        return Outcome("failed", detail, result)
+
+    async def _via_mqtt(
+        self, device: DeviceRef, name: str, args: dict[str, ArgValue], cid: uuid.UUID
+    ) -> Outcome:
+        topic = f"{self._prefix}/{device.pole_id}/commands/{device.id}"
+        payload = orjson.dumps({"id": str(cid), "command": name, "args": args})
+        reply: asyncio.Future[tuple[bool, str | None]] = asyncio.get_running_loop().create_future()
+        self._replies[str(cid)] = reply
+        try:
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    await self._publish(topic, payload)
+            except TimeoutError:
+                return Outcome("failed", "the broker did not accept the command in time")
+            except Exception as exc:  # noqa: BLE001 - the adapter's error type is not ours to name
+                return Outcome("failed", f"could not publish the command: {exc}")
+            await self._store.sent(cid)
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    ok, error = await reply
+            except TimeoutError:
+                return Outcome("timed_out", f"no reply from the pole within {self._timeout_s:g}s")
+            return Outcome("succeeded") if ok else Outcome("failed", error or "the device refused")
+        finally:
+            self._replies.pop(str(cid), None)
+
+    def on_reply(self, topic: str, payload: bytes) -> None:
+        """A message on …/commands/{device}/reply: resolve the waiting command."""
+        try:
+            body = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            log.warning("command reply on %s is not JSON; ignored", topic)
+            return
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+            log.warning("command reply on %s has no id; ignored", topic)
+            return
+        waiting = self._replies.get(body["id"])
+        if waiting is None or waiting.done():
+            log.info("reply for unknown or finished command %s on %s; ignored", body["id"], topic)
+            return
+        error = body.get("error")
+        waiting.set_result((body.get("ok") is True, None if error is None else str(error)))
+
+
+def _matches(device: DeviceRef, write: ModbusWrite, got: float | bool | None) -> bool:
+    """Did the device take the value? Numbers match within half a register step."""
+    if isinstance(write.value, bool) or isinstance(got, bool):
+        return bool(got) == bool(write.value)
+    if got is None:
+        return False
+    modbus = device.profile.modbus
+    assert modbus is not None
+    step = abs(modbus.points[write.point].scale)
+    return abs(float(got) - float(write.value)) <= step / 2 + 1e-9

@@ -1,0 +1,165 @@
+"""The Modbus bus against simulated devices over real TCP: one dead device does not
+hold up the others, a late reply is never taken for a later request's answer, and
+commands write and read back."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+import pytest
+
+from gateway.adapters.modbus_bus import BusAddress, BusOptions, ModbusBus, PolledDevice, PollFailed
+from gateway.core.profiles import ModbusWrite, ProfileCatalog, load_catalog
+from gateway.core.readings import Decoded
+from gateway.core.registry import DeviceRef
+from gateway.core.site import DeviceSpec, ModbusEndpoint
+from gateway.metrics import Metrics
+from simulators.modbus_devices import SwitchedLamp
+from simulators.modbus_server import Fault, ModbusSimulator
+
+CATALOG: ProfileCatalog = load_catalog()
+INTERVAL = 0.5
+OPTIONS = BusOptions(timeout_s=0.2, rtu_gap_s=0.002, offline_after=2, quarantine_cap_s=1.0)
+
+
+def lamps(n: int, framer: str = "socket") -> list[DeviceSpec]:
+    return [
+        DeviceSpec(
+            id=f"L{i:02d}",
+            profile="lamp-controller",
+            transport="modbus",
+            modbus=ModbusEndpoint(
+                host="127.0.0.1", port=1, unit=i, framer=framer, interval_s=INTERVAL
+            ),
+        )
+        for i in range(1, n + 1)
+    ]
+
+
+class Recorder:
+    """Collects what the bus delivers and the state changes it reports."""
+
+    def __init__(self) -> None:
+        self.polls: defaultdict[str, list[float]] = defaultdict(list)
+        self.values: dict[str, dict[str, float]] = {}
+        self.states: list[tuple[str, bool]] = []
+
+    async def deliver(self, decoded: Decoded) -> None:
+        assert not decoded.dead_letters, decoded.dead_letters
+        device = decoded.readings[0].device_id
+        self.polls[device].append(time.monotonic())
+        self.values[device] = {r.metric: r.value for r in decoded.readings}
+
+    async def on_state(
+        self, device: str, online: bool, since: datetime, detail: str | None
+    ) -> None:
+        self.states.append((device, online))
+
+
+def bus_for(sim: ModbusSimulator, specs: list[DeviceSpec], framer: str, rec: Recorder) -> ModbusBus:
+    devices = [
+        PolledDevice.of(
+            DeviceRef(s.id, "P1", CATALOG[s.profile], "modbus", s.modbus), s.modbus.unit, INTERVAL
+        )
+        for s in specs
+        if s.modbus is not None
+    ]
+    return ModbusBus(
+        BusAddress("127.0.0.1", sim.port, framer),
+        devices,
+        deliver=rec.deliver,
+        on_state=rec.on_state,
+        metrics=Metrics(),
+        options=OPTIONS,
+    )
+
+
+@pytest.fixture
+async def ten_lamps() -> AsyncIterator[tuple[ModbusSimulator, list[DeviceSpec]]]:
+    specs = lamps(10)
+    async with ModbusSimulator([(s, CATALOG[s.profile]) for s in specs]) as sim:
+        yield sim, specs
+
+
+async def run_for(bus: ModbusBus, seconds: float) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(bus.run(stop))
+    await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_a_dead_device_does_not_hold_up_the_others_and_comes_back(
+    ten_lamps: tuple[ModbusSimulator, list[DeviceSpec]],
+) -> None:
+    sim, specs = ten_lamps
+    sim.set_fault("L03", Fault.NO_ANSWER)
+    rec = Recorder()
+    bus = bus_for(sim, specs, "socket", rec)
+    await run_for(bus, 4.0)
+
+    # Every healthy device kept its interval: ~8 polls in 4 s, gaps near 0.5 s.
+    for spec in specs:
+        if spec.id == "L03":
+            continue
+        times = rec.polls[spec.id]
+        assert len(times) >= 7, (spec.id, len(times))
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert max(gaps) < INTERVAL + OPTIONS.timeout_s * 1.5 + 0.1, (spec.id, gaps)
+    # The dead one was taken offline (after 2 failures) and retried, not polled each cycle.
+    assert ("L03", False) in rec.states
+    assert "L03" not in rec.polls
+    assert sim.requests["L03"] <= 6  # 8 cycles, but quarantined with back-off
+
+    sim.set_fault("L03", None)
+    await run_for(bus, 2.5)  # quarantine cap is 1 s
+    assert rec.states[-1] == ("L03", True) or ("L03", True) in rec.states
+    assert rec.polls["L03"], "the device did not come back"
+
+
+@pytest.mark.parametrize("framer", ["socket", "rtu"])
+async def test_a_late_reply_is_never_taken_for_the_next_answer(framer: str) -> None:
+    specs = lamps(2, framer)
+    async with ModbusSimulator([(s, CATALOG[s.profile]) for s in specs], framer=framer) as sim:  # type: ignore[arg-type]
+        # L01 answers after the bus's timeout; L02 is polled right after on the same bus.
+        sim.set_fault("L01", Fault.SLOW, delay_s=OPTIONS.timeout_s * 2)
+        lamp = sim.device("L02").model
+        assert isinstance(lamp, SwitchedLamp)
+        lamp.obey("dim_pct", 37)  # a value L01 never has
+        rec = Recorder()
+        bus = bus_for(sim, specs, framer, rec)
+        await run_for(bus, 2.0)
+        assert "L01" not in rec.values
+        assert rec.values["L02"]["dim_pct"] == 37
+        expected = sim.values("L02")
+        for metric in ("voltage_v", "dim_pct", "lamp_on"):
+            assert rec.values["L02"][metric] == pytest.approx(float(expected[metric]), abs=0.2)
+
+
+async def test_a_write_changes_the_device_and_reads_back(
+    ten_lamps: tuple[ModbusSimulator, list[DeviceSpec]],
+) -> None:
+    sim, specs = ten_lamps
+    rec = Recorder()
+    bus = bus_for(sim, specs[:2], "socket", rec)
+    got = await bus.write("L01", ModbusWrite("dim_pct", 40, readback=True))
+    assert got == 40
+    assert sim.values("L01")["dim_pct"] == 40
+    await run_for(bus, 1.2)
+    assert rec.values["L01"]["dim_pct"] == 40
+    assert rec.values["L01"]["power_w"] > 0
+
+    sim.set_fault("L02", Fault.NO_ANSWER)
+    with pytest.raises(PollFailed) as failed:
+        await bus.write("L02", ModbusWrite("dim_pct", 10, readback=True))
+    assert failed.value.kind == "timeout"
+    sim.set_fault("L02", Fault.EXCEPTION, code=0x04)
+    with pytest.raises(PollFailed) as refused:
+        await bus.write("L02", ModbusWrite("lamp_on", True, readback=True))
+    assert refused.value.kind == "exception"
+    await bus.close()
