@@ -15,9 +15,15 @@ gateway/core/modbus_plan.py.
 
 from __future__ import annotations
 
-import itertools
+__all__ = [
+    "BIT_TABLES", "LAST_ADDRESS", "NAME_PATTERN", "REGISTER_COUNT", "REGISTER_TABLES",
+    "WRITABLE_TABLES", "ArgValue", "Command", "CommandArg", "CommandRefused", "CommandWrite",
+    "DataType", "EventType", "FieldProblems", "Loc", "Metric", "MetricKind", "MetricName",
+    "ModbusMap", "ModbusPoint", "ModbusWrite", "Order", "Profile", "ProfileCatalog", "Refused",
+    "RegisterTable", "builtin_profile_files", "load_catalog", "parse_profile",
+]  # fmt: skip
+
 import math
-import string
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -25,11 +31,34 @@ from enum import StrEnum
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Final, Literal, Self, get_args
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from gateway.core.device_commands import (  # re-exported: profiles are the public face
+    MAX_WRITE_TARGETS,
+    YAML_BOOL_WORDS,
+    ArgValue,
+    Command,
+    CommandArg,
+    CommandRefused,
+    CommandWrite,
+    ModbusWrite,
+)
+from gateway.core.modbus_map import (  # re-exported
+    BIT_TABLES,
+    LAST_ADDRESS,
+    REGISTER_COUNT,
+    REGISTER_TABLES,
+    WRITABLE_TABLES,
+    DataType,
+    ModbusMap,
+    ModbusPoint,
+    Order,
+    RegisterTable,
+)
 from gateway.core.readings import DeadLetterReason
+from gateway.core.schema import NAME_PATTERN, FieldProblems, Loc, MetricName, Strict
 from gateway.core.yamlsource import (
     LineMap,
     YamlSyntaxError,
@@ -39,10 +68,7 @@ from gateway.core.yamlsource import (
 )
 from gateway.errors import ProfileError, SourceProblem
 
-NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 PROFILE_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
-
-MetricName = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 
 BAD = DeadLetterReason.BAD_VALUE
@@ -63,11 +89,7 @@ class MetricKind(StrEnum):
     STATE = "state"  # a switch or enumerated state (lamp on, door open, UPS mode)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Metric(_Strict):
+class Metric(Strict):
     """One quantity a device reports."""
 
     unit: str | None = None
@@ -110,339 +132,14 @@ class Metric(_Strict):
         return number
 
 
-class EventType(_Strict):
+class EventType(Strict):
     """An event a device may raise (door opened, SOS pressed, impact)."""
 
     description: str = ""
     severity: Literal["info", "minor", "major", "critical"] = "info"
 
 
-Loc = tuple[str | int, ...]
-
-
-class FieldProblems(ValueError):
-    """Problems a cross-field check found, each at its own path below the model checked.
-
-    pydantic reports a model validator's error at the model; parse_profile puts
-    each of these at its field instead, so the message names the right line.
-    """
-
-    def __init__(self, problems: list[tuple[Loc, str]]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(f"{format_loc(p)}: {m}" if p else m for p, m in problems))
-
-
-# --- Modbus register map ----------------------------------------------------------
-
-RegisterTable = Literal["holding", "input", "coil", "discrete"]
-DataType = Literal[
-    "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "bool"
-]
-Order = Literal["big", "little"]
-
-#: The one table of data types: registers each occupies (bool: one bit of one register).
-REGISTER_COUNT: Final[Mapping[str, int]] = {
-    "int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "int64": 4, "uint64": 4,
-    "float32": 2, "float64": 4, "bool": 1,
-}  # fmt: skip
-BIT_TABLES: Final = frozenset({"coil", "discrete"})  # one bit per address
-REGISTER_TABLES: Final = frozenset({"holding", "input"})  # 16 bits per address
-WRITABLE_TABLES: Final = frozenset({"holding", "coil"})
-LAST_ADDRESS: Final = 65535
-
-
-class ModbusPoint(_Strict):
-    """Where one metric lives on a Modbus device, and how its raw value converts.
-
-    value = raw * scale + offset. A coil or discrete input is a bool (type implied);
-    a bool in a register is one bit of it (`bit: 0..15`). Byte order is that of
-    the two bytes in each register, word order that of the registers of a 32- or
-    64-bit value; a map's own orders are copied into points that do not set them.
-    """
-
-    table: RegisterTable
-    address: int = Field(ge=0, le=LAST_ADDRESS)
-    type: DataType
-    bit: int | None = Field(default=None, ge=0, le=15)
-    scale: float = 1.0
-    offset: float = 0.0
-    byte_order: Order = "big"
-    word_order: Order = "big"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _bits_are_bools(cls, data: object) -> object:
-        if isinstance(data, dict) and data.get("table") in BIT_TABLES and "type" not in data:
-            return {**data, "type": "bool"}
-        return data
-
-    @model_validator(mode="after")
-    def _check(self) -> Self:
-        problems: list[tuple[Loc, str]] = []
-        given = self.model_fields_set
-        if self.table in BIT_TABLES:
-            if self.type != "bool":
-                problems.append((("type",), f"a {self.table} is one bit: its type is bool"))
-            for name in ("bit", "scale", "offset", "byte_order", "word_order"):
-                if name in given:
-                    problems.append(((name,), f"does not apply to a {self.table}"))
-        elif self.type == "bool":
-            if self.bit is None:
-                problems.append((("bit",), "a bool in a register names its bit: 0..15"))
-            for name in ("scale", "offset"):
-                if name in given:
-                    problems.append(((name,), "does not apply to a bool"))
-        elif self.bit is not None:
-            problems.append((("bit",), f"only a bool is one bit of a register, not a {self.type}"))
-        if not math.isfinite(self.scale) or self.scale == 0:
-            problems.append((("scale",), "must be a finite number other than 0"))
-        if not math.isfinite(self.offset):
-            problems.append((("offset",), "must be a finite number"))
-        if self.address + self.count - 1 > LAST_ADDRESS:
-            problems.append(
-                (
-                    ("address",),
-                    f"a {self.type} takes {self.count} registers: "
-                    f"{self.address}..{self.address + self.count - 1} runs past {LAST_ADDRESS}",
-                )
-            )
-        if problems:
-            raise FieldProblems(problems)
-        return self
-
-    @property
-    def count(self) -> int:
-        """Addresses the point occupies: registers, or 1 bit in a coil/discrete table."""
-        return 1 if self.table in BIT_TABLES else REGISTER_COUNT[self.type]
-
-    @property
-    def end(self) -> int:
-        """The address after the point's last one."""
-        return self.address + self.count
-
-    @property
-    def writable(self) -> bool:
-        return self.table in WRITABLE_TABLES
-
-
-def _span(start: int, end: int) -> str:
-    return str(start) if end - start == 1 else f"{start}..{end - 1}"
-
-
-class ModbusMap(_Strict):
-    """A profile's register map: one point per metric a Modbus device of it reports."""
-
-    byte_order: Order = "big"
-    word_order: Order = "big"
-    # Unread addresses a block read may span to merge two neighbouring points.
-    max_gap: int = Field(default=8, ge=0, le=2000)
-    points: dict[MetricName, ModbusPoint] = Field(min_length=1)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _orders_into_points(cls, data: object) -> object:
-        if not isinstance(data, dict) or not isinstance(points := data.get("points"), dict):
-            return data
-        orders = {
-            k: data[k] for k in ("byte_order", "word_order") if data.get(k) in get_args(Order)
-        }
-        if not orders:
-            return data
-        return {
-            **data,
-            "points": {
-                name: {**orders, **p}
-                if isinstance(p, dict) and p.get("table") in REGISTER_TABLES
-                else p
-                for name, p in points.items()
-            },
-        }
-
-    @model_validator(mode="after")
-    def _no_overlaps(self) -> Self:
-        problems: list[tuple[Loc, str]] = []
-        for table in sorted({p.table for p in self.points.values()}):
-            holder: tuple[str, ModbusPoint] | None = None  # the point reaching furthest yet
-            bits: dict[tuple[int, int], str] = {}  # (register, bit) -> point
-            for name, p in sorted(
-                ((n, p) for n, p in self.points.items() if p.table == table),
-                key=lambda item: (item[1].address, item[0]),
-            ):
-                if p.bit is not None and (owner := bits.get((p.address, p.bit))):
-                    problems.append(
-                        (
-                            ("points", name, "bit"),
-                            f"bit {p.bit} of {table} {p.address} is {owner}'s",
-                        )
-                    )
-                elif holder is not None and p.address < holder[1].end:
-                    other_name, other = holder
-                    if p.bit is None or other.bit is None:  # bits of one register may share it
-                        problems.append(
-                            (
-                                ("points", name, "address"),
-                                f"{table} {_span(p.address, p.end)} overlaps {other_name} "
-                                f"({table} {_span(other.address, other.end)})",
-                            )
-                        )
-                if p.bit is not None:
-                    bits.setdefault((p.address, p.bit), name)
-                if holder is None or p.end > holder[1].end:
-                    holder = (name, p)
-        if problems:
-            raise FieldProblems(problems)
-        return self
-
-
-# --- Commands ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CommandRefused:
-    """Why a command's arguments were not accepted."""
-
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class ModbusWrite:
-    """What executing a command on a Modbus device writes: a point and its value."""
-
-    point: str
-    value: float | bool
-    readback: bool
-
-
-ArgValue = int | float | bool
-
-
-class CommandArg(_Strict):
-    """One argument of a command."""
-
-    type: Literal["number", "integer", "bool"]
-    min: float | None = None
-    max: float | None = None
-    description: str = ""
-
-    @model_validator(mode="after")
-    def _check(self) -> Self:
-        if self.type == "bool" and (self.min is not None or self.max is not None):
-            raise ValueError("a bool argument has no min or max")
-        if self.type == "integer":
-            for bound in (self.min, self.max):
-                if bound is not None and not bound.is_integer():
-                    raise ValueError(f"an integer argument's bounds are integers, not {bound:g}")
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"min ({self.min:g}) is greater than max ({self.max:g})")
-        return self
-
-    def check(self, value: object) -> ArgValue | str:
-        """The value as the command uses it, or why it is refused (a str)."""
-        if self.type == "bool":
-            return value if isinstance(value, bool) else "must be true or false"
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return f"must be {'an integer' if self.type == 'integer' else 'a number'}"
-        if not math.isfinite(value):
-            return "must be a finite number"
-        if self.type == "integer":
-            if not float(value).is_integer():
-                return "must be an integer"
-            value = int(value)
-        if self.min is not None and value < self.min:
-            return f"{value:g} is below the minimum {self.min:g}"
-        if self.max is not None and value > self.max:
-            return f"{value:g} is above the maximum {self.max:g}"
-        return value
-
-    @property
-    def values(self) -> range | None:
-        """Every value of a bounded integer argument; None for any other argument."""
-        if self.type != "integer" or self.min is None or self.max is None:
-            return None
-        return range(int(self.min), int(self.max) + 1)
-
-
-class CommandWrite(_Strict):
-    """How a Modbus device carries out a command: the point written and its value.
-
-    `point` may hold {arg} placeholders (`port{port}_switch_on`); `value` is an
-    argument's name or a literal number or bool. After the write the gateway
-    reads the point back to confirm, unless `readback: false`.
-    """
-
-    point: Annotated[str, Field(min_length=1)]
-    value: bool | float | str
-    readback: bool = True
-
-    @model_validator(mode="after")
-    def _check(self) -> Self:
-        self.placeholders  # noqa: B018 - raises ValueError for a malformed template
-        return self
-
-    @cached_property
-    def placeholders(self) -> tuple[str, ...]:
-        """Argument names the point's name is built from, in order."""
-        names = []
-        for _, field, spec, conversion in string.Formatter().parse(self.point):
-            if field is None:
-                continue
-            if not field.isidentifier() or spec or conversion:
-                raise ValueError(f"{{{field}}}: a placeholder is a plain argument name")
-            names.append(field)
-        return tuple(dict.fromkeys(names))
-
-
-# PyYAML reads these unquoted words as booleans (YAML 1.1).
-_YAML_BOOL_WORDS = frozenset({"yes", "no", "true", "false", "on", "off"})
-_MAX_TARGETS = 1024
-
-
-class Command(_Strict):
-    """A command a device of the profile accepts."""
-
-    description: str = ""
-    args: dict[MetricName, CommandArg] = Field(default_factory=dict)
-    write: CommandWrite | None = None
-
-    def check_args(self, args: Mapping[str, object]) -> dict[str, ArgValue] | CommandRefused:
-        """The arguments as the command uses them, or why they are refused."""
-        unknown = sorted(set(args) - set(self.args))
-        if unknown:
-            return CommandRefused(f"unknown argument {unknown[0]!r}")
-        checked: dict[str, ArgValue] = {}
-        for name, arg in self.args.items():
-            if name not in args:
-                return CommandRefused(f"argument {name!r} is missing")
-            value = arg.check(args[name])
-            if isinstance(value, str):
-                return CommandRefused(f"argument {name!r}: {value}")
-            checked[name] = value
-        return checked
-
-    def modbus_write(self, args: Mapping[str, ArgValue]) -> ModbusWrite | None:
-        """The write for checked arguments (see check_args); None if not a Modbus command."""
-        if self.write is None:
-            return None
-        w = self.write
-        point = w.point.format_map({p: args[p] for p in w.placeholders})
-        value = args[w.value] if isinstance(w.value, str) else w.value
-        return ModbusWrite(point, value, w.readback)
-
-    def write_targets(self) -> Iterator[tuple[dict[str, int], str]]:
-        """Each (placeholder values, point name) the write may address.
-
-        Only for a write whose placeholders are all bounded integer arguments.
-        """
-        if self.write is None:
-            return
-        names = self.write.placeholders
-        ranges = [self.args[n].values or range(0) for n in names]
-        for combo in itertools.product(*ranges):
-            binding = dict(zip(names, combo, strict=True))
-            yield binding, self.write.point.format_map(binding)
-
-
-class Profile(_Strict):
+class Profile(Strict):
     """What one kind of device reports."""
 
     profile: Annotated[str, Field(pattern=PROFILE_NAME_PATTERN)]
@@ -509,8 +206,11 @@ class Profile(_Strict):
                     f"{{{placeholder}}}: a placeholder's argument must be a bounded integer "
                     "(type: integer with min and max)"
                 )
-        if math.prod(len(command.args[p].values or ()) for p in write.placeholders) > _MAX_TARGETS:
-            return "point", f"the placeholders name more than {_MAX_TARGETS} points"
+        if (
+            math.prod(len(command.args[p].values or ()) for p in write.placeholders)
+            > MAX_WRITE_TARGETS
+        ):
+            return "point", f"the placeholders name more than {MAX_WRITE_TARGETS} points"
         if isinstance(write.value, str):
             arg = command.args.get(write.value)
             if arg is None:
@@ -521,7 +221,7 @@ class Profile(_Strict):
             wants_bool = arg.type == "bool"
         else:
             wants_bool = isinstance(write.value, bool)
-            ambiguous = sorted(a for a in command.args if a.lower() in _YAML_BOOL_WORDS)
+            ambiguous = sorted(a for a in command.args if a.lower() in YAML_BOOL_WORDS)
             if wants_bool and ambiguous:
                 return "value", (
                     f"YAML reads an unquoted {ambiguous[0]} as {str(write.value).lower()}: "
