@@ -228,7 +228,7 @@ def pole_samples(site: Any, per_message: int, variants: int) -> tuple[list, list
     from simulators.model import site_models
 
     profile_of = {d.id: d.profile for p in site.poles for d in p.devices}
-    models = site_models(site)
+    models = site_models(site, transport=None)  # the meters are Modbus devices in the demo site
     if len(models) != len(site.poles):
         raise SystemExit("every pole needs simulated devices")
     fragments: list[list[bytes]] = []

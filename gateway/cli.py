@@ -154,41 +154,59 @@ def simulate(
     ] = 20,
     interval: Annotated[float, typer.Option(help="Seconds between telemetry messages")] = 5.0,
     seed: Annotated[int, typer.Option(help="Random seed")] = 1,
+    modbus_port: Annotated[
+        int,
+        typer.Option(
+            "--modbus-port",
+            metavar="BASE",
+            min=1,
+            max=65535,
+            help="Without --site: the first road's Modbus port (the next roads' follow)",
+        ),
+    ] = 15020,
 ) -> None:
-    """Run simulated MQTT poles (edge controllers) against the broker at POLEGW_MQTT_URL."""
+    """Run simulated poles: MQTT edge controllers against the broker at POLEGW_MQTT_URL,
+    and the site's Modbus devices on their endpoints."""
     from gateway.core.profiles import load_catalog
     from gateway.core.site import parse_site
+    from gateway.demo import modbus_endpoints, run_simulators
     from simulators.demo_site import demo_site
-    from simulators.mqtt_poles import run_poles
 
     settings = settings_or_exit()
     setup_logging(settings.log_level)
+    try:
+        catalog = load_catalog(settings.profiles_dir)
+    except SourceFileError as exc:
+        typer.echo(str(exc), err=True)
+        raise fail("the device profiles are refused") from None
     if site_file is not None:
         try:
-            site = parse_site(
-                site_file.read_text(encoding="utf-8"),
-                str(site_file),
-                load_catalog(settings.profiles_dir),
-            )
+            site = parse_site(site_file.read_text(encoding="utf-8"), str(site_file), catalog)
         except SourceFileError as exc:
             typer.echo(str(exc), err=True)
             raise fail(f"{site_file}: refused") from None
         except OSError as exc:
             raise fail(f"{site_file}: cannot read: {exc}") from None
     else:
-        site = demo_site(poles)
+        try:
+            site = demo_site(poles, modbus_base_port=modbus_port)
+        except ValueError as exc:
+            raise fail(f"--modbus-port {modbus_port}: {exc}") from None
+    buses = modbus_endpoints(site)
+    modbus = f" and Modbus devices on {len(buses)} buses" if buses else ""
     typer.echo(
         f"simulating {len(site.poles)} poles on {settings.mqtt_url}"
-        f" every {interval:g}s; Ctrl-C stops"
+        f" every {interval:g}s{modbus}; Ctrl-C stops"
     )
     run_until_signal(
-        lambda stop: run_poles(
+        lambda stop: run_simulators(
             site,
             settings.mqtt_url,
+            stop,
+            catalog=catalog,
             prefix=settings.mqtt_topic_prefix,
             interval_s=interval,
             seed=seed,
-            stop=stop,
         )
     )
 
@@ -205,6 +223,16 @@ def demo(
     embedded_broker: Annotated[
         bool, typer.Option(help="Start the embedded broker even if one listens on port 1883")
     ] = False,
+    modbus_port: Annotated[
+        int,
+        typer.Option(
+            "--modbus-port",
+            metavar="BASE",
+            min=1,
+            max=65535,
+            help="Port of the first road's simulated Modbus converter; the next roads' follow",
+        ),
+    ] = 15020,
 ) -> None:
     """Start everything on one machine: broker, database, simulators, gateway and API."""
     from gateway.demo import run_demo
@@ -224,5 +252,6 @@ def demo(
             data_dir=data_dir,
             interval_s=interval,
             embedded_broker_only=embedded_broker,
+            modbus_base_port=modbus_port,
         )
     )

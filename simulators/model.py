@@ -3,7 +3,9 @@
 Pure: no I/O, no clock, no global random state. Gauges are functions of the
 instant (seeded, smooth noise over a daily shape); counters integrate the same
 power over the time that passed between samples, so they never decrease and
-agree with the power reported. Rare occurrences (a cabinet door opened, an
+agree with the power reported; where they start depends on when the process
+starts (see `Counters`), so a restarted simulator never counts below what it
+showed before. Rare occurrences (a cabinet door opened, an
 impact on the pole) are drawn per fixed time slot, so a door's state at an
 instant and the events around it agree however often the pole is sampled.
 
@@ -72,20 +74,50 @@ class SimEvent:
     data: dict[str, Value] = field(default_factory=dict)
 
 
+#: Simulated counters have been counting since this instant (epoch seconds).
+HISTORY_FROM = datetime(2024, 1, 1, tzinfo=UTC).timestamp()
+
+
 class Counters:
-    """Cumulative totals that integrate rates (per hour) over elapsed time; never decreasing."""
+    """Cumulative totals that integrate rates (per hour) over elapsed time; never decreasing.
+
+    A counter starts, at the first instant it is advanced to, from its `base`
+    (what it showed at HISTORY_FROM) plus its `peak` rate over the time since
+    HISTORY_FROM. The peak is the most the device can ever count per hour, so a
+    counter started later starts at least as high as one started earlier has
+    counted up to then: a simulator that is stopped and started again goes on
+    from above the values it published before, never below (which would look
+    like a meter reset). Determined by the base, the peak and the start instant.
+    """
 
     STEP_S = 60.0
 
-    def __init__(self, initial: list[float], rates: Callable[[float], tuple[float, ...]]) -> None:
-        self.totals = list(initial)
+    def __init__(
+        self,
+        base: list[float],
+        rates: Callable[[float], tuple[float, ...]],
+        peak: tuple[float, ...],
+    ) -> None:
+        if len(base) != len(peak):
+            raise ValueError("a counter needs a base and a peak rate")
+        self.base = list(base)
+        self.peak = tuple(max(0.0, p) for p in peak)
+        self.totals = list(base)
         self._rates = rates
         self._last: float | None = None
 
+    def start_totals(self, t: float) -> list[float]:
+        """The totals of counters that start counting at `t`."""
+        hours = max(0.0, t - HISTORY_FROM) / HOUR
+        return [b + p * hours for b, p in zip(self.base, self.peak, strict=True)]
+
     def advance(self, t: float) -> list[float]:
         last = self._last
-        if last is None or t <= last:
-            self._last = t if last is None else last
+        if last is None:
+            self.totals = self.start_totals(t)
+            self._last = t
+            return self.totals
+        if t <= last:
             return self.totals
         steps = math.ceil((t - last) / self.STEP_S)
         dt = (t - last) / steps
@@ -122,13 +154,15 @@ class LampController(DeviceModel):
     """A street lamp on a dusk-to-dawn schedule, dimmed late at night."""
 
     profile = "lamp-controller"
+    PEAK_WOBBLE = 1.01  # the most the power wanders above rated power at the dim level
 
     def __init__(self, device_id: str, ctx: Context) -> None:
         super().__init__(device_id, ctx)
         rated = min(1000.0, ctx.config.lamp_rated_w)
         self.rated_w = rated * self.noise.between("rated", 0.97, 1.03)
-        hours = self.noise.between("hours", 1000.0, 12000.0)
-        self.counters = Counters([hours * self.rated_w / 1000 * 0.8, hours], self._rates)
+        hours = self.noise.between("hours", 0.0, 8000.0)  # lit before HISTORY_FROM
+        peak = (self.PEAK_WOBBLE * self.rated_w / 1000, 1.0)  # kW at full output, h/h
+        self.counters = Counters([hours * self.rated_w / 1000 * 0.8, hours], self._rates, peak)
 
     def _dim(self, t: float) -> int:
         c = self.ctx.config
@@ -138,7 +172,7 @@ class LampController(DeviceModel):
         return c.dim_pct if in_window(h, c.dim_from_h, c.dim_to_h) else 100
 
     def _power_w(self, t: float, dim: int) -> float:
-        wobble = 1.0 + 0.01 * self.noise.smooth("power", t, 60)
+        wobble = 1.0 + (self.PEAK_WOBBLE - 1.0) * self.noise.smooth("power", t, 60)
         return clamp(self.rated_w * dim / 100 * wobble, 0.0, 1000.0)
 
     def _rates(self, t: float) -> tuple[float, float]:
@@ -165,11 +199,13 @@ class LampController(DeviceModel):
 
 @dataclass(frozen=True, slots=True)
 class _PortLoad:
-    """What hangs on one metered port: its power at an instant and its power factor."""
+    """What hangs on one metered port: its power at an instant, its power factor and the
+    most it ever draws."""
 
     name: str
     power_w: Callable[[float], float]
     pf: float
+    peak_w: float = 0.0
 
 
 class PortMeter(DeviceModel):
@@ -182,13 +218,14 @@ class PortMeter(DeviceModel):
         super().__init__(device_id, ctx)
         self.base_5g = self.noise.between("5g", 340.0, 460.0)
         self.loads: list[_PortLoad | None] = [
-            _PortLoad("5g", self._micro_station, 0.98),
-            _PortLoad("camera", self._camera, 0.65),
-            _PortLoad("display", self._display, 0.93),
+            _PortLoad("5g", self._micro_station, 0.98, peak_w=800.0),
+            _PortLoad("camera", self._camera, 0.65, peak_w=28.0 + 6.0 + 0.8),
+            _PortLoad("display", self._display, 0.93, peak_w=200.0 + 12.0),
             None,
         ]
-        initial = [self.noise.between(f"kwh{n}", 0.0, 20000.0) for n in range(self.PORTS)]
-        self.counters = Counters(initial, self._rates)
+        base = [self.noise.between(f"kwh{n}", 0.0, 5000.0) for n in range(self.PORTS)]
+        peak = tuple(0.0 if load is None else load.peak_w / 1000 for load in self.loads)
+        self.counters = Counters(base, self._rates, peak)
 
     def _micro_station(self, t: float) -> float:
         h = self.ctx.ambient.local_hour(t)
@@ -408,17 +445,19 @@ def pole_model(
     config: SimConfig | None = None,
     transport: str | None = "mqtt",
     ambient: Ambient | None = None,
+    models: Mapping[str, type[DeviceModel]] = MODELS,
 ) -> PoleModel:
-    """The simulated devices of a pole: those whose profile has a model and whose transport
-    matches (`transport=None`: all of them). Other devices are left to other simulators."""
+    """The simulated devices of a pole: those whose profile has a model in `models` and
+    whose transport matches (`transport=None`: all of them). Other devices are left to
+    other simulators."""
     config = config or SimConfig()
     lat, lon = (pole.location.lat, pole.location.lon) if pole.location else DEFAULT_LOCATION
     ambient = ambient or Ambient(seed, utc_offset_h=config.utc_offset_h)
     ctx = Context(seed, config, ambient, lat, lon)
     devices = tuple(
-        MODELS[d.profile](d.id, ctx)
+        models[d.profile](d.id, ctx)
         for d in pole.devices
-        if d.profile in MODELS and (transport is None or d.transport == transport)
+        if d.profile in models and (transport is None or d.transport == transport)
     )
     return PoleModel(pole.id, devices)
 
@@ -429,15 +468,16 @@ def site_models(
     seed: int = 1,
     config: SimConfig | None = None,
     transport: str | None = "mqtt",
+    models: Mapping[str, type[DeviceModel]] = MODELS,
 ) -> list[PoleModel]:
     """A model for every pole with at least one simulated device; all share one weather."""
     config = config or SimConfig()
     ambient = Ambient(seed, utc_offset_h=config.utc_offset_h)
-    models = (
-        pole_model(p, seed=seed, config=config, transport=transport, ambient=ambient)
+    poles = (
+        pole_model(p, seed=seed, config=config, transport=transport, ambient=ambient, models=models)
         for p in site.poles
     )
-    return [m for m in models if m.devices]
+    return [m for m in poles if m.devices]
 
 
 class Telemetry(TypedDict):

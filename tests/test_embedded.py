@@ -219,7 +219,12 @@ async def test_broker_does_not_redeliver_unacked_messages() -> None:
         again = await Client(port, "gw", clean_session=False, manual_ack=True).start()
         await again.wait_for(10)
         await asyncio.sleep(1)
-        assert sorted(again.seqs()) == list(range(1000, 1010))  # odd 0..39 never come back
+        seqs = set(again.seqs())
+        # The pinned quirk: the unacked odd 0..39 never come back. (Which of the
+        # messages queued while offline arrive is amqtt's business: under CPU load
+        # its fixed 5 s PUBACK timeout drops some, so only the quirk is asserted.)
+        assert not seqs & set(range(1, 40, 2))
+        assert seqs <= set(range(1000, 1010))
         await again.stop()
         await pub.stop()
 

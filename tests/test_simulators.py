@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import ssl
 from collections import defaultdict
 from collections.abc import Iterator
@@ -19,7 +20,9 @@ from gateway.core.registry import DeviceRef, Registry
 from gateway.core.site import DeviceSpec, ModbusEndpoint, PoleSpec, SiteSpec, parse_site
 from gateway.errors import ConfigError
 from simulators.demo_site import demo_site, site_to_yaml
+from simulators.modbus_devices import MODBUS_MODELS
 from simulators.model import (
+    HISTORY_FROM,
     PoleModel,
     SimConfig,
     Telemetry,
@@ -28,7 +31,7 @@ from simulators.model import (
     pole_model,
     site_models,
 )
-from simulators.mqtt_poles import BrokerAddress, parse_mqtt_url, run_poles
+from simulators.mqtt_poles import BrokerAddress, EdgeController, parse_mqtt_url, run_poles
 
 CST = timedelta(hours=8)  # the demo site's local time (SimConfig.utc_offset_h)
 STEP = timedelta(minutes=5)
@@ -77,7 +80,7 @@ def test_a_simulated_day_decodes_without_dead_letters(
 ) -> None:
     site = demo_site(3)
     registry = registry_of(site, catalog)
-    models = site_models(site, seed=7, config=LIVELY)
+    models = site_models(site, seed=7, config=LIVELY, transport=None)  # the meters too
     reported: dict[str, set[str]] = defaultdict(set)
     events: list[str] = []
     readings = 0
@@ -107,7 +110,7 @@ def test_a_simulated_day_decodes_without_dead_letters(
 
 def test_counters_never_decrease_and_follow_the_power(catalog: ProfileCatalog) -> None:
     site = demo_site(3)
-    models = site_models(site, seed=3)
+    models = site_models(site, seed=3, transport=None)
     profiles = {d.id: catalog[d.profile] for p in site.poles for d in p.devices}
     first: dict[tuple[str, str], float] = {}
     last: dict[tuple[str, str], float] = {}
@@ -135,8 +138,46 @@ def test_counters_never_decrease_and_follow_the_power(catalog: ProfileCatalog) -
         assert 24 * 0.3 < micro_station < 24 * 0.8  # 300-800 W all day
 
 
+def test_counters_go_on_across_a_restart(catalog: ProfileCatalog) -> None:
+    """A simulator started later starts its counters higher, and never below what an
+    earlier run published up to then (no false meter reset after a restart)."""
+    site = demo_site(1)
+    start = local(datetime(2026, 3, 1, tzinfo=UTC), "17:00")  # a night of lamp at full power
+    profiles = {d.id: catalog[d.profile] for p in site.poles for d in p.devices}
+
+    def counters(message: Telemetry) -> dict[tuple[str, str], float]:
+        return {
+            (device, name): float(value)
+            for device, values in message["devices"].items()
+            for name, value in values.items()
+            if profiles[device].metrics[name].kind is MetricKind.COUNTER
+        }
+
+    (earlier,) = site_models(site, seed=4, transport=None)
+    first = counters(build_telemetry(earlier, start, 1))
+    last = first
+    for k in range(1, 14 * 12 + 1):  # 14 hours, every 5 minutes
+        last = counters(build_telemetry(earlier, start + k * STEP, k + 1))
+    restart = start + 14 * 12 * STEP
+    for later_start in (restart, restart + timedelta(days=3)):
+        (later,) = site_models(site, seed=4, transport=None)
+        again = counters(build_telemetry(later, later_start, 1))
+        assert again.keys() == first.keys()
+        assert len(first) == 6  # the lamp's energy and hours, the meter's four ports
+        for key, value in again.items():
+            assert value >= last[key], f"{key} went back after a restart"
+            if key != ("P0001-meter", "port4_energy_kwh"):  # nothing plugged in: stays put
+                assert value > first[key], key
+    # Still the same for the same seed and start, and not zero at the start of history.
+    (one,) = site_models(site, seed=4, transport=None)
+    assert counters(build_telemetry(one, start, 1)) == first
+    at_epoch = datetime.fromtimestamp(HISTORY_FROM, UTC)
+    (two,) = site_models(site, seed=4, transport=None)
+    assert counters(build_telemetry(two, at_epoch, 1))[("P0001-lamp", "burning_hours")] > 0
+
+
 def test_lamps_light_the_night_and_the_sun_the_day() -> None:
-    (model,) = site_models(demo_site(1), seed=1)
+    (model,) = site_models(demo_site(1), seed=1, transport=None)
     day = datetime(2026, 6, 1, tzinfo=UTC)
 
     def at(hhmm: str) -> dict[str, dict[str, float | int | bool]]:
@@ -229,6 +270,40 @@ def test_demo_site_shape() -> None:
     assert b is not None
     assert (b.lat - a.lat) * 111_320 == pytest.approx(40, abs=0.5)
     assert demo_site(0).poles == []
+
+
+def test_demo_site_meters_are_modbus_devices_on_one_line_per_road() -> None:
+    site = demo_site(20)
+    meters = {p.id: d for p in site.poles for d in p.devices if d.profile == "port-meter-4"}
+    assert len(meters) == 20
+    others = [d for p in site.poles for d in p.devices if d.profile != "port-meter-4"]
+    assert all(d.transport == "mqtt" and d.modbus is None for d in others)
+    by_port: dict[int, list[int]] = defaultdict(list)
+    for pole in site.poles:
+        meter = meters[pole.id]
+        assert meter.id == f"{pole.id}-meter"
+        assert meter.transport == "modbus"
+        assert meter.modbus is not None
+        endpoint = meter.modbus
+        assert (endpoint.host, endpoint.framer, endpoint.interval_s) == ("127.0.0.1", "rtu", 5)
+        assert pole.name == f"{pole.road} {endpoint.unit}"  # its place on the road
+        by_port[endpoint.port].append(endpoint.unit)
+    assert by_port == {15020: [1, 2, 3, 4, 5, 6, 7], 15021: [1, 2, 3, 4, 5, 6, 7],
+                       15022: [1, 2, 3, 4, 5, 6]}  # fmt: skip
+    moved = demo_site(4, modbus_base_port=31000)
+    ports = [d.modbus.port for p in moved.poles for d in p.devices if d.modbus is not None]
+    assert ports == [31000, 31000, 31001, 31001]  # two roads of two poles
+    long_roads = demo_site(3 * 250)  # more poles on a road than unit ids on a line
+    endpoints = {
+        (d.modbus.port, d.modbus.unit)
+        for p in long_roads.poles
+        for d in p.devices
+        if d.modbus is not None
+    }
+    assert len(endpoints) == 750  # no two meters share a port and unit
+    assert max(unit for _, unit in endpoints) == 247
+    with pytest.raises(ValueError, match="base port"):
+        demo_site(3, modbus_base_port=65534)
 
 
 def test_site_yaml_round_trips(catalog: ProfileCatalog) -> None:
@@ -347,11 +422,171 @@ async def test_poles_publish_telemetry_and_presence(
         batches = [orjson.loads(p) for k, p in mine if k == "telemetry"]
         assert len(batches) >= 4
         assert [b["seq"] for b in batches] == list(range(1, len(batches) + 1))
-        expected = {d.id for d in pole.devices if d.profile != "sos-button"}
+        expected = {
+            d.id for d in pole.devices if d.profile != "sos-button" and d.transport == "mqtt"
+        }
         for kind, payload in mine:
             topic = f"{topic_prefix}/{pole.id}/{kind}"
             decoded = decode_message(topic, payload, registry, prefix=topic_prefix)
             assert decoded.dead_letters == []
             if kind == "telemetry":
-                assert set(orjson.loads(payload)["devices"]) == expected
-                assert len(decoded.readings) > 40
+                devices = orjson.loads(payload)["devices"]
+                assert set(devices) == expected  # the meters are on Modbus
+                assert len(decoded.readings) == sum(len(v) for v in devices.values()) > 15
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+def edge_controller(site: SiteSpec, catalog: ProfileCatalog) -> EdgeController:
+    (model,) = site_models(site, models=MODBUS_MODELS)
+    profiles = {d.id: catalog[d.profile] for p in site.poles for d in p.devices}
+    return EdgeController(
+        model,
+        BrokerAddress("127.0.0.1", 1883),
+        prefix="poles",
+        interval_s=5,
+        rng=random.Random(1),
+        profiles={d.device_id: profiles[d.device_id] for d in model.devices},
+    )
+
+
+def command(cid: str, name: object, **args: object) -> bytes:
+    return orjson.dumps({"id": cid, "command": name, "args": args})
+
+
+def test_a_pole_checks_and_carries_out_commands(catalog: ProfileCatalog) -> None:
+    pole = edge_controller(demo_site(1), catalog)
+    noon = local(datetime(2026, 6, 1, tzinfo=UTC), "12:00")  # the schedule has the lamp off
+    lamp = "P0001-lamp"
+
+    def now_shows() -> dict[str, float | int | bool]:
+        return build_telemetry(pole.model, noon, 1)["devices"][lamp]
+
+    assert now_shows()["lamp_on"] is False
+    assert pole.execute(lamp, command("c1", "set_dim", pct=30), noon) == {
+        "id": "c1",
+        "ok": True,
+        "error": None,
+    }
+    dimmed = now_shows()
+    assert (dimmed["lamp_on"], dimmed["dim_pct"]) == (True, 30)
+    assert float(dimmed["power_w"]) == pytest.approx(30, rel=0.05)  # a 100 W lamp
+    assert pole.execute(lamp, command("c2", "switch_off"), noon) == {
+        "id": "c2",
+        "ok": True,
+        "error": None,
+    }
+    assert (now_shows()["lamp_on"], now_shows()["dim_pct"]) == (False, 0)
+    assert pole.execute(lamp, command("c3", "switch_on"), noon) == {
+        "id": "c3",
+        "ok": True,
+        "error": None,
+    }
+    assert now_shows()["dim_pct"] == 30  # back on at the last level
+
+    def refusal(device: str, payload: bytes) -> str | None:
+        reply = pole.execute(device, payload, noon)
+        assert reply is not None
+        assert reply["ok"] is False
+        return reply["error"]
+
+    assert "above the maximum" in str(refusal(lamp, command("c4", "set_dim", pct=150)))
+    assert "missing" in str(refusal(lamp, command("c5", "set_dim")))
+    assert "unknown argument" in str(refusal(lamp, command("c6", "switch_on", pct=1)))
+    assert "unknown command 'explode'" in str(refusal(lamp, command("c7", "explode")))
+    assert "unknown command" in str(refusal(lamp, command("c8", 42)))
+    # the meter is a Modbus device: not this pole's edge controller's business
+    assert "no simulated device" in str(refusal("P0001-meter", command("c9", "switch_port")))
+    assert "no simulated device" in str(refusal("P0001-cam", command("c10", "set_dim", pct=1)))
+    assert "args must be" in str(
+        refusal(lamp, orjson.dumps({"id": "c11", "command": "set_dim", "args": 3}))
+    )
+    assert now_shows()["dim_pct"] == 30  # nothing refused changed anything
+    assert pole.execute(lamp, b"not json", noon) is None  # nothing to reply to
+    assert pole.execute(lamp, orjson.dumps({"command": "switch_on"}), noon) is None
+
+
+def test_a_meter_over_mqtt_switches_its_ports(catalog: ProfileCatalog) -> None:
+    site = SiteSpec(
+        poles=[PoleSpec(id="P1", devices=[DeviceSpec(id="P1-meter", profile="port-meter-4")])]
+    )
+    pole = edge_controller(site, catalog)
+    noon = local(datetime(2026, 6, 1, tzinfo=UTC), "12:00")
+    reply = pole.execute(
+        "P1-meter",
+        orjson.dumps({"id": "m1", "command": "switch_port", "args": {"port": 1, "on": False}}),
+        noon,
+    )
+    assert reply == {"id": "m1", "ok": True, "error": None}
+    meter = build_telemetry(pole.model, noon, 1)["devices"]["P1-meter"]
+    assert (meter["port1_switch_on"], meter["port1_power_w"]) == (False, 0.0)
+    assert meter["port2_switch_on"] is True
+
+
+async def test_poles_answer_commands_over_the_broker(mqtt_url: str, topic_prefix: str) -> None:
+    site = tagged(demo_site(1), topic_prefix.split("/")[0])
+    (pole,) = site.poles
+    lamp = f"{pole.id}-lamp"
+    broker = parse_mqtt_url(mqtt_url)
+    base = f"{topic_prefix}/{pole.id}"
+    stop = asyncio.Event()
+    replies: dict[str, dict[str, object]] = {}
+    dims: list[tuple[float, object]] = []  # (when, dim_pct) of each telemetry batch
+    got_reply, got_telemetry = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+    try:
+        async with _client(broker) as client:
+            await client.subscribe(f"{base}/commands/+/reply", qos=1)
+            await client.subscribe(f"{base}/telemetry", qos=1)
+
+            async def listen() -> None:
+                async for message in client.messages:
+                    assert isinstance(message.payload, bytes)
+                    body = orjson.loads(message.payload)
+                    if message.topic.value.endswith("/reply"):
+                        replies[body["id"]] = body
+                        got_reply.set()
+                    else:
+                        dims.append((loop.time(), body["devices"][lamp]["dim_pct"]))
+                        got_telemetry.set()
+
+            listening = asyncio.create_task(listen(), name="test-listener")
+            runner = asyncio.create_task(
+                run_poles(site, mqtt_url, prefix=topic_prefix, interval_s=0.2, stop=stop),
+                name="test-run-poles",
+            )
+            async with asyncio.timeout(10):  # it publishes: it has subscribed to its commands
+                await got_telemetry.wait()
+
+            async def send(cid: str, name: str, **args: object) -> dict[str, object]:
+                got_reply.clear()
+                await client.publish(f"{base}/commands/{lamp}", command(cid, name, **args), qos=1)
+                async with asyncio.timeout(5):
+                    while cid not in replies:
+                        await got_reply.wait()
+                        got_reply.clear()
+                return replies[cid]
+
+            dimmed = await send("dim-30", "set_dim", pct=30)
+            answered = loop.time()
+            unknown = await send("nope", "self_destruct")
+            async with asyncio.timeout(5):
+                while not any(t > answered for t, _ in dims):
+                    got_telemetry.clear()
+                    await got_telemetry.wait()
+            stop.set()
+            async with asyncio.timeout(10):
+                await runner
+            listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listening
+    finally:
+        stop.set()
+        async with _client(broker) as cleaner:  # leave no retained messages behind
+            await cleaner.publish(f"{base}/status", b"", qos=1, retain=True)
+
+    assert dimmed == {"id": "dim-30", "ok": True, "error": None}
+    assert unknown["ok"] is False
+    assert "unknown command 'self_destruct'" in str(unknown["error"])
+    assert all(dim == 30 for t, dim in dims if t > answered)
