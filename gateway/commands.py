@@ -15,9 +15,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 import orjson
+import psycopg
+from psycopg_pool import PoolTimeout
 
 from gateway.adapters.command_store import CommandStore
 from gateway.adapters.modbus_bus import ModbusBus, PollFailed
+from gateway.backoff import Backoff
 from gateway.core.profiles import ArgValue, ModbusWrite
 from gateway.core.registry import DeviceRef
 
@@ -49,6 +52,7 @@ class CommandDispatcher:
         self._timeout_s = timeout_s
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._replies: dict[str, asyncio.Future[tuple[bool, str | None]]] = {}
+        self._reply_topics: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(
@@ -83,7 +87,7 @@ class CommandDispatcher:
             except Exception as exc:  # a background task's edge: record it, never lose it
                 log.exception("command %s to %s failed unexpectedly", cid, device.id)
                 out = Outcome("failed", f"internal error: {exc!r}")
-            await self._store.finished(cid, out.state, error=out.error, result=out.result)
+            await self._record(cid, out)
             log.info("command %s %s to %s: %s %s", cid, name, device.id, out.state, out.error or "")
 
     async def _via_modbus(
@@ -92,17 +96,24 @@ class CommandDispatcher:
         write = device.profile.commands[name].modbus_write(args)
         if write is None:
             return Outcome("failed", f"{name!r} has no Modbus write in {device.profile.profile!r}")
-        bus = self._bus_for(device.id)
-        if bus is None:
-            return Outcome("failed", "the device is not being polled (no Modbus bus for it)")
         await self._store.sent(cid)
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                got = await bus.write(device.id, write)
-        except TimeoutError:
-            return Outcome("timed_out", f"the write did not complete within {self._timeout_s:g}s")
-        except PollFailed as exc:
-            return Outcome("timed_out" if exc.kind == "timeout" else "failed", str(exc))
+        for _attempt in range(2):  # a bus rebuilt meanwhile (site import): once more on the new one
+            bus = self._bus_for(device.id)
+            if bus is None:
+                return Outcome("failed", "the device is not being polled (no Modbus bus for it)")
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    got = await bus.write(device.id, write)
+                break
+            except TimeoutError:
+                detail = f"the write did not complete within {self._timeout_s:g}s"
+                return Outcome("timed_out", detail)
+            except PollFailed as exc:
+                if exc.kind == "stopped":
+                    continue
+                return Outcome("timed_out" if exc.kind == "timeout" else "failed", str(exc))
+        else:
+            return Outcome("failed", "the device's bus was being rebuilt; try again")
         if not write.readback:
             return Outcome("succeeded")
         result = {"readback": {write.point: got}}
@@ -118,6 +129,7 @@ class CommandDispatcher:
         payload = orjson.dumps({"id": str(cid), "command": name, "args": args})
         reply: asyncio.Future[tuple[bool, str | None]] = asyncio.get_running_loop().create_future()
         self._replies[str(cid)] = reply
+        self._reply_topics[str(cid)] = topic + "/reply"
         try:
             try:
                 async with asyncio.timeout(self._timeout_s):
@@ -135,6 +147,21 @@ class CommandDispatcher:
             return Outcome("succeeded") if ok else Outcome("failed", error or "the device refused")
         finally:
             self._replies.pop(str(cid), None)
+            self._reply_topics.pop(str(cid), None)
+
+    async def _record(self, cid: uuid.UUID, out: Outcome) -> None:
+        """Store the outcome, retrying a briefly unreachable database; a command
+        still unfinished at the next start is marked failed there."""
+        backoff = Backoff(first=0.5, cap=5.0)
+        for _ in range(6):
+            try:
+                await self._store.finished(cid, out.state, error=out.error, result=out.result)
+            except (psycopg.Error, PoolTimeout) as exc:
+                log.warning("could not record command %s as %s: %s", cid, out.state, exc)
+                await asyncio.sleep(backoff.next_delay())
+            else:
+                return
+        log.error("command %s ended %s but could not be recorded", cid, out.state)
 
     def on_reply(self, topic: str, payload: bytes) -> None:
         """A message on …/commands/{device}/reply: resolve the waiting command."""
@@ -147,6 +174,15 @@ class CommandDispatcher:
             log.warning("command reply on %s has no id; ignored", topic)
             return
         waiting = self._replies.get(body["id"])
+        expected_topic = self._reply_topics.get(body["id"])
+        if waiting is not None and topic != expected_topic:
+            log.warning(
+                "reply for command %s arrived on %s, not %s; ignored",
+                body["id"],
+                topic,
+                expected_topic,
+            )
+            return
         if waiting is None or waiting.done():
             log.info("reply for unknown or finished command %s on %s; ignored", body["id"], topic)
             return

@@ -65,10 +65,12 @@ class StateStore:
                     "INSERT INTO device_state (device_id, online, since, detail)"
                     " VALUES (%s, %s, %s, %s)"
                     " ON CONFLICT (device_id) DO UPDATE SET online = excluded.online,"
-                    " since = excluded.since, detail = excluded.detail, updated_at = now()",
+                    " since = excluded.since, detail = excluded.detail, updated_at = now()"
+                    # a rebuilt bus or a restart re-reports the same state: keep 'since'
+                    " WHERE device_state.online IS DISTINCT FROM excluded.online",
                     (device_id, online, since, detail),
                 )
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:
             # The readings path has its own retries; a lost state change is
             # re-derived at the next change and visible in the logs.
             log.warning(
@@ -105,6 +107,20 @@ class ModbusPolling:
     async def _deliver(self, decoded: Decoded) -> None:
         await self._pipeline.put_decoded(decoded, _no_ack)
 
+    @staticmethod
+    async def _supervised(bus: ModbusBus, stop: asyncio.Event) -> None:
+        """Run one bus; an error nobody foresaw restarts that bus, never the gateway."""
+        while not stop.is_set():
+            try:
+                await bus.run(stop)
+            except Exception:  # the supervisor of one bus: log everything, keep polling
+                log.exception("Modbus bus %s failed; restarting it in 5 s", bus.address)
+                try:
+                    async with asyncio.timeout(5):
+                        await stop.wait()
+                except TimeoutError:
+                    pass
+
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until `stop` is set, rebuilding the buses when the site changes."""
         while not stop.is_set():
@@ -131,7 +147,7 @@ class ModbusPolling:
             restart = asyncio.Event()
             async with asyncio.TaskGroup() as tg:
                 for bus in buses:
-                    tg.create_task(bus.run(restart), name=f"modbus-bus {bus.address}")
+                    tg.create_task(self._supervised(bus, restart), name=f"modbus-bus {bus.address}")
                 while not stop.is_set():
                     try:
                         async with asyncio.timeout(self._refresh_s):

@@ -97,7 +97,7 @@ async def test_commands_over_modbus_and_mqtt(
     fresh_database_url: str, mqtt_url: str, topic_prefix: str, simulated_lamp: ModbusSimulator
 ) -> None:
     await prepare_database(fresh_database_url, site(simulated_lamp.port))
-    settings = gateway_settings(fresh_database_url, mqtt_url, topic_prefix, command_timeout_s=1.5)
+    settings = gateway_settings(fresh_database_url, mqtt_url, topic_prefix, command_timeout_s=3.0)
     async with gateway(settings) as gw, httpx.AsyncClient(base_url=gw.api) as api:
         # The polled lamp's readings arrive and it is shown online.
         async def online() -> bool:

@@ -47,6 +47,7 @@ class Recorder:
     def __init__(self) -> None:
         self.polls: defaultdict[str, list[float]] = defaultdict(list)
         self.values: dict[str, dict[str, float]] = {}
+        self.history: defaultdict[str, list[dict[str, float]]] = defaultdict(list)
         self.states: list[tuple[str, bool]] = []
 
     async def deliver(self, decoded: Decoded) -> None:
@@ -54,6 +55,7 @@ class Recorder:
         device = decoded.readings[0].device_id
         self.polls[device].append(time.monotonic())
         self.values[device] = {r.metric: r.value for r in decoded.readings}
+        self.history[device].append(self.values[device])
 
     async def on_state(
         self, device: str, online: bool, since: datetime, detail: str | None
@@ -131,11 +133,14 @@ async def test_a_late_reply_is_never_taken_for_the_next_answer(framer: str) -> N
         lamp = sim.device("L02").model
         assert isinstance(lamp, SwitchedLamp)
         lamp.obey("dim_pct", 37)  # a value L01 never has
+        sim.refresh()
         rec = Recorder()
         bus = bus_for(sim, specs, framer, rec)
         await run_for(bus, 2.0)
         assert "L01" not in rec.values
-        assert rec.values["L02"]["dim_pct"] == 37
+        # Every poll of L02 (not just the last) got L02's own answer.
+        assert len(rec.history["L02"]) >= 3
+        assert all(v["dim_pct"] == 37 for v in rec.history["L02"])
         expected = sim.values("L02")
         for metric in ("voltage_v", "dim_pct", "lamp_on"):
             assert rec.values["L02"][metric] == pytest.approx(float(expected[metric]), abs=0.2)
@@ -150,9 +155,6 @@ async def test_a_write_changes_the_device_and_reads_back(
     got = await bus.write("L01", ModbusWrite("dim_pct", 40, readback=True))
     assert got == 40
     assert sim.values("L01")["dim_pct"] == 40
-    await run_for(bus, 1.2)
-    assert rec.values["L01"]["dim_pct"] == 40
-    assert rec.values["L01"]["power_w"] > 0
 
     sim.set_fault("L02", Fault.NO_ANSWER)
     with pytest.raises(PollFailed) as failed:
@@ -162,4 +164,27 @@ async def test_a_write_changes_the_device_and_reads_back(
     with pytest.raises(PollFailed) as refused:
         await bus.write("L02", ModbusWrite("lamp_on", True, readback=True))
     assert refused.value.kind == "exception"
-    await bus.close()
+
+    await run_for(bus, 1.2)  # the polls see the written value
+    assert rec.values["L01"]["dim_pct"] == 40
+    assert rec.values["L01"]["power_w"] > 0
+    with pytest.raises(PollFailed) as stopped:  # a stopped (rebuilt) bus takes no writes
+        await bus.write("L01", ModbusWrite("dim_pct", 10, readback=True))
+    assert stopped.value.kind == "stopped"
+
+
+async def test_a_slow_but_answering_device_is_quarantined_too(
+    ten_lamps: tuple[ModbusSimulator, list[DeviceSpec]],
+) -> None:
+    """Each of its three reads answers within the timeout, but together they hold the
+    bus longer than one request may: it is taken offline, the others keep time."""
+    sim, specs = ten_lamps
+    # Three reads of 0.9 x timeout each: every one answers, the poll takes 2.7 x.
+    sim.set_fault("L05", Fault.SLOW, delay_s=OPTIONS.timeout_s * 0.9)
+    rec = Recorder()
+    bus = bus_for(sim, specs[:6], "socket", rec)
+    await run_for(bus, 3.0)
+    assert ("L05", False) in rec.states
+    for spec in specs[:6]:
+        if spec.id != "L05":
+            assert len(rec.polls[spec.id]) >= 5, (spec.id, rec.polls[spec.id])

@@ -17,9 +17,10 @@ import contextlib
 import heapq
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from pymodbus import FramerType, ModbusException
 from pymodbus.client import AsyncModbusTcpClient
@@ -37,7 +38,7 @@ from gateway.metrics import Metrics
 log = logging.getLogger(__name__)
 
 Deliver = Callable[[Decoded], Awaitable[None]]
-StateChange = Callable[[str, bool, datetime, str | None], Awaitable[None]]
+StateChange = Callable[[str, bool, datetime, str | None], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,14 @@ class BusOptions:
     rtu_gap_s: float = 0.005  # quiet time between frames on a serial line
     offline_after: int = 3  # consecutive failed polls before a device is offline + quarantined
     quarantine_cap_s: float = 300.0
+    # A poll (all of a device's block reads) taking longer than this counts as a
+    # failure even if every read answered: the device holds up the whole bus.
+    # Default: two request timeouts.
+    slow_poll_s: float | None = None
+
+    @property
+    def slow_after_s(self) -> float:
+        return self.slow_poll_s if self.slow_poll_s is not None else 2 * self.timeout_s
 
 
 class ModbusBus:
@@ -115,6 +124,8 @@ class ModbusBus:
         self._connect_backoff = Backoff(first=0.5, cap=30.0)
         self._next_connect = 0.0
         self._lock = asyncio.Lock()  # one request at a time; a write waits for a whole poll
+        self._stopped = False
+        self._state_tasks: set[asyncio.Task[None]] = set()
         self._label = str(address)
 
     @property
@@ -131,6 +142,7 @@ class ModbusBus:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll every device on its interval until `stop` is set."""
+        self._stopped = False
         loop = asyncio.get_running_loop()
         start = loop.time()
         n = len(self._devices)
@@ -152,38 +164,56 @@ class ModbusBus:
                 heapq.heappop(heap)
                 now = loop.time()
                 late = now - due
+                health = self._health[device.ref.id]
+                if health.quarantined_until <= now:
+                    self._m.modbus_poll_lateness.labels(self._label).observe(max(0.0, late))
                 if late >= device.interval_s:  # a whole cycle missed: skip, never queue up
                     missed = int(late // device.interval_s)
                     self._m.modbus_skipped_cycles.labels(self._label).inc(missed)
                     due += missed * device.interval_s
-                health = self._health[device.ref.id]
                 if health.quarantined_until <= now:
-                    self._m.modbus_poll_lateness.labels(self._label).observe(max(0.0, now - due))
                     await self._poll(device, health)
                 heapq.heappush(
                     heap, (max(due + device.interval_s, health.quarantined_until), i, device)
                 )
         finally:
+            self._stopped = True
             await self.close()
+            for task in list(self._state_tasks):
+                await task
 
     async def _poll(self, device: PolledDevice, health: Health) -> None:
-        started = time.perf_counter()
-        ts = datetime.now(UTC)
         try:
             async with self._lock:
+                ts = datetime.now(UTC)  # when the device is actually read
+                started = time.perf_counter()
                 values = await self._read_device(device)
+                took = time.perf_counter() - started
         except PollFailed as exc:
             self._m.modbus_polls.labels(self._label, exc.kind).inc()
             if exc.reconnect:
                 await self.close()
-            await self._failed(device, health, exc)
+            self._failed(device, health, exc)
             return
-        self._m.modbus_polls.labels(self._label, "ok").inc()
-        self._m.modbus_poll_seconds.labels(self._label).observe(time.perf_counter() - started)
+        except Exception as exc:  # a device's bad answer must never stop the bus or the gateway
+            log.exception("Modbus device %s: unexpected error while polling", device.ref.id)
+            self._m.modbus_polls.labels(self._label, "internal").inc()
+            self._failed(device, health, PollFailed("internal", repr(exc), reconnect=True))
+            await self.close()
+            return
+        self._m.modbus_poll_seconds.labels(self._label).observe(took)
         self._m.modbus_points_read.inc(len(values))
         source = f"modbus://{self.address.host}:{self.address.port}/{device.unit}"
         await self._deliver(decode_polled(device.ref, values, ts, source=source))
-        await self._succeeded(device, health)
+        if took > self._o.slow_after_s:
+            # Answers, but holds the bus longer than one request may: treated like a
+            # failure, so a slow device is quarantined instead of delaying the rest.
+            self._m.modbus_polls.labels(self._label, "slow").inc()
+            self._failed(device, health, PollFailed("slow", f"took {took:.2f}s", reconnect=False))
+            return
+        self._m.modbus_polls.labels(self._label, "ok").inc()
+        self._connect_backoff.reset()  # an answered exchange, not just a TCP connect
+        self._succeeded(device, health)
 
     async def _read_device(self, device: PolledDevice) -> dict[str, object]:
         client = await self._connected()
@@ -210,6 +240,9 @@ class ModbusBus:
             code = getattr(response, "exception_code", None)
             raise PollFailed("exception", f"exception response (code {code})", reconnect=False)
         if block.table in ("coil", "discrete"):
+            if len(response.bits) < block.count:
+                detail = f"asked for {block.count} bits at {block.start}, got {len(response.bits)}"
+                raise PollFailed("protocol", detail, reconnect=True)
             return list(response.bits[: block.count])
         got = len(response.registers)
         if got != block.count:
@@ -228,6 +261,12 @@ class ModbusBus:
         modbus = device.ref.profile.modbus
         assert modbus is not None
         point = modbus.points[write.point]
+        health = self._health[device_id]
+        if health.quarantined_until > asyncio.get_running_loop().time():
+            # Offline: a write would cost the bus a full timeout for nothing.
+            raise PollFailed(
+                "offline", "the device is offline (not answering polls)", reconnect=False
+            )
         async with self._lock:
             client = await self._connected()
             try:
@@ -278,11 +317,18 @@ class ModbusBus:
             raise PollFailed("connection", f"connection lost: {exc}", reconnect=True) from exc
         except ModbusException as exc:
             raise PollFailed("protocol", str(exc), reconnect=True) from exc
+        except asyncio.CancelledError:
+            # Abandoned mid-exchange (a command's timeout, shutdown): the answer may
+            # still come, so this connection must not carry the next request.
+            await self.close()
+            raise
         finally:
             if self.address.framer == "rtu" and self._o.rtu_gap_s > 0:
                 await asyncio.sleep(self._o.rtu_gap_s)
 
     async def _connected(self) -> AsyncModbusTcpClient:
+        if self._stopped:  # rebuilt: its replacement owns the endpoint now
+            raise PollFailed("stopped", f"bus {self.address} was rebuilt", reconnect=False)
         if self._client is not None and self._client.connected:
             return self._client
         now = time.monotonic()
@@ -310,7 +356,8 @@ class ModbusBus:
             raise PollFailed("connection", f"cannot connect to {self.address}", reconnect=False)
         if self._connect_backoff.failures:
             log.info("Modbus bus %s connected again", self.address)
-        self._connect_backoff.reset()
+        # The back-off starts over only after an answered exchange (see _poll):
+        # an endpoint that accepts and drops connections is not hammered.
         self._client = client
         return client
 
@@ -320,7 +367,7 @@ class ModbusBus:
             self._client.close()
             self._client = None
 
-    async def _failed(self, device: PolledDevice, health: Health, exc: PollFailed) -> None:
+    def _failed(self, device: PolledDevice, health: Health, exc: PollFailed) -> None:
         health.failures += 1
         if health.failures == 1:
             log.warning(
@@ -331,8 +378,12 @@ class ModbusBus:
                 exc,
             )
         if health.failures >= self._o.offline_after:
-            delay = health.backoff.next_delay()
-            health.quarantined_until = asyncio.get_running_loop().time() + delay
+            if exc.kind not in ("connection", "stopped"):
+                # The bus itself being down is not the device's fault: the bus's
+                # own reconnect back-off covers it, and the device is polled
+                # again as soon as the bus is back.
+                delay = health.backoff.next_delay()
+                health.quarantined_until = asyncio.get_running_loop().time() + delay
             if health.online is not False:
                 health.online = False
                 self._update_quarantined()
@@ -342,9 +393,9 @@ class ModbusBus:
                     health.failures,
                     self._o.quarantine_cap_s,
                 )
-                await self._on_state(device.ref.id, False, datetime.now(UTC), str(exc))
+                self._report_state(device.ref.id, False, str(exc))
 
-    async def _succeeded(self, device: PolledDevice, health: Health) -> None:
+    def _succeeded(self, device: PolledDevice, health: Health) -> None:
         if health.failures and health.online is not False:
             log.info("Modbus device %s answers again", device.ref.id)
         health.failures = 0
@@ -356,7 +407,13 @@ class ModbusBus:
             self._update_quarantined()
             if was_offline:
                 log.info("Modbus device %s back online", device.ref.id)
-            await self._on_state(device.ref.id, True, datetime.now(UTC), None)
+            self._report_state(device.ref.id, True, None)
+
+    def _report_state(self, device_id: str, online: bool, detail: str | None) -> None:
+        """Record a state change in the background: the scheduler never waits on the database."""
+        task = asyncio.create_task(self._on_state(device_id, online, datetime.now(UTC), detail))
+        self._state_tasks.add(task)
+        task.add_done_callback(self._state_tasks.discard)
 
     def _update_quarantined(self) -> None:
         n = sum(1 for h in self._health.values() if h.online is False)
