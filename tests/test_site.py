@@ -224,3 +224,26 @@ def test_the_error_names_the_file_it_was_given(catalog: ProfileCatalog) -> None:
     with pytest.raises(SiteError) as info:
         parse_site(text, "sites/north.yaml", catalog)
     assert str(info.value).startswith("sites/north.yaml:7: poles[0].location.lat: ")
+
+
+def test_bus_conflicts_are_refused_with_their_lines() -> None:
+    def meter(ident: str, host: str, unit: int, framer: str) -> str:
+        return (
+            f"      - id: {ident}\n        profile: port-meter-4\n        transport: modbus\n"
+            f"        modbus: {{host: {host}, port: 4001, unit: {unit}, framer: {framer}}}\n"
+        )
+
+    text = "poles:\n  - id: P1\n    devices:\n" + "".join(
+        (
+            meter("m1", "10.0.0.5", 1, "rtu"),
+            meter("m2", "10.0.0.5", 1, "rtu"),  # same unit on the same line
+            meter("m3", "10.0.0.5", 2, "socket"),  # another framer on the same endpoint
+            meter("m4", "10.0.0.6", 0, "rtu"),  # RTU broadcast address
+        )
+    )
+    with pytest.raises(SiteError) as refused:
+        parse_site(text, "bus.yaml", load_catalog())
+    message = str(refused.value)
+    assert "bus.yaml:11: poles[0].devices[1].modbus.unit: unit 1 on 10.0.0.5:4001 is" in message
+    assert "bus.yaml:15: poles[0].devices[2].modbus.framer: 10.0.0.5:4001 is spoken" in message
+    assert "bus.yaml:19: poles[0].devices[3].modbus.unit: unit 0 is broadcast" in message

@@ -113,6 +113,36 @@ def _cross_references(
         if isinstance(profile, str) and profile not in catalog:
             known = ", ".join(sorted(catalog))
             issues.append(((*loc, "profile"), f"unknown profile {profile!r} (known: {known})"))
+    issues += _bus_conflicts(devices)
+    return issues
+
+
+def _bus_conflicts(
+    devices: Sequence[tuple[tuple[str | int, ...], dict[str, Any]]],
+) -> list[tuple[tuple[str | int, ...], str]]:
+    """A bus is one endpoint: one framer, each unit id once, and no RTU broadcast."""
+    framers: dict[tuple[object, object], tuple[object, tuple[str | int, ...]]] = {}
+    units: dict[tuple[object, object, object], tuple[str | int, ...]] = {}
+    issues: list[tuple[tuple[str | int, ...], str]] = []
+    for loc, device in devices:
+        endpoint = device.get("modbus")
+        if not isinstance(endpoint, dict) or device.get("transport") != "modbus":
+            continue
+        mloc = (*loc, "modbus")
+        host, port = endpoint.get("host"), endpoint.get("port", 502)
+        framer, unit = endpoint.get("framer", "socket"), endpoint.get("unit", 1)
+        if framer == "rtu" and unit == 0:
+            issues.append(((*mloc, "unit"), "unit 0 is broadcast on an RTU line: use 1..247"))
+        first = framers.setdefault((host, port), (framer, mloc))
+        if first[0] != framer:
+            issues.append(
+                ((*mloc, "framer"), f"{host}:{port} is spoken as {first[0]} at {_fmt(first[1])}")
+            )
+        seen = units.setdefault((host, port, unit), mloc)
+        if seen != mloc:
+            issues.append(
+                ((*mloc, "unit"), f"unit {unit} on {host}:{port} is already {_fmt(seen)}")
+            )
     return issues
 
 
