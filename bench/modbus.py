@@ -42,8 +42,10 @@ One run does, on this machine:
    (histograms; quantiles interpolated inside buckets).
 
    Exact lateness, per poll, from the database: a poll's readings carry ts = the
-   wall time at which the poll started (``datetime.now()`` right after the scheduler
-   took it off its heap and observed its lateness). Device i of n on a bus is due at
+   wall time at which the device is read (``datetime.now()`` in ``ModbusBus._poll``
+   once it holds the bus lock, which nothing else takes here: no commands are sent;
+   that is right after the scheduler took the poll off its heap and observed its
+   lateness). Device i of n on a bus is due at
    start + interval * (i/n + k), devices in id order (``Registry.polled_devices``).
    So ``(ts - interval * i/n) mod interval`` is start's phase plus the lateness. The
    bus's start phase is taken at the end of the largest gap of these phases on the
@@ -831,6 +833,9 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the database and work dir")
     args = ap.parse_args()
     if args.summarise:
+        import signal
+
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` is fine
         summarise(args.summarise)
         return
     if args.warmup >= args.duration:

@@ -14,9 +14,10 @@ from collections.abc import Callable
 from datetime import datetime
 
 import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from gateway.adapters.db import libpq_url
 from gateway.adapters.modbus_bus import BusAddress, BusOptions, ModbusBus, PolledDevice
+from gateway.backoff import Backoff
 from gateway.core.readings import Decoded
 from gateway.core.registry import DeviceRef, Registry
 from gateway.ingest import IngestPipeline
@@ -51,33 +52,49 @@ def _fingerprint(registry: Registry) -> frozenset[tuple[str, object, str]]:
 
 
 class StateStore:
-    """Writes a polled device's online/offline changes (rare: only on change)."""
+    """Writes polled devices' online/offline changes from one task, on one pooled
+    connection, coalescing per device: a burst (every device coming online at
+    start-up) is one batch, not one database session per device, and polling
+    never waits on the database."""
 
-    def __init__(self, database_url: str) -> None:
-        self._url = libpq_url(database_url)
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
+        self._pending: dict[str, tuple[bool, datetime, str | None]] = {}
+        self._wake = asyncio.Event()
 
     async def __call__(
         self, device_id: str, online: bool, since: datetime, detail: str | None
     ) -> None:
-        try:
-            async with await psycopg.AsyncConnection.connect(self._url, connect_timeout=5) as conn:
-                await conn.execute(
-                    "INSERT INTO device_state (device_id, online, since, detail)"
-                    " VALUES (%s, %s, %s, %s)"
-                    " ON CONFLICT (device_id) DO UPDATE SET online = excluded.online,"
-                    " since = excluded.since, detail = excluded.detail, updated_at = now()"
-                    # a rebuilt bus or a restart re-reports the same state: keep 'since'
-                    " WHERE device_state.online IS DISTINCT FROM excluded.online",
-                    (device_id, online, since, detail),
-                )
-        except psycopg.Error as exc:
-            # The readings path has its own retries; a lost state change is
-            # re-derived at the next change and visible in the logs.
-            log.warning(
-                "could not record that %s is %s: %s",
-                device_id,
-                "online" if online else "offline",
-                exc,
+        self._pending[device_id] = (online, since, detail)  # the latest state wins
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Write pending changes until cancelled; a failed batch is retried later."""
+        backoff = Backoff(first=0.5, cap=10.0)
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, {}
+            try:
+                await self._write(batch)
+                backoff.reset()
+            except (psycopg.Error, PoolTimeout) as exc:
+                log.warning("could not record %d device state changes: %s", len(batch), exc)
+                for device_id, state in batch.items():  # newer changes win over retries
+                    self._pending.setdefault(device_id, state)
+                await asyncio.sleep(backoff.next_delay())
+                self._wake.set()
+
+    async def _write(self, batch: dict[str, tuple[bool, datetime, str | None]]) -> None:
+        async with self._pool.connection() as conn, conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO device_state (device_id, online, since, detail)"
+                " VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (device_id) DO UPDATE SET online = excluded.online,"
+                " since = excluded.since, detail = excluded.detail, updated_at = now()"
+                # a rebuilt bus or a restart re-reports the same state: keep 'since'
+                " WHERE device_state.online IS DISTINCT FROM excluded.online",
+                [(d, online, since, detail) for d, (online, since, detail) in batch.items()],
             )
 
 

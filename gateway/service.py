@@ -92,11 +92,12 @@ async def run_gateway(
         subscribed=subscribed,
         on_reply=lambda topic, payload: replies[0].on_reply(topic, payload),
     )
+    states = StateStore(pool)
     modbus = ModbusPolling(
         registry=registry,
         pipeline=pipeline,
         metrics=metrics,
-        on_state=StateStore(database_url),
+        on_state=states,
         options=BusOptions(
             timeout_s=settings.modbus_timeout_s,
             rtu_gap_s=settings.modbus_rtu_gap_s,
@@ -123,6 +124,7 @@ async def run_gateway(
             commit = tg.create_task(pipeline.run(), name="ingest-commit")
             refresh = tg.create_task(registry.refresh_forever(), name="registry-refresh")
             polling = tg.create_task(modbus.run(stop), name="modbus-polling")
+            state_writer = tg.create_task(states.run(), name="device-state-writer")
             if api:
                 ctx = ApiContext(
                     settings,
@@ -153,6 +155,7 @@ async def run_gateway(
             await ingest  # drains and disconnects
             await pipeline.drain()  # whatever the last polls delivered meanwhile
             commit.cancel()
+            state_writer.cancel()
             refresh.cancel()
             if server is not None:
                 server.should_exit = True
