@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -26,7 +27,8 @@ from gateway.core.registry import DeviceRef
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[str, bytes], Awaitable[None]]
+# publish(topic, payload, expiry_s): the message must not be delivered after expiry_s.
+Publish = Callable[[str, bytes, int], Awaitable[None]]
 
 
 class Outcome(NamedTuple):
@@ -133,7 +135,9 @@ class CommandDispatcher:
         try:
             try:
                 async with asyncio.timeout(self._timeout_s):
-                    await self._publish(topic, payload)
+                    # A command still queued for the pole when its reply would come too
+                    # late expires in the broker instead of being carried out later.
+                    await self._publish(topic, payload, math.ceil(self._timeout_s))
             except TimeoutError:
                 return Outcome("failed", "the broker did not accept the command in time")
             except Exception as exc:  # noqa: BLE001 - the adapter's error type is not ours to name

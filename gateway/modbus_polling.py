@@ -62,11 +62,19 @@ class StateStore:
         self._pending: dict[str, tuple[bool, datetime, str | None]] = {}
         self._wake = asyncio.Event()
 
-    async def __call__(
-        self, device_id: str, online: bool, since: datetime, detail: str | None
-    ) -> None:
+    def __call__(self, device_id: str, online: bool, since: datetime, detail: str | None) -> None:
         self._pending[device_id] = (online, since, detail)  # the latest state wins
         self._wake.set()
+
+    async def recorded(self) -> dict[str, bool]:
+        """Every device's last recorded state ({} when the database cannot say)."""
+        try:
+            async with self._pool.connection() as conn, conn.cursor() as cur:
+                await cur.execute("SELECT device_id, online FROM device_state")
+                return {str(d): bool(online) for d, online in await cur.fetchall()}
+        except (psycopg.Error, PoolTimeout) as exc:
+            log.warning("could not read the recorded device states: %s", exc)
+            return {}
 
     async def run(self) -> None:
         """Write pending changes until cancelled; a failed batch is retried later."""
@@ -140,6 +148,7 @@ class ModbusPolling:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until `stop` is set, rebuilding the buses when the site changes."""
+        known = await self._on_state.recorded()
         while not stop.is_set():
             snapshot = self._registry()
             fingerprint = _fingerprint(snapshot)
@@ -151,6 +160,7 @@ class ModbusPolling:
                     on_state=self._on_state,
                     metrics=self._metrics,
                     options=self._options,
+                    known_online=known,
                 )
                 for address, devices in group_by_bus(snapshot.polled_devices()).items()
             ]
@@ -175,3 +185,5 @@ class ModbusPolling:
                         log.info("Modbus: the site's polled devices changed; rebuilding buses")
                         break
                 restart.set()
+            for bus in buses:  # a rebuilt bus starts from what the old one knew
+                known.update(bus.known_online())

@@ -5,6 +5,7 @@ follows its reply, and the record's state tells the outcome."""
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 from collections.abc import AsyncIterator
 
@@ -20,6 +21,7 @@ from gateway.core.site import DeviceSpec, ModbusEndpoint, PoleSpec, SiteSpec
 from simulators.modbus_server import Fault, ModbusSimulator
 from tests.support import gateway, gateway_settings, prepare_database
 
+COMMAND_TIMEOUT_S = 3.0
 CATALOG = load_catalog()
 
 
@@ -61,8 +63,11 @@ class Pole:
     def __init__(self, mqtt_url: str, topic: str, *, ok: bool) -> None:
         e = MqttEndpoint(mqtt_url)
         self.received: list[dict[str, object]] = []
+        self.expiry: list[int | None] = []
         self.client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"pole-{secrets.token_hex(4)}"
+            CallbackAPIVersion.VERSION2,
+            client_id=f"pole-{secrets.token_hex(4)}",
+            protocol=paho.MQTTv5,
         )
         self.client.on_message = self._on_message
         self.ok = ok
@@ -73,6 +78,7 @@ class Pole:
     def _on_message(self, client: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
         body = orjson.loads(msg.payload)
         self.received.append(body)
+        self.expiry.append(getattr(msg.properties, "MessageExpiryInterval", None))
         reply = {"id": body["id"], "ok": self.ok, "error": None if self.ok else "lamp is locked"}
         client.publish(msg.topic + "/reply", orjson.dumps(reply), qos=1)
 
@@ -97,7 +103,9 @@ async def test_commands_over_modbus_and_mqtt(
     fresh_database_url: str, mqtt_url: str, topic_prefix: str, simulated_lamp: ModbusSimulator
 ) -> None:
     await prepare_database(fresh_database_url, site(simulated_lamp.port))
-    settings = gateway_settings(fresh_database_url, mqtt_url, topic_prefix, command_timeout_s=3.0)
+    settings = gateway_settings(
+        fresh_database_url, mqtt_url, topic_prefix, command_timeout_s=COMMAND_TIMEOUT_S
+    )
     async with gateway(settings) as gw, httpx.AsyncClient(base_url=gw.api) as api:
         # The polled lamp's readings arrive and it is shown online.
         async def online() -> bool:
@@ -153,6 +161,9 @@ async def test_commands_over_modbus_and_mqtt(
                 pole.close()
             assert done["state"] == expected, done
             assert pole.received[0]["command"] == "switch_on"
+            # A command the pole gets late (after reconnecting) expires with its timeout.
+            assert pole.expiry[0] is not None
+            assert 1 <= pole.expiry[0] <= math.ceil(COMMAND_TIMEOUT_S)
         sent = await api.post(
             "/api/v1/devices/P0001-mqtt-lamp/commands", json={"command": "switch_on"}
         )

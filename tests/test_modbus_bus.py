@@ -57,13 +57,17 @@ class Recorder:
         self.values[device] = {r.metric: r.value for r in decoded.readings}
         self.history[device].append(self.values[device])
 
-    async def on_state(
-        self, device: str, online: bool, since: datetime, detail: str | None
-    ) -> None:
+    def on_state(self, device: str, online: bool, since: datetime, detail: str | None) -> None:
         self.states.append((device, online))
 
 
-def bus_for(sim: ModbusSimulator, specs: list[DeviceSpec], framer: str, rec: Recorder) -> ModbusBus:
+def bus_for(
+    sim: ModbusSimulator,
+    specs: list[DeviceSpec],
+    framer: str,
+    rec: Recorder,
+    known_online: dict[str, bool] | None = None,
+) -> ModbusBus:
     devices = [
         PolledDevice.of(
             DeviceRef(s.id, "P1", CATALOG[s.profile], "modbus", s.modbus), s.modbus.unit, INTERVAL
@@ -78,6 +82,7 @@ def bus_for(sim: ModbusSimulator, specs: list[DeviceSpec], framer: str, rec: Rec
         on_state=rec.on_state,
         metrics=Metrics(),
         options=OPTIONS,
+        known_online=known_online,
     )
 
 
@@ -188,3 +193,21 @@ async def test_a_slow_but_answering_device_is_quarantined_too(
     for spec in specs[:6]:
         if spec.id != "L05":
             assert len(rec.polls[spec.id]) >= 5, (spec.id, rec.polls[spec.id])
+
+
+async def test_the_recorded_state_seeds_the_bus(
+    ten_lamps: tuple[ModbusSimulator, list[DeviceSpec]],
+) -> None:
+    """After a restart, a device recorded online that still answers is not announced
+    again, one recorded offline that answers now is reported back online, and one
+    recorded offline that still fails is not announced offline a second time."""
+    sim, specs = ten_lamps
+    sim.set_fault("L03", Fault.NO_ANSWER)
+    rec = Recorder()
+    known = {"L01": True, "L02": False, "L03": False}
+    bus = bus_for(sim, specs[:3], "socket", rec, known_online=known)
+    await run_for(bus, 1.5)
+    assert rec.polls["L01"]
+    assert rec.polls["L02"]
+    assert rec.states == [("L02", True)]
+    assert bus.known_online() == {"L01": True, "L02": True, "L03": False}

@@ -17,10 +17,9 @@ import contextlib
 import heapq
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from pymodbus import FramerType, ModbusException
 from pymodbus.client import AsyncModbusTcpClient
@@ -38,7 +37,8 @@ from gateway.metrics import Metrics
 log = logging.getLogger(__name__)
 
 Deliver = Callable[[Decoded], Awaitable[None]]
-StateChange = Callable[[str, bool, datetime, str | None], Coroutine[Any, Any, None]]
+# Records a device's state change; must not block (the scheduler calls it inline).
+StateChange = Callable[[str, bool, datetime, str | None], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +111,7 @@ class ModbusBus:
         on_state: StateChange,
         metrics: Metrics,
         options: BusOptions | None = None,
+        known_online: Mapping[str, bool] | None = None,
     ) -> None:
         self.address = address
         self._devices = list(devices)
@@ -118,14 +119,16 @@ class ModbusBus:
         self._on_state = on_state
         self._m = metrics
         self._o = options or BusOptions()
-        self._health = {d.ref.id: self._new_health(d) for d in self._devices}
+        # Seeded from the last recorded state, so a restart neither re-announces
+        # a device that stayed offline nor misses "back online" for one that returns.
+        known = known_online or {}
+        self._health = {d.ref.id: self._new_health(d, known.get(d.ref.id)) for d in self._devices}
         self._by_id = {d.ref.id: d for d in self._devices}
         self._client: AsyncModbusTcpClient | None = None
         self._connect_backoff = Backoff(first=0.5, cap=30.0)
         self._next_connect = 0.0
         self._lock = asyncio.Lock()  # one request at a time; a write waits for a whole poll
         self._stopped = False
-        self._state_tasks: set[asyncio.Task[None]] = set()
         self._label = str(address)
 
     @property
@@ -136,9 +139,14 @@ class ModbusBus:
     def device_ids(self) -> list[str]:
         return list(self._by_id)
 
-    def _new_health(self, device: PolledDevice) -> Health:
+    def known_online(self) -> dict[str, bool]:
+        """The devices whose state this bus has established."""
+        return {d: h.online for d, h in self._health.items() if h.online is not None}
+
+    def _new_health(self, device: PolledDevice, online: bool | None) -> Health:
         first = max(device.interval_s, 1.0)
-        return Health(backoff=Backoff(first=first, cap=max(first, self._o.quarantine_cap_s)))
+        backoff = Backoff(first=first, cap=max(first, self._o.quarantine_cap_s))
+        return Health(online=online, backoff=backoff)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll every device on its interval until `stop` is set."""
@@ -179,8 +187,6 @@ class ModbusBus:
         finally:
             self._stopped = True
             await self.close()
-            for task in list(self._state_tasks):
-                await task
 
     async def _poll(self, device: PolledDevice, health: Health) -> None:
         try:
@@ -410,10 +416,7 @@ class ModbusBus:
             self._report_state(device.ref.id, True, None)
 
     def _report_state(self, device_id: str, online: bool, detail: str | None) -> None:
-        """Record a state change in the background: the scheduler never waits on the database."""
-        task = asyncio.create_task(self._on_state(device_id, online, datetime.now(UTC), detail))
-        self._state_tasks.add(task)
-        task.add_done_callback(self._state_tasks.discard)
+        self._on_state(device_id, online, datetime.now(UTC), detail)
 
     def _update_quarantined(self) -> None:
         n = sum(1 for h in self._health.values() if h.online is False)

@@ -265,10 +265,18 @@ class MqttSubscription:
             raise aiomqtt.MqttError("message stream ended")
         return True
 
-    async def publish(self, topic: str, payload: bytes) -> None:
+    async def publish(self, topic: str, payload: bytes, expiry_s: int | None = None) -> None:
         """Publish at QoS 1 on the gateway's connection; returns when the broker has
-        it. Raises MqttError when not connected (never queued silently)."""
+        it. Raises MqttError when not connected (never queued silently).
+
+        Under MQTT 5, `expiry_s` sets the Message Expiry Interval: a pole that
+        reconnects after that never receives the message (a command the gateway
+        has already recorded as timed out must not be carried out late)."""
         client = self._client
         if client is None or not self._connected:
             raise aiomqtt.MqttError("not connected to the MQTT broker")
-        await client.publish(topic, payload, qos=1)
+        props = None
+        if expiry_s is not None and self._settings.mqtt_protocol == "5":
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.MessageExpiryInterval = max(1, expiry_s)
+        await client.publish(topic, payload, qos=1, properties=props)
