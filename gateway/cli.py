@@ -23,6 +23,8 @@ app = typer.Typer(
 )
 site_app = typer.Typer(help="Load the site: poles, devices and tenants.", no_args_is_help=True)
 app.add_typer(site_app, name="site")
+user_app = typer.Typer(help="Manage the API's users.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
 
 
 def setup_logging(level: str) -> None:
@@ -142,6 +144,60 @@ def site_import(
     except ConfigError as exc:
         raise fail(str(exc)) from None
     typer.echo(f"{file}: {counts}")
+
+
+@user_app.command("add")
+def user_add(
+    name: Annotated[str, typer.Argument(help="Login name")],
+    role: Annotated[str, typer.Option(help="admin, operator, maintainer or tenant")],
+    tenant: Annotated[
+        str | None, typer.Option(help="The tenant a tenant user belongs to (its id)")
+    ] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input")
+    ] = False,
+) -> None:
+    """Create a user (the first admin, for instance). The password comes from standard
+    input with --password-stdin, or is asked for twice on a terminal."""
+    from gateway.adapters.credentials import MIN_PASSWORD_LENGTH, hash_password
+    from gateway.adapters.users import UnknownTenant, UserExists, UserStore
+    from gateway.core.auth import Role
+    from gateway.service import open_pool
+
+    try:
+        role_ = Role(role)
+    except ValueError:
+        raise fail(f"--role: must be one of {', '.join(r.value for r in Role)}") from None
+    if (role_ is Role.TENANT) != (tenant is not None):
+        raise fail("--tenant: required for role tenant, and only for it")
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise fail(f"the password needs at least {MIN_PASSWORD_LENGTH} characters")
+    settings = settings_or_exit()
+    setup_logging(settings.log_level)
+
+    async def add() -> None:
+        pool = open_pool(settings.require_database_url())
+        await pool.open()
+        try:
+            await UserStore(pool).create(name, role_, hash_password(password), tenant)
+        finally:
+            await pool.close()
+
+    try:
+        asyncio.run(add())
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    except UserExists:
+        raise fail(f"a user named {name!r} exists already") from None
+    except UnknownTenant:
+        raise fail(
+            f"--tenant: no tenant {tenant!r} (import it with `polegw site import`)"
+        ) from None
+    typer.echo(f"user {name!r} created with role {role_.value}")
 
 
 @app.command()

@@ -28,7 +28,14 @@ class Settings(BaseSettings):
     mqtt_keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     api_host: str = "127.0.0.1"
     api_port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    # Signs the API's access tokens. No default: `polegw run` refuses to serve
+    # the API without one (`polegw demo` makes one in its data folder).
     secret_key: SecretStr | None = None
+    # Access tokens are short-lived; machine clients use API keys instead.
+    token_ttl_s: Annotated[int, Field(ge=60, le=24 * 3600)] = 900
+    # Failed logins allowed per user name and per client address in the window.
+    login_max_failures: Annotated[int, Field(ge=1)] = 5
+    login_window_s: Annotated[float, Field(gt=0)] = 300.0
     spool_dir: Path = Path("spool")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     profiles_dir: Path | None = None
@@ -87,6 +94,21 @@ class Settings(BaseSettings):
             except ConfigError as exc:
                 raise ValueError(str(exc)) from None
         return v
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 32:
+            raise ValueError("needs at least 32 characters (e.g. `openssl rand -hex 32`)")
+        return v
+
+    def require_secret_key(self) -> str:
+        if self.secret_key is None:
+            raise ConfigError(
+                "POLEGW_SECRET_KEY is not set: the API signs its access tokens with it"
+                " (make one with `openssl rand -hex 32`)"
+            )
+        return self.secret_key.get_secret_value()
 
     def require_database_url(self) -> str:
         if not self.database_url:

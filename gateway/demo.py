@@ -21,18 +21,24 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import secrets
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from gateway.adapters import migrate
+from gateway.adapters.credentials import hash_password
 from gateway.adapters.db import redacted
 from gateway.adapters.site_store import import_site
+from gateway.adapters.users import UserStore
 from gateway.config import Settings
+from gateway.core.auth import Role
 from gateway.core.profiles import ProfileCatalog, load_catalog
 from gateway.core.site import SiteSpec
 from gateway.errors import ConfigError
-from gateway.service import run_gateway
+from gateway.service import open_pool, run_gateway
 from simulators.demo_site import MODBUS_BASE_PORT, demo_site
 from simulators.modbus_server import run_modbus_devices
 from simulators.mqtt_poles import run_poles
@@ -213,11 +219,14 @@ async def run_demo(
             # broker must not take each other's session over.
             tag = hashlib.sha256(database_url.encode()).hexdigest()[:10]
             update["mqtt_client_id"] = f"polegw-demo-{tag}"
+        if settings.secret_key is None:
+            update["secret_key"] = SecretStr(_demo_secret(data_dir / "secret-key"))
         settings = settings.model_copy(update=update)
 
         await asyncio.to_thread(migrate.upgrade, database_url)
         counts = await import_site(database_url, site)
         _say(f"demo site: {len(site.poles)} poles ({counts})")
+        login = await _demo_admin(database_url, data_dir / "admin-password")
 
         subscribed = asyncio.Event()
         with config_errors_bare():
@@ -225,9 +234,44 @@ async def run_demo(
                 await start_modbus_devices(tg, site, catalog, stop)
                 if not stop.is_set():
                     await _gateway_and_poles(
-                        tg, settings, stop, site, catalog, mqtt_url, subscribed, interval_s
+                        tg, settings, stop, site, catalog, mqtt_url, subscribed, interval_s, login
                     )
     _say("polegw demo stopped.")
+
+
+def _demo_secret(path: Path) -> str:
+    """The demo's token-signing key, made once and kept in its data folder."""
+    if path.exists():
+        return path.read_text(encoding="ascii").strip()
+    secret = secrets.token_hex(32)
+    path.touch(mode=0o600)
+    path.write_text(secret, encoding="ascii")
+    return secret
+
+
+async def _demo_admin(database_url: str, password_file: Path) -> str:
+    """Make the demo's `admin` user on the first run; say how to log in."""
+    pool = open_pool(database_url)
+    await pool.open()
+    try:
+        users = UserStore(pool)
+        password = None
+        if await users.credentials("admin") is None:
+            password = secrets.token_urlsafe(12)
+            password_hash = await asyncio.to_thread(hash_password, password)
+            await users.create("admin", Role.ADMIN, password_hash)
+    finally:
+        await pool.close()
+    return await asyncio.to_thread(_login_hint, password_file, password)
+
+
+def _login_hint(password_file: Path, new_password: str | None) -> str:
+    if new_password is not None:
+        password_file.touch(mode=0o600)
+        password_file.write_text(new_password + "\n", encoding="utf-8")
+    if password_file.exists():
+        return f"admin / {password_file.read_text(encoding='utf-8').strip()}"
+    return "admin (its password was set outside the demo)"
 
 
 async def _gateway_and_poles(
@@ -239,6 +283,7 @@ async def _gateway_and_poles(
     mqtt_url: str,
     subscribed: asyncio.Event,
     interval_s: float,
+    login: str,
 ) -> None:
     """Start the gateway, then, once it listens to the broker, the MQTT poles."""
     gateway = tg.create_task(run_gateway(settings, stop, subscribed=subscribed), name="gateway")
@@ -267,6 +312,8 @@ async def _gateway_and_poles(
     buses = ", ".join(f"{h}:{p}" for h, p in modbus_endpoints(site))
     _say(
         "\npolegw demo is running. Ctrl-C stops it.\n"
+        f"  log in:          {login}\n"
+        f"                   (in {api}/docs: Authorize; or POST {api}/api/v1/auth/token)\n"
         f"  API docs:        {api}/docs\n"
         f"  poles:           {api}/api/v1/poles\n"
         f"  latest values:   {api}/api/v1/devices/{first.devices[0].id}/latest\n"

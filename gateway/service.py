@@ -12,15 +12,16 @@ import uvicorn
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.adapters.command_store import CommandStore
+from gateway.adapters.credentials import TokenIssuer
 from gateway.adapters.db import libpq_url
 from gateway.adapters.modbus_bus import BusOptions
 from gateway.adapters.mqtt import MqttSubscription
-from gateway.adapters.read_model import ReadModel
 from gateway.adapters.telemetry_writer import TelemetryWriter
 from gateway.api.app import create_app
 from gateway.api.deps import ApiContext
 from gateway.commands import CommandDispatcher
 from gateway.config import Settings
+from gateway.core.auth import LoginThrottle
 from gateway.core.profiles import ProfileCatalog, load_catalog
 from gateway.ingest import IngestPipeline
 from gateway.metrics import Metrics
@@ -67,6 +68,8 @@ async def run_gateway(
     that must not publish before the gateway listens).
     """
     database_url = settings.require_database_url()
+    secret = settings.require_secret_key() if api else ""  # fail before starting anything
+    tokens = TokenIssuer(secret, timedelta(seconds=settings.token_ttl_s))
     catalog = catalog or load_catalog(settings.profiles_dir)
     metrics = metrics or Metrics()
     registry = RegistrySource(database_url, catalog, metrics, every_s=settings.registry_refresh_s)
@@ -127,14 +130,17 @@ async def run_gateway(
             state_writer = tg.create_task(states.run(), name="device-state-writer")
             if api:
                 ctx = ApiContext(
-                    settings,
-                    ReadModel(pool),
-                    catalog,
-                    metrics,
-                    command_store,
-                    registry,
+                    settings=settings,
+                    pool=pool,
+                    catalog=catalog,
+                    metrics=metrics,
+                    tokens=tokens,
+                    registry=registry,
                     mqtt_connected=lambda: mqtt.connected,
                     commands=dispatcher,
+                    throttle=LoginThrottle(
+                        max_failures=settings.login_max_failures, window_s=settings.login_window_s
+                    ),
                 )
                 config = uvicorn.Config(
                     create_app(ctx),

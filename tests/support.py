@@ -15,15 +15,23 @@ import orjson
 import paho.mqtt.client as paho
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
+from psycopg_pool import AsyncConnectionPool
 
+from gateway.adapters.credentials import TokenIssuer, hash_password
 from gateway.adapters.migrate import upgrade
 from gateway.adapters.site_store import import_site
+from gateway.api.deps import ApiContext
 from gateway.config import MqttEndpoint, Settings
+from gateway.core.auth import Principal, Role
+from gateway.core.profiles import load_catalog
+from gateway.core.registry import Registry
 from gateway.core.site import DeviceSpec, PoleSpec, SiteSpec, TenantSpec
 from gateway.metrics import Metrics
 from gateway.service import run_gateway
 
 POLES = ("P0001", "P0002", "P0003")
+TEST_SECRET = "polegw-test-secret-not-for-production-0123456789"
+TEST_PASSWORD = "test-password-123"
 
 
 def small_site() -> SiteSpec:
@@ -101,9 +109,53 @@ def gateway_settings(database_url: str, mqtt_url: str, prefix: str, **extra: obj
         "registry_refresh_s": 0.5,
         # Sessions of test gateways should not outlive the test run on a shared broker.
         "mqtt_session_expiry_s": 120,
+        "secret_key": TEST_SECRET,
     }
     values.update(extra)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+def add_user(
+    database_url: str, role: Role | str, *, tenant: str | None = None, name: str | None = None
+) -> Principal:
+    """A user in the database (password TEST_PASSWORD), as the principal a token names."""
+    role = Role(role)
+    name = name or f"{role.value}-{secrets.token_hex(4)}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "INSERT INTO users (name, role, tenant_id, password_hash) VALUES (%s, %s, %s, %s)"
+            " RETURNING id",
+            (name, role.value, tenant, _TEST_HASH),
+        ).fetchone()
+    assert row is not None
+    return Principal(int(row[0]), name, role, tenant)
+
+
+_TEST_HASH = hash_password(TEST_PASSWORD)
+
+
+def bearer(principal: Principal, *, ttl_s: int = 900, secret: str = TEST_SECRET) -> dict[str, str]:
+    token = TokenIssuer(secret, timedelta(seconds=ttl_s)).issue(principal)
+    return {"Authorization": f"Bearer {token}"}
+
+
+def auth_headers(database_url: str, role: Role | str = Role.ADMIN, **kw: str) -> dict[str, str]:
+    return bearer(add_user(database_url, role, **kw))
+
+
+def api_context(settings: Settings, pool: AsyncConnectionPool, **extra: object) -> ApiContext:
+    """The API's context for a test app built on `pool`, without the gateway around it."""
+    values: dict[str, object] = {
+        "settings": settings,
+        "pool": pool,
+        "catalog": load_catalog(),
+        "metrics": Metrics(),
+        "tokens": TokenIssuer(TEST_SECRET, timedelta(seconds=settings.token_ttl_s)),
+        "registry": lambda: Registry((), ()),
+        "mqtt_connected": lambda: True,
+    }
+    values.update(extra)
+    return ApiContext(**values)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -112,6 +164,7 @@ class RunningGateway:
     metrics: Metrics
     stop: asyncio.Event
     task: asyncio.Task[None]
+    headers: dict[str, str]  # an admin's bearer token
 
     @property
     def api(self) -> str:
@@ -132,7 +185,8 @@ async def gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
             if task in done:
                 task.result()
             await wait_for_port(settings.api_port)
-        yield RunningGateway(settings, metrics, stop, task)
+        headers = auth_headers(settings.require_database_url())
+        yield RunningGateway(settings, metrics, stop, task, headers)
     finally:
         stop.set()
         async with asyncio.timeout(20):

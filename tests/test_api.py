@@ -9,16 +9,10 @@ import httpx
 import psycopg
 import pytest
 
-from gateway.adapters.command_store import CommandStore
-from gateway.adapters.read_model import ReadModel
 from gateway.api.app import create_app
-from gateway.api.deps import ApiContext
 from gateway.config import Settings
-from gateway.core.profiles import load_catalog
-from gateway.core.registry import Registry
-from gateway.metrics import Metrics
 from gateway.service import open_pool
-from tests.support import prepare_database
+from tests.support import api_context, auth_headers, prepare_database
 
 T0 = datetime(2026, 11, 22, 0, tzinfo=UTC)
 
@@ -35,17 +29,11 @@ async def api(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(database_url=database_url, api_max_raw_range_h=48)
     pool = open_pool(database_url)
     await pool.open()
-    ctx = ApiContext(
-        settings,
-        ReadModel(pool),
-        load_catalog(),
-        Metrics(),
-        CommandStore(pool),
-        lambda: Registry((), ()),
-        mqtt_connected=lambda: True,
-    )
-    transport = httpx.ASGITransport(app=create_app(ctx))
-    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+    transport = httpx.ASGITransport(app=create_app(api_context(settings, pool)))
+    headers = auth_headers(database_url, "operator")
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://api", headers=headers
+    ) as client:
         yield client
     await pool.close()
 
@@ -178,15 +166,7 @@ async def test_readiness_reports_a_dead_database() -> None:
     pool = open_pool(settings.database_url or "")
     await pool.open(wait=False)
     try:
-        ctx = ApiContext(
-            settings,
-            ReadModel(pool),
-            load_catalog(),
-            Metrics(),
-            CommandStore(pool),
-            lambda: Registry((), ()),
-            mqtt_connected=lambda: False,
-        )
+        ctx = api_context(settings, pool, mqtt_connected=lambda: False)
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=create_app(ctx)), base_url="http://api"
         ) as c:

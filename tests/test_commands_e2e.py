@@ -106,7 +106,10 @@ async def test_commands_over_modbus_and_mqtt(
     settings = gateway_settings(
         fresh_database_url, mqtt_url, topic_prefix, command_timeout_s=COMMAND_TIMEOUT_S
     )
-    async with gateway(settings) as gw, httpx.AsyncClient(base_url=gw.api) as api:
+    async with (
+        gateway(settings) as gw,
+        httpx.AsyncClient(base_url=gw.api, headers=gw.headers) as api,
+    ):
         # The polled lamp's readings arrive and it is shown online.
         async def online() -> bool:
             state: str = (await api.get("/api/v1/devices/P0001-lamp")).json()["state"]

@@ -17,7 +17,15 @@ import httpx
 import orjson
 import psycopg
 
-from tests.support import READINGS_PER_MESSAGE, count, free_port, prepare_database, publish, stream
+from tests.support import (
+    READINGS_PER_MESSAGE,
+    TEST_SECRET,
+    count,
+    free_port,
+    prepare_database,
+    publish,
+    stream,
+)
 
 MESSAGES = 600  # below Mosquitto's default max_queued_messages (1000) for an offline client
 RATE = 50  # messages per second: the stream outlasts three kill-and-restart cycles
@@ -67,6 +75,7 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(
         "POLEGW_MQTT_CLIENT_ID": f"crash-{topic_prefix.split('/')[0]}",
         "POLEGW_MQTT_SESSION_EXPIRY_S": "300",
         "POLEGW_API_PORT": str(port),
+        "POLEGW_SECRET_KEY": TEST_SECRET,
         "POLEGW_LOG_LEVEL": "INFO",
         # Hold each batch open for a second, so every kill catches messages that
         # were received but not yet committed: an early ack would lose them.

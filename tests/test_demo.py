@@ -5,6 +5,7 @@ reuses the data."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -43,10 +44,29 @@ def free_ports(count: int) -> int:
     raise AssertionError(f"no {count} consecutive free ports")
 
 
-def latest(port: int, device: str, metric: str) -> dict[str, object]:
+def login(port: int, log: Path) -> dict[str, str]:
+    """Log in as the demo tells the user to (the `log in:` line); {} until it can."""
+    found = re.search(r"log in: +admin / (\S+)", log.read_text())
+    if found is None:
+        return {}
+    try:
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/api/v1/auth/token",
+            data={"username": "admin", "password": found[1]},
+            timeout=2,
+        )
+    except httpx.HTTPError:
+        return {}
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def latest(port: int, headers: dict[str, str], device: str, metric: str) -> dict[str, object]:
     """The device's latest values once `metric` is among them; {} until then."""
     try:
-        r = httpx.get(f"http://127.0.0.1:{port}/api/v1/devices/{device}/latest", timeout=1)
+        r = httpx.get(
+            f"http://127.0.0.1:{port}/api/v1/devices/{device}/latest", headers=headers, timeout=1
+        )
     except httpx.HTTPError:
         return {}
     if r.status_code != 200:
@@ -85,14 +105,21 @@ def run_demo_once(data_dir: Path, port: int, modbus_port: int, log: Path) -> dic
         try:
             lamp: dict[str, object] = {}
             meter: dict[str, object] = {}
+            headers: dict[str, str] = {}
             while time.monotonic() - started < LIVE_WITHIN_S:
                 assert proc.poll() is None, log.read_text()
-                lamp = lamp or latest(port, "P0001-lamp", "voltage_v")  # over MQTT
-                meter = meter or latest(port, "P0001-meter", "port1_energy_kwh")  # over Modbus
+                headers = headers or login(port, log)
+                if not headers:
+                    time.sleep(0.25)
+                    continue
+                lamp = lamp or latest(port, headers, "P0001-lamp", "voltage_v")  # over MQTT
+                meter = meter or latest(port, headers, "P0001-meter", "port1_energy_kwh")
                 if lamp and meter:
                     break
                 time.sleep(0.25)
-            poles = httpx.get(f"http://127.0.0.1:{port}/api/v1/poles", timeout=2).json()
+            poles = httpx.get(
+                f"http://127.0.0.1:{port}/api/v1/poles", headers=headers, timeout=2
+            ).json()
         finally:
             proc.send_signal(signal.SIGINT)
             code = proc.wait(timeout=30)

@@ -35,7 +35,7 @@ async def test_published_readings_are_stored_once_and_served(
             lambda: count(fresh_database_url, "SELECT count(*) FROM telemetry") == expected,
             what=f"{expected} readings",
         )
-        async with httpx.AsyncClient(base_url=gw.api) as api:
+        async with httpx.AsyncClient(base_url=gw.api, headers=gw.headers) as api:
             total = 0
             # Each message carries 5 lamp and 3 env readings; count one metric of each.
             for pole in ("P0001", "P0002", "P0003"):
@@ -138,7 +138,7 @@ async def test_events_and_presence_are_stored(
             ],
         )
         await eventually(lambda: gw.metrics.messages_acked._value.get() == 3, what="3 acks")
-        async with httpx.AsyncClient(base_url=gw.api) as api:
+        async with httpx.AsyncClient(base_url=gw.api, headers=gw.headers) as api:
             pole = (await api.get("/api/v1/poles/P0001")).json()
     assert count(fresh_database_url, "SELECT count(*) FROM device_events") == 1
     assert pole["presence"] == "online"

@@ -10,6 +10,12 @@ from psycopg_pool import AsyncConnectionPool
 
 Row = dict[str, Any]
 
+# The poles a tenant (%(tenant)s) leases on: any lease not yet ended.
+TENANT_POLES = (
+    "SELECT l.pole_id FROM leases l WHERE l.tenant_id = %(tenant)s"
+    " AND l.state NOT IN ('terminated', 'removed')"
+)
+
 
 class ReadModel:
     def __init__(self, pool: AsyncConnectionPool) -> None:
@@ -27,29 +33,31 @@ class ReadModel:
     async def ping(self) -> None:
         await self._all("SELECT 1")
 
-    async def poles(self, *, after: str | None, limit: int) -> list[Row]:
+    async def poles(self, *, after: str | None, limit: int, tenant: str | None = None) -> list[Row]:
         return await self._all(
             """
             SELECT p.id, p.name, p.road, p.lat, p.lon, p.height_m,
                    pr.state AS presence, pr.since AS presence_since,
                    (SELECT count(*) FROM devices d WHERE d.pole_id = p.id) AS device_count
             FROM poles p LEFT JOIN pole_presence pr ON pr.pole_id = p.id
-            WHERE %(after)s::text IS NULL OR p.id > %(after)s
+            WHERE (%(after)s::text IS NULL OR p.id > %(after)s)
+              AND (%(tenant)s::text IS NULL OR p.id IN ({TENANT_POLES}))
             ORDER BY p.id LIMIT %(limit)s
-            """,
-            {"after": after, "limit": limit},
+            """.replace("{TENANT_POLES}", TENANT_POLES),
+            {"after": after, "limit": limit, "tenant": tenant},
         )
 
-    async def pole(self, pole_id: str) -> Row | None:
+    async def pole(self, pole_id: str, tenant: str | None = None) -> Row | None:
         return await self._one(
             """
             SELECT p.id, p.name, p.road, p.lat, p.lon, p.height_m,
                    pr.state AS presence, pr.since AS presence_since,
                    (SELECT count(*) FROM devices d WHERE d.pole_id = p.id) AS device_count
             FROM poles p LEFT JOIN pole_presence pr ON pr.pole_id = p.id
-            WHERE p.id = %s
-            """,
-            (pole_id,),
+            WHERE p.id = %(pole)s
+              AND (%(tenant)s::text IS NULL OR p.id IN ({TENANT_POLES}))
+            """.replace("{TENANT_POLES}", TENANT_POLES),
+            {"pole": pole_id, "tenant": tenant},
         )
 
     async def devices(self, *, pole: str | None, after: str | None, limit: int) -> list[Row]:

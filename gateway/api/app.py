@@ -6,7 +6,7 @@ from fastapi import APIRouter, FastAPI
 
 from gateway import __version__
 from gateway.api.deps import ApiContext
-from gateway.api.routes import commands, devices, health, poles
+from gateway.api.routes import audit, auth, commands, devices, health, poles
 
 
 def create_app(ctx: ApiContext) -> FastAPI:
@@ -22,8 +22,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.state.ctx = ctx
     app.include_router(health.router)
     v1 = APIRouter(prefix="/api/v1")
+    v1.include_router(auth.router)
     v1.include_router(poles.router)
     v1.include_router(devices.router)
     v1.include_router(commands.router)
+    v1.include_router(audit.router)
     app.include_router(v1)
     return app

@@ -3,33 +3,51 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
+from psycopg_pool import AsyncConnectionPool
 
 from gateway.adapters.command_store import CommandStore
+from gateway.adapters.credentials import TokenIssuer
 from gateway.adapters.read_model import ReadModel
+from gateway.adapters.users import UserStore
 from gateway.commands import CommandDispatcher
 from gateway.config import Settings
+from gateway.core.auth import LoginThrottle
 from gateway.core.profiles import ProfileCatalog
 from gateway.core.registry import Registry
 from gateway.metrics import Metrics
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ApiContext:
     settings: Settings
-    reads: ReadModel
+    pool: AsyncConnectionPool
     catalog: ProfileCatalog
     metrics: Metrics
-    command_store: CommandStore
+    # Signs and checks access tokens (POLEGW_SECRET_KEY).
+    tokens: TokenIssuer
     # The gateway's current registry (poles, devices and their profiles).
     registry: Callable[[], Registry]
     # None when this process runs no MQTT ingest (then readiness ignores it).
     mqtt_connected: Callable[[], bool] | None = None
     # None when this process does not execute commands.
     commands: CommandDispatcher | None = None
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
+
+    @property
+    def reads(self) -> ReadModel:
+        return ReadModel(self.pool)
+
+    @property
+    def users(self) -> UserStore:
+        return UserStore(self.pool)
+
+    @property
+    def command_store(self) -> CommandStore:
+        return CommandStore(self.pool)
 
 
 def _context(request: Request) -> ApiContext:

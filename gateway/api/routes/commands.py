@@ -6,14 +6,16 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from gateway.api.deps import Context
 from gateway.api.errors import bad_param, not_found
 from gateway.api.schemas import Page
+from gateway.api.security import Audit, require
+from gateway.core.auth import STAFF
 
-router = APIRouter(prefix="/devices", tags=["commands"])
+router = APIRouter(prefix="/devices", tags=["commands"], dependencies=[Depends(require(STAFF))])
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such device or command"}}
 
 
@@ -50,7 +52,9 @@ class CommandRecord(BaseModel):
     ),
     responses={**NOT_FOUND, 503: {"description": "This process does not execute commands"}},
 )
-async def send_command(ctx: Context, device_id: str, body: CommandRequest) -> CommandRecord:
+async def send_command(
+    ctx: Context, audit: Audit, device_id: str, body: CommandRequest
+) -> CommandRecord:
     if ctx.commands is None:
         raise HTTPException(503, detail="commands are executed by `polegw run`, not this process")
     device = ctx.registry().device(device_id)
@@ -65,7 +69,12 @@ async def send_command(ctx: Context, device_id: str, body: CommandRequest) -> Co
     checked = command.check_args(body.args)
     if not isinstance(checked, dict):
         raise bad_param("args", checked.detail, where="body")
-    return CommandRecord.model_validate(await ctx.commands.submit(device, body.command, checked))
+    record = CommandRecord.model_validate(await ctx.commands.submit(device, body.command, checked))
+    async with ctx.pool.connection() as conn:
+        await audit.record(
+            conn, "command", "device", device_id, after=record.model_dump(mode="json")
+        )
+    return record
 
 
 @router.get("/{device_id}/commands", summary="A device's commands, newest first")

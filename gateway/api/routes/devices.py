@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 
 from gateway.api.deps import ApiContext, Context
 from gateway.api.errors import bad_param, not_found
@@ -21,9 +21,12 @@ from gateway.api.schemas import (
     Point,
     Series,
 )
+from gateway.api.security import require
+from gateway.core.auth import STAFF
 from gateway.core.profiles import Metric, Profile
 
-router = APIRouter(prefix="/devices", tags=["devices"])
+# The operator's devices are staff business; a tenant reads its own ports and usage.
+router = APIRouter(prefix="/devices", tags=["devices"], dependencies=[Depends(require(STAFF))])
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size")]
 After = Annotated[

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from gateway.api.deps import Context
 from gateway.api.errors import not_found
 from gateway.api.schemas import Page, Pole
+from gateway.api.security import AnyUser
 
 router = APIRouter(prefix="/poles", tags=["poles"])
 
@@ -19,15 +20,18 @@ After = Annotated[
 
 
 @router.get("", summary="List poles")
-async def list_poles(ctx: Context, limit: Limit = 100, after: After = None) -> Page[Pole]:
-    rows = await ctx.reads.poles(after=after, limit=limit)
+async def list_poles(
+    ctx: Context, principal: AnyUser, limit: Limit = 100, after: After = None
+) -> Page[Pole]:
+    """Staff see every pole; a tenant sees the poles it leases on."""
+    rows = await ctx.reads.poles(after=after, limit=limit, tenant=principal.tenant_id)
     items = [Pole.model_validate(r) for r in rows]
     return Page[Pole](items=items, next=items[-1].id if len(items) == limit else None)
 
 
 @router.get("/{pole_id}", summary="One pole", responses={404: {"description": "No such pole"}})
-async def get_pole(ctx: Context, pole_id: str) -> Pole:
-    row = await ctx.reads.pole(pole_id)
+async def get_pole(ctx: Context, principal: AnyUser, pole_id: str) -> Pole:
+    row = await ctx.reads.pole(pole_id, tenant=principal.tenant_id)
     if row is None:
         raise not_found("pole", pole_id)
     return Pole.model_validate(row)
