@@ -60,6 +60,40 @@ class Settings(BaseSettings):
     # Telemetry queries: the widest time range one request may ask for.
     api_max_raw_range_h: Annotated[int, Field(ge=1)] = 7 * 24
     api_max_bucket_range_d: Annotated[int, Field(ge=1)] = 400
+    # Data management: raw readings and rollups older than these are deleted
+    # (TimescaleDB retention policies, else a periodic batched delete of raw
+    # readings; rollups are then views). Rollups outlive their 35-day refresh window.
+    retention_raw_days: Annotated[int, Field(ge=1)] = 400
+    retention_rollup_days: Annotated[int, Field(ge=36)] = 1100
+    retention_every_s: Annotated[float, Field(gt=0)] = 3600.0
+    # CSV exports: the widest time range one request may ask for.
+    export_max_range_d: Annotated[int, Field(ge=1)] = 31
+    # The site's civil time zone: "today" on the dashboard starts at its midnight.
+    site_timezone: str = "Asia/Shanghai"
+    # Maintenance (gateway/core/maintenance.py has the rules): work-order time
+    # limits per priority ("<priority>.respond|resolve": "90m" | "1h" | "2d" |
+    # "3wd" working days, "" for none), working days off (holidays) and weekend
+    # days worked (调休) as YYYY-MM-DD in site_timezone, the alarm -> priority
+    # policy ("fault:<fault>" or "severity:<level>": priority | "none"), the
+    # largest attachment, and how often inspection plans are checked.
+    workorder_deadlines: dict[str, str] = {
+        "urgent.respond": "1h",
+        "urgent.resolve": "24h",
+        "serious.resolve": "3wd",
+        "general.resolve": "24h",
+        "single_lamp_out.resolve": "2wd",
+    }
+    workorder_holidays: list[str] = []
+    workorder_workdays: list[str] = []
+    workorder_auto_open: dict[str, str] = {
+        "fault:lamp_failure": "single_lamp_out",
+        "severity:critical": "urgent",
+        "severity:major": "serious",
+        "severity:minor": "general",
+        "severity:warning": "none",
+    }
+    workorder_attachment_max_bytes: Annotated[int, Field(ge=1024)] = 5 * 1024 * 1024
+    inspection_check_s: Annotated[float, Field(gt=0)] = 300.0
 
     @field_validator("log_level", mode="before")
     @classmethod

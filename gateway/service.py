@@ -138,9 +138,7 @@ async def run_gateway(
                     registry=registry,
                     mqtt_connected=lambda: mqtt.connected,
                     commands=dispatcher,
-                    throttle=LoginThrottle(
-                        max_failures=settings.login_max_failures, window_s=settings.login_window_s
-                    ),
+                    throttle=LoginThrottle(window_s=settings.login_window_s),
                 )
                 config = uvicorn.Config(
                     create_app(ctx),

@@ -211,6 +211,11 @@ async def prepare_database(database_url: str, site: SiteSpec | None = None) -> N
     await import_site(database_url, site or small_site())
 
 
+def prepare_database_sync(database_url: str, site: SiteSpec | None = None) -> None:
+    """prepare_database for synchronous fixtures."""
+    asyncio.run(prepare_database(database_url, site))
+
+
 def publish(mqtt_url: str, messages: Iterable[tuple[str, bytes]], *, qos: int = 1) -> int:
     """Publish with a real MQTT client and wait until the broker acknowledged each one."""
     endpoint = MqttEndpoint(mqtt_url)

@@ -17,6 +17,23 @@ TENANT_POLES = (
 )
 
 
+# The operation archive's columns of poles and devices (migration 0004).
+ARCHIVE_COLUMNS = (
+    "model",
+    "vendor",
+    "serial",
+    "installed_on",
+    "taken_over_on",
+    "taken_over_from",
+    "warranty_until",
+    "mounting_position",
+    "status",
+    "notes",
+)
+_POLE_ARCHIVE = ", ".join(f"p.{c}" for c in ARCHIVE_COLUMNS)
+_DEVICE_ARCHIVE = ", ".join(f"d.{c}" for c in ARCHIVE_COLUMNS)
+
+
 class ReadModel:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self._pool = pool
@@ -33,48 +50,59 @@ class ReadModel:
     async def ping(self) -> None:
         await self._all("SELECT 1")
 
-    async def poles(self, *, after: str | None, limit: int, tenant: str | None = None) -> list[Row]:
+    async def poles(
+        self,
+        *,
+        after: str | None,
+        limit: int,
+        tenant: str | None = None,
+        status: str | None = None,
+    ) -> list[Row]:
         return await self._all(
             """
-            SELECT p.id, p.name, p.road, p.lat, p.lon, p.height_m,
+            SELECT p.id, p.name, p.road, p.lat, p.lon, p.height_m, {ARCHIVE},
                    pr.state AS presence, pr.since AS presence_since,
                    (SELECT count(*) FROM devices d WHERE d.pole_id = p.id) AS device_count
             FROM poles p LEFT JOIN pole_presence pr ON pr.pole_id = p.id
             WHERE (%(after)s::text IS NULL OR p.id > %(after)s)
               AND (%(tenant)s::text IS NULL OR p.id IN ({TENANT_POLES}))
+              AND (%(status)s::text IS NULL OR p.status = %(status)s)
             ORDER BY p.id LIMIT %(limit)s
-            """.replace("{TENANT_POLES}", TENANT_POLES),
-            {"after": after, "limit": limit, "tenant": tenant},
+            """.replace("{TENANT_POLES}", TENANT_POLES).replace("{ARCHIVE}", _POLE_ARCHIVE),
+            {"after": after, "limit": limit, "tenant": tenant, "status": status},
         )
 
     async def pole(self, pole_id: str, tenant: str | None = None) -> Row | None:
         return await self._one(
             """
-            SELECT p.id, p.name, p.road, p.lat, p.lon, p.height_m,
+            SELECT p.id, p.name, p.road, p.lat, p.lon, p.height_m, {ARCHIVE},
                    pr.state AS presence, pr.since AS presence_since,
                    (SELECT count(*) FROM devices d WHERE d.pole_id = p.id) AS device_count
             FROM poles p LEFT JOIN pole_presence pr ON pr.pole_id = p.id
             WHERE p.id = %(pole)s
               AND (%(tenant)s::text IS NULL OR p.id IN ({TENANT_POLES}))
-            """.replace("{TENANT_POLES}", TENANT_POLES),
+            """.replace("{TENANT_POLES}", TENANT_POLES).replace("{ARCHIVE}", _POLE_ARCHIVE),
             {"pole": pole_id, "tenant": tenant},
         )
 
-    async def devices(self, *, pole: str | None, after: str | None, limit: int) -> list[Row]:
+    async def devices(
+        self, *, pole: str | None, after: str | None, limit: int, status: str | None = None
+    ) -> list[Row]:
         return await self._all(
             """
-            SELECT id, pole_id, profile, transport, modbus FROM devices
-            WHERE (%(pole)s::text IS NULL OR pole_id = %(pole)s)
-              AND (%(after)s::text IS NULL OR id > %(after)s)
-            ORDER BY id LIMIT %(limit)s
-            """,
-            {"pole": pole, "after": after, "limit": limit},
+            SELECT d.id, d.pole_id, d.profile, d.transport, d.modbus, {ARCHIVE} FROM devices d
+            WHERE (%(pole)s::text IS NULL OR d.pole_id = %(pole)s)
+              AND (%(after)s::text IS NULL OR d.id > %(after)s)
+              AND (%(status)s::text IS NULL OR d.status = %(status)s)
+            ORDER BY d.id LIMIT %(limit)s
+            """.replace("{ARCHIVE}", _DEVICE_ARCHIVE),
+            {"pole": pole, "after": after, "limit": limit, "status": status},
         )
 
     async def device(self, device_id: str) -> Row | None:
         return await self._one(
             """
-            SELECT d.id, d.pole_id, d.profile, d.transport, d.modbus,
+            SELECT d.id, d.pole_id, d.profile, d.transport, d.modbus, {ARCHIVE},
                    pr.state AS pole_presence, pr.since AS pole_presence_since,
                    st.online AS polled_online, st.since AS polled_since,
                    st.detail AS polled_detail
@@ -82,7 +110,7 @@ class ReadModel:
             LEFT JOIN pole_presence pr ON pr.pole_id = d.pole_id
             LEFT JOIN device_state st ON st.device_id = d.id
             WHERE d.id = %s
-            """,
+            """.replace("{ARCHIVE}", _DEVICE_ARCHIVE),
             (device_id,),
         )
 

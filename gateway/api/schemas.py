@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
@@ -17,7 +17,25 @@ class Page(BaseModel, Generic[T]):
     )
 
 
-class Pole(BaseModel):
+ArchiveStatus = Literal["planned", "in_service", "faulty", "under_maintenance", "retired"]
+
+
+class ArchiveRecord(BaseModel):
+    """The operation archive's fields of a pole or device (migration 0004)."""
+
+    model: str | None = None
+    vendor: str | None = None
+    serial: str | None = None
+    installed_on: date | None = None
+    taken_over_on: date | None = Field(None, description="Takeover (接管) from the builder")
+    taken_over_from: str | None = Field(None, description="Who handed it over")
+    warranty_until: date | None = None
+    mounting_position: str | None = None
+    status: ArchiveStatus = "in_service"
+    notes: str | None = None
+
+
+class Pole(ArchiveRecord):
     id: str
     name: str
     road: str
@@ -41,6 +59,16 @@ class Pole(BaseModel):
                     "presence": "online",
                     "presence_since": "2026-11-22T10:00:00Z",
                     "device_count": 5,
+                    "model": "ZHG-10A",
+                    "vendor": "Sichuan Smart Pole Co.",
+                    "serial": "SP2026-000123",
+                    "installed_on": "2026-05-20",
+                    "taken_over_on": "2026-06-01",
+                    "taken_over_from": "Chengdu Municipal Construction",
+                    "warranty_until": "2029-06-01",
+                    "mounting_position": None,
+                    "status": "in_service",
+                    "notes": None,
                 }
             ]
         }
@@ -56,7 +84,7 @@ class MetricInfo(BaseModel):
     description: str
 
 
-class Device(BaseModel):
+class Device(ArchiveRecord):
     id: str
     pole_id: str
     profile: str

@@ -41,29 +41,29 @@ class Principal:
 
 @dataclass(slots=True)
 class LoginThrottle:
-    """At most `max_failures` failed logins per key (user name, client address)
-    within `window_s`; a blocked key is told how long to wait. Successful logins
-    do not count. Memory is bounded: only keys with recent failures are kept,
-    and at most `max_keys` of them (the oldest are forgotten first)."""
+    """At most `limit` failed logins per key (a user name, a client address)
+    within `window_s`; a blocked key is told how long to wait. Attempts refused
+    while blocked are not counted, successful logins clear the key. Memory is
+    bounded: only keys with recent failures are kept, at most `max_keys` of
+    them (the oldest are forgotten first), each with at most `limit` times."""
 
-    max_failures: int = 5
     window_s: float = 300.0
     max_keys: int = 100_000
     _failures: dict[str, deque[float]] = field(default_factory=dict)
 
-    def retry_after(self, key: str, now: float) -> float:
+    def retry_after(self, key: str, limit: int, now: float) -> float:
         """Seconds until `key` may try again; 0 when it may try now."""
         times = self._recent(key, now)
-        if times is None or len(times) < self.max_failures:
+        if times is None or len(times) < limit:
             return 0.0
-        return max(0.0, times[0] + self.window_s - now)
+        return max(0.0, times[-limit] + self.window_s - now)
 
-    def failed(self, key: str, now: float) -> None:
+    def failed(self, key: str, limit: int, now: float) -> None:
         times = self._recent(key, now)
         if times is None:
             if len(self._failures) >= self.max_keys:
                 del self._failures[next(iter(self._failures))]
-            times = self._failures[key] = deque(maxlen=self.max_failures)
+            times = self._failures[key] = deque(maxlen=limit)
         times.append(now)
 
     def succeeded(self, key: str) -> None:

@@ -35,6 +35,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import Field, ValidationError, model_validator
 
+from gateway.core.alarms import AlarmSection
 from gateway.core.device_commands import (  # re-exported: profiles are the public face
     MAX_WRITE_TARGETS,
     YAML_BOOL_WORDS,
@@ -150,6 +151,7 @@ class Profile(Strict):
     events: dict[MetricName, EventType] = Field(default_factory=dict)
     modbus: ModbusMap | None = None
     commands: dict[MetricName, Command] = Field(default_factory=dict)
+    alarms: AlarmSection | None = None  # alarm rules (gateway/core/alarms.py)
 
     @model_validator(mode="after")
     def _not_empty(self) -> Self:
@@ -159,7 +161,7 @@ class Profile(Strict):
 
     @model_validator(mode="after")
     def _map_and_commands_agree(self) -> Self:
-        problems = [*self._map_problems(), *self._command_problems()]
+        problems = [*self._map_problems(), *self._command_problems(), *self._alarm_problems()]
         if problems:
             raise FieldProblems(problems)
         return self
@@ -182,6 +184,23 @@ class Profile(Strict):
             elif metric.type == "number" and point.type == "bool":
                 field = "table" if point.table in BIT_TABLES else "type"
                 yield (*loc, field), f"{name} is a number metric: a single bit cannot hold it"
+
+    def _alarm_problems(self) -> Iterator[tuple[Loc, str]]:
+        """Alarm rules name metrics and events of this profile; `equals` fits the metric."""
+        if self.alarms is None:
+            return
+        for name, rule in self.alarms.rules.items():
+            loc = ("alarms", "rules", name)
+            if rule.metric is not None:
+                metric = self.metrics.get(rule.metric)
+                if metric is None:
+                    yield (*loc, "metric"), f"{rule.metric!r} is not a metric of this profile"
+                elif metric.type == "bool" and rule.equals is None:
+                    yield (*loc, "metric"), f"{rule.metric} is a bool metric: use equals: true"
+            for field_name in ("raise_on", "clear_on"):
+                for event in getattr(rule, field_name):
+                    if event not in self.events:
+                        yield (*loc, field_name), f"{event!r} is not an event of this profile"
 
     def _command_problems(self) -> Iterator[tuple[Loc, str]]:
         for name, command in self.commands.items():

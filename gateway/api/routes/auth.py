@@ -94,8 +94,10 @@ async def login(
 ) -> Token:
     now = time.monotonic()
     client = request.client.host if request.client else "?"
-    keys = (f"user:{form.username}", f"addr:{client}")
-    wait = max(ctx.throttle.retry_after(k, now) for k in keys)
+    per_user = ctx.settings.login_max_failures
+    # One address may be a whole office behind NAT: it gets ten users' worth.
+    keys = ((f"user:{form.username}", per_user), (f"addr:{client}", per_user * 10))
+    wait = max(ctx.throttle.retry_after(k, limit, now) for k, limit in keys)
     if wait > 0:
         raise HTTPException(
             429,
@@ -105,13 +107,12 @@ async def login(
     found = await ctx.users.credentials(form.username)
     ok = await anyio.to_thread.run_sync(verify_password, found[1] if found else None, form.password)
     if not ok or found is None:
-        for k in keys:
-            ctx.throttle.failed(k, now)
+        for k, limit in keys:
+            ctx.throttle.failed(k, limit, now)
         raise HTTPException(
             401, detail="wrong user name or password", headers={"WWW-Authenticate": "Bearer"}
         )
-    for k in keys:
-        ctx.throttle.succeeded(k)
+    ctx.throttle.succeeded(keys[0][0])  # the address keeps its count: others may be guessing
     token = ctx.tokens.issue(principal_of(found[0]))
     return Token(access_token=token, expires_in=int(ctx.tokens.ttl.total_seconds()))
 
