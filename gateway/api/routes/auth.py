@@ -61,6 +61,8 @@ class NewUser(BaseModel):
 class UserPatch(BaseModel):
     disabled: bool
 
+    model_config = {"json_schema_extra": {"examples": [{"disabled": True}]}}
+
 
 class NewKey(BaseModel):
     name: str = Field(min_length=1, max_length=100, description="What the key is for")
