@@ -60,6 +60,16 @@ class Settings(BaseSettings):
     # Telemetry queries: the widest time range one request may ask for.
     api_max_raw_range_h: Annotated[int, Field(ge=1)] = 7 * 24
     api_max_bucket_range_d: Annotated[int, Field(ge=1)] = 400
+    # The site's civil time zone ("today" on the dashboard starts at its midnight;
+    # lighting schedules' clock times are in it). Lighting (节能): the site's
+    # location (for a group whose poles have no coordinates), a lamp's rated power
+    # when no full-power reading is known, and how often the lighting dispatcher
+    # re-reads groups and schedules.
+    site_timezone: str = "Asia/Shanghai"
+    site_lat: Annotated[float, Field(ge=-90, le=90)] = 39.9042
+    site_lon: Annotated[float, Field(ge=-180, le=180)] = 116.4074
+    lighting_rated_w: Annotated[float, Field(gt=0)] = 100.0
+    lighting_reload_s: Annotated[float, Field(gt=0)] = 30.0
     # Data management: raw readings and rollups older than these are deleted
     # (TimescaleDB retention policies, else a periodic batched delete of raw
     # readings; rollups are then views). Rollups outlive their 35-day refresh window.
@@ -68,8 +78,6 @@ class Settings(BaseSettings):
     retention_every_s: Annotated[float, Field(gt=0)] = 3600.0
     # CSV exports: the widest time range one request may ask for.
     export_max_range_d: Annotated[int, Field(ge=1)] = 31
-    # The site's civil time zone: "today" on the dashboard starts at its midnight.
-    site_timezone: str = "Asia/Shanghai"
     # Maintenance (gateway/core/maintenance.py has the rules): work-order time
     # limits per priority ("<priority>.respond|resolve": "90m" | "1h" | "2d" |
     # "3wd" working days, "" for none), working days off (holidays) and weekend

@@ -85,6 +85,9 @@ class IngestPipeline:
         self._idle = asyncio.Event()
         self._idle.set()
         self._in_flight = 0
+        # Called with each batch once it is committed (the alarm engine): must be
+        # quick and must not raise into the commit loop (errors are logged).
+        self.on_committed: list[Callable[[Batch], None]] = []
 
     @property
     def pending_messages(self) -> int:
@@ -166,6 +169,11 @@ class IngestPipeline:
             self._room.set()
             self._count_received(done)
             await self._commit(done)
+            for hook in self.on_committed:
+                try:
+                    hook(done.batch)
+                except Exception:
+                    log.exception("on_committed hook failed")
             acked = sum(ack() for ack in done.acks)
             self._metrics.messages_acked.inc(acked)
             self._in_flight -= len(done.acks)

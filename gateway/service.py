@@ -17,6 +17,7 @@ from gateway.adapters.db import libpq_url
 from gateway.adapters.modbus_bus import BusOptions
 from gateway.adapters.mqtt import MqttSubscription
 from gateway.adapters.telemetry_writer import TelemetryWriter
+from gateway.alarming import build_alarm_runner
 from gateway.api.app import create_app
 from gateway.api.deps import ApiContext
 from gateway.commands import CommandDispatcher
@@ -121,6 +122,10 @@ async def run_gateway(
     abandoned = await command_store.abandon_unfinished()
     if abandoned:
         log.warning("%d commands left unfinished by the last run are marked failed", abandoned)
+    alarms = build_alarm_runner(  # docs/decisions-alarms.md
+        settings=settings, pool=pool, catalog=catalog, registry=registry, dispatcher=dispatcher
+    )
+    pipeline.on_committed.append(alarms.on_batch)
     server: ApiServer | None = None
     try:
         async with asyncio.TaskGroup() as tg:
@@ -128,6 +133,18 @@ async def run_gateway(
             refresh = tg.create_task(registry.refresh_forever(), name="registry-refresh")
             polling = tg.create_task(modbus.run(stop), name="modbus-polling")
             state_writer = tg.create_task(states.run(), name="device-state-writer")
+            alarm_task = tg.create_task(alarms.run(), name="alarms")
+            from gateway.retention import Retention  # data management (docs/decisions-archive.md)
+
+            tg.create_task(Retention.from_settings(settings).run(stop), name="retention")
+            from gateway.inspections import InspectionScheduler  # docs/decisions-maintenance.md
+
+            scheduler = InspectionScheduler(pool, settings)
+            tg.create_task(scheduler.run(stop), name="inspection-scheduler")
+            from gateway.lighting import LightingDispatcher  # docs/decisions-lighting.md
+
+            lighting = LightingDispatcher.from_settings(settings, pool, registry, dispatcher)
+            tg.create_task(lighting.run(stop), name="lighting-dispatcher")
             if api:
                 ctx = ApiContext(
                     settings=settings,
@@ -158,6 +175,8 @@ async def run_gateway(
             await polling
             await ingest  # drains and disconnects
             await pipeline.drain()  # whatever the last polls delivered meanwhile
+            await alarms.flush()  # the last batches' alarms
+            alarm_task.cancel()
             commit.cancel()
             state_writer.cancel()
             refresh.cancel()

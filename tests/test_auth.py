@@ -37,6 +37,22 @@ POLICY: list[tuple[str, set[Role], set[Role]]] = [
     ("/api/v1/poles", ALL, MANAGERS),
     ("/api/v1/devices/{device_id}/commands", STAFF, STAFF),
     ("/api/v1/devices", STAFF, MANAGERS),
+    # Maintainers move their own orders along (the route checks whose), add notes,
+    # attachments and inspection records; creating and planning is for managers.
+    ("/api/v1/work-orders/", STAFF, STAFF),
+    ("/api/v1/work-orders", STAFF, MANAGERS),
+    ("/api/v1/inspections/records", STAFF, STAFF),
+    ("/api/v1/inspections/plans", STAFF, MANAGERS),
+    ("/api/v1/lighting", STAFF, MANAGERS),
+    ("/api/v1/archive", STAFF, MANAGERS),
+    ("/api/v1/export", STAFF, MANAGERS),
+    ("/api/v1/overview", STAFF, MANAGERS),
+    # Any staff member acknowledges alarms and adds to an emergency's timeline;
+    # rule overrides and the emergency record itself are for managers.
+    ("/api/v1/alarms/rules", STAFF, MANAGERS),
+    ("/api/v1/alarms", STAFF, STAFF),
+    ("/api/v1/emergencies/{emergency_id}/timeline", STAFF, STAFF),
+    ("/api/v1/emergencies", STAFF, MANAGERS),
 ]
 PUBLIC = {"/api/v1/auth/token"}
 WRITES = {"POST", "PUT", "PATCH", "DELETE"}

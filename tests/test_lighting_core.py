@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -101,7 +102,8 @@ def test_a_night_crosses_midnight_in_order() -> None:
     assert [s.level for s in steps] == [100, 60, 40, 0]
     dusk = sun_time(39.9042, 116.4074, date(2024, 6, 21), "dusk", SH)
     dawn = sun_time(39.9042, 116.4074, date(2024, 6, 22), "dawn", SH)
-    assert dusk is not None and dawn is not None
+    assert dusk is not None
+    assert dawn is not None
     assert [s.instant for s in steps] == [
         dusk,
         local(2024, 6, 21, 23),
@@ -112,7 +114,7 @@ def test_a_night_crosses_midnight_in_order() -> None:
     # and a year of steps strictly increases.
     year = plan_steps(plan, local(2025, 1, 1, 0), local(2026, 1, 1, 0))
     assert len(year) == 365 * 4
-    assert all(a.instant < b.instant for a, b in zip(year, year[1:], strict=False))
+    assert all(a.instant < b.instant for a, b in itertools.pairwise(year))
 
 
 def test_a_step_that_falls_beyond_the_night_is_dropped() -> None:
@@ -277,27 +279,30 @@ def test_due_steps_after_a_restart(
 
 def test_a_restart_in_the_middle_of_the_night_neither_skips_nor_repeats() -> None:
     plan = Plan(site=BEIJING, schedule=NIGHTLY)
-    assert DUSK is not None and DAWN is not None
+    assert DUSK is not None
+    assert DAWN is not None
     step_instants = [DUSK, local(2024, 6, 21, 23), local(2024, 6, 22, 1), DAWN - 10 * MINUTE]
-    # Uninterrupted: the dispatcher wakes exactly at each step.
+    # Uninterrupted: first start at noon applies the current level (off since the
+    # morning's dawn), then the dispatcher wakes exactly at each step.
     clean = _run_with_restarts(plan, [local(2024, 6, 21, 12), *step_instants])
-    assert [s.level for s in clean] == [100, 60, 40, 0]
+    assert [s.level for s in clean] == [0, 100, 60, 40, 0]
     # Crash after 23:00, back at 00:10, then wake at the remaining steps: 60 is not
     # applied again, 40 and 0 are not skipped.
     wakes = [local(2024, 6, 21, 12), DUSK, step_instants[1], local(2024, 6, 22, 0, 10)]
     wakes += step_instants[2:]
     restarted = _run_with_restarts(plan, wakes)
-    assert [s.level for s in restarted] == [100, 60, 40, 0]
+    assert [s.level for s in restarted] == [0, 100, 60, 40, 0]
     assert len({s.instant for s in restarted}) == len(restarted)
     # Down from 22:00 to 01:30: the current level (40) at once, then dawn.
     wakes = [local(2024, 6, 21, 12), DUSK, local(2024, 6, 22, 1, 30), step_instants[3]]
-    assert [s.level for s in _run_with_restarts(plan, wakes)] == [100, 40, 0]
+    assert [s.level for s in _run_with_restarts(plan, wakes)] == [0, 100, 40, 0]
 
 
 def test_next_step_is_the_next_instant() -> None:
     plan = Plan(site=BEIJING, schedule=NIGHTLY)
     nxt = next_step(plan, local(2024, 6, 21, 23))
-    assert nxt is not None and nxt.instant == local(2024, 6, 22, 1)
+    assert nxt is not None
+    assert nxt.instant == local(2024, 6, 22, 1)
     assert next_step(Plan(site=BEIJING), local(2024, 6, 21, 23)) is None
 
 

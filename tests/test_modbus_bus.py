@@ -188,11 +188,13 @@ async def test_a_slow_but_answering_device_is_quarantined_too(
     sim.set_fault("L05", Fault.SLOW, delay_s=OPTIONS.timeout_s * 0.9)
     rec = Recorder()
     bus = bus_for(sim, specs[:6], "socket", rec)
-    await run_for(bus, 3.0)
+    await run_for(bus, 4.0)
     assert ("L05", False) in rec.states
+    # 8 cycles in 4 s. Each of L05's two slow polls before its quarantine may cost the
+    # others a cycle; without the quarantine they would lose every other one (<= 4).
     for spec in specs[:6]:
         if spec.id != "L05":
-            assert len(rec.polls[spec.id]) >= 5, (spec.id, rec.polls[spec.id])
+            assert len(rec.polls[spec.id]) >= 6, (spec.id, rec.polls[spec.id])
 
 
 async def test_the_recorded_state_seeds_the_bus(

@@ -14,8 +14,10 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from gateway.adapters import audit
 from gateway.config import Settings
 from gateway.core import maintenance as mt
+from gateway.core.auth import SYSTEM
 from gateway.ops_events import AlarmEvent
 
 Row = dict[str, Any]
@@ -314,6 +316,18 @@ class WorkOrderPolicy:
         created = await cur.fetchone()
         if created is not None:
             order_id, text = int(created[0]), f"opened by alarm #{alarm.alarm_id}: {alarm.message}"
+            await audit.append(
+                conn,
+                SYSTEM,
+                "create",
+                "work_order",
+                order_id,
+                after={
+                    "alarm_id": alarm.alarm_id,
+                    "fault": alarm.fault,
+                    "priority": priority.value,
+                },
+            )
         else:
             order_id_ = await _unfinished_order(conn, alarm.pole_id, alarm.fault)
             if order_id_ is None:  # pragma: no cover - the conflicting row is locked for us

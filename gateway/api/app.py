@@ -2,11 +2,70 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI
+import logging
+
+import psycopg
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from gateway import __version__
 from gateway.api.deps import ApiContext
-from gateway.api.routes import audit, auth, commands, devices, health, poles
+from gateway.api.routes import (
+    alarms,
+    archive,
+    audit,
+    auth,
+    commands,
+    devices,
+    emergencies,
+    export,
+    health,
+    inspections,
+    lighting,
+    overview,
+    poles,
+    work_orders,
+)
+
+log = logging.getLogger(__name__)
+
+ROUTERS = (
+    auth,
+    poles,
+    devices,
+    commands,
+    archive,
+    alarms,
+    work_orders,
+    inspections,
+    emergencies,
+    lighting,
+    overview,
+    export,
+    audit,
+)
+
+
+async def _refused_value(request: Request, exc: Exception) -> JSONResponse:
+    """The database refused a value the request carried (a NUL character in text,
+    a number out of its column's range, a constraint): the caller's input, so a
+    4xx naming the problem, never a 500. Routes validate first; this is the net
+    under them, and it is logged so a missing check gets noticed."""
+    log.warning("%s %s: the database refused a value: %s", request.method, request.url.path, exc)
+    diag = getattr(exc, "diag", None)
+    constraint = getattr(diag, "constraint_name", None)
+    if isinstance(exc, psycopg.errors.UniqueViolation):
+        status, msg = 409, "conflicts with an existing record"
+    elif isinstance(exc, psycopg.errors.ForeignKeyViolation):
+        status, msg = 422, "refers to something that does not exist"
+    elif isinstance(exc, psycopg.IntegrityError):
+        status, msg = 422, "breaks a rule of the record"
+    else:
+        status, msg = 422, "a value cannot be stored (out of range, or a NUL character)"
+    detail = getattr(diag, "message_detail", None) or str(exc).splitlines()[0]
+    loc = ["body", constraint] if constraint else ["request"]
+    body = {"detail": [{"loc": loc, "msg": f"{msg}: {detail}", "type": "value_error"}]}
+    return JSONResponse(body, status_code=status)
 
 
 def create_app(ctx: ApiContext) -> FastAPI:
@@ -15,17 +74,18 @@ def create_app(ctx: ApiContext) -> FastAPI:
         version=__version__,
         summary="Telemetry gateway and operations back end for smart multi-function poles",
         description=(
-            "Monitoring API of polegw (GB/T 40994-2021). Everything under /api/v1 is "
-            "paginated: pass the `next` value of a page as `after` for the next one."
+            "API of polegw (GB/T 40994-2021): monitoring, operations and the mounting "
+            "service. Log in with POST /api/v1/auth/token (or send an API key) and pass "
+            "the token as `Authorization: Bearer …`. Lists are paginated: pass the `next` "
+            "value of a page as `after` for the next one."
         ),
     )
     app.state.ctx = ctx
+    app.add_exception_handler(psycopg.DataError, _refused_value)
+    app.add_exception_handler(psycopg.IntegrityError, _refused_value)
     app.include_router(health.router)
     v1 = APIRouter(prefix="/api/v1")
-    v1.include_router(auth.router)
-    v1.include_router(poles.router)
-    v1.include_router(devices.router)
-    v1.include_router(commands.router)
-    v1.include_router(audit.router)
+    for module in ROUTERS:
+        v1.include_router(module.router)
     app.include_router(v1)
     return app

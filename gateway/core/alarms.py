@@ -255,11 +255,17 @@ def _offline_rule(profile: str, spec: OfflineSpec) -> Rule:
     )
 
 
-def _first_problem(exc: ValidationError) -> OverrideProblem:
+def _first_problem(exc: ValidationError, given: Iterable[str]) -> OverrideProblem:
+    """The first error, at the field it names; a cross-field error is put at the
+    first overridden field its message mentions (or the first overridden one)."""
     err = exc.errors(include_url=False)[0]
     loc = [str(p) for p in err["loc"] if isinstance(p, str)]
     message = str(err["msg"]).removeprefix("Value error, ")
-    return OverrideProblem(loc[-1] if loc else "body", message)
+    if loc:
+        return OverrideProblem(loc[-1], message)
+    given = list(given)
+    named = [f for f in given if f in message]
+    return OverrideProblem((named or given or ["body"])[0], message)
 
 
 def apply_override(
@@ -285,7 +291,7 @@ def apply_override(
         try:
             offline = OfflineSpec.model_validate(section.offline.model_dump() | dict(override))
         except ValidationError as exc:
-            raise _first_problem(exc) from None
+            raise _first_problem(exc, override) from None
         return _offline_rule(profile_name, offline)
     spec = section.rules.get(name)
     if spec is None:
@@ -293,19 +299,20 @@ def apply_override(
     for f in ("after_intervals", "interval_s"):
         if f in override:
             raise OverrideProblem(f, "applies to offline rules only")
-    data = spec.model_dump(exclude_none=True) | {k: v for k, v in override.items()}
-    # A new threshold replaces the profile's clear level unless one is given.
-    if "above" in override and "clear_below" not in override and "hysteresis" not in override:
-        data.pop("clear_below", None)
-        data.pop("hysteresis", None)
-    if "below" in override and "clear_above" not in override and "hysteresis" not in override:
-        data.pop("clear_above", None)
-        data.pop("hysteresis", None)
+    data = spec.model_dump(exclude_none=True) | dict(override)
+    # A new threshold keeps the profile's hysteresis (the gap to its clear level)
+    # unless a clear level or hysteresis is given with it.
+    for limit, clear in (("above", "clear_below"), ("below", "clear_above")):
+        if limit in override and clear not in override and "hysteresis" not in override:
+            old_limit, old_clear = getattr(spec, limit), getattr(spec, clear)
+            data.pop(clear, None)
+            if old_limit is not None and old_clear is not None:
+                data["hysteresis"] = abs(old_limit - old_clear)
     data = {k: v for k, v in data.items() if v is not None}
     try:
         merged = RuleSpec.model_validate(data)
     except ValidationError as exc:
-        raise _first_problem(exc) from None
+        raise _first_problem(exc, override) from None
     return _spec_rule(profile_name, name, merged)
 
 
@@ -402,7 +409,12 @@ class _Out:
                 prev = self.items[at]
                 assert isinstance(prev, Update)
                 self.items[at] = Update(
-                    t.rule, t.device_id, t.pole_id, max(t.at, prev.at), t.value, prev.count + t.count
+                    t.rule,
+                    t.device_id,
+                    t.pole_id,
+                    max(t.at, prev.at),
+                    t.value,
+                    prev.count + t.count,
                 )
                 return
             self.updates[key] = len(self.items)
@@ -424,8 +436,9 @@ class AlarmEngine:
         self._offline_active: set[str] = set()
         self.configure(rules)
 
-    def configure(self, rules: Iterable[Rule]) -> None:
-        """Swap the rule set; state of rules that stay is kept."""
+    def configure(self, rules: Iterable[Rule], now: datetime | None = None) -> list[Transition]:
+        """Swap the rule set; state of rules that stay is kept. Alarms on of a rule
+        now disabled are cleared (returned when `now` is given)."""
         by_key: dict[str, Rule] = {}
         by_metric: dict[tuple[str, str], list[Rule]] = {}
         by_event: dict[tuple[str, str], list[tuple[Rule, bool]]] = {}
@@ -452,6 +465,17 @@ class AlarmEngine:
         self._timed = frozenset(
             k for k, r in by_key.items() if r.enabled and r.clear_after_s is not None
         )
+        out = _Out()
+        if now is not None:
+            for (key, device_id), st in self._state.items():
+                gone = by_key.get(key)
+                if st.active and gone is not None and not gone.enabled:
+                    st.active = False
+                    st.pending_since = None
+                    if gone.kind == "offline":
+                        self._offline_active.discard(device_id)
+                    out.add(Clear(gone, device_id, "", now, None))
+        return out.items
 
     def rule(self, key: str) -> Rule | None:
         return self._rules.get(key)
@@ -473,7 +497,9 @@ class AlarmEngine:
         st = self._state.get((rule_key, device_id))
         return st is not None and st.active
 
-    def readings(self, readings: Iterable[Reading], lookup: Lookup, now: datetime) -> list[Transition]:
+    def readings(
+        self, readings: Iterable[Reading], lookup: Lookup, now: datetime
+    ) -> list[Transition]:
         """Readings as committed, `now` their arrival. Readings with a quality flag
         (a clock that cannot be right) count as a sign of life only."""
         out = _Out()
@@ -497,7 +523,9 @@ class AlarmEngine:
                     self._evaluate(rule, target, r.ts, r.value, out)
         return out.items
 
-    def events(self, events: Iterable[DeviceEvent], lookup: Lookup, now: datetime) -> list[Transition]:
+    def events(
+        self, events: Iterable[DeviceEvent], lookup: Lookup, now: datetime
+    ) -> list[Transition]:
         out = _Out()
         for ev in events:
             self._seen[ev.device_id] = now
@@ -605,7 +633,9 @@ class AlarmEngine:
         if (ts - st.pending_since).total_seconds() >= rule.for_s:
             st.active = True
             st.pending_since = None
-            out.add(Raise(rule, t.device_id, t.pole_id, ts, value, rule.message or _says(rule, value)))
+            out.add(
+                Raise(rule, t.device_id, t.pole_id, ts, value, rule.message or _says(rule, value))
+            )
 
 
 def _says(rule: Rule, value: float) -> str:

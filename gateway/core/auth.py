@@ -39,6 +39,11 @@ class Principal:
         return self.role in STAFF
 
 
+# The actor of what the gateway does on its own (automatic work orders,
+# emergency actions), as the audit log records it.
+SYSTEM = Principal(0, "system", Role.ADMIN, via="gateway")
+
+
 @dataclass(slots=True)
 class LoginThrottle:
     """At most `limit` failed logins per key (a user name, a client address)

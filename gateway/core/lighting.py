@@ -22,6 +22,7 @@ Level: 0 switches the lamps off, 1..100 dims to that percentage.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import re
 from collections.abc import Iterable, Sequence
@@ -100,7 +101,7 @@ class WeeklyRule(_Model):
 
 
 class ScheduleException(_Model):
-    date: date = Field(description="The night that starts on this date (local)")
+    date: dt.date = Field(description="The night that starts on this date (local)")
     off: bool = Field(False, description="Lamps stay off this night")
     steps: list[Step] = Field(default_factory=list, max_length=48)
 

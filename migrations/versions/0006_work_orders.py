@@ -21,18 +21,6 @@ NOW = sa.text("now()")
 USER = sa.BigInteger
 
 
-def _alarm_fk() -> list[sa.ForeignKey]:
-    """alarm_id references alarms(id) when migration 0005 created that table (bigint id)."""
-    bind = op.get_bind()
-    exists = bind.execute(
-        sa.text(
-            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
-            " AND table_name = 'alarms' AND column_name = 'id' AND data_type = 'bigint'"
-        )
-    ).first()
-    return [sa.ForeignKey("alarms.id", ondelete="SET NULL")] if exists else []
-
-
 def upgrade() -> None:
     op.create_table(
         "inspection_plans",
@@ -63,7 +51,13 @@ def upgrade() -> None:
         # NULL only for inspection orders, which cover their plan's poles.
         sa.Column("pole_id", sa.Text, sa.ForeignKey("poles.id"), nullable=True),
         sa.Column("device_id", sa.Text, nullable=True),
-        sa.Column("alarm_id", sa.BigInteger, *_alarm_fk(), nullable=True),
+        # The alarm that opened it (migration 0005 creates alarms).
+        sa.Column(
+            "alarm_id",
+            sa.BigInteger,
+            sa.ForeignKey("alarms.id", ondelete="SET NULL"),
+            nullable=True,
+        ),
         sa.Column("fault", sa.Text, nullable=True),
         sa.Column("plan_id", sa.BigInteger, sa.ForeignKey("inspection_plans.id"), nullable=True),
         sa.Column("period", sa.Integer, nullable=True),

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from gateway.api.deps import ApiContext, Context
 from gateway.api.errors import bad_param, not_found
 from gateway.api.schemas import (
+    ArchiveStatus,
     Bucket,
     Device,
     DeviceDetail,
@@ -79,10 +80,13 @@ async def list_devices(
     pole: Annotated[
         str | None, Query(max_length=64, description="Only this pole's devices")
     ] = None,
+    status: Annotated[
+        ArchiveStatus | None, Query(description="Only devices in this archive status")
+    ] = None,
     limit: Limit = 100,
     after: After = None,
 ) -> Page[Device]:
-    rows = await ctx.reads.devices(pole=pole, after=after, limit=limit)
+    rows = await ctx.reads.devices(pole=pole, after=after, limit=limit, status=status)
     items = [Device.model_validate(r) for r in rows]
     return Page[Device](items=items, next=items[-1].id if len(items) == limit else None)
 

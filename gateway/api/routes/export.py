@@ -21,7 +21,7 @@ from fastapi.responses import StreamingResponse
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from gateway.api.deps import Context
+from gateway.api.deps import ApiContext, Context
 from gateway.api.errors import bad_param
 from gateway.api.security import Staff
 
@@ -68,27 +68,21 @@ def _range(
 
 async def _rows_as_csv(
     pool: AsyncConnectionPool,
-    query: sql.Composable,
+    query: sql.Composed | sql.SQL,
     params: Sequence[object],
-    header: Sequence[str] | None = None,
+    header: Sequence[str],
 ) -> AsyncIterator[str]:
-    """CSV text of the query's rows; the header is `header` or the result's column names."""
+    """CSV text: the header line, then the query's rows, in chunks of about CHUNK_BYTES."""
     buf = io.StringIO()
     out = csv.writer(buf, lineterminator="\n")
-    if header is not None:
-        out.writerow(header)
+    out.writerow(header)
     async with pool.connection() as conn, conn.cursor() as cur:
         async for row in cur.stream(query, params, size=STREAM_ROWS):
-            if header is None:
-                header = [c.name for c in cur.description or ()]
-                out.writerow(header)
             out.writerow([_cell(v) for v in row])
             if buf.tell() >= CHUNK_BYTES:
                 yield buf.getvalue()
                 buf.seek(0)
                 buf.truncate()
-        if header is None:  # no rows: still name the columns
-            out.writerow([c.name for c in cur.description or ()])
     yield buf.getvalue()
 
 
@@ -139,7 +133,7 @@ async def telemetry_csv(
 
 
 async def _table_export(
-    ctx: Context,
+    ctx: ApiContext,
     table: str,
     migration: str,
     time_columns: Sequence[str],
@@ -153,10 +147,11 @@ async def _table_export(
     async with ctx.pool.connection() as conn:
         cur = await conn.execute(
             "SELECT column_name FROM information_schema.columns"
-            " WHERE table_schema = current_schema() AND table_name = %s",
+            " WHERE table_schema = current_schema() AND table_name = %s"
+            " ORDER BY ordinal_position",
             (table,),
         )
-        columns = {str(r[0]) for r in await cur.fetchall()}
+        columns = [str(r[0]) for r in await cur.fetchall()]
     if not columns:
         raise HTTPException(
             503, detail=f"no {table} table in this database yet (migration {migration})"
@@ -164,18 +159,24 @@ async def _table_export(
     at = next((c for c in time_columns if c in columns), None)
     if at is None:
         raise HTTPException(503, detail=f"the {table} table has none of {list(time_columns)}")
-    query = sql.SQL("SELECT * FROM {t} WHERE {at} >= %s AND {at} < %s ORDER BY {order}").format(
+    query = sql.SQL(
+        "SELECT {cols} FROM {t} WHERE {at} >= %s AND {at} < %s ORDER BY {order}"
+    ).format(
+        cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
         t=sql.Identifier(table),
         at=sql.Identifier(at),
         order=sql.SQL(", ").join(map(sql.Identifier, [at, *(["id"] if "id" in columns else [])])),
     )
-    return _csv(_rows_as_csv(ctx.pool, query, (start, end)), table, start, end)
+    return _csv(_rows_as_csv(ctx.pool, query, (start, end), header=columns), table, start, end)
 
 
 @router.get(
     "/alarms.csv",
-    summary="Alarms raised in a time range as CSV, streamed (staff)",
-    description="Every column of the alarms table; the range defaults to the last 24 hours.",
+    summary="Alarms first seen in a time range as CSV, streamed (staff)",
+    description=(
+        "Every column of the alarms table, for alarms whose first_seen falls in the range;"
+        " the range defaults to the last 24 hours and may span at most 366 days."
+    ),
     response_class=StreamingResponse,
     responses={**CSV_RESPONSE, 503: {"description": "No alarms table in this database yet"}},
 )
@@ -183,15 +184,16 @@ async def alarms_csv(
     ctx: Context, _: Staff, start: Start = None, end: End = None
 ) -> StreamingResponse:
     start, end = _range(start, end, RECORDS_MAX_RANGE)
-    return await _table_export(
-        ctx, "alarms", "0005", ("raised_at", "opened_at", "created_at", "ts"), start, end
-    )
+    return await _table_export(ctx, "alarms", "0005", ("first_seen", "created_at"), start, end)
 
 
 @router.get(
     "/work-orders.csv",
     summary="Work orders created in a time range as CSV, streamed (staff)",
-    description="Every column of the work_orders table; the range defaults to the last 24 hours.",
+    description=(
+        "Every column of the work_orders table, for orders created in the range;"
+        " the range defaults to the last 24 hours and may span at most 366 days."
+    ),
     response_class=StreamingResponse,
     responses={**CSV_RESPONSE, 503: {"description": "No work_orders table in this database yet"}},
 )
@@ -199,6 +201,4 @@ async def work_orders_csv(
     ctx: Context, _: Staff, start: Start = None, end: End = None
 ) -> StreamingResponse:
     start, end = _range(start, end, RECORDS_MAX_RANGE)
-    return await _table_export(
-        ctx, "work_orders", "0006", ("created_at", "opened_at", "raised_at"), start, end
-    )
+    return await _table_export(ctx, "work_orders", "0006", ("created_at",), start, end)

@@ -1,0 +1,256 @@
+"""Emergencies in PostgreSQL (migration 0007): records, timeline, links, plans, drills.
+
+Every function takes the connection of the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.rows import dict_row
+
+Row = dict[str, Any]
+Conn = psycopg.AsyncConnection[Any]
+
+COLUMNS = (
+    "id, type, state, title, description, pole_id, opened_by, opened_at, resolved_at,"
+    " closed_at, report, updated_at"
+)
+ENTRY_COLUMNS = "id, emergency_id, at, kind, author, text, data"
+PLAN_COLUMNS = "id, type, title, body, version, created_by, created_at"
+DRILL_COLUMNS = "id, type, plan_id, held_at, location, participants, report, created_by, created_at"
+
+
+async def _one(conn: Conn, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> Row | None:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(sql, params)
+        return await cur.fetchone()
+
+
+async def _all(conn: Conn, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> list[Row]:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(sql, params)
+        return await cur.fetchall()
+
+
+async def create(
+    conn: Conn, *, type: str, pole_id: str | None, title: str, description: str, by: str
+) -> Row:
+    """A new open emergency with its 'raised' entry; psycopg.errors.UniqueViolation
+    when one of the type is already open on the pole."""
+    row = await _one(
+        conn,
+        "INSERT INTO emergencies (type, pole_id, title, description, opened_by)"
+        f" VALUES (%s, %s, %s, %s, %s) RETURNING {COLUMNS}",
+        (type, pole_id, title, description, by),
+    )
+    assert row is not None
+    await add_entry(conn, row["id"], "raised", by, description or title)
+    return row
+
+
+async def open_or_join(
+    conn: Conn, *, type: str, pole_id: str, title: str, text: str, by: str, alarm_id: int
+) -> tuple[int, bool]:
+    """The open emergency of `type` on the pole (made if there is none), with the
+    alarm linked and a 'raised' entry; (id, whether it was made now)."""
+    row = await _one(
+        conn,
+        "INSERT INTO emergencies (type, pole_id, title, description, opened_by)"
+        " VALUES (%s, %s, %s, %s, %s)"
+        " ON CONFLICT (pole_id, type) WHERE state <> 'closed' AND pole_id IS NOT NULL"
+        " DO UPDATE SET updated_at = now() RETURNING id, (xmax = 0) AS inserted",
+        (type, pole_id, title, text, by),
+    )
+    assert row is not None
+    eid = int(row["id"])
+    await add_entry(conn, eid, "raised", by, text, {"alarm_id": alarm_id})
+    await link_alarm(conn, eid, alarm_id)
+    return eid, bool(row["inserted"])
+
+
+async def add_entry(
+    conn: Conn, eid: int, kind: str, author: str, text: str, data: dict[str, Any] | None = None
+) -> Row:
+    row = await _one(
+        conn,
+        "INSERT INTO emergency_timeline (emergency_id, kind, author, text, data)"
+        f" VALUES (%s, %s, %s, %s, %s::jsonb) RETURNING {ENTRY_COLUMNS}",
+        (eid, kind, author, text, orjson.dumps(data or {}, default=str).decode()),
+    )
+    assert row is not None
+    await conn.execute("UPDATE emergencies SET updated_at = now() WHERE id = %s", (eid,))
+    return row
+
+
+async def link_alarm(conn: Conn, eid: int, alarm_id: int) -> None:
+    await conn.execute(
+        "INSERT INTO emergency_alarms (emergency_id, alarm_id) VALUES (%s, %s)"
+        " ON CONFLICT DO NOTHING",
+        (eid, alarm_id),
+    )
+
+
+async def link_work_order(conn: Conn, eid: int, work_order_id: int) -> None:
+    await conn.execute(
+        "INSERT INTO emergency_work_orders (emergency_id, work_order_id) VALUES (%s, %s)"
+        " ON CONFLICT DO NOTHING",
+        (eid, work_order_id),
+    )
+
+
+async def open_for_alarm(conn: Conn, alarm_id: int) -> list[int]:
+    rows = await _all(
+        conn,
+        "SELECT e.id FROM emergency_alarms l JOIN emergencies e ON e.id = l.emergency_id"
+        " WHERE l.alarm_id = %s AND e.state = 'open'",
+        (alarm_id,),
+    )
+    return [int(r["id"]) for r in rows]
+
+
+async def get(conn: Conn, eid: int, *, lock: bool = False) -> Row | None:
+    return await _one(
+        conn,
+        f"SELECT {COLUMNS} FROM emergencies WHERE id = %s" + (" FOR UPDATE" if lock else ""),
+        (eid,),
+    )
+
+
+async def detail(conn: Conn, eid: int) -> Row | None:
+    row = await get(conn, eid)
+    if row is None:
+        return None
+    row["timeline"] = await _all(
+        conn,
+        f"SELECT {ENTRY_COLUMNS} FROM emergency_timeline WHERE emergency_id = %s ORDER BY id",
+        (eid,),
+    )
+    alarms = await _all(
+        conn,
+        "SELECT alarm_id FROM emergency_alarms WHERE emergency_id = %s ORDER BY alarm_id",
+        (eid,),
+    )
+    orders = await _all(
+        conn,
+        "SELECT work_order_id FROM emergency_work_orders WHERE emergency_id = %s"
+        " ORDER BY work_order_id",
+        (eid,),
+    )
+    row["alarm_ids"] = [int(r["alarm_id"]) for r in alarms]
+    row["work_order_ids"] = [int(r["work_order_id"]) for r in orders]
+    return row
+
+
+async def move(conn: Conn, eid: int, state: str, *, report: str | None = None) -> Row:
+    stamp = "resolved_at" if state == "resolved" else "closed_at"
+    row = await _one(
+        conn,
+        f"UPDATE emergencies SET state = %s, {stamp} = now(), updated_at = now(),"
+        f" report = COALESCE(%s, report) WHERE id = %s RETURNING {COLUMNS}",
+        (state, report, eid),
+    )
+    assert row is not None
+    return row
+
+
+async def page(
+    conn: Conn,
+    *,
+    state: str | None,
+    type: str | None,
+    pole: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    before_id: int | None,
+    limit: int,
+) -> list[Row]:
+    return await _all(
+        conn,
+        f"SELECT {COLUMNS} FROM emergencies"
+        " WHERE (%(state)s::text IS NULL OR state = %(state)s)"
+        " AND (%(type)s::text IS NULL OR type = %(type)s)"
+        " AND (%(pole)s::text IS NULL OR pole_id = %(pole)s)"
+        " AND (%(since)s::timestamptz IS NULL OR opened_at >= %(since)s)"
+        " AND (%(until)s::timestamptz IS NULL OR opened_at < %(until)s)"
+        " AND (%(before)s::bigint IS NULL OR id < %(before)s)"
+        " ORDER BY id DESC LIMIT %(limit)s",
+        {
+            "state": state,
+            "type": type,
+            "pole": pole,
+            "since": since,
+            "until": until,
+            "before": before_id,
+            "limit": limit,
+        },
+    )
+
+
+async def create_plan(
+    conn: Conn, *, type: str, title: str, body: str, version: str, by: str
+) -> Row:
+    row = await _one(
+        conn,
+        "INSERT INTO emergency_plans (type, title, body, version, created_by)"
+        f" VALUES (%s, %s, %s, %s, %s) RETURNING {PLAN_COLUMNS}",
+        (type, title, body, version, by),
+    )
+    assert row is not None
+    return row
+
+
+async def plans(conn: Conn, *, type: str | None, before_id: int | None, limit: int) -> list[Row]:
+    return await _all(
+        conn,
+        f"SELECT {PLAN_COLUMNS} FROM emergency_plans"
+        " WHERE (%(type)s::text IS NULL OR type = %(type)s)"
+        " AND (%(before)s::bigint IS NULL OR id < %(before)s) ORDER BY id DESC LIMIT %(limit)s",
+        {"type": type, "before": before_id, "limit": limit},
+    )
+
+
+async def plan_exists(conn: Conn, plan_id: int) -> bool:
+    return (
+        await _one(conn, "SELECT 1 AS x FROM emergency_plans WHERE id = %s", (plan_id,)) is not None
+    )
+
+
+async def create_drill(
+    conn: Conn,
+    *,
+    type: str,
+    plan_id: int | None,
+    held_at: datetime,
+    location: str,
+    participants: list[str],
+    report: str,
+    by: str,
+) -> Row:
+    row = await _one(
+        conn,
+        "INSERT INTO emergency_drills (type, plan_id, held_at, location, participants, report,"
+        f" created_by) VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s) RETURNING {DRILL_COLUMNS}",
+        (type, plan_id, held_at, location, orjson.dumps(participants).decode(), report, by),
+    )
+    assert row is not None
+    return row
+
+
+async def drills(conn: Conn, *, type: str | None, before_id: int | None, limit: int) -> list[Row]:
+    return await _all(
+        conn,
+        f"SELECT {DRILL_COLUMNS} FROM emergency_drills"
+        " WHERE (%(type)s::text IS NULL OR type = %(type)s)"
+        " AND (%(before)s::bigint IS NULL OR id < %(before)s) ORDER BY id DESC LIMIT %(limit)s",
+        {"type": type, "before": before_id, "limit": limit},
+    )
+
+
+async def pole_devices(conn: Conn, pole_id: str) -> list[str]:
+    rows = await _all(conn, "SELECT id FROM devices WHERE pole_id = %s ORDER BY id", (pole_id,))
+    return [str(r["id"]) for r in rows]
