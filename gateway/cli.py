@@ -311,3 +311,65 @@ def demo(
             modbus_base_port=modbus_port,
         )
     )
+
+
+bills_app = typer.Typer(help="Monthly bills: metering, tariffs, rent.", no_args_is_help=True)
+app.add_typer(bills_app, name="bills")
+
+
+@bills_app.command("generate")
+def bills_generate(
+    month: Annotated[
+        str,
+        typer.Option("--period", "--month", help="The month, YYYY-MM in the site's time zone"),
+    ],
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant (its id)")] = None,
+) -> None:
+    """Create or replace the month's draft bills (issued bills are never changed)."""
+    import re
+    from zoneinfo import ZoneInfo
+
+    import psycopg
+
+    from gateway.adapters.audit import append
+    from gateway.adapters.billing_store import BillingStore, dumps
+    from gateway.core.auth import SYSTEM
+    from gateway.core.profiles import load_catalog
+    from gateway.core.tariffs import NoTariff
+    from gateway.service import open_pool
+
+    if not re.fullmatch(r"2[0-9]{3}-(0[1-9]|1[0-2])", month):
+        raise fail(f"--period: {month!r} is not YYYY-MM (a year 2000-2999)")
+    settings = settings_or_exit()
+    setup_logging(settings.log_level)
+
+    async def generate() -> list[tuple[dict[str, object], str]]:
+        pool = open_pool(settings.require_database_url())
+        await pool.open()
+        try:
+            store = BillingStore(
+                pool, load_catalog(settings.profiles_dir), ZoneInfo(settings.site_timezone)
+            )
+            results = await store.generate(month, tenant)
+            async with pool.connection() as conn, conn.transaction():
+                for bill, outcome in results:
+                    if outcome != "issued, unchanged":
+                        after = dumps(bill) | {"outcome": outcome, "via": "cli"}
+                        await append(conn, SYSTEM, "generate", "bill", bill["id"], None, after)
+            return results
+        finally:
+            await pool.close()
+
+    try:
+        results = asyncio.run(generate())
+    except (ConfigError, SourceFileError, NoTariff) as exc:
+        raise fail(str(exc)) from None
+    except (OSError, psycopg.Error) as exc:
+        raise fail(f"database: {(str(exc) or repr(exc)).splitlines()[0]}") from None
+    for bill, outcome in results:
+        typer.echo(
+            f"{bill['tenant_id']} {month}: bill {bill['id']} {outcome},"
+            f" total {bill['total_amount']} {bill['currency']}"
+        )
+    if not results:
+        typer.echo(f"{month}: no lease in service, no bill")

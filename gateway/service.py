@@ -164,6 +164,8 @@ async def run_gateway(
                     log_config=None,
                     access_log=False,
                     lifespan="off",
+                    # A slow client (a long CSV export) must not hold shutdown forever.
+                    timeout_graceful_shutdown=10,
                 )
                 server = ApiServer(config)
                 tg.create_task(server.serve(), name="api")

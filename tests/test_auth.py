@@ -53,6 +53,20 @@ POLICY: list[tuple[str, set[Role], set[Role]]] = [
     ("/api/v1/alarms", STAFF, STAFF),
     ("/api/v1/emergencies/{emergency_id}/timeline", STAFF, STAFF),
     ("/api/v1/emergencies", STAFF, MANAGERS),
+    # The mounting service: tenants apply, read their leases, ports, usage and bills.
+    ("/api/v1/slots", STAFF, MANAGERS),
+    ("/api/v1/compartments", STAFF, MANAGERS),
+    ("/api/v1/ports/{port_id}/meter-replacements", MANAGERS, MANAGERS),
+    ("/api/v1/ports", ALL, MANAGERS),
+    ("/api/v1/tenants", MANAGERS, MANAGERS),
+    ("/api/v1/applications/{application_id}/overrides", STAFF, STAFF),
+    ("/api/v1/applications/{application_id}/approve", MANAGERS, MANAGERS),
+    ("/api/v1/applications", ALL, ALL),
+    ("/api/v1/leases/{lease_id}/changes", ALL, ALL),
+    ("/api/v1/leases", ALL, STAFF),
+    ("/api/v1/tariffs", STAFF, MANAGERS),
+    ("/api/v1/usage", ALL, ALL),
+    ("/api/v1/bills", ALL, MANAGERS),
 ]
 PUBLIC = {"/api/v1/auth/token"}
 WRITES = {"POST", "PUT", "PATCH", "DELETE"}

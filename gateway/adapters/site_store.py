@@ -53,6 +53,49 @@ WHERE (devices.pole_id, devices.profile, devices.transport, devices.modbus)
 RETURNING (xmax = 0)
 """
 
+# Capacity: only the budgets the file declares are written (a pole without a
+# capacity section keeps what the API set).
+_BUDGET = """
+UPDATE poles SET max_load_kg = %s, max_wind_area_m2 = %s, power_budget_w = %s, updated_at = now()
+WHERE id = %s AND (max_load_kg, max_wind_area_m2, power_budget_w) IS DISTINCT FROM (%s, %s, %s)
+RETURNING false
+"""
+_SLOT = """
+INSERT INTO slots (id, pole_id, position, slot_type, height_min_m, height_max_m, max_load_kg,
+  max_wind_area_m2, max_power_w, supply, voltage_v)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (id) DO UPDATE SET pole_id = excluded.pole_id, position = excluded.position,
+  slot_type = excluded.slot_type, height_min_m = excluded.height_min_m,
+  height_max_m = excluded.height_max_m, max_load_kg = excluded.max_load_kg,
+  max_wind_area_m2 = excluded.max_wind_area_m2, max_power_w = excluded.max_power_w,
+  supply = excluded.supply, voltage_v = excluded.voltage_v
+WHERE (slots.pole_id, slots.position, slots.slot_type, slots.height_min_m, slots.height_max_m,
+  slots.max_load_kg, slots.max_wind_area_m2, slots.max_power_w, slots.supply, slots.voltage_v)
+  IS DISTINCT FROM (excluded.pole_id, excluded.position, excluded.slot_type,
+  excluded.height_min_m, excluded.height_max_m, excluded.max_load_kg, excluded.max_wind_area_m2,
+  excluded.max_power_w, excluded.supply, excluded.voltage_v)
+RETURNING (xmax = 0)
+"""
+_COMPARTMENT = """
+INSERT INTO compartments (id, pole_id, name, units) VALUES (%s, %s, %s, %s)
+ON CONFLICT (id) DO UPDATE SET pole_id = excluded.pole_id, name = excluded.name,
+  units = excluded.units
+WHERE (compartments.pole_id, compartments.name, compartments.units)
+  IS DISTINCT FROM (excluded.pole_id, excluded.name, excluded.units)
+RETURNING (xmax = 0)
+"""
+_PORT = """
+INSERT INTO ports (id, pole_id, meter_device_id, port_no, rated_w, supply)
+VALUES (%s, %s, %s, %s, %s, %s)
+ON CONFLICT (id) DO UPDATE SET pole_id = excluded.pole_id,
+  meter_device_id = excluded.meter_device_id, port_no = excluded.port_no,
+  rated_w = excluded.rated_w, supply = excluded.supply
+WHERE (ports.pole_id, ports.meter_device_id, ports.port_no, ports.rated_w, ports.supply)
+  IS DISTINCT FROM (excluded.pole_id, excluded.meter_device_id, excluded.port_no,
+  excluded.rated_w, excluded.supply)
+RETURNING (xmax = 0)
+"""
+
 
 async def import_site(database_url: str, site: SiteSpec) -> ImportCounts:
     """Upsert everything in the site in one transaction (all or nothing).
@@ -97,6 +140,35 @@ async def import_site(database_url: str, site: SiteSpec) -> ImportCounts:
             for d in p.devices:
                 modbus = orjson.dumps(d.modbus.model_dump()).decode() if d.modbus else None
                 await run(cur, _DEVICE, (d.id, p.id, d.profile, d.transport, modbus))
+        for p in site.poles:
+            if p.capacity is not None:
+                c = p.capacity
+                budget = (c.max_load_kg, c.max_wind_area_m2, c.power_budget_w)
+                await cur.execute(_BUDGET, (*budget, p.id, *budget))
+                if await cur.fetchone() is not None:
+                    updated += 1
+            for sl in p.slots:
+                await run(
+                    cur,
+                    _SLOT,
+                    (
+                        sl.id,
+                        p.id,
+                        sl.position,
+                        sl.slot_type,
+                        sl.height_min_m,
+                        sl.height_max_m,
+                        sl.max_load_kg,
+                        sl.max_wind_area_m2,
+                        sl.max_power_w,
+                        sl.supply,
+                        sl.voltage_v,
+                    ),
+                )
+            for cm in p.compartments:
+                await run(cur, _COMPARTMENT, (cm.id, p.id, cm.name, cm.units))
+            for pt in p.ports:
+                await run(cur, _PORT, (pt.id, p.id, pt.meter, pt.port, pt.rated_w, pt.supply))
     return ImportCounts(created, updated, unchanged)
 
 

@@ -12,16 +12,20 @@ from gateway import __version__
 from gateway.api.deps import ApiContext
 from gateway.api.routes import (
     alarms,
+    applications,
     archive,
     audit,
     auth,
+    billing,
     commands,
     devices,
     emergencies,
     export,
     health,
     inspections,
+    leases,
     lighting,
+    mounting,
     overview,
     poles,
     work_orders,
@@ -43,6 +47,10 @@ ROUTERS = (
     overview,
     export,
     audit,
+    billing,
+    mounting,
+    applications,
+    leases,
 )
 
 

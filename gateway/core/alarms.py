@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal, NamedTuple, Protocol, Self
+from typing import Any, Literal, NamedTuple, Protocol, Self, get_args
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -49,15 +49,7 @@ EmergencyType = Literal[
     "power_outage",
     "severe_weather",
 ]
-EMERGENCY_TYPES: tuple[str, ...] = (
-    "collision_tilt",
-    "flooding",
-    "leakage",
-    "fire_smoke",
-    "sos_call",
-    "power_outage",
-    "severe_weather",
-)
+EMERGENCY_TYPES: tuple[str, ...] = get_args(EmergencyType)
 OFFLINE = "offline"  # the rule name of a profile's offline rule
 
 # What a site may change of a rule through the API.

@@ -50,6 +50,54 @@ class DeviceSpec(_Strict):
         return self
 
 
+class CapacitySpec(_Strict):
+    """The pole's own budget for everything mounted on it (omitted: not checked)."""
+
+    max_load_kg: Annotated[float, Field(gt=0)] | None = None
+    max_wind_area_m2: Annotated[float, Field(gt=0)] | None = None
+    power_budget_w: Annotated[float, Field(gt=0)] | None = None
+
+
+class SlotSpec(_Strict):
+    """A mounting position on the pole with its own limits."""
+
+    id: Id
+    position: Annotated[str, Field(min_length=1, max_length=64)]
+    slot_type: Annotated[str, Field(min_length=1, max_length=64)] = "standard"
+    height_min_m: Annotated[float, Field(ge=0, le=100)] | None = None
+    height_max_m: Annotated[float, Field(ge=0, le=100)] | None = None
+    max_load_kg: Annotated[float, Field(ge=0)]
+    max_wind_area_m2: Annotated[float, Field(ge=0)]
+    max_power_w: Annotated[float, Field(ge=0)]
+    supply: Literal["AC", "DC"] = "AC"
+    voltage_v: Annotated[float, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _height_range(self) -> Self:
+        lo, hi = self.height_min_m, self.height_max_m
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"height_min_m ({lo:g}) is above height_max_m ({hi:g})")
+        return self
+
+
+class CompartmentSpec(_Strict):
+    """Space in the pole's cabinet, in rack units (or positions)."""
+
+    id: Id
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    units: Annotated[int, Field(ge=1, le=100)]
+
+
+class PortSpec(_Strict):
+    """A tenant power port: channel `port` of the meter device `meter` on this pole."""
+
+    id: Id
+    meter: Id
+    port: Annotated[int, Field(ge=1)]
+    rated_w: Annotated[float, Field(gt=0)]
+    supply: Literal["AC", "DC"] = "AC"
+
+
 class PoleSpec(_Strict):
     id: Id
     name: str = ""
@@ -57,6 +105,10 @@ class PoleSpec(_Strict):
     height_m: Annotated[float, Field(gt=0, le=100)] | None = None
     road: str = ""
     devices: list[DeviceSpec] = Field(default_factory=list)
+    capacity: CapacitySpec | None = None
+    slots: list[SlotSpec] = Field(default_factory=list)
+    compartments: list[CompartmentSpec] = Field(default_factory=list)
+    ports: list[PortSpec] = Field(default_factory=list)
 
 
 class TenantSpec(_Strict):
@@ -114,6 +166,58 @@ def _cross_references(
             known = ", ".join(sorted(catalog))
             issues.append(((*loc, "profile"), f"unknown profile {profile!r} (known: {known})"))
     issues += _bus_conflicts(devices)
+    issues += _mounting_references(poles, catalog)
+    return issues
+
+
+def _mounting_references(
+    poles: Sequence[tuple[tuple[str | int, ...], dict[str, Any]]], catalog: ProfileCatalog
+) -> list[tuple[tuple[str | int, ...], str]]:
+    """Slot, compartment and port ids are unique in the site; a port's meter is a
+    device of its own pole that can switch that port."""
+    issues: list[tuple[tuple[str | int, ...], str]] = []
+    for key, what in (("slots", "slot"), ("compartments", "compartment"), ("ports", "port")):
+        ids = [
+            ((*loc, key, j, "id"), e["id"])
+            for loc, p in poles
+            for j, e in _entries(p, key)
+            if isinstance(e.get("id"), str)
+        ]
+        issues += _duplicates(ids, what)
+    for loc, pole in poles:
+        profiles = {d["id"]: d.get("profile") for _, d in _entries(pole, "devices") if "id" in d}
+        channels: dict[tuple[object, object], tuple[str | int, ...]] = {}
+        for j, port in _entries(pole, "ports"):
+            ploc = (*loc, "ports", j)
+            meter, number = port.get("meter"), port.get("port")
+            if not isinstance(meter, str):
+                continue
+            if meter not in profiles:
+                issues.append(((*ploc, "meter"), f"{meter!r} is not a device of this pole"))
+                continue
+            profile = catalog.get(str(profiles[meter]))
+            if profile is None:
+                continue  # reported as an unknown profile
+            command = profile.commands.get("switch_port")
+            if command is None:
+                issues.append(
+                    (
+                        (*ploc, "meter"),
+                        f"{meter!r} ({profile.profile}) has no switch_port command",
+                    )
+                )
+                continue
+            arg = command.args.get("port")
+            top = arg.max if arg is not None else None
+            if isinstance(number, int) and top is not None and number > top:
+                issues.append(
+                    ((*ploc, "port"), f"{meter!r} ({profile.profile}) has ports 1..{top:g}")
+                )
+            first = channels.setdefault((meter, number), ploc)
+            if first != ploc:
+                issues.append(
+                    ((*ploc, "port"), f"port {number} of {meter!r} is already {_fmt(first)}")
+                )
     return issues
 
 

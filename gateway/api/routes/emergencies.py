@@ -15,20 +15,12 @@ from gateway.api.deps import Context
 from gateway.api.errors import bad_param, not_found
 from gateway.api.schemas import Page
 from gateway.api.security import Audit, Managers, Staff
+from gateway.core.alarms import EmergencyType
 from gateway.core.emergencies import DEFAULT_ACTIONS, next_state
 from gateway.emergencies import protect
 
 router = APIRouter(prefix="/emergencies", tags=["emergencies"])
 
-EmergencyType = Literal[
-    "collision_tilt",
-    "flooding",
-    "leakage",
-    "fire_smoke",
-    "sos_call",
-    "power_outage",
-    "severe_weather",
-]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such emergency"}}
 
 

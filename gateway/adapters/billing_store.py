@@ -1,0 +1,644 @@
+"""Metering and billing against the database: counter series, lease periods in
+service, tariffs, meter replacements, usage flags and bills (migration 0011).
+
+The counter series of a port is read from the `telemetry_15m` rollup (a
+TimescaleDB continuous aggregate, or a plain view with the same columns): the
+first and last reading of each 15-minute bucket. Replays never change it (a
+reading stored twice is one row), so a bill regenerated after a replay is the
+same bill.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from gateway.core import metering as mt
+from gateway.core import tariffs as tf
+from gateway.core.profiles import ProfileCatalog
+
+Row = dict[str, Any]
+
+DEFAULT_TARIFF = "default"
+# Readings this far before and after a window give its edges their context
+# (a glitch, wrap or reset right at the edge).
+MARGIN = timedelta(days=1)
+# Readings further apart than this make a gap (readings come every 1-15 min).
+MAX_GAP = timedelta(hours=1)
+KWH = Decimal("0.000001")
+PERIOD_ORDER = {p: i for i, p in enumerate(tf.Period)}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class PortMeta:
+    id: str
+    meter_device_id: str
+    port_no: int
+    rated_w: Decimal
+    modulus: Decimal | None
+
+    @property
+    def metric(self) -> str:
+        return f"port{self.port_no}_energy_kwh"
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A lease in service on [start, end) (end None: still in service)."""
+
+    lease_id: int
+    tenant_id: str
+    port_id: str | None
+    slot_id: str | None
+    slot_position: str | None
+    slot_type: str | None
+    compartment_id: str | None
+    tariff: str
+    start: datetime
+    end: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class PortUsage:
+    port: PortMeta
+    intervals: list[mt.Interval]
+    gaps: list[mt.Gap]
+
+
+class TariffOverlap(Exception):
+    def __init__(self, other: Row) -> None:
+        super().__init__("overlaps the validity of another version of this tariff")
+        self.other = other
+
+
+class BillIssued(Exception):
+    pass
+
+
+def tariff_of(row: Row) -> tf.Tariff:
+    return tf.Tariff(
+        id=row["id"],
+        name=row["name"],
+        version=row["version"],
+        valid_from=row["valid_from"],
+        valid_to=row["valid_to"],
+        definition=tf.TariffDefinition.model_validate(row["definition"]),
+        estimate_gaps=row["estimate_gaps"],
+    )
+
+
+def _clip_gap(gap: mt.Gap, start: datetime, end: datetime) -> mt.Gap | None:
+    a, b = max(gap.start, start), min(gap.end, end)
+    return mt.Gap(a, b) if a < b else None
+
+
+class BillingStore:
+    def __init__(self, pool: AsyncConnectionPool, catalog: ProfileCatalog, tz: ZoneInfo) -> None:
+        self._pool = pool
+        self._catalog = catalog
+        self.tz = tz
+
+    # ------------------------------------------------------------------ tariffs
+
+    async def tariff_page(self, name: str | None, *, after: int | None, limit: int) -> list[Row]:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT * FROM tariffs WHERE (%(name)s::text IS NULL OR name = %(name)s)"
+                " AND id > %(after)s ORDER BY id LIMIT %(limit)s",
+                {"name": name, "after": after or 0, "limit": limit},
+            )
+            return await cur.fetchall()
+
+    async def tariff(self, tariff_id: int) -> Row | None:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute("SELECT * FROM tariffs WHERE id = %s", (tariff_id,))
+            return await cur.fetchone()
+
+    async def versions(self, conn: psycopg.AsyncConnection[Any], name: str) -> list[tf.Tariff]:
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute("SELECT * FROM tariffs WHERE name = %s ORDER BY valid_from", (name,))
+            return [tariff_of(r) for r in await cur.fetchall()]
+
+    async def create_tariff(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        *,
+        name: str,
+        valid_from: datetime,
+        valid_to: datetime | None,
+        definition: dict[str, Any],
+        estimate_gaps: bool,
+    ) -> Row:
+        """A new version of `name` (numbered after the last); refuses an overlap."""
+        # Serialise versions of one name: the overlap check and the insert are one step.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tariff:' || %s))", (name,))
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT id, version, valid_from, valid_to FROM tariffs WHERE name = %s"
+                " AND (valid_to IS NULL OR %s < valid_to)"
+                " AND (%s::timestamptz IS NULL OR valid_from < %s) ORDER BY valid_from LIMIT 1",
+                (name, valid_from, valid_to, valid_to),
+            )
+            other = await cur.fetchone()
+            if other is not None:
+                raise TariffOverlap(other)
+            await cur.execute(
+                "INSERT INTO tariffs (name, version, valid_from, valid_to, definition,"
+                " estimate_gaps) SELECT %s, coalesce(max(version), 0) + 1, %s, %s, %s, %s"
+                " FROM tariffs WHERE name = %s RETURNING *",
+                (name, valid_from, valid_to, Jsonb(definition), estimate_gaps, name),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            return row
+
+    # ------------------------------------------------------------------ ports
+
+    async def port(self, port_id: str) -> PortMeta | None:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT p.id, p.meter_device_id, p.port_no, p.rated_w, d.profile"
+                " FROM ports p JOIN devices d ON d.id = p.meter_device_id WHERE p.id = %s",
+                (port_id,),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        metric = f"port{row['port_no']}_energy_kwh"
+        modulus = None
+        profile = self._catalog.get(row["profile"])
+        if profile is not None and profile.modbus is not None:
+            point = profile.modbus.points.get(metric)
+            if point is not None:
+                modulus = mt.counter_modulus(point.type, point.scale)
+        return PortMeta(
+            row["id"],
+            row["meter_device_id"],
+            row["port_no"],
+            mt.to_decimal(row["rated_w"]),
+            modulus,
+        )
+
+    async def add_replacement(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        port_id: str,
+        *,
+        replaced_at: datetime,
+        old_final_kwh: Decimal,
+        new_first_kwh: Decimal,
+        note: str | None,
+    ) -> Row:
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "INSERT INTO meter_replacements (port_id, replaced_at, old_final_kwh,"
+                " new_first_kwh, note) VALUES (%s, %s, %s, %s, %s) RETURNING *",
+                (port_id, replaced_at, old_final_kwh, new_first_kwh, note),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            return row
+
+    async def tenant_port_ids(self, tenant_id: str) -> set[str]:
+        """Ports the tenant has ever leased."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT DISTINCT port_id FROM leases WHERE tenant_id = %s AND port_id IS NOT NULL",
+                (tenant_id,),
+            )
+            return {r[0] for r in await cur.fetchall()}
+
+    # ------------------------------------------------------------------ metering
+
+    async def _readings(
+        self, conn: psycopg.AsyncConnection[Any], port: PortMeta, start: datetime, end: datetime
+    ) -> list[mt.Reading]:
+        cur = await conn.execute(
+            "SELECT first_ts, first, last_ts, last FROM telemetry_15m"
+            " WHERE device_id = %s AND metric = %s AND bucket >= %s AND bucket < %s"
+            " ORDER BY bucket",
+            (port.meter_device_id, port.metric, start, end),
+        )
+        out: list[mt.Reading] = []
+        for first_ts, first, last_ts, last in await cur.fetchall():
+            out.append(mt.Reading(first_ts, mt.to_decimal(first)))
+            if last_ts != first_ts:
+                out.append(mt.Reading(last_ts, mt.to_decimal(last)))
+        return out
+
+    async def _replacements(
+        self, conn: psycopg.AsyncConnection[Any], port_id: str
+    ) -> list[mt.Replacement]:
+        cur = await conn.execute(
+            "SELECT replaced_at, old_final_kwh, new_first_kwh FROM meter_replacements"
+            " WHERE port_id = %s ORDER BY replaced_at",
+            (port_id,),
+        )
+        return [mt.Replacement(a, Decimal(o), Decimal(n)) for a, o, n in await cur.fetchall()]
+
+    async def port_usage(
+        self, port: PortMeta, start: datetime, end: datetime, *, estimate_gaps: bool
+    ) -> PortUsage:
+        """The port's intervals and gaps inside [start, end)."""
+        async with self._pool.connection() as conn:
+            readings = await self._readings(conn, port, start - MARGIN, end + MARGIN)
+            swaps = await self._replacements(conn, port.id)
+        metered = mt.meter(
+            readings,
+            rated_w=port.rated_w,
+            modulus=port.modulus,
+            replacements=swaps,
+            max_gap=MAX_GAP,
+            estimate_gaps=estimate_gaps,
+        )
+        intervals = [p for iv in metered.intervals if (p := mt.clip(iv, start, end)) is not None]
+        gaps = [g for gap in metered.gaps if (g := _clip_gap(gap, start, end)) is not None]
+        # No data at all at the window's edges (up to now) is a gap too.
+        horizon = min(end, utcnow())
+        first = readings[0].ts if readings else None
+        last = readings[-1].ts if readings else None
+        if first is None or last is None:
+            if start < horizon:
+                gaps.append(mt.Gap(start, horizon))
+        else:
+            if first > start + MAX_GAP and start < min(first, horizon):
+                gaps.insert(0, mt.Gap(start, min(first, horizon)))
+            if last < horizon - MAX_GAP:
+                gaps.append(mt.Gap(max(last, start), horizon))
+        return PortUsage(port, intervals, gaps)
+
+    async def spans(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        tenant_id: str | None = None,
+        port_id: str | None = None,
+    ) -> list[Span]:
+        """Leases in service at some time in [start, end), each period clipped to it.
+        A lease is in service from the `since` of an in_service history row to the
+        `since` of its next row."""
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                """
+                WITH h AS (
+                    SELECT lease_id, state, since,
+                           lead(since) OVER (PARTITION BY lease_id ORDER BY since, id) AS until
+                    FROM lease_history
+                )
+                SELECT h.lease_id, h.since, h.until, l.tenant_id, l.port_id, l.slot_id,
+                       s.position, s.slot_type, l.compartment_id,
+                       coalesce(l.rates ->> 'tariff', %(default)s) AS tariff
+                FROM h JOIN leases l ON l.id = h.lease_id
+                LEFT JOIN slots s ON s.id = l.slot_id
+                WHERE h.state = 'in_service' AND h.since < %(end)s
+                  AND (h.until IS NULL OR h.until > %(start)s)
+                  AND (%(tenant)s::text IS NULL OR l.tenant_id = %(tenant)s)
+                  AND (%(port)s::text IS NULL OR l.port_id = %(port)s)
+                ORDER BY l.tenant_id, h.lease_id, h.since
+                """,
+                {
+                    "default": DEFAULT_TARIFF,
+                    "start": start,
+                    "end": end,
+                    "tenant": tenant_id,
+                    "port": port_id,
+                },
+            )
+            rows = await cur.fetchall()
+        return [
+            Span(
+                r["lease_id"],
+                r["tenant_id"],
+                r["port_id"],
+                r["slot_id"],
+                r["position"],
+                r["slot_type"],
+                r["compartment_id"],
+                r["tariff"],
+                max(r["since"], start),
+                end if r["until"] is None else min(r["until"], end),
+            )
+            for r in rows
+        ]
+
+    async def estimate_gaps(self, names: Iterable[str], start: datetime, end: datetime) -> bool:
+        """Whether a tariff of these names valid in [start, end) asks for estimates."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT bool_or(estimate_gaps) FROM tariffs WHERE name = ANY(%s)"
+                " AND valid_from < %s AND (valid_to IS NULL OR valid_to > %s)",
+                (sorted(set(names)), end, start),
+            )
+            row = await cur.fetchone()
+            return bool(row and row[0])
+
+    async def tariffs_named(self, name: str) -> list[tf.Tariff]:
+        async with self._pool.connection() as conn:
+            return await self.versions(conn, name)
+
+    # ------------------------------------------------------------------ bills
+
+    async def generate(self, month: str, tenant_id: str | None = None) -> list[tuple[Row, str]]:
+        """Draft bills of the month for each tenant with a lease in service in it
+        (or just `tenant_id`): (bill, "created" | "replaced" | "issued, unchanged").
+        Raises tf.NoTariff when a time to price has no valid tariff version."""
+        start, end = tf.month_bounds(month, self.tz)
+        spans = await self.spans(start, end, tenant_id=tenant_id)
+        by_tenant: dict[str, list[Span]] = defaultdict(list)
+        for s in spans:
+            by_tenant[s.tenant_id].append(s)
+        if tenant_id is not None:
+            by_tenant.setdefault(tenant_id, [])
+        computed = {t: await self._bill_lines(month, start, end, ss) for t, ss in by_tenant.items()}
+        out: list[tuple[Row, str]] = []
+        async with self._pool.connection() as conn, conn.transaction():
+            for tenant, (lines, excess) in sorted(computed.items()):
+                out.append(await self._write_bill(conn, tenant, month, lines, excess))
+        return out
+
+    async def _bill_lines(
+        self, month: str, start: datetime, end: datetime, spans: Sequence[Span]
+    ) -> tuple[list[Row], list[Row]]:
+        by_lease: dict[int, list[Span]] = defaultdict(list)
+        for s in spans:
+            by_lease[s.lease_id].append(s)
+        lines: list[Row] = []
+        excess: list[Row] = []
+        tariff_cache: dict[str, list[tf.Tariff]] = {}
+        usage_cache: dict[tuple[str, bool], PortUsage] = {}
+        for lease_id, lease_spans in sorted(by_lease.items()):
+            first = lease_spans[0]
+            if first.tariff not in tariff_cache:
+                tariff_cache[first.tariff] = await self.tariffs_named(first.tariff)
+            tariffs = tariff_cache[first.tariff]
+            if first.port_id is not None:
+                estimate = any(t.estimate_gaps for t in tariffs)
+                key = (first.port_id, estimate)
+                if key not in usage_cache:
+                    port = await self.port(first.port_id)
+                    assert port is not None
+                    usage_cache[key] = await self.port_usage(
+                        port, start, end, estimate_gaps=estimate
+                    )
+                usage = usage_cache[key]
+                mine = [
+                    p
+                    for s in lease_spans
+                    for iv in usage.intervals
+                    if (p := mt.clip(iv, s.start, s.end or end)) is not None
+                ]
+                lines += self._energy_lines(first, tariffs, mine)
+                excess += [
+                    {
+                        "port_id": first.port_id,
+                        "lease_id": lease_id,
+                        "start": iv.start,
+                        "end": iv.end,
+                        "excess_kwh": iv.excess_kwh,
+                        "flags": sorted(iv.flags),
+                    }
+                    for iv in mine
+                    if iv.excess_kwh > 0
+                ]
+            lines += self._space_lines(month, first, lease_spans, tariffs, end)
+        return lines, excess
+
+    def _energy_lines(
+        self, lease: Span, tariffs: Sequence[tf.Tariff], intervals: Sequence[mt.Interval]
+    ) -> list[Row]:
+        parts = tf.price_intervals(intervals, tariffs, self.tz, lease.tariff)
+        groups: dict[tuple[int, tf.Period, bool], list[tf.PricedPart]] = defaultdict(list)
+        for p in parts:
+            if p.kwh > 0:
+                groups[(p.tariff.id, p.period, p.estimated)].append(p)
+        lines = []
+        for (_, period, estimated), group in sorted(
+            groups.items(),
+            key=lambda kv: (kv[1][0].tariff.valid_from, PERIOD_ORDER[kv[0][1]], kv[0][2]),
+        ):
+            tariff = group[0].tariff
+            kwh = sum((p.kwh for p in group), mt.ZERO)
+            flags: set[str] = set().union(*(p.flags for p in group))
+            price = group[0].price
+            lines.append(
+                {
+                    "kind": "energy",
+                    "lease_id": lease.lease_id,
+                    "port_id": lease.port_id,
+                    "slot_id": None,
+                    "compartment_id": None,
+                    "tariff_id": tariff.id,
+                    "period": period.value,
+                    "label": f"electricity, port {lease.port_id}, {period.value}"
+                    f" ({tariff.name} v{tariff.version})" + (", estimated" if estimated else ""),
+                    "quantity": kwh.quantize(KWH),
+                    "unit": "kWh",
+                    "unit_price": price,
+                    "amount": tf.money(kwh * price),
+                    "estimated": estimated,
+                    "flags": sorted(flags - {mt.Flag.ESTIMATED}),
+                }
+            )
+        return lines
+
+    def _space_lines(
+        self,
+        month: str,
+        lease: Span,
+        spans: Sequence[Span],
+        tariffs: Sequence[tf.Tariff],
+        end: datetime,
+    ) -> list[Row]:
+        days = tf.service_days([(s.start, s.end or end) for s in spans], month, self.tz)
+        lines = []
+        for part in tf.rent_parts(days, tariffs, self.tz, lease.tariff):
+            d = part.tariff.definition
+            items: list[tuple[str, Decimal, str, dict[str, Any]]] = []
+            if lease.slot_id is not None:
+                rent = tf.slot_rent(d, lease.slot_position, lease.slot_type)
+                items.append(("rent", rent, f"slot {lease.slot_id}", {"slot_id": lease.slot_id}))
+            if lease.compartment_id is not None:
+                items.append(
+                    (
+                        "rent",
+                        d.rent.compartment,
+                        f"compartment {lease.compartment_id}",
+                        {"compartment_id": lease.compartment_id},
+                    )
+                )
+            items.append(("maintenance", d.maintenance_fee, "maintenance fee", {}))
+            for kind, monthly, what, where in items:
+                if monthly == 0:
+                    continue
+                lines.append(
+                    {
+                        "kind": kind,
+                        "lease_id": lease.lease_id,
+                        "port_id": None,
+                        "slot_id": None,
+                        "compartment_id": None,
+                        "tariff_id": part.tariff.id,
+                        "period": None,
+                        "label": f"{what}, lease {lease.lease_id}, {part.days}/"
+                        f"{part.days_in_month} days ({part.tariff.name} v{part.tariff.version})",
+                        "quantity": Decimal(part.days),
+                        "unit": "day",
+                        "unit_price": monthly / part.days_in_month,
+                        "amount": tf.money(part.prorate(monthly)),
+                        "estimated": False,
+                        "flags": [],
+                    }
+                    | where
+                )
+        return lines
+
+    async def _write_bill(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        tenant_id: str,
+        month: str,
+        lines: list[Row],
+        excess: list[Row],
+    ) -> tuple[Row, str]:
+        for flag in excess:
+            await conn.execute(
+                'INSERT INTO usage_flags (port_id, lease_id, start, "end", excess_kwh, flags)'
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (port_id, start) DO UPDATE SET"
+                ' "end" = excluded."end", excess_kwh = excluded.excess_kwh,'
+                " flags = excluded.flags, lease_id = excluded.lease_id",
+                (
+                    flag["port_id"],
+                    flag["lease_id"],
+                    flag["start"],
+                    flag["end"],
+                    flag["excess_kwh"],
+                    Jsonb(flag["flags"]),
+                ),
+            )
+        totals = {
+            "energy_kwh": sum((ln["quantity"] for ln in lines if ln["kind"] == "energy"), mt.ZERO),
+            "energy_amount": _sum(lines, "energy"),
+            "rent_amount": _sum(lines, "rent"),
+            "maintenance_amount": _sum(lines, "maintenance"),
+            "total_amount": sum((ln["amount"] for ln in lines), Decimal("0.00")),
+        }
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT * FROM bills WHERE tenant_id = %s AND month = %s FOR UPDATE",
+                (tenant_id, month),
+            )
+            bill = await cur.fetchone()
+            if bill is not None and bill["state"] == "issued":
+                return bill, "issued, unchanged"
+            if bill is None:
+                outcome = "created"
+                await cur.execute(
+                    "INSERT INTO bills (tenant_id, month, energy_kwh, energy_amount, rent_amount,"
+                    " maintenance_amount, total_amount) VALUES (%(tenant)s, %(month)s,"
+                    " %(energy_kwh)s, %(energy_amount)s, %(rent_amount)s,"
+                    " %(maintenance_amount)s, %(total_amount)s) RETURNING *",
+                    {"tenant": tenant_id, "month": month} | totals,
+                )
+            else:
+                outcome = "replaced"
+                await cur.execute("DELETE FROM bill_lines WHERE bill_id = %s", (bill["id"],))
+                await cur.execute(
+                    "UPDATE bills SET energy_kwh = %(energy_kwh)s,"
+                    " energy_amount = %(energy_amount)s, rent_amount = %(rent_amount)s,"
+                    " maintenance_amount = %(maintenance_amount)s,"
+                    " total_amount = %(total_amount)s, generated_at = now()"
+                    " WHERE id = %(id)s RETURNING *",
+                    {"id": bill["id"]} | totals,
+                )
+            bill = await cur.fetchone()
+            assert bill is not None
+            for ln in lines:
+                await cur.execute(
+                    "INSERT INTO bill_lines (bill_id, kind, lease_id, port_id, slot_id,"
+                    " compartment_id, tariff_id, period, label, quantity, unit, unit_price,"
+                    " amount, estimated, flags) VALUES (%(bill_id)s, %(kind)s, %(lease_id)s,"
+                    " %(port_id)s, %(slot_id)s, %(compartment_id)s, %(tariff_id)s, %(period)s,"
+                    " %(label)s, %(quantity)s, %(unit)s, %(unit_price)s, %(amount)s,"
+                    " %(estimated)s, %(flags_json)s)",
+                    ln | {"bill_id": bill["id"], "flags_json": Jsonb(ln["flags"])},
+                )
+        return bill, outcome
+
+    async def bill_page(
+        self,
+        *,
+        tenant_id: str | None,
+        month: str | None,
+        state: str | None,
+        after: int | None,
+        limit: int,
+    ) -> list[Row]:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT * FROM bills WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)"
+                " AND (%(month)s::text IS NULL OR month = %(month)s)"
+                " AND (%(state)s::text IS NULL OR state = %(state)s)"
+                " AND id > %(after)s ORDER BY id LIMIT %(limit)s",
+                {
+                    "tenant": tenant_id,
+                    "month": month,
+                    "state": state,
+                    "after": after or 0,
+                    "limit": limit,
+                },
+            )
+            return await cur.fetchall()
+
+    async def bill(
+        self, bill_id: int, conn: psycopg.AsyncConnection[Any] | None = None
+    ) -> Row | None:
+        """The bill with its lines (key `lines`)."""
+        if conn is None:
+            async with self._pool.connection() as c:
+                return await self.bill(bill_id, c)
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute("SELECT * FROM bills WHERE id = %s", (bill_id,))
+            bill = await cur.fetchone()
+            if bill is None:
+                return None
+            await cur.execute("SELECT * FROM bill_lines WHERE bill_id = %s ORDER BY id", (bill_id,))
+            bill["lines"] = await cur.fetchall()
+            return bill
+
+    async def issue(self, conn: psycopg.AsyncConnection[Any], bill_id: int) -> Row:
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "UPDATE bills SET state = 'issued', issued_at = now()"
+                " WHERE id = %s AND state = 'draft' RETURNING id",
+                (bill_id,),
+            )
+            if await cur.fetchone() is None:
+                raise BillIssued
+        bill = await self.bill(bill_id, conn)
+        assert bill is not None
+        return bill
+
+
+def _sum(lines: Iterable[Row], kind: str) -> Decimal:
+    return sum((ln["amount"] for ln in lines if ln["kind"] == kind), Decimal("0.00"))
+
+
+def dumps(row: Row) -> Any:
+    """A row as JSON-able data (for the audit log)."""
+    return orjson.loads(orjson.dumps(row, default=str))

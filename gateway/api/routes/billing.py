@@ -1,0 +1,543 @@
+"""Metering and billing (计量与计费): tariffs, meter replacements, usage and bills."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import AwareDatetime, BaseModel, Field
+
+from gateway.adapters.billing_store import (
+    BillingStore,
+    BillIssued,
+    PortUsage,
+    TariffOverlap,
+    dumps,
+)
+from gateway.api.deps import ApiContext, Context
+from gateway.api.errors import bad_param, not_found
+from gateway.api.schemas import Page
+from gateway.api.security import AnyUser, Audit, Managers, Staff
+from gateway.core import metering as mt
+from gateway.core import tariffs as tf
+from gateway.core.auth import Principal
+
+router = APIRouter(tags=["billing"])
+
+Limit = Annotated[int, Query(ge=1, le=1000, description="Page size")]
+After = Annotated[int | None, Query(ge=0, description="Cursor: the `next` of the previous page")]
+# Years 2000-2999: a bill month outside them is a typing error (and year 0 / 9999-12
+# would overflow the month arithmetic).
+MONTH = re.compile(r"^2[0-9]{3}-(0[1-9]|1[0-2])$")
+BUCKETS = {"15m": timedelta(minutes=15), "1h": timedelta(hours=1), "1d": timedelta(days=1)}
+MAX_USAGE_RANGE = timedelta(days=93)
+
+TOU_EXAMPLE: dict[str, Any] = {
+    "energy": {
+        "prices": {"sharp": "1.20", "peak": "1.00", "flat": "0.60", "valley": "0.30"},
+        "default_period": "flat",
+        "seasons": [
+            {
+                "months": [7, 8, 11, 12],
+                "ranges": [
+                    {"period": "valley", "start": 0, "end": 8},
+                    {"period": "peak", "start": 8, "end": 11},
+                    {"period": "sharp", "start": 11, "end": 12},
+                    {"period": "peak", "start": 18, "end": 22},
+                ],
+            }
+        ],
+    },
+    "rent": {"positions": {"top": "500"}, "slot_types": {"standard": "300"}, "compartment": "90"},
+    "maintenance_fee": "60",
+}
+
+
+def _store(ctx: ApiContext) -> BillingStore:
+    return BillingStore(ctx.pool, ctx.catalog, ZoneInfo(ctx.settings.site_timezone))
+
+
+# ---------------------------------------------------------------------- tariffs
+
+
+class NewTariff(BaseModel):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
+    valid_from: AwareDatetime
+    valid_to: AwareDatetime | None = Field(None, description="Exclusive; null: open-ended")
+    estimate_gaps: bool = Field(
+        False, description="Estimate energy lost in data gaps from neighbouring intervals"
+    )
+    definition: tf.TariffDefinition
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "name": "default",
+                    "valid_from": "2026-11-01T00:00:00+08:00",
+                    "valid_to": None,
+                    "estimate_gaps": False,
+                    "definition": TOU_EXAMPLE,
+                }
+            ]
+        }
+    }
+
+
+class TariffOut(BaseModel):
+    id: int
+    name: str
+    version: int
+    valid_from: datetime
+    valid_to: datetime | None
+    estimate_gaps: bool
+    definition: tf.TariffDefinition
+    created_at: datetime
+
+
+@router.get("/tariffs", summary="List tariff versions (staff)")
+async def list_tariffs(
+    ctx: Context,
+    _: Staff,
+    name: Annotated[str | None, Query(max_length=100)] = None,
+    limit: Limit = 100,
+    after: After = None,
+) -> Page[TariffOut]:
+    rows = await _store(ctx).tariff_page(name, after=after, limit=limit)
+    items = [TariffOut.model_validate(r) for r in rows]
+    return Page[TariffOut](items=items, next=str(items[-1].id) if len(items) == limit else None)
+
+
+@router.get(
+    "/tariffs/{tariff_id}",
+    summary="One tariff version (staff)",
+    responses={404: {"description": "No such tariff"}},
+)
+async def get_tariff(ctx: Context, _: Staff, tariff_id: int) -> TariffOut:
+    row = await _store(ctx).tariff(tariff_id)
+    if row is None:
+        raise not_found("tariff", str(tariff_id))
+    return TariffOut.model_validate(row)
+
+
+@router.post(
+    "/tariffs",
+    status_code=201,
+    summary="Add a tariff version (managers); versions of a name may not overlap",
+    responses={409: {"description": "Overlaps the validity of another version"}},
+)
+async def create_tariff(ctx: Context, _: Managers, audit: Audit, body: NewTariff) -> TariffOut:
+    if body.valid_to is not None and body.valid_to <= body.valid_from:
+        raise bad_param("valid_to", "must be after valid_from", where="body")
+    store = _store(ctx)
+    try:
+        async with ctx.pool.connection() as conn, conn.transaction():
+            row = await store.create_tariff(
+                conn,
+                name=body.name,
+                valid_from=body.valid_from,
+                valid_to=body.valid_to,
+                definition=body.definition.model_dump(mode="json"),
+                estimate_gaps=body.estimate_gaps,
+            )
+            await audit.record(conn, "create", "tariff", row["id"], after=dumps(row))
+    except TariffOverlap as exc:
+        raise HTTPException(
+            409,
+            detail={
+                "msg": f"overlaps the validity of version {exc.other['version']} of {body.name!r}",
+                "conflicts_with": dumps(exc.other),
+            },
+        ) from None
+    return TariffOut.model_validate(row)
+
+
+# ---------------------------------------------------------------------- meter replacements
+
+
+class NewReplacement(BaseModel):
+    replaced_at: AwareDatetime
+    old_final_kwh: Decimal = Field(ge=0, max_digits=16, decimal_places=4)
+    new_first_kwh: Decimal = Field(ge=0, max_digits=16, decimal_places=4)
+    note: str | None = Field(None, max_length=1000)
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "replaced_at": "2026-11-20T10:30:00+08:00",
+                    "old_final_kwh": "1234.56",
+                    "new_first_kwh": "0.00",
+                    "note": "meter failed calibration",
+                }
+            ]
+        }
+    }
+
+
+class Replacement(BaseModel):
+    id: int
+    port_id: str
+    replaced_at: datetime
+    old_final_kwh: Decimal
+    new_first_kwh: Decimal
+    note: str | None
+    created_at: datetime
+
+
+@router.post(
+    "/ports/{port_id}/meter-replacements",
+    status_code=201,
+    summary="Record a port meter's replacement: the old meter's final and the new one's first",
+    responses={
+        404: {"description": "No such port"},
+        409: {"description": "A replacement is recorded at that time already"},
+    },
+)
+async def add_meter_replacement(
+    ctx: Context, _: Managers, audit: Audit, port_id: str, body: NewReplacement
+) -> Replacement:
+    store = _store(ctx)
+    if await store.port(port_id) is None:
+        raise not_found("port", port_id)
+    async with ctx.pool.connection() as conn, conn.transaction():
+        row = await store.add_replacement(
+            conn,
+            port_id,
+            replaced_at=body.replaced_at,
+            old_final_kwh=body.old_final_kwh,
+            new_first_kwh=body.new_first_kwh,
+            note=body.note,
+        )
+        await audit.record(conn, "create", "meter_replacement", row["id"], after=dumps(row))
+    return Replacement.model_validate(row)
+
+
+# ---------------------------------------------------------------------- usage
+
+
+class UsageBucket(BaseModel):
+    start: datetime
+    kwh: Decimal
+    periods: dict[str, Decimal] = Field(
+        description="kWh per tariff period (sharp/peak/flat/valley; `none` with no tariff)"
+    )
+    estimated_kwh: Decimal
+
+
+class UsageGap(BaseModel):
+    start: datetime
+    end: datetime
+    duration_s: float
+
+
+class UsageFlag(BaseModel):
+    start: datetime
+    end: datetime
+    kwh: Decimal
+    flags: list[str]
+    excess_kwh: Decimal = Field(description="Above rated power x time: not billed, for review")
+
+
+class PortUsageOut(BaseModel):
+    port_id: str
+    tenant_id: str | None = Field(description="The tenant whose leases the usage is limited to")
+    kwh: Decimal
+    periods: dict[str, Decimal]
+    buckets: list[UsageBucket]
+    gaps: list[UsageGap]
+    flags: list[UsageFlag]
+
+
+class Usage(BaseModel):
+    start: datetime
+    end: datetime
+    bucket: str
+    ports: list[PortUsageOut]
+
+
+def _bucket_bounds(start: datetime, end: datetime, width: str, tz: ZoneInfo) -> list[datetime]:
+    if width == "1d":
+        day = start.astimezone(tz).replace(hour=0, minute=0, second=0, microsecond=0)
+        out = []
+        while day < end:
+            out.append(day)
+            day = (day + timedelta(days=1)).replace(hour=0)
+        return out
+    step = BUCKETS[width]
+    epoch = datetime(2000, 1, 1, tzinfo=start.tzinfo)
+    t = start - (start - epoch) % step
+    out = []
+    while t < end:
+        out.append(t)
+        t += step
+    return out
+
+
+def _usage_out(
+    usage: PortUsage,
+    intervals: list[mt.Interval],
+    tariffs: list[tf.Tariff],
+    tenant_id: str | None,
+    start: datetime,
+    end: datetime,
+    width: str,
+    tz: ZoneInfo,
+) -> PortUsageOut:
+    bounds = _bucket_bounds(start, end, width, tz)
+    cuts = bounds + tf.hour_bounds(start, end, tz) + [t.valid_from for t in tariffs]
+    buckets: dict[datetime, dict[str, Decimal]] = {}
+    estimated: dict[datetime, Decimal] = defaultdict(lambda: mt.ZERO)
+    totals: dict[str, Decimal] = defaultdict(lambda: mt.ZERO)
+    for iv in intervals:
+        for part in mt.split_interval(iv, cuts):
+            tariff = tf.tariff_at(tariffs, part.start)
+            local = part.start.astimezone(tz)
+            period = tariff.definition.energy.period_at(local).value if tariff else "none"
+            key = max(b for b in bounds if b <= part.start) if bounds else start
+            slot = buckets.setdefault(key, defaultdict(lambda: mt.ZERO))
+            slot[period] += part.kwh
+            totals[period] += part.kwh
+            if mt.Flag.ESTIMATED in part.flags:
+                estimated[key] += part.kwh
+    q = Decimal("0.000001")
+    return PortUsageOut(
+        port_id=usage.port.id,
+        tenant_id=tenant_id,
+        kwh=sum(totals.values(), mt.ZERO).quantize(q),
+        periods={k: v.quantize(q) for k, v in sorted(totals.items())},
+        buckets=[
+            UsageBucket(
+                start=k,
+                kwh=sum(v.values(), mt.ZERO).quantize(q),
+                periods={p: x.quantize(q) for p, x in sorted(v.items())},
+                estimated_kwh=estimated[k].quantize(q),
+            )
+            for k, v in sorted(buckets.items())
+        ],
+        gaps=[
+            UsageGap(start=g.start, end=g.end, duration_s=g.duration.total_seconds())
+            for g in usage.gaps
+        ],
+        flags=[
+            UsageFlag(
+                start=iv.start,
+                end=iv.end,
+                kwh=iv.kwh.quantize(q),
+                flags=sorted(iv.flags),
+                excess_kwh=iv.excess_kwh.quantize(q),
+            )
+            for iv in intervals
+            if iv.flags
+        ],
+    )
+
+
+@router.get(
+    "/usage",
+    summary="Energy per port by interval and by tariff period, with gaps and flags",
+    description=(
+        "kWh per bucket (15m, 1h or 1d; days are local days of the site) from the ports' "
+        "counter deltas (wrap, reset, glitches and meter replacements handled), split by "
+        "time-of-use period. With `tenant` (forced to their own for tenants) only the "
+        "usage of that tenant's leases while in service counts. Staff give `tenant` or `port`."
+    ),
+    responses={404: {"description": "No such port (or not the tenant's)"}},
+)
+async def get_usage(
+    ctx: Context,
+    principal: AnyUser,
+    start: datetime,
+    end: datetime,
+    tenant: Annotated[str | None, Query(max_length=64)] = None,
+    port: Annotated[str | None, Query(max_length=64)] = None,
+    bucket: Literal["15m", "1h", "1d"] = "1h",
+) -> Usage:
+    if start.tzinfo is None:
+        raise bad_param("start", "give a time zone (e.g. Z or +08:00)")
+    if end.tzinfo is None:
+        raise bad_param("end", "give a time zone (e.g. Z or +08:00)")
+    if end <= start:
+        raise bad_param("end", "must be after start")
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    if end - start > MAX_USAGE_RANGE:
+        raise bad_param("end", f"the range may span at most {MAX_USAGE_RANGE.days} days")
+    if not principal.is_staff:
+        tenant = principal.tenant_id
+    elif tenant is None and port is None:
+        raise bad_param("tenant", "give a tenant or a port")
+    store = _store(ctx)
+    tz = store.tz
+    if port is not None:
+        if await store.port(port) is None:
+            raise not_found("port", port)
+        if tenant is not None and port not in await store.tenant_port_ids(tenant):
+            raise not_found("port", port)
+    spans = await store.spans(start, end, tenant_id=tenant, port_id=port)
+    port_ids = sorted({s.port_id for s in spans if s.port_id} | ({port} if port else set()))
+    out = []
+    for pid in port_ids:
+        meta = await store.port(pid)
+        assert meta is not None
+        mine = [s for s in spans if s.port_id == pid]
+        names = {s.tariff for s in mine} or {"default"}
+        estimate = await store.estimate_gaps(names, start, end)
+        usage = await store.port_usage(meta, start, end, estimate_gaps=estimate)
+        tariffs = await store.tariffs_named(sorted(names)[0])
+        if tenant is None:
+            intervals = usage.intervals
+        else:
+            intervals = [
+                p
+                for s in mine
+                for iv in usage.intervals
+                if (p := mt.clip(iv, s.start, s.end or end)) is not None
+            ]
+        out.append(_usage_out(usage, intervals, tariffs, tenant, start, end, bucket, tz))
+    return Usage(start=start, end=end, bucket=bucket, ports=out)
+
+
+# ---------------------------------------------------------------------- bills
+
+
+class BillLine(BaseModel):
+    id: int
+    kind: Literal["energy", "rent", "maintenance"]
+    lease_id: int | None
+    port_id: str | None
+    slot_id: str | None
+    compartment_id: str | None
+    tariff_id: int | None
+    period: str | None
+    label: str
+    quantity: Decimal = Field(description="kWh (energy) or days in service (rent, maintenance)")
+    unit: str
+    unit_price: Decimal = Field(description="CNY per kWh, or per day (monthly / days in month)")
+    amount: Decimal = Field(description="CNY, rounded to 0.01")
+    estimated: bool
+    flags: list[str]
+
+
+class Bill(BaseModel):
+    id: int
+    tenant_id: str
+    month: str
+    state: Literal["draft", "issued"]
+    energy_kwh: Decimal
+    energy_amount: Decimal
+    rent_amount: Decimal
+    maintenance_amount: Decimal
+    total_amount: Decimal
+    currency: str
+    generated_at: datetime
+    issued_at: datetime | None
+
+
+class BillWithLines(Bill):
+    lines: list[BillLine]
+
+
+class GenerateBills(BaseModel):
+    month: str = Field(pattern=MONTH.pattern, description="YYYY-MM in the site's time zone")
+    tenant: str | None = Field(None, max_length=64, description="Only this tenant")
+
+    model_config = {"json_schema_extra": {"examples": [{"month": "2026-11", "tenant": None}]}}
+
+
+class Generated(BaseModel):
+    bill: Bill
+    outcome: Literal["created", "replaced", "issued, unchanged"]
+
+
+def _may_see(principal: Principal, row: dict[str, Any]) -> bool:
+    return principal.is_staff or row["tenant_id"] == principal.tenant_id
+
+
+@router.post(
+    "/bills/generate",
+    summary="Create or replace the month's draft bills (managers); issued bills stay as they are",
+    responses={409: {"description": "No tariff version is valid at a time to be priced"}},
+)
+async def generate_bills(
+    ctx: Context, _: Managers, audit: Audit, body: GenerateBills
+) -> list[Generated]:
+    store = _store(ctx)
+    try:
+        results = await store.generate(body.month, body.tenant)
+    except tf.NoTariff as exc:
+        raise HTTPException(
+            409, detail={"msg": str(exc), "tariff": exc.name, "at": exc.at.isoformat()}
+        ) from None
+    async with ctx.pool.connection() as conn, conn.transaction():
+        for bill, outcome in results:
+            if outcome != "issued, unchanged":
+                after = dumps(bill) | {"outcome": outcome}
+                await audit.record(conn, "generate", "bill", bill["id"], after=after)
+    return [Generated.model_validate({"bill": b, "outcome": o}) for b, o in results]
+
+
+@router.get("/bills", summary="List bills (tenants: their own)")
+async def list_bills(
+    ctx: Context,
+    principal: AnyUser,
+    tenant: Annotated[str | None, Query(max_length=64)] = None,
+    month: Annotated[str | None, Query(pattern=MONTH.pattern)] = None,
+    state: Literal["draft", "issued"] | None = None,
+    limit: Limit = 100,
+    after: After = None,
+) -> Page[Bill]:
+    if not principal.is_staff:
+        tenant = principal.tenant_id
+    rows = await _store(ctx).bill_page(
+        tenant_id=tenant, month=month, state=state, after=after, limit=limit
+    )
+    items = [Bill.model_validate(r) for r in rows]
+    return Page[Bill](items=items, next=str(items[-1].id) if len(items) == limit else None)
+
+
+@router.get(
+    "/bills/{bill_id}",
+    summary="One bill with its lines (tenants: their own)",
+    responses={404: {"description": "No such bill (or not the tenant's)"}},
+)
+async def get_bill(ctx: Context, principal: AnyUser, bill_id: int) -> BillWithLines:
+    row = await _store(ctx).bill(bill_id)
+    if row is None or not _may_see(principal, row):
+        raise not_found("bill", str(bill_id))
+    return BillWithLines.model_validate(row)
+
+
+@router.post(
+    "/bills/{bill_id}/issue",
+    summary="Issue a draft bill (managers); an issued bill never changes",
+    responses={
+        404: {"description": "No such bill"},
+        409: {"description": "Issued already"},
+    },
+)
+async def issue_bill(ctx: Context, _: Managers, audit: Audit, bill_id: int) -> BillWithLines:
+    store = _store(ctx)
+    async with ctx.pool.connection() as conn, conn.transaction():
+        before = await store.bill(bill_id, conn)
+        if before is None:
+            raise not_found("bill", str(bill_id))
+        try:
+            row = await store.issue(conn, bill_id)
+        except BillIssued:
+            raise HTTPException(
+                409, detail={"msg": "the bill is issued already", "state": before["state"]}
+            ) from None
+        await audit.record(
+            conn,
+            "issue",
+            "bill",
+            bill_id,
+            before={k: v for k, v in dumps(before).items() if k != "lines"},
+            after={k: v for k, v in dumps(row).items() if k != "lines"},
+        )
+    return BillWithLines.model_validate(row)

@@ -1,0 +1,269 @@
+"""Metering (计量): energy per interval from a port meter's cumulative kWh counter.
+
+Pure: an ordered series of (ts, counter value) for one port in, intervals and
+gaps out. The rules (docs/decisions-billing.md):
+
+- consecutive readings make an interval; its energy is the counter delta;
+- a single reading that breaks an otherwise plausible run (a momentary 0, or
+  any one-off drop or spike, with the readings on both sides consistent) is a
+  glitch: it is dropped, and the interval across it is flagged `glitch`;
+- a drop where `value + modulus - prev` fits the rated power for the interval
+  is a wrap (the register rolled over);
+- any other drop is a reset: the meter restarted from 0, delta = new value;
+- a recorded meter replacement between two readings: delta = (old final -
+  prev) + (cur - new first), flagged `replaced`;
+- no interval is negative; an interval above rated power x duration is capped
+  and the excess returned for review (`capped`, `excess_kwh`), never billed;
+- readings further apart than `max_gap` make a gap (reported). The counter
+  delta across it is still measured energy; only a reset across a gap leaves
+  the energy unknown (the part before the reset is lost): with `estimate_gaps`
+  it is then estimated from the mean power of the neighbouring intervals
+  (never less than the measured part), and flagged `estimated`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from itertools import pairwise
+
+ZERO = Decimal(0)
+HOUR_S = Decimal(3600)
+GLITCH_RUN = 3  # the longest run of odd readings taken for a glitch
+
+
+class Flag(StrEnum):
+    WRAPPED = "wrapped"
+    RESET = "reset"
+    GLITCH = "glitch"
+    REPLACED = "replaced"
+    CAPPED = "capped"
+    GAP = "gap"
+    ESTIMATED = "estimated"
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    ts: datetime
+    value: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Replacement:
+    """A meter swapped at `at`: the old meter's final reading and the new one's first."""
+
+    at: datetime
+    old_final: Decimal
+    new_first: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    start: datetime
+    end: datetime
+    kwh: Decimal
+    flags: frozenset[Flag] = frozenset()
+    excess_kwh: Decimal = ZERO  # above rated power x duration: flagged, not billed
+
+    @property
+    def seconds(self) -> Decimal:
+        return Decimal((self.end - self.start).total_seconds())
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    start: datetime
+    end: datetime
+
+    @property
+    def duration(self) -> timedelta:
+        return self.end - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class Metered:
+    intervals: list[Interval] = field(default_factory=list)
+    gaps: list[Gap] = field(default_factory=list)
+
+
+def to_decimal(value: float | int | str | Decimal) -> Decimal:
+    """A float reading as the decimal it was written as (repr: shortest round trip)."""
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    return Decimal(value)
+
+
+def counter_modulus(data_type: str | None, scale: float = 1.0) -> Decimal | None:
+    """Where a register counter wraps, in its engineering unit: 2^bits x scale.
+    None for floats and for counters not read from registers (no wrap known)."""
+    bits = {"int16": 16, "uint16": 16, "int32": 32, "uint32": 32, "int64": 64, "uint64": 64}
+    if data_type not in bits:
+        return None
+    return Decimal(2 ** bits[data_type]) * to_decimal(scale)
+
+
+def cap_kwh(rated_w: Decimal, start: datetime, end: datetime) -> Decimal:
+    """The most a port can draw in [start, end): rated power x duration."""
+    return rated_w * Decimal((end - start).total_seconds()) / HOUR_S / 1000
+
+
+def meter(
+    readings: Sequence[Reading],
+    *,
+    rated_w: float | Decimal,
+    modulus: Decimal | None = None,
+    replacements: Sequence[Replacement] = (),
+    max_gap: timedelta = timedelta(hours=1),
+    estimate_gaps: bool = False,
+    neighbours: int = 4,
+) -> Metered:
+    """Intervals and gaps of one port's counter series (ordered by ts, distinct ts)."""
+    rated = to_decimal(rated_w)
+    swaps = sorted(replacements, key=lambda r: r.at)
+    series, glitched = _drop_glitches(readings, rated, modulus, swaps)
+    intervals: list[Interval] = []
+    gaps: list[Gap] = []
+    to_estimate: list[int] = []
+    for i in range(1, len(series)):
+        prev, cur = series[i - 1], series[i]
+        flags: set[Flag] = set()
+        if cur.ts in glitched:
+            flags.add(Flag.GLITCH)
+        limit = cap_kwh(rated, prev.ts, cur.ts)
+        delta = _delta(prev, cur, limit, modulus, swaps, flags)
+        is_gap = cur.ts - prev.ts > max_gap
+        if is_gap:
+            gaps.append(Gap(prev.ts, cur.ts))
+            flags.add(Flag.GAP)
+            if Flag.RESET in flags and estimate_gaps:
+                to_estimate.append(len(intervals))
+        excess = ZERO
+        if delta > limit:
+            excess = delta - limit
+            delta = limit
+            flags.add(Flag.CAPPED)
+        intervals.append(Interval(prev.ts, cur.ts, delta, frozenset(flags), excess))
+    for index in to_estimate:
+        intervals[index] = _estimate(intervals, index, rated, neighbours)
+    return Metered(intervals, gaps)
+
+
+def _between(swaps: Sequence[Replacement], a: datetime, b: datetime) -> Replacement | None:
+    """The first replacement in (a, b]."""
+    return next((s for s in swaps if a < s.at <= b), None)
+
+
+def _plausible(prev: Reading, cur: Reading, rated: Decimal, modulus: Decimal | None) -> bool:
+    """cur follows prev without a drop, reset or excess (a wrap counts)."""
+    limit = cap_kwh(rated, prev.ts, cur.ts)
+    if cur.value >= prev.value:
+        return cur.value - prev.value <= limit
+    return modulus is not None and cur.value + modulus - prev.value <= limit
+
+
+def _drop_glitches(
+    readings: Sequence[Reading],
+    rated: Decimal,
+    modulus: Decimal | None,
+    swaps: Sequence[Replacement],
+) -> tuple[list[Reading], set[datetime]]:
+    """The series without one-off outliers, and the ts of the readings after each."""
+    out: list[Reading] = []
+    glitched: set[datetime] = set()
+    n = len(readings)
+    i = 0
+    while i < n:
+        cur = readings[i]
+        if out and not _plausible(out[-1], cur, rated, modulus):
+            prev = out[-1]
+            # Up to GLITCH_RUN odd readings, then one that follows prev plausibly
+            # but not the odd one before it (else the odd one was real: a reset,
+            # or energy above the cap).
+            for j in range(i + 1, min(n, i + 1 + GLITCH_RUN)):
+                nxt = readings[j]
+                if (
+                    _between(swaps, prev.ts, nxt.ts) is None
+                    and _plausible(prev, nxt, rated, modulus)
+                    and not _plausible(readings[j - 1], nxt, rated, modulus)
+                ):
+                    glitched.add(nxt.ts)
+                    i = j
+                    break
+            else:
+                out.append(cur)
+                i += 1
+            continue
+        out.append(cur)
+        i += 1
+    return out, glitched
+
+
+def _delta(
+    prev: Reading,
+    cur: Reading,
+    limit: Decimal,
+    modulus: Decimal | None,
+    swaps: Sequence[Replacement],
+    flags: set[Flag],
+) -> Decimal:
+    swap = _between(swaps, prev.ts, cur.ts)
+    if swap is not None:
+        flags.add(Flag.REPLACED)
+        return max(ZERO, swap.old_final - prev.value) + max(ZERO, cur.value - swap.new_first)
+    if cur.value >= prev.value:
+        return cur.value - prev.value
+    if modulus is not None and cur.value + modulus - prev.value <= limit:
+        flags.add(Flag.WRAPPED)
+        return cur.value + modulus - prev.value
+    flags.add(Flag.RESET)
+    return max(ZERO, cur.value)
+
+
+def _estimate(intervals: list[Interval], index: int, rated: Decimal, k: int) -> Interval:
+    """The gap interval at `index` with kWh from the mean power of up to k measured
+    intervals on each side (at least what was measured, at most the cap)."""
+    gap = intervals[index]
+
+    def measured(iv: Interval) -> bool:
+        return not (iv.flags & {Flag.GAP, Flag.ESTIMATED, Flag.CAPPED})
+
+    before = [iv for iv in intervals[:index] if measured(iv)][-k:]
+    after = [iv for iv in intervals[index + 1 :] if measured(iv)][:k]
+    near = before + after
+    seconds = sum((iv.seconds for iv in near), ZERO)
+    if seconds == 0:
+        return gap
+    power_kw = sum((iv.kwh for iv in near), ZERO) / seconds  # kWh per second
+    estimate = min(power_kw * gap.seconds, cap_kwh(rated, gap.start, gap.end))
+    if estimate <= gap.kwh:
+        return gap
+    return Interval(gap.start, gap.end, estimate, gap.flags | {Flag.ESTIMATED}, gap.excess_kwh)
+
+
+def split_interval(iv: Interval, bounds: Sequence[datetime]) -> list[Interval]:
+    """The interval cut at the given instants, energy (and excess) pro rata by time."""
+    cuts = sorted({b for b in bounds if iv.start < b < iv.end})
+    if not cuts:
+        return [iv]
+    total = iv.seconds
+    edges = [iv.start, *cuts, iv.end]
+    parts = []
+    for a, b in pairwise(edges):
+        share = Decimal((b - a).total_seconds()) / total
+        parts.append(Interval(a, b, iv.kwh * share, iv.flags, iv.excess_kwh * share))
+    return parts
+
+
+def clip(iv: Interval, start: datetime, end: datetime) -> Interval | None:
+    """The part of the interval inside [start, end), pro rata; None if none."""
+    if iv.end <= start or iv.start >= end:
+        return None
+    for part in split_interval(iv, (start, end)):
+        if part.start >= start and part.end <= end:
+            return part
+    return None  # pragma: no cover - one part always lies inside

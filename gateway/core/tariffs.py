@@ -1,0 +1,262 @@
+"""Tariffs (计费): time-of-use electricity prices and monthly space rents, versioned.
+
+Pure. A tariff version is valid on [valid_from, valid_to). Electricity is priced
+by period (尖 sharp, 峰 peak, 平 flat, 谷 valley) chosen by month and hour of day
+in the site's time zone; a flat tariff is the one-period case. Space is rented
+per month (by slot position, else slot type; per cabinet compartment) plus a
+maintenance fee, prorated by days in service. Money is Decimal throughout and
+is rounded to 0.01 CNY only on bill lines (`money`).
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from enum import StrEnum
+from typing import Annotated, Self
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway.core.metering import ZERO, Interval, split_interval
+
+CENT = Decimal("0.01")
+Money = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=6)]
+
+
+def money(amount: Decimal) -> Decimal:
+    """Round to the fen (0.01 CNY), half up: done once, on a bill line."""
+    return amount.quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+class Period(StrEnum):
+    SHARP = "sharp"  # 尖
+    PEAK = "peak"  # 峰
+    FLAT = "flat"  # 平
+    VALLEY = "valley"  # 谷
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HourRange(_Model):
+    """Hours [start, end) of the local day in one period."""
+
+    period: Period
+    start: int = Field(ge=0, le=23)
+    end: int = Field(ge=1, le=24)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.start >= self.end:
+            raise ValueError("start must be before end (split a range that crosses midnight)")
+        return self
+
+
+class Season(_Model):
+    """The hour ranges of the months listed; hours not listed take the default period."""
+
+    months: list[Annotated[int, Field(ge=1, le=12)]] = Field(min_length=1)
+    ranges: list[HourRange]
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> Self:
+        hours: set[int] = set()
+        for r in self.ranges:
+            span = set(range(r.start, r.end))
+            if hours & span:
+                raise ValueError(f"hour ranges overlap at {min(hours & span)}:00")
+            hours |= span
+        return self
+
+
+class EnergyPrices(_Model):
+    prices: dict[Period, Money] = Field(description="CNY per kWh for each period used")
+    default_period: Period = Period.FLAT
+    seasons: list[Season] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        used = {self.default_period} | {r.period for s in self.seasons for r in s.ranges}
+        missing = sorted(p.value for p in used - set(self.prices))
+        if missing:
+            raise ValueError(f"no price for period(s): {', '.join(missing)}")
+        months = [m for s in self.seasons for m in s.months]
+        if len(months) != len(set(months)):
+            raise ValueError("a month belongs to more than one season")
+        return self
+
+    def period_at(self, local: datetime) -> Period:
+        for season in self.seasons:
+            if local.month in season.months:
+                for r in season.ranges:
+                    if r.start <= local.hour < r.end:
+                        return r.period
+        return self.default_period
+
+
+class SpaceRent(_Model):
+    """Monthly rents (CNY): a slot's position price wins over its type's."""
+
+    positions: dict[str, Money] = Field(default_factory=dict)
+    slot_types: dict[str, Money] = Field(default_factory=dict)
+    compartment: Money = ZERO
+
+
+class TariffDefinition(_Model):
+    energy: EnergyPrices
+    rent: SpaceRent = SpaceRent()
+    maintenance_fee: Money = Field(ZERO, description="CNY per lease per month")
+
+
+@dataclass(frozen=True, slots=True)
+class Tariff:
+    id: int
+    name: str
+    version: int
+    valid_from: datetime
+    valid_to: datetime | None
+    definition: TariffDefinition
+    estimate_gaps: bool = False
+
+    def valid_at(self, ts: datetime) -> bool:
+        return self.valid_from <= ts and (self.valid_to is None or ts < self.valid_to)
+
+
+def overlaps(
+    a_from: datetime, a_to: datetime | None, b_from: datetime, b_to: datetime | None
+) -> bool:
+    """Whether [a_from, a_to) and [b_from, b_to) share an instant (None: open end)."""
+    return (a_to is None or b_from < a_to) and (b_to is None or a_from < b_to)
+
+
+def tariff_at(tariffs: Iterable[Tariff], ts: datetime) -> Tariff | None:
+    return next((t for t in tariffs if t.valid_at(ts)), None)
+
+
+class NoTariff(Exception):
+    """No version of the tariff is valid at a time that needs pricing."""
+
+    def __init__(self, name: str, at: datetime) -> None:
+        super().__init__(f"no version of tariff {name!r} is valid at {at.isoformat()}")
+        self.name = name
+        self.at = at
+
+
+@dataclass(frozen=True, slots=True)
+class PricedPart:
+    start: datetime
+    end: datetime
+    kwh: Decimal
+    period: Period
+    tariff: Tariff
+    estimated: bool
+    flags: frozenset[str] = frozenset()
+
+    @property
+    def price(self) -> Decimal:
+        return self.tariff.definition.energy.prices[self.period]
+
+
+def hour_bounds(start: datetime, end: datetime, tz: ZoneInfo) -> list[datetime]:
+    """The local full hours strictly inside (start, end)."""
+    out = []
+    local = start.astimezone(tz).replace(minute=0, second=0, microsecond=0)
+    t = local.astimezone(UTC)
+    while t < end:
+        if t > start:
+            out.append(t)
+        local = (t + timedelta(hours=1)).astimezone(tz).replace(minute=0, second=0, microsecond=0)
+        nxt = local.astimezone(UTC)
+        t = nxt if nxt > t else t + timedelta(hours=1)
+    return out
+
+
+def price_intervals(
+    intervals: Iterable[Interval], tariffs: Sequence[Tariff], tz: ZoneInfo, name: str = ""
+) -> list[PricedPart]:
+    """Each interval cut at local hour boundaries and tariff changes, its energy
+    shared pro rata by time, each part priced by the tariff valid at its start."""
+    changes = [t.valid_from for t in tariffs] + [t.valid_to for t in tariffs if t.valid_to]
+    parts: list[PricedPart] = []
+    for iv in intervals:
+        if iv.kwh == 0 and iv.start == iv.end:
+            continue
+        bounds = hour_bounds(iv.start, iv.end, tz) + changes
+        for part in split_interval(iv, bounds):
+            tariff = tariff_at(tariffs, part.start)
+            if tariff is None:
+                raise NoTariff(name or (tariffs[0].name if tariffs else "?"), part.start)
+            period = tariff.definition.energy.period_at(part.start.astimezone(tz))
+            estimated = "estimated" in part.flags
+            parts.append(
+                PricedPart(
+                    part.start, part.end, part.kwh, period, tariff, estimated, frozenset(part.flags)
+                )
+            )
+    return parts
+
+
+def month_bounds(month: str, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """[first instant, first instant of the next month) of 'YYYY-MM' in the site zone."""
+    year, mon = (int(x) for x in month.split("-"))
+    start = datetime(year, mon, 1, tzinfo=tz)
+    nxt = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=tz)
+    return start.astimezone(UTC), nxt.astimezone(UTC)
+
+
+def service_days(
+    spans: Iterable[tuple[datetime, datetime]], month: str, tz: ZoneInfo
+) -> list[date]:
+    """The local days of the month on which any in-service span [a, b) falls."""
+    year, mon = (int(x) for x in month.split("-"))
+    days = []
+    for d in range(1, calendar.monthrange(year, mon)[1] + 1):
+        day = date(year, mon, d)
+        d0 = datetime.combine(day, time(), tzinfo=tz)
+        d1 = datetime.combine(day + timedelta(days=1), time(), tzinfo=tz)
+        if any(a < d1 and d0 < b for a, b in spans):
+            days.append(day)
+    return days
+
+
+@dataclass(frozen=True, slots=True)
+class RentPart:
+    tariff: Tariff
+    days: int
+    days_in_month: int
+
+    def prorate(self, monthly: Decimal) -> Decimal:
+        return monthly * self.days / self.days_in_month
+
+
+def rent_parts(
+    days: Sequence[date], tariffs: Sequence[Tariff], tz: ZoneInfo, name: str = ""
+) -> list[RentPart]:
+    """Days in service grouped by the tariff valid at each day's local midnight
+    (a tariff change mid-month prices each part of the month with its own)."""
+    if not days:
+        return []
+    in_month = calendar.monthrange(days[0].year, days[0].month)[1]
+    counts: dict[int, tuple[Tariff, int]] = {}
+    for day in days:
+        at = datetime.combine(day, time(), tzinfo=tz).astimezone(UTC)
+        tariff = tariff_at(tariffs, at)
+        if tariff is None:
+            raise NoTariff(name or (tariffs[0].name if tariffs else "?"), at)
+        t, n = counts.get(tariff.id, (tariff, 0))
+        counts[tariff.id] = (t, n + 1)
+    return [RentPart(t, n, in_month) for t, n in counts.values()]
+
+
+def slot_rent(definition: TariffDefinition, position: str | None, slot_type: str | None) -> Decimal:
+    rent = definition.rent
+    if position is not None and position in rent.positions:
+        return rent.positions[position]
+    if slot_type is not None:
+        return rent.slot_types.get(slot_type, ZERO)
+    return ZERO

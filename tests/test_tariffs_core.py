@@ -1,0 +1,200 @@
+"""Tariffs: time-of-use periods, versions, pricing across boundaries, rent proration."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.core.metering import Interval
+from gateway.core.tariffs import (
+    NoTariff,
+    Period,
+    Tariff,
+    TariffDefinition,
+    money,
+    month_bounds,
+    overlaps,
+    price_intervals,
+    rent_parts,
+    service_days,
+    slot_rent,
+)
+
+CST = ZoneInfo("Asia/Shanghai")
+
+TOU = {
+    "energy": {
+        "prices": {"sharp": "1.2", "peak": "1.0", "flat": "0.6", "valley": "0.3"},
+        "default_period": "flat",
+        "seasons": [
+            {
+                "months": [7, 8, 11],
+                "ranges": [
+                    {"period": "valley", "start": 0, "end": 8},
+                    {"period": "peak", "start": 8, "end": 11},
+                    {"period": "sharp", "start": 11, "end": 12},
+                    {"period": "peak", "start": 18, "end": 22},
+                ],
+            },
+            {"months": [1, 2], "ranges": [{"period": "valley", "start": 0, "end": 6}]},
+        ],
+    },
+    "rent": {"positions": {"top": "500"}, "slot_types": {"standard": "300"}, "compartment": "90"},
+    "maintenance_fee": "60",
+}
+
+
+def tariff(tid: int, start: datetime, end: datetime | None, data: object = None) -> Tariff:
+    return Tariff(tid, "city", tid, start, end, TariffDefinition.model_validate(data or TOU), False)
+
+
+def local(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=CST).astimezone(UTC)
+
+
+@pytest.mark.parametrize(
+    ("when", "period"),
+    [
+        (datetime(2026, 11, 3, 3, 0, tzinfo=CST), Period.VALLEY),
+        (datetime(2026, 11, 3, 8, 0, tzinfo=CST), Period.PEAK),
+        (datetime(2026, 11, 3, 11, 59, tzinfo=CST), Period.SHARP),
+        (datetime(2026, 11, 3, 14, 0, tzinfo=CST), Period.FLAT),  # not listed: default
+        (datetime(2026, 11, 3, 21, 59, tzinfo=CST), Period.PEAK),
+        (datetime(2026, 1, 3, 8, 0, tzinfo=CST), Period.FLAT),  # another season
+        (datetime(2026, 1, 3, 5, 0, tzinfo=CST), Period.VALLEY),
+        (datetime(2026, 4, 3, 3, 0, tzinfo=CST), Period.FLAT),  # no season: default
+    ],
+)
+def test_period_by_month_and_hour(when: datetime, period: Period) -> None:
+    assert TariffDefinition.model_validate(TOU).energy.period_at(when) is period
+
+
+@pytest.mark.parametrize(
+    ("energy", "message"),
+    [
+        (
+            {
+                "prices": {"flat": "1"},
+                "seasons": [{"months": [1], "ranges": [{"period": "peak", "start": 8, "end": 9}]}],
+            },
+            r"no price for period\(s\): peak",
+        ),
+        (
+            {
+                "prices": {"flat": "1"},
+                "seasons": [
+                    {
+                        "months": [1],
+                        "ranges": [
+                            {"period": "flat", "start": 8, "end": 10},
+                            {"period": "flat", "start": 9, "end": 11},
+                        ],
+                    }
+                ],
+            },
+            "overlap",
+        ),
+        (
+            {
+                "prices": {"flat": "1"},
+                "seasons": [{"months": [1], "ranges": []}, {"months": [1], "ranges": []}],
+            },
+            "more than one",
+        ),
+        (
+            {
+                "prices": {"flat": "1"},
+                "seasons": [{"months": [1], "ranges": [{"period": "flat", "start": 22, "end": 6}]}],
+            },
+            "start must be before end",
+        ),
+        ({"prices": {"flat": "-1"}}, "greater than or equal"),
+    ],
+)
+def test_bad_definitions_are_refused(energy: object, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        TariffDefinition.model_validate({"energy": energy})
+
+
+def test_flat_tariff_is_the_one_period_case() -> None:
+    flat = tariff(1, local(2026, 1, 1), None, {"energy": {"prices": {"flat": "0.8"}}})
+    iv = Interval(local(2026, 11, 3, 7, 30), local(2026, 11, 3, 9, 30), Decimal(4))
+    parts = price_intervals([iv], [flat], CST)
+    assert {p.period for p in parts} == {Period.FLAT}
+    assert sum(p.kwh * p.price for p in parts) == Decimal("3.2")
+
+
+def test_an_interval_crossing_a_period_boundary_is_split_pro_rata() -> None:
+    t = tariff(1, local(2026, 1, 1), None)
+    # 07:45-08:15 local: half valley (0.3), half peak (1.0).
+    iv = Interval(local(2026, 11, 3, 7, 45), local(2026, 11, 3, 8, 15), Decimal(2))
+    parts = price_intervals([iv], [t], CST)
+    assert [(p.period, p.kwh) for p in parts] == [
+        (Period.VALLEY, Decimal(1)),
+        (Period.PEAK, Decimal(1)),
+    ]
+    assert money(sum((p.kwh * p.price for p in parts), Decimal(0))) == Decimal("1.30")
+
+
+def test_a_tariff_change_mid_interval_prices_each_part_with_its_own() -> None:
+    change = local(2026, 11, 16)
+    old = tariff(1, local(2026, 1, 1), change, {"energy": {"prices": {"flat": "0.5"}}})
+    new = tariff(2, change, None, {"energy": {"prices": {"flat": "0.7"}}})
+    iv = Interval(change - timedelta(minutes=10), change + timedelta(minutes=30), Decimal(4))
+    parts = price_intervals([iv], [old, new], CST)
+    assert [(p.tariff.id, p.kwh, p.price) for p in parts] == [
+        (1, Decimal(1), Decimal("0.5")),
+        (2, Decimal(3), Decimal("0.7")),
+    ]
+
+
+def test_no_valid_tariff_is_an_error_not_a_free_kwh() -> None:
+    t = tariff(1, local(2026, 11, 16), None)
+    iv = Interval(local(2026, 11, 3), local(2026, 11, 3, 0, 15), Decimal(1))
+    with pytest.raises(NoTariff, match="city"):
+        price_intervals([iv], [t], CST, "city")
+
+
+def test_overlap_of_validity() -> None:
+    a, b, c = local(2026, 1, 1), local(2026, 6, 1), local(2026, 12, 1)
+    assert overlaps(a, None, b, c)
+    assert overlaps(a, c, b, None)
+    assert not overlaps(a, b, b, c)  # end is exclusive
+    assert not overlaps(b, c, a, b)
+
+
+def test_month_bounds_are_local_midnights() -> None:
+    start, end = month_bounds("2026-11", CST)
+    assert start == datetime(2026, 10, 31, 16, tzinfo=UTC)
+    assert end == datetime(2026, 11, 30, 16, tzinfo=UTC)
+    assert month_bounds("2026-12", CST)[1] == datetime(2026, 12, 31, 16, tzinfo=UTC)
+
+
+def test_rent_is_prorated_by_days_in_service_and_split_at_a_tariff_change() -> None:
+    change = local(2026, 11, 16)
+    old = tariff(1, local(2026, 1, 1), change)
+    new_def = {**TOU, "rent": {"slot_types": {"standard": "450"}}}
+    new = tariff(2, change, None, new_def)
+    # In service from the 3rd, 10:00 local, to the end of the month: days 3..30.
+    days = service_days([(local(2026, 11, 3, 10), local(2026, 12, 5))], "2026-11", CST)
+    assert days[0] == date(2026, 11, 3)
+    assert len(days) == 28
+    parts = rent_parts(days, [old, new], CST)
+    assert [(p.tariff.id, p.days) for p in parts] == [(1, 13), (2, 15)]
+    rent = [p.prorate(slot_rent(p.tariff.definition, "arm-east", "standard")) for p in parts]
+    assert [money(r) for r in rent] == [Decimal("130.00"), Decimal("225.00")]
+    assert slot_rent(old.definition, "top", "standard") == 500  # a position price wins
+
+
+def test_a_span_ending_at_midnight_does_not_count_the_next_day() -> None:
+    days = service_days([(local(2026, 11, 3), local(2026, 11, 5))], "2026-11", CST)
+    assert days == [date(2026, 11, 3), date(2026, 11, 4)]
+
+
+def test_money_rounds_half_up_to_the_fen() -> None:
+    assert money(Decimal("1.005")) == Decimal("1.01")
+    assert money(Decimal("1.0049")) == Decimal("1.00")
