@@ -134,7 +134,11 @@ class AlarmRunner:
             log.warning("alarm rule override ignored: %s", p)
         self._enqueue(self.engine.configure(rules, self._clock()))
         async with self._pool.connection() as conn:
-            cur = await conn.execute("SELECT id FROM devices ORDER BY id")
+            # Retired devices and planned ones (not installed yet) are not expected to
+            # report: no offline alarms (and no work orders) for them.
+            cur = await conn.execute(
+                "SELECT id FROM devices WHERE status NOT IN ('retired', 'planned') ORDER BY id"
+            )
             ids = [str(r[0]) for r in await cur.fetchall()]
         self._targets = [t for d in ids if (t := self._lookup(d)) is not None]
 

@@ -242,6 +242,10 @@ def test_the_throttle_forgets_after_its_window() -> None:
     assert throttle.retry_after("user:a", 3, now=160.5) == 0.0  # the first one aged out
     throttle.succeeded("user:a")
     assert throttle.retry_after("user:a", 1, now=161.0) == 0.0
+    throttle.failed("addr:x", 2, now=0.0)
+    throttle.failed("addr:x", 2, now=1.0)
+    throttle.forgive("addr:x")  # the newest attempt succeeded
+    assert throttle.retry_after("addr:x", 2, now=2.0) == 0.0
     small = LoginThrottle(max_keys=2)
     for key in ("k1", "k2", "k3"):
         small.failed(key, 1, now=0.0)

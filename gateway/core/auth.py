@@ -74,6 +74,14 @@ class LoginThrottle:
     def succeeded(self, key: str) -> None:
         self._failures.pop(key, None)
 
+    def forgive(self, key: str) -> None:
+        """Take back the newest attempt of `key` (it was counted before it succeeded)."""
+        times = self._failures.get(key)
+        if times:
+            times.pop()
+            if not times:
+                del self._failures[key]
+
     def _recent(self, key: str, now: float) -> deque[float] | None:
         times = self._failures.get(key)
         if times is None:

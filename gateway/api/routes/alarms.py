@@ -101,6 +101,7 @@ class RuleOverride(BaseModel):
     interval_s: float | None = Field(None, gt=0, description="offline rules (MQTT devices)")
 
     model_config = {
+        "allow_inf_nan": False,  # 1e999 parses as inf: a limit must be a number
         "extra": "forbid",
         "json_schema_extra": {
             "examples": [{"above": 65, "clear_below": 58, "for_s": 120, "severity": "critical"}]

@@ -106,15 +106,18 @@ async def login(
             detail="too many failed logins; try again later",
             headers={"Retry-After": str(int(wait) + 1)},
         )
+    # Count the attempt before the (slow) check, so a burst of parallel guesses
+    # cannot all pass the throttle; a success takes it back below.
+    for k, limit in keys:
+        ctx.throttle.failed(k, limit, now)
     found = await ctx.users.credentials(form.username)
     ok = await anyio.to_thread.run_sync(verify_password, found[1] if found else None, form.password)
     if not ok or found is None:
-        for k, limit in keys:
-            ctx.throttle.failed(k, limit, now)
         raise HTTPException(
             401, detail="wrong user name or password", headers={"WWW-Authenticate": "Bearer"}
         )
-    ctx.throttle.succeeded(keys[0][0])  # the address keeps its count: others may be guessing
+    ctx.throttle.succeeded(keys[0][0])
+    ctx.throttle.forgive(keys[1][0])  # the address keeps earlier failures: others may be guessing
     token = ctx.tokens.issue(principal_of(found[0]))
     return Token(access_token=token, expires_in=int(ctx.tokens.ttl.total_seconds()))
 

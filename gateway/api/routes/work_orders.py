@@ -35,7 +35,7 @@ After = Annotated[int | None, Query(ge=0, description="Cursor: the `next` of the
 
 class SparePart(BaseModel):
     part: str = Field(min_length=1, max_length=200)
-    qty: float = Field(gt=0)
+    qty: float = Field(gt=0, allow_inf_nan=False)
     unit: str = Field("pcs", max_length=20)
 
 
