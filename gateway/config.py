@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     login_max_failures: Annotated[int, Field(ge=1)] = 5
     login_window_s: Annotated[float, Field(gt=0)] = 300.0
     spool_dir: Path = Path("spool")
+    # The spool's bound on stored batch bytes; 0 turns spooling off (a batch the
+    # database refuses is then held and retried, unacknowledged).
+    spool_max_bytes: Annotated[int, Field(ge=0)] = 1024**3
+    # block: stop acknowledging (the broker keeps the messages); drop_oldest: make room (counted).
+    spool_full_policy: Literal["block", "drop_oldest"] = "block"
+    # A database write slower than this sends the batch to the spool instead.
+    spool_after_s: Annotated[float, Field(gt=0, le=300)] = 5.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     profiles_dir: Path | None = None
     # A batch is committed when it holds this many readings or is this old.

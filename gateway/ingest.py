@@ -3,8 +3,16 @@
 One batch is collecting while the previous one commits. A message is
 acknowledged only after everything it yielded (readings, events, presence,
 dead letters) is committed, and acknowledgements go out in the order the
-messages arrived. While the database is unreachable the batch is retried with
-back-off and nothing is acknowledged, so the broker keeps the messages.
+messages arrived.
+
+Committed means: to the database, or durably to the on-disk spool. When a
+batch cannot reach the database (unreachable, or slower than `spool_after_s`)
+it is appended to the spool (fsynced) and acknowledged; from then on every
+batch goes to the spool behind it, until the drainer has moved the spool into
+the database, oldest first, so the database sees the batches in the order they
+arrived. When the spool is full the policy applies: block (stop acknowledging;
+the broker keeps the messages) or drop the oldest batches, counted. Without a
+spool a batch is retried with back-off and nothing is acknowledged meanwhile.
 
 Memory is bounded either way: messages offered from the MQTT callback are
 bounded by the broker's in-flight window (Receive Maximum), since nothing is
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -23,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from gateway.adapters.mqtt import Ack, Inbound
+from gateway.adapters.spool import AsyncSpool, Depth, FullPolicy
 from gateway.backoff import Backoff
 from gateway.core.decode import decode_message
 from gateway.core.readings import Batch, ClockCheck, Decoded, Quality, WriteResult
@@ -65,7 +75,15 @@ class IngestPipeline:
         max_delay_s: float = 0.05,
         clock_max_ahead: timedelta = timedelta(minutes=5),
         clock_max_age: timedelta = timedelta(days=35),
+        spool: AsyncSpool | None = None,
+        spool_after_s: float = 5.0,
     ) -> None:
+        self._spool = spool
+        self._spool_after_s = spool_after_s
+        self._spooled = asyncio.Event()  # something was appended: wake the drainer
+        self._unspooled = asyncio.Event()  # something was removed: a full spool has room
+        self._write_lock = asyncio.Lock()  # the commit loop and the drainer share the writer
+        self._drain_window: list[tuple[float, int]] = []
         self._max_ahead = clock_max_ahead
         self._max_age = clock_max_age
         self._writer = writer
@@ -150,7 +168,22 @@ class IngestPipeline:
             self._full.set()
 
     async def run(self) -> None:
-        """Commit batches forever (cancel to stop)."""
+        """Commit batches forever, and drain the spool if there is one (cancel to stop)."""
+        if self._spool is None:
+            await self._commit_forever()
+            return
+        self._show_depth(self._spool.depth)
+        if self._spool:
+            log.warning(
+                "the spool %s holds %d readings from an earlier run; draining them first",
+                self._spool.path,
+                self._spool.depth.readings,
+            )
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._drain_forever(), name="spool-drain")
+            tg.create_task(self._commit_forever(), name="ingest-commit-loop")
+
+    async def _commit_forever(self) -> None:
         while True:
             await self._has_data.wait()
             if not self._full.is_set():
@@ -168,12 +201,8 @@ class IngestPipeline:
             self._full.clear()
             self._room.set()
             self._count_received(done)
-            await self._commit(done)
-            for hook in self.on_committed:
-                try:
-                    hook(done.batch)
-                except Exception:
-                    log.exception("on_committed hook failed")
+            if await self._store(done):
+                self._committed(done.batch)
             acked = sum(ack() for ack in done.acks)
             self._metrics.messages_acked.inc(acked)
             self._in_flight -= len(done.acks)
@@ -206,6 +235,140 @@ class IngestPipeline:
             return False
         return True
 
+    def _committed(self, batch: Batch) -> None:
+        for hook in self.on_committed:
+            try:
+                hook(batch)
+            except Exception:
+                log.exception("on_committed hook failed")
+
+    async def _store(self, c: _Collecting) -> bool:
+        """Commit the batch to the database (True) or to the spool (False)."""
+        if self._spool is None:
+            await self._commit(c)
+            return True
+        backoff = Backoff(first=0.2, cap=10.0)
+        while True:
+            if not self._spool:
+                try:
+                    await self._commit_once(c)
+                except (StorageUnavailable, TimeoutError) as exc:
+                    self._metrics.db_write_failures.inc()
+                    why = "too slow" if isinstance(exc, TimeoutError) else str(exc)
+                    log.error(
+                        "database unavailable (%s); spooling to %s from now on",
+                        why,
+                        self._spool.path,
+                    )
+                else:
+                    return True
+            try:
+                await self._to_spool(c.batch)
+            except (OSError, sqlite3.Error) as exc:
+                # Neither the database nor the disk: hold the batch unacknowledged.
+                self._metrics.spool_errors.inc()
+                log.error("cannot write to the spool %s: %s", self._spool.path, exc)
+                await asyncio.sleep(backoff.next_delay())
+            else:
+                return False
+
+    async def _commit_once(self, c: _Collecting) -> None:
+        started = time.perf_counter()
+        async with self._write_lock, asyncio.timeout(self._spool_after_s):
+            result = await self._writer.write(c.batch)
+        self._record_commit(c, result, time.perf_counter() - started)
+
+    async def _to_spool(self, batch: Batch) -> None:
+        """Append durably; while the spool is full and the policy blocks, wait for room."""
+        assert self._spool is not None
+        m = self._metrics
+        blocked = False
+        while True:
+            self._unspooled.clear()
+            dropped = await self._spool.append(batch)
+            if dropped is not None:
+                break
+            if not blocked:
+                blocked = True
+                log.error(
+                    "the spool is full (%d bytes, bound %d): not acknowledging until it drains",
+                    self._spool.depth.bytes,
+                    self._spool.max_bytes,
+                )
+            m.spool_full.set(1)
+            await self._unspooled.wait()
+        if blocked:
+            m.spool_full.set(0)
+            log.info("the spool has room again; acknowledging")
+        if dropped.batches:
+            m.spool_dropped_readings.inc(dropped.readings)
+            m.spool_dropped_batches.inc(dropped.batches)
+            log.warning(
+                "spool full: dropped the %d oldest batches (%d readings) to make room",
+                dropped.batches,
+                dropped.readings,
+            )
+        m.spool_appended_readings.inc(len(batch.readings))
+        self._show_depth(self._spool.depth)
+        self._spooled.set()
+
+    async def _drain_forever(self) -> None:
+        """Move spooled batches into the database, oldest first."""
+        assert self._spool is not None
+        spool, m = self._spool, self._metrics
+        backoff = Backoff(first=0.2, cap=10.0)
+        failing = False
+        while True:
+            self._spooled.clear()
+            item = await spool.oldest()
+            if item is None:
+                m.spool_drain_rate.set(0)
+                await self._spooled.wait()
+                continue
+            seq, batch = item
+            started = time.perf_counter()
+            try:
+                async with self._write_lock:
+                    result = await self._writer.write(batch)
+            except StorageUnavailable as exc:
+                m.db_write_failures.inc()
+                if not failing:
+                    log.error("spool drain waits for the database: %s", exc)
+                    failing = True
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            backoff.reset()
+            if failing:
+                log.info("database available again; draining the spool")
+                failing = False
+            await spool.remove(seq)
+            self._unspooled.set()
+            self._record_stored(result, time.perf_counter() - started, len(batch.readings))
+            m.spool_drained_readings.inc(len(batch.readings))
+            self._show_drain_rate(len(batch.readings))
+            self._show_depth(spool.depth)
+            if not spool:
+                log.info("spool drained")
+            self._committed(batch)
+
+    def _show_depth(self, depth: Depth) -> None:
+        m = self._metrics
+        m.spool_batches.set(depth.batches)
+        m.spool_readings.set(depth.readings)
+        m.spool_bytes.set(depth.bytes)
+
+    def _show_drain_rate(self, readings: int, window_s: float = 10.0) -> None:
+        now = time.monotonic()
+        w = self._drain_window
+        w.append((now, readings))
+        while w and w[0][0] < now - window_s:
+            w.pop(0)
+        self._metrics.spool_drain_rate.set(sum(n for _, n in w) / window_s)
+
+    @property
+    def spool_policy(self) -> FullPolicy | None:
+        return None if self._spool is None else self._spool.policy
+
     async def _commit(self, c: _Collecting) -> None:
         backoff = Backoff(first=0.2, cap=10.0)
         failing = False
@@ -226,11 +389,19 @@ class IngestPipeline:
             break
         if failing:
             log.info("database available again; batch committed")
+        self._record_commit(c, result, time.perf_counter() - started)
+
+    def _record_stored(self, result: WriteResult, seconds: float, readings: int) -> None:
         m = self._metrics
-        m.commit_seconds.observe(time.perf_counter() - started)
-        m.batch_readings.observe(len(batch.readings))
+        m.commit_seconds.observe(seconds)
+        m.batch_readings.observe(readings)
         m.readings_stored.inc(result.inserted)
         m.readings_duplicate.inc(result.duplicates)
+
+    def _record_commit(self, c: _Collecting, result: WriteResult, seconds: float) -> None:
+        """A batch went straight to the database: its lag is publish-to-commit."""
+        self._record_stored(result, seconds, len(c.batch.readings))
+        m = self._metrics
         now = datetime.now(UTC)
         for ts in c.stamps:
             m.ingest_lag_seconds.observe(max(0.0, (now - ts).total_seconds()))

@@ -145,6 +145,47 @@ class Metrics:
         self.modbus_points_read = Counter(
             "polegw_modbus_points_read", "Values read from Modbus devices", registry=r
         )
+        # The on-disk spool (gateway/adapters/spool.py): depth, flow and what its bound cost.
+        self.spool_batches = Gauge("polegw_spool_batches", "Batches in the spool", registry=r)
+        self.spool_readings = Gauge(
+            "polegw_spool_readings", "Readings in the spool, waiting for the database", registry=r
+        )
+        self.spool_bytes = Gauge(
+            "polegw_spool_bytes", "Bytes of spooled batches (the bound applies to this)", registry=r
+        )
+        self.spool_appended_readings = Counter(
+            "polegw_spool_appended_readings",
+            "Readings written to the spool (acknowledged before reaching the database)",
+            registry=r,
+        )
+        self.spool_drained_readings = Counter(
+            "polegw_spool_drained_readings",
+            "Readings moved from the spool into the database",
+            registry=r,
+        )
+        self.spool_drain_rate = Gauge(
+            "polegw_spool_drain_rate",
+            "Readings per second drained from the spool over the last 10 s",
+            registry=r,
+        )
+        self.spool_full = Gauge(
+            "polegw_spool_full",
+            "1 while the spool is full and the policy blocks: messages are not acknowledged",
+            registry=r,
+        )
+        self.spool_dropped_readings = Counter(
+            "polegw_spool_dropped_readings",
+            "Readings deleted from a full spool (policy drop_oldest): lost for good",
+            registry=r,
+        )
+        self.spool_dropped_batches = Counter(
+            "polegw_spool_dropped_batches",
+            "Batches deleted from a full spool (policy drop_oldest)",
+            registry=r,
+        )
+        self.spool_errors = Counter(
+            "polegw_spool_errors", "Failed writes to the spool (disk full, I/O error)", registry=r
+        )
         for kind in TOPIC_KINDS:
             self.messages_received.labels(kind)
         for reason in DeadLetterReason:

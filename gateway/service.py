@@ -16,6 +16,7 @@ from gateway.adapters.credentials import TokenIssuer
 from gateway.adapters.db import libpq_url
 from gateway.adapters.modbus_bus import BusOptions
 from gateway.adapters.mqtt import MqttSubscription
+from gateway.adapters.spool import AsyncSpool, FullPolicy, SpoolError
 from gateway.adapters.telemetry_writer import TelemetryWriter
 from gateway.alarming import build_alarm_runner
 from gateway.api.app import create_app
@@ -24,6 +25,7 @@ from gateway.commands import CommandDispatcher
 from gateway.config import Settings
 from gateway.core.auth import LoginThrottle
 from gateway.core.profiles import ProfileCatalog, load_catalog
+from gateway.errors import ConfigError
 from gateway.ingest import IngestPipeline
 from gateway.metrics import Metrics
 from gateway.modbus_polling import ModbusPolling, StateStore
@@ -54,6 +56,20 @@ def open_pool(database_url: str) -> AsyncConnectionPool:
     )
 
 
+def open_spool(settings: Settings) -> AsyncSpool | None:
+    """The on-disk spool (None when POLEGW_SPOOL_MAX_BYTES is 0)."""
+    if settings.spool_max_bytes == 0:
+        return None
+    try:
+        return AsyncSpool.open(
+            settings.spool_dir,
+            max_bytes=settings.spool_max_bytes,
+            policy=FullPolicy(settings.spool_full_policy),
+        )
+    except (OSError, SpoolError) as exc:
+        raise ConfigError(f"POLEGW_SPOOL_DIR={settings.spool_dir}: {exc}") from exc
+
+
 async def run_gateway(
     settings: Settings,
     stop: asyncio.Event,
@@ -77,6 +93,7 @@ async def run_gateway(
     if not await registry.load_with_retry(stop):
         return
     writer = TelemetryWriter(database_url)
+    spool = open_spool(settings)
     pipeline = IngestPipeline(
         writer=writer,
         registry=registry,
@@ -86,6 +103,8 @@ async def run_gateway(
         max_delay_s=settings.batch_max_delay_s,
         clock_max_ahead=timedelta(seconds=settings.clock_max_ahead_s),
         clock_max_age=timedelta(seconds=settings.clock_max_age_s),
+        spool=spool,
+        spool_after_s=settings.spool_after_s,
     )
     pool = open_pool(database_url)
     command_store = CommandStore(pool)
@@ -188,4 +207,12 @@ async def run_gateway(
         await dispatcher.close()
         await writer.close()
         await pool.close()
+        if spool is not None:
+            if spool:
+                log.warning(
+                    "the spool holds %d readings the database has not got yet;"
+                    " they are drained at the next start",
+                    spool.depth.readings,
+                )
+            await spool.close()
     log.info("stopped")

@@ -9,6 +9,7 @@ one row, and the common case costs one COPY.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -98,6 +99,11 @@ class TelemetryWriter:
         except psycopg.DatabaseError as exc:  # only the unavailable kinds get here
             await self._discard()
             raise StorageUnavailable(str(exc).strip()) from exc
+        except asyncio.CancelledError:
+            # Abandoned mid-transaction (too slow; shutdown): the connection's state
+            # is unknown, so it goes. If the commit did land, a retry is idempotent.
+            await self._discard()
+            raise
         return WriteResult(inserted, len(batch.readings) - inserted)
 
     async def _salvage(
