@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     retention_rollup_days: Annotated[int, Field(ge=36)] = 1100
     retention_every_s: Annotated[float, Field(gt=0)] = 3600.0
     # CSV exports: the widest time range one request may ask for.
+    # The operator as printed on invoices (GET /bills/{id}/invoice.html): "name",
+    # then any details in the order given ("address", "tax id", "bank account",
+    # "phone"...). From the environment as JSON, e.g.
+    # POLEGW_INVOICE_ISSUER='{"name": "Metro Poles Co.", "address": "1 Renmin Rd"}'.
+    invoice_issuer: dict[str, str] = {}
     export_max_range_d: Annotated[int, Field(ge=1)] = 31
     # Maintenance (gateway/core/maintenance.py has the rules): work-order time
     # limits per priority ("<priority>.respond|resolve": "90m" | "1h" | "2d" |

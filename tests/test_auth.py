@@ -67,6 +67,7 @@ POLICY: list[tuple[str, set[Role], set[Role]]] = [
     ("/api/v1/tariffs", STAFF, MANAGERS),
     ("/api/v1/usage", ALL, ALL),
     ("/api/v1/bills", ALL, MANAGERS),
+    ("/api/v1/outages", STAFF, MANAGERS),
 ]
 PUBLIC = {"/api/v1/auth/token"}
 WRITES = {"POST", "PUT", "PATCH", "DELETE"}

@@ -1,5 +1,7 @@
 """Metering and billing against the database: counter series, lease periods in
-service, tariffs, meter replacements, usage flags and bills (migration 0011).
+service, tariffs, meter replacements, usage flags, bills with their credits
+for unusable time, and their settlement: paid, void, credit notes
+(migrations 0011, 0012).
 
 The counter series of a port is read from the `telemetry_15m` rollup (a
 TimescaleDB continuous aggregate, or a plain view with the same columns): the
@@ -13,7 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -24,6 +26,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from gateway.core import billing_credits as bc
 from gateway.core import metering as mt
 from gateway.core import tariffs as tf
 from gateway.core.profiles import ProfileCatalog
@@ -37,6 +40,7 @@ MARGIN = timedelta(days=1)
 # Readings further apart than this make a gap (readings come every 1-15 min).
 MAX_GAP = timedelta(hours=1)
 KWH = Decimal("0.000001")
+HOURS = Decimal("0.000001")
 PERIOD_ORDER = {p: i for i, p in enumerate(tf.Period)}
 
 
@@ -63,6 +67,7 @@ class Span:
 
     lease_id: int
     tenant_id: str
+    pole_id: str
     port_id: str | None
     slot_id: str | None
     slot_position: str | None
@@ -86,8 +91,25 @@ class TariffOverlap(Exception):
         self.other = other
 
 
-class BillIssued(Exception):
-    pass
+class TariffEnded(Exception):
+    """The version has an end already (only an open-ended one can be given one)."""
+
+    def __init__(self, row: Row) -> None:
+        super().__init__("the tariff version has an end already")
+        self.row = row
+
+
+class BillConflict(Exception):
+    """A move the bill's state (or its credit notes) does not allow; `data` names it."""
+
+    def __init__(self, msg: str, **data: Any) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.data = data
+
+
+# Every line has these keys; energy and rent lines leave them empty.
+LINE_REFERENCES: Row = {"emergency_id": None, "outage_id": None}
 
 
 def tariff_of(row: Row) -> tf.Tariff:
@@ -166,6 +188,32 @@ class BillingStore:
             row = await cur.fetchone()
             assert row is not None
             return row
+
+    async def end_tariff(
+        self, conn: psycopg.AsyncConnection[Any], tariff_id: int, valid_to: datetime
+    ) -> tuple[Row, Row] | None:
+        """Give an open-ended version its end (exclusive): (before, after), None if
+        there is no such version. Raises TariffEnded if it has an end already."""
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute("SELECT name FROM tariffs WHERE id = %s", (tariff_id,))
+            found = await cur.fetchone()
+            if found is None:
+                return None
+            # The same lock as a new version of the name takes.
+            await cur.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('tariff:' || %s))", (found["name"],)
+            )
+            await cur.execute("SELECT * FROM tariffs WHERE id = %s FOR UPDATE", (tariff_id,))
+            before = await cur.fetchone()
+            assert before is not None
+            if before["valid_to"] is not None:
+                raise TariffEnded(before)
+            await cur.execute(
+                "UPDATE tariffs SET valid_to = %s WHERE id = %s RETURNING *", (valid_to, tariff_id)
+            )
+            after = await cur.fetchone()
+            assert after is not None
+            return before, after
 
     # ------------------------------------------------------------------ ports
 
@@ -301,7 +349,7 @@ class BillingStore:
                            lead(since) OVER (PARTITION BY lease_id ORDER BY since, id) AS until
                     FROM lease_history
                 )
-                SELECT h.lease_id, h.since, h.until, l.tenant_id, l.port_id, l.slot_id,
+                SELECT h.lease_id, h.since, h.until, l.tenant_id, l.pole_id, l.port_id, l.slot_id,
                        s.position, s.slot_type, l.compartment_id,
                        coalesce(l.rates ->> 'tariff', %(default)s) AS tariff
                 FROM h JOIN leases l ON l.id = h.lease_id
@@ -325,6 +373,7 @@ class BillingStore:
             Span(
                 r["lease_id"],
                 r["tenant_id"],
+                r["pole_id"],
                 r["port_id"],
                 r["slot_id"],
                 r["position"],
@@ -365,15 +414,46 @@ class BillingStore:
             by_tenant[s.tenant_id].append(s)
         if tenant_id is not None:
             by_tenant.setdefault(tenant_id, [])
-        computed = {t: await self._bill_lines(month, start, end, ss) for t, ss in by_tenant.items()}
+        events = await self.unusable(start, end) if spans else []
+        computed = {
+            t: await self._bill_lines(month, start, end, ss, events) for t, ss in by_tenant.items()
+        }
         out: list[tuple[Row, str]] = []
         async with self._pool.connection() as conn, conn.transaction():
             for tenant, (lines, excess) in sorted(computed.items()):
                 out.append(await self._write_bill(conn, tenant, month, lines, excess))
         return out
 
+    async def unusable(self, start: datetime, end: datetime) -> list[bc.Unusable]:
+        """Emergencies on a pole (from opening to resolution, else closing) and
+        outages overlapping [start, end); one still going on lasts up to now."""
+        horizon = max(start, min(end, utcnow()))
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT 'emergency', id, type, pole_id, NULL, NULL, opened_at,"
+                " coalesce(resolved_at, closed_at, %(horizon)s) FROM emergencies"
+                " WHERE pole_id IS NOT NULL AND opened_at < %(end)s"
+                " AND coalesce(resolved_at, closed_at, %(horizon)s) > %(start)s"
+                " UNION ALL"
+                " SELECT 'outage', id, cause, pole_id, port_id, slot_id, start,"
+                ' coalesce("end", %(horizon)s) FROM outages WHERE start < %(end)s'
+                ' AND coalesce("end", %(horizon)s) > %(start)s',
+                {"start": start, "end": end, "horizon": horizon},
+            )
+            rows = await cur.fetchall()
+        return [
+            bc.Unusable(src, eid, cause, pole, port, slot, a, b)
+            for src, eid, cause, pole, port, slot, a, b in rows
+            if a < b
+        ]
+
     async def _bill_lines(
-        self, month: str, start: datetime, end: datetime, spans: Sequence[Span]
+        self,
+        month: str,
+        start: datetime,
+        end: datetime,
+        spans: Sequence[Span],
+        events: Sequence[bc.Unusable] = (),
     ) -> tuple[list[Row], list[Row]]:
         by_lease: dict[int, list[Span]] = defaultdict(list)
         for s in spans:
@@ -417,7 +497,58 @@ class BillingStore:
                     if iv.excess_kwh > 0
                 ]
             lines += self._space_lines(month, first, lease_spans, tariffs, end)
-        return lines, excess
+            lines += self._credit_lines(month, first, lease_spans, tariffs, events, end)
+        return [LINE_REFERENCES | ln for ln in lines], excess
+
+    def _credit_lines(
+        self,
+        month: str,
+        lease: Span,
+        spans: Sequence[Span],
+        tariffs: Sequence[tf.Tariff],
+        events: Sequence[bc.Unusable],
+        end: datetime,
+    ) -> list[Row]:
+        scope = bc.LeaseScope(
+            lease.lease_id,
+            lease.pole_id,
+            lease.port_id,
+            lease.slot_id,
+            lease.slot_position,
+            lease.slot_type,
+            lease.compartment_id,
+            tuple((s.start, s.end or end) for s in spans),
+        )
+        lines = []
+        for c in bc.credits(scope, events, tariffs, month, lease.tariff):
+            ev = c.event
+            where = f"{ev.source} {ev.id} ({ev.cause}) on {ev.pole_id}"
+            hours = c.hours.quantize(HOURS).normalize()
+            percent = (c.share * 100).normalize()
+            if ev.port_id or ev.slot_id:
+                where += ", " + ", ".join(x for x in (ev.port_id, ev.slot_id) if x)
+            lines.append(
+                {
+                    "kind": "credit",
+                    "lease_id": lease.lease_id,
+                    "port_id": ev.port_id,
+                    "slot_id": ev.slot_id,
+                    "compartment_id": None,
+                    "tariff_id": c.tariff.id,
+                    "period": None,
+                    "label": f"credit, {where}, lease {lease.lease_id}, {hours:f} h"
+                    f" at {percent:f}% ({c.tariff.name} v{c.tariff.version})",
+                    "quantity": c.hours.quantize(HOURS),
+                    "unit": "h",
+                    "unit_price": c.hourly,
+                    "amount": c.amount,
+                    "estimated": False,
+                    "flags": [],
+                    "emergency_id": ev.id if ev.source == "emergency" else None,
+                    "outage_id": ev.id if ev.source == "outage" else None,
+                }
+            )
+        return lines
 
     def _energy_lines(
         self, lease: Span, tariffs: Sequence[tf.Tariff], intervals: Sequence[mt.Interval]
@@ -536,23 +667,26 @@ class BillingStore:
             "energy_amount": _sum(lines, "energy"),
             "rent_amount": _sum(lines, "rent"),
             "maintenance_amount": _sum(lines, "maintenance"),
+            "credit_amount": _sum(lines, "credit"),
             "total_amount": sum((ln["amount"] for ln in lines), Decimal("0.00")),
         }
         async with conn.cursor(row_factory=dict_row) as cur:
+            # The month's invoice: a void one is history, a new one replaces it.
             await cur.execute(
-                "SELECT * FROM bills WHERE tenant_id = %s AND month = %s FOR UPDATE",
+                "SELECT * FROM bills WHERE tenant_id = %s AND month = %s AND kind = 'invoice'"
+                " AND state <> 'void' FOR UPDATE",
                 (tenant_id, month),
             )
             bill = await cur.fetchone()
-            if bill is not None and bill["state"] == "issued":
+            if bill is not None and bill["state"] != "draft":
                 return bill, "issued, unchanged"
             if bill is None:
                 outcome = "created"
                 await cur.execute(
                     "INSERT INTO bills (tenant_id, month, energy_kwh, energy_amount, rent_amount,"
-                    " maintenance_amount, total_amount) VALUES (%(tenant)s, %(month)s,"
-                    " %(energy_kwh)s, %(energy_amount)s, %(rent_amount)s,"
-                    " %(maintenance_amount)s, %(total_amount)s) RETURNING *",
+                    " maintenance_amount, credit_amount, total_amount) VALUES (%(tenant)s,"
+                    " %(month)s, %(energy_kwh)s, %(energy_amount)s, %(rent_amount)s,"
+                    " %(maintenance_amount)s, %(credit_amount)s, %(total_amount)s) RETURNING *",
                     {"tenant": tenant_id, "month": month} | totals,
                 )
             else:
@@ -562,22 +696,14 @@ class BillingStore:
                     "UPDATE bills SET energy_kwh = %(energy_kwh)s,"
                     " energy_amount = %(energy_amount)s, rent_amount = %(rent_amount)s,"
                     " maintenance_amount = %(maintenance_amount)s,"
+                    " credit_amount = %(credit_amount)s,"
                     " total_amount = %(total_amount)s, generated_at = now()"
                     " WHERE id = %(id)s RETURNING *",
                     {"id": bill["id"]} | totals,
                 )
             bill = await cur.fetchone()
             assert bill is not None
-            for ln in lines:
-                await cur.execute(
-                    "INSERT INTO bill_lines (bill_id, kind, lease_id, port_id, slot_id,"
-                    " compartment_id, tariff_id, period, label, quantity, unit, unit_price,"
-                    " amount, estimated, flags) VALUES (%(bill_id)s, %(kind)s, %(lease_id)s,"
-                    " %(port_id)s, %(slot_id)s, %(compartment_id)s, %(tariff_id)s, %(period)s,"
-                    " %(label)s, %(quantity)s, %(unit)s, %(unit_price)s, %(amount)s,"
-                    " %(estimated)s, %(flags_json)s)",
-                    ln | {"bill_id": bill["id"], "flags_json": Jsonb(ln["flags"])},
-                )
+            await _insert_lines(cur, bill["id"], lines)
         return bill, outcome
 
     async def bill_page(
@@ -586,6 +712,7 @@ class BillingStore:
         tenant_id: str | None,
         month: str | None,
         state: str | None,
+        kind: str | None = None,
         after: int | None,
         limit: int,
     ) -> list[Row]:
@@ -594,11 +721,13 @@ class BillingStore:
                 "SELECT * FROM bills WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)"
                 " AND (%(month)s::text IS NULL OR month = %(month)s)"
                 " AND (%(state)s::text IS NULL OR state = %(state)s)"
+                " AND (%(kind)s::text IS NULL OR kind = %(kind)s)"
                 " AND id > %(after)s ORDER BY id LIMIT %(limit)s",
                 {
                     "tenant": tenant_id,
                     "month": month,
                     "state": state,
+                    "kind": kind,
                     "after": after or 0,
                     "limit": limit,
                 },
@@ -608,7 +737,8 @@ class BillingStore:
     async def bill(
         self, bill_id: int, conn: psycopg.AsyncConnection[Any] | None = None
     ) -> Row | None:
-        """The bill with its lines (key `lines`)."""
+        """The bill with its lines (key `lines`) and the ids of the credit notes
+        that correct it (key `credit_notes`)."""
         if conn is None:
             async with self._pool.connection() as c:
                 return await self.bill(bill_id, c)
@@ -619,20 +749,215 @@ class BillingStore:
                 return None
             await cur.execute("SELECT * FROM bill_lines WHERE bill_id = %s ORDER BY id", (bill_id,))
             bill["lines"] = await cur.fetchall()
+            await cur.execute(
+                "SELECT id FROM bills WHERE corrects_bill_id = %s ORDER BY id", (bill_id,)
+            )
+            bill["credit_notes"] = [r["id"] for r in await cur.fetchall()]
             return bill
 
-    async def issue(self, conn: psycopg.AsyncConnection[Any], bill_id: int) -> Row:
+    async def tenant(self, tenant_id: str) -> Row | None:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute("SELECT id, name FROM tenants WHERE id = %s", (tenant_id,))
+            return await cur.fetchone()
+
+    # ------------------------------------------------------------------ settlement
+
+    async def lock_bill(self, conn: psycopg.AsyncConnection[Any], bill_id: int) -> Row:
         async with conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(
-                "UPDATE bills SET state = 'issued', issued_at = now()"
-                " WHERE id = %s AND state = 'draft' RETURNING id",
-                (bill_id,),
-            )
-            if await cur.fetchone() is None:
-                raise BillIssued
+            await cur.execute("SELECT * FROM bills WHERE id = %s FOR UPDATE", (bill_id,))
+            row = await cur.fetchone()
+        if row is None:
+            raise LookupError(bill_id)
+        return row
+
+    async def _moved(self, conn: psycopg.AsyncConnection[Any], bill_id: int) -> Row:
         bill = await self.bill(bill_id, conn)
         assert bill is not None
         return bill
+
+    async def issue(self, conn: psycopg.AsyncConnection[Any], bill_id: int, *, by: str) -> Row:
+        """draft -> issued. LookupError: no such bill; BillConflict: not a draft."""
+        bill = await self.lock_bill(conn, bill_id)
+        if bill["state"] != "draft":
+            raise BillConflict(f"the bill is {bill['state']}, not a draft", state=bill["state"])
+        await conn.execute(
+            "UPDATE bills SET state = 'issued', issued_at = now(), issued_by = %s WHERE id = %s",
+            (by, bill_id),
+        )
+        return await self._moved(conn, bill_id)
+
+    async def pay(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        bill_id: int,
+        *,
+        paid_on: date,
+        reference: str,
+        by: str,
+    ) -> Row:
+        """issued -> paid (a credit note: settled, refunded or set off)."""
+        bill = await self.lock_bill(conn, bill_id)
+        if bill["state"] != "issued":
+            raise BillConflict(
+                f"only an issued bill can be marked paid; this one is {bill['state']}",
+                state=bill["state"],
+            )
+        await conn.execute(
+            "UPDATE bills SET state = 'paid', paid_on = %s, payment_reference = %s,"
+            " paid_at = now(), paid_by = %s WHERE id = %s",
+            (paid_on, reference, by, bill_id),
+        )
+        return await self._moved(conn, bill_id)
+
+    async def void(
+        self, conn: psycopg.AsyncConnection[Any], bill_id: int, *, reason: str, by: str
+    ) -> Row:
+        """issued -> void. A draft is regenerated, not voided; a paid bill is
+        corrected by a credit note; an invoice with live credit notes keeps them
+        consistent only if they are voided first."""
+        bill = await self.lock_bill(conn, bill_id)
+        state = bill["state"]
+        if state == "draft":
+            raise BillConflict(
+                "a draft is not issued: regenerate it instead of voiding it", state=state
+            )
+        if state == "paid":
+            raise BillConflict(
+                "the bill is paid: correct it with a credit note instead of voiding it",
+                state=state,
+            )
+        if state == "void":
+            raise BillConflict("the bill is void already", state=state)
+        async with conn.cursor() as cur:
+            await cur.execute(
+                "SELECT id FROM bills WHERE corrects_bill_id = %s AND state <> 'void' ORDER BY id",
+                (bill_id,),
+            )
+            live = [r[0] for r in await cur.fetchall()]
+        if live:
+            raise BillConflict(
+                "the invoice has credit notes that are not void: void them first",
+                state=state,
+                credit_notes=live,
+            )
+        await conn.execute(
+            "UPDATE bills SET state = 'void', void_reason = %s, voided_at = now(),"
+            " voided_by = %s WHERE id = %s",
+            (reason, by, bill_id),
+        )
+        return await self._moved(conn, bill_id)
+
+    async def credit_note(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        invoice_id: int,
+        *,
+        reason: str,
+        lines: Sequence[Row],
+        by: str,
+    ) -> Row:
+        """An issued credit note correcting an issued or paid invoice: lines of
+        kind `correction` (label, amount < 0, optional lease_id). Together the
+        credit notes of an invoice never exceed its total.
+        LookupError: no such invoice; BillConflict: it cannot be corrected;
+        ValueError(lease_id): a line names a lease the invoice does not bill."""
+        invoice = await self.lock_bill(conn, invoice_id)
+        if invoice["kind"] != "invoice":
+            raise BillConflict(
+                "a credit note corrects an invoice, not another credit note", kind=invoice["kind"]
+            )
+        if invoice["state"] not in ("issued", "paid"):
+            hint = "regenerate the draft" if invoice["state"] == "draft" else "it is void"
+            raise BillConflict(
+                f"only an issued or paid invoice can be corrected ({hint})",
+                state=invoice["state"],
+            )
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT DISTINCT lease_id FROM bill_lines WHERE bill_id = %s"
+                " AND lease_id IS NOT NULL",
+                (invoice_id,),
+            )
+            leases = {r["lease_id"] for r in await cur.fetchall()}
+            for ln in lines:
+                if ln["lease_id"] is not None and ln["lease_id"] not in leases:
+                    raise ValueError(ln["lease_id"])
+            await cur.execute(
+                "SELECT coalesce(sum(total_amount), 0) AS credited FROM bills"
+                " WHERE corrects_bill_id = %s AND state <> 'void'",
+                (invoice_id,),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            credited: Decimal = row["credited"]
+            total = sum((Decimal(ln["amount"]) for ln in lines), Decimal("0.00"))
+            remaining = invoice["total_amount"] + credited
+            if remaining + total < 0:
+                raise BillConflict(
+                    "the credit notes of an invoice may not exceed its total",
+                    invoice_total=str(invoice["total_amount"]),
+                    credited_already=str(-credited),
+                    at_most=str(remaining),
+                )
+            await cur.execute(
+                "INSERT INTO bills (tenant_id, month, kind, corrects_bill_id, reason,"
+                " total_amount, currency) VALUES (%s, %s, 'credit_note', %s, %s, %s, %s)"
+                " RETURNING id",
+                (
+                    invoice["tenant_id"],
+                    invoice["month"],
+                    invoice_id,
+                    reason,
+                    total,
+                    invoice["currency"],
+                ),
+            )
+            created = await cur.fetchone()
+            assert created is not None
+            note_id: int = created["id"]
+            await _insert_lines(
+                cur,
+                note_id,
+                [
+                    LINE_REFERENCES
+                    | {
+                        "kind": "correction",
+                        "lease_id": ln["lease_id"],
+                        "port_id": None,
+                        "slot_id": None,
+                        "compartment_id": None,
+                        "tariff_id": None,
+                        "period": None,
+                        "label": ln["label"],
+                        "quantity": Decimal(1),
+                        "unit": "item",
+                        "unit_price": ln["amount"],
+                        "amount": ln["amount"],
+                        "estimated": False,
+                        "flags": [],
+                    }
+                    for ln in lines
+                ],
+            )
+            await cur.execute(
+                "UPDATE bills SET state = 'issued', issued_at = now(), issued_by = %s"
+                " WHERE id = %s",
+                (by, note_id),
+            )
+        return await self._moved(conn, note_id)
+
+
+async def _insert_lines(cur: psycopg.AsyncCursor[Row], bill_id: int, lines: Iterable[Row]) -> None:
+    for ln in lines:
+        await cur.execute(
+            "INSERT INTO bill_lines (bill_id, kind, lease_id, port_id, slot_id,"
+            " compartment_id, tariff_id, period, label, quantity, unit, unit_price,"
+            " amount, estimated, flags, emergency_id, outage_id) VALUES (%(bill_id)s,"
+            " %(kind)s, %(lease_id)s, %(port_id)s, %(slot_id)s, %(compartment_id)s,"
+            " %(tariff_id)s, %(period)s, %(label)s, %(quantity)s, %(unit)s, %(unit_price)s,"
+            " %(amount)s, %(estimated)s, %(flags_json)s, %(emergency_id)s, %(outage_id)s)",
+            ln | {"bill_id": bill_id, "flags_json": Jsonb(ln["flags"])},
+        )
 
 
 def _sum(lines: Iterable[Row], kind: str) -> Decimal:

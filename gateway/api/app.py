@@ -26,6 +26,7 @@ from gateway.api.routes import (
     leases,
     lighting,
     mounting,
+    outages,
     overview,
     poles,
     work_orders,
@@ -51,6 +52,7 @@ ROUTERS = (
     mounting,
     applications,
     leases,
+    outages,
 )
 
 

@@ -4,8 +4,10 @@ Pure. A tariff version is valid on [valid_from, valid_to). Electricity is priced
 by period (尖 sharp, 峰 peak, 平 flat, 谷 valley) chosen by month and hour of day
 in the site's time zone; a flat tariff is the one-period case. Space is rented
 per month (by slot position, else slot type; per cabinet compartment) plus a
-maintenance fee, prorated by days in service. Money is Decimal throughout and
-is rounded to 0.01 CNY only on bill lines (`money`).
+maintenance fee, prorated by days in service; the space section's credit
+policy (`rent.credits`) says which emergencies and outages credit a lease for
+the hours it was unusable (gateway/core/billing_credits.py). Money is Decimal
+throughout and is rounded to 0.01 CNY only on bill lines (`money`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.core.alarms import EMERGENCY_TYPES
 from gateway.core.metering import ZERO, Interval, split_interval
 
 CENT = Decimal("0.01")
@@ -99,12 +102,45 @@ class EnergyPrices(_Model):
         return self.default_period
 
 
+Share = Annotated[Decimal, Field(ge=0, le=1, max_digits=7, decimal_places=6)]
+Cause = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+
+
+class CreditPolicy(_Model):
+    """Which events credit a lease for the time it was unusable, and how much:
+    `share` x the lease's monthly space charges (slot rent, compartment rent,
+    maintenance fee) / (days in the month x 24) per hour. An event type or
+    cause not listed gives no credit."""
+
+    emergencies: dict[Cause, Share] = Field(
+        default_factory=dict, description="Emergency type -> share of the hourly charges"
+    )
+    outages: dict[Cause, Share] = Field(
+        default_factory=dict, description="Outage cause -> share of the hourly charges"
+    )
+
+    @model_validator(mode="after")
+    def _known_types(self) -> Self:
+        unknown = sorted(set(self.emergencies) - set(EMERGENCY_TYPES))
+        if unknown:
+            raise ValueError(
+                f"unknown emergency type(s): {', '.join(unknown)}"
+                f" (known: {', '.join(EMERGENCY_TYPES)})"
+            )
+        return self
+
+    def share(self, source: str, cause: str) -> Decimal:
+        table = self.emergencies if source == "emergency" else self.outages
+        return table.get(cause, ZERO)
+
+
 class SpaceRent(_Model):
     """Monthly rents (CNY): a slot's position price wins over its type's."""
 
     positions: dict[str, Money] = Field(default_factory=dict)
     slot_types: dict[str, Money] = Field(default_factory=dict)
     compartment: Money = ZERO
+    credits: CreditPolicy = CreditPolicy()
 
 
 class TariffDefinition(_Model):
@@ -251,6 +287,23 @@ def rent_parts(
         t, n = counts.get(tariff.id, (tariff, 0))
         counts[tariff.id] = (t, n + 1)
     return [RentPart(t, n, in_month) for t, n in counts.values()]
+
+
+def monthly_charges(
+    definition: TariffDefinition,
+    *,
+    slot: bool,
+    position: str | None,
+    slot_type: str | None,
+    compartment: bool,
+) -> Decimal:
+    """A lease's monthly space charges: slot rent, compartment rent, maintenance fee."""
+    total = definition.maintenance_fee
+    if slot:
+        total += slot_rent(definition, position, slot_type)
+    if compartment:
+        total += definition.rent.compartment
+    return total
 
 
 def slot_rent(definition: TariffDefinition, position: str | None, slot_type: str | None) -> Decimal:

@@ -1,21 +1,27 @@
-"""Metering and billing (计量与计费): tariffs, meter replacements, usage and bills."""
+"""Metering and billing (计量与计费): tariffs, meter replacements, usage, bills
+with credits for unusable time, their settlement (paid, void, credit notes) and
+their export (CSV of the lines, a printable HTML invoice)."""
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import HTMLResponse, Response
+from psycopg import AsyncConnection
 from pydantic import AwareDatetime, BaseModel, Field
 
 from gateway.adapters.billing_store import (
+    BillConflict,
     BillingStore,
-    BillIssued,
     PortUsage,
+    TariffEnded,
     TariffOverlap,
     dumps,
 )
@@ -23,6 +29,8 @@ from gateway.api.deps import ApiContext, Context
 from gateway.api.errors import bad_param, not_found
 from gateway.api.schemas import Page
 from gateway.api.security import AnyUser, Audit, Managers, Staff
+from gateway.config import Settings
+from gateway.core import invoice
 from gateway.core import metering as mt
 from gateway.core import tariffs as tf
 from gateway.core.auth import Principal
@@ -53,7 +61,15 @@ TOU_EXAMPLE: dict[str, Any] = {
             }
         ],
     },
-    "rent": {"positions": {"top": "500"}, "slot_types": {"standard": "300"}, "compartment": "90"},
+    "rent": {
+        "positions": {"top": "500"},
+        "slot_types": {"standard": "300"},
+        "compartment": "90",
+        "credits": {
+            "emergencies": {"power_outage": "1", "flooding": "1", "collision_tilt": "1"},
+            "outages": {"maintenance": "1", "power_cut": "1", "road_works": "0.5"},
+        },
+    },
     "maintenance_fee": "60",
 }
 
@@ -155,6 +171,50 @@ async def create_tariff(ctx: Context, _: Managers, audit: Audit, body: NewTariff
             },
         ) from None
     return TariffOut.model_validate(row)
+
+
+class TariffEnd(BaseModel):
+    valid_to: AwareDatetime = Field(description="Exclusive: the next version may start here")
+
+    model_config = {"json_schema_extra": {"examples": [{"valid_to": "2027-01-01T00:00:00+08:00"}]}}
+
+
+@router.post(
+    "/tariffs/{tariff_id}/end",
+    summary="Give an open-ended tariff version its end, so a next version may start (managers)",
+    description="Only a version without an end can be given one; bills issued already keep"
+    " the prices they were issued with, drafts take the change when regenerated.",
+    responses={
+        404: {"description": "No such tariff version"},
+        409: {"description": "The version has an end already"},
+    },
+)
+async def end_tariff(
+    ctx: Context, _: Managers, audit: Audit, tariff_id: int, body: TariffEnd
+) -> TariffOut:
+    store = _store(ctx)
+    async with ctx.pool.connection() as conn, conn.transaction():
+        current = await store.tariff(tariff_id)
+        if current is not None and body.valid_to <= current["valid_from"]:
+            start = current["valid_from"].isoformat()
+            raise bad_param("valid_to", f"must be after valid_from ({start})", where="body")
+        try:
+            moved = await store.end_tariff(conn, tariff_id, body.valid_to)
+        except TariffEnded as exc:
+            raise HTTPException(
+                409,
+                detail={
+                    "msg": "the version has an end already; add a new version instead",
+                    "valid_to": exc.row["valid_to"].isoformat(),
+                },
+            ) from None
+        if moved is None:
+            raise not_found("tariff", str(tariff_id))
+        before, after = moved
+        await audit.record(
+            conn, "end", "tariff", tariff_id, before=dumps(before), after=dumps(after)
+        )
+    return TariffOut.model_validate(after)
 
 
 # ---------------------------------------------------------------------- meter replacements
@@ -405,41 +465,66 @@ async def get_usage(
 # ---------------------------------------------------------------------- bills
 
 
+BillState = Literal["draft", "issued", "paid", "void"]
+BillKind = Literal["invoice", "credit_note"]
+
+
 class BillLine(BaseModel):
     id: int
-    kind: Literal["energy", "rent", "maintenance"]
+    kind: Literal["energy", "rent", "maintenance", "credit", "correction"]
     lease_id: int | None
     port_id: str | None
     slot_id: str | None
     compartment_id: str | None
     tariff_id: int | None
     period: str | None
+    emergency_id: int | None = Field(description="A credit for this emergency")
+    outage_id: int | None = Field(description="A credit for this outage")
     label: str
-    quantity: Decimal = Field(description="kWh (energy) or days in service (rent, maintenance)")
+    quantity: Decimal = Field(
+        description="kWh (energy), days in service (rent, maintenance), hours unusable"
+        " (credit), 1 (correction)"
+    )
     unit: str
-    unit_price: Decimal = Field(description="CNY per kWh, or per day (monthly / days in month)")
-    amount: Decimal = Field(description="CNY, rounded to 0.01")
+    unit_price: Decimal = Field(
+        description="CNY per kWh, per day (monthly / days in month), per hour (credit:"
+        " share x monthly / (days x 24), negative), or per item"
+    )
+    amount: Decimal = Field(description="CNY, rounded once to 0.01 (credits: negative)")
     estimated: bool
     flags: list[str]
 
 
 class Bill(BaseModel):
     id: int
+    kind: BillKind
+    corrects_bill_id: int | None = Field(description="A credit note: the invoice it corrects")
+    reason: str | None = Field(description="A credit note: why")
     tenant_id: str
     month: str
-    state: Literal["draft", "issued"]
+    state: BillState
     energy_kwh: Decimal
     energy_amount: Decimal
     rent_amount: Decimal
     maintenance_amount: Decimal
+    credit_amount: Decimal = Field(description="Credits for unusable time (negative)")
     total_amount: Decimal
     currency: str
     generated_at: datetime
     issued_at: datetime | None
+    issued_by: str | None
+    paid_on: date | None
+    payment_reference: str | None
+    paid_at: datetime | None = Field(description="When the payment was recorded")
+    paid_by: str | None
+    voided_at: datetime | None
+    voided_by: str | None
+    void_reason: str | None
 
 
 class BillWithLines(Bill):
     lines: list[BillLine]
+    credit_notes: list[int] = Field(description="Credit notes correcting this invoice")
 
 
 class GenerateBills(BaseModel):
@@ -454,8 +539,58 @@ class Generated(BaseModel):
     outcome: Literal["created", "replaced", "issued, unchanged"]
 
 
+class Payment(BaseModel):
+    paid_on: date = Field(description="The day the money arrived (or a credit note was settled)")
+    reference: str = Field(min_length=1, max_length=200, description="Bank or receipt reference")
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [{"paid_on": "2026-12-10", "reference": "ICBC 8812-0457"}]
+        }
+    }
+
+
+class Voiding(BaseModel):
+    reason: str = Field(min_length=1, max_length=1000)
+
+    model_config = {"json_schema_extra": {"examples": [{"reason": "issued to the wrong tenant"}]}}
+
+
+class CorrectionLine(BaseModel):
+    label: str = Field(min_length=1, max_length=500)
+    amount: Decimal = Field(lt=0, max_digits=14, decimal_places=2, description="CNY, negative")
+    lease_id: int | None = Field(None, description="A lease billed on the invoice")
+
+
+class NewCreditNote(BaseModel):
+    reason: str = Field(min_length=1, max_length=1000)
+    lines: list[CorrectionLine] = Field(min_length=1, max_length=200)
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "reason": "port 1 meter over-read on 11-25, confirmed on site",
+                    "lines": [
+                        {"label": "electricity over-read, port P0001-port1", "amount": "-12.60"}
+                    ],
+                }
+            ]
+        }
+    }
+
+
 def _may_see(principal: Principal, row: dict[str, Any]) -> bool:
     return principal.is_staff or row["tenant_id"] == principal.tenant_id
+
+
+def _head(row: dict[str, Any]) -> dict[str, Any]:
+    """A bill as the audit log keeps it: without its lines."""
+    return {k: v for k, v in dumps(row).items() if k != "lines"}
+
+
+def _conflict(exc: BillConflict) -> HTTPException:
+    return HTTPException(409, detail={"msg": exc.msg, **exc.data})
 
 
 @router.post(
@@ -481,23 +616,31 @@ async def generate_bills(
     return [Generated.model_validate({"bill": b, "outcome": o}) for b, o in results]
 
 
-@router.get("/bills", summary="List bills (tenants: their own)")
+@router.get("/bills", summary="List bills and credit notes (tenants: their own)")
 async def list_bills(
     ctx: Context,
     principal: AnyUser,
     tenant: Annotated[str | None, Query(max_length=64)] = None,
     month: Annotated[str | None, Query(pattern=MONTH.pattern)] = None,
-    state: Literal["draft", "issued"] | None = None,
+    state: BillState | None = None,
+    kind: BillKind | None = None,
     limit: Limit = 100,
     after: After = None,
 ) -> Page[Bill]:
     if not principal.is_staff:
         tenant = principal.tenant_id
     rows = await _store(ctx).bill_page(
-        tenant_id=tenant, month=month, state=state, after=after, limit=limit
+        tenant_id=tenant, month=month, state=state, kind=kind, after=after, limit=limit
     )
     items = [Bill.model_validate(r) for r in rows]
     return Page[Bill](items=items, next=str(items[-1].id) if len(items) == limit else None)
+
+
+async def _visible(ctx: ApiContext, principal: Principal, bill_id: int) -> dict[str, Any]:
+    row = await _store(ctx).bill(bill_id)
+    if row is None or not _may_see(principal, row):
+        raise not_found("bill", str(bill_id))
+    return row
 
 
 @router.get(
@@ -506,38 +649,177 @@ async def list_bills(
     responses={404: {"description": "No such bill (or not the tenant's)"}},
 )
 async def get_bill(ctx: Context, principal: AnyUser, bill_id: int) -> BillWithLines:
-    row = await _store(ctx).bill(bill_id)
-    if row is None or not _may_see(principal, row):
-        raise not_found("bill", str(bill_id))
+    return BillWithLines.model_validate(await _visible(ctx, principal, bill_id))
+
+
+@router.get(
+    "/bills/{bill_id}/lines.csv",
+    summary="A bill's lines as CSV (tenants: their own)",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "CSV with a header line"},
+        404: {"description": "No such bill (or not the tenant's)"},
+    },
+)
+async def bill_csv(ctx: Context, principal: AnyUser, bill_id: int) -> Response:
+    row = await _visible(ctx, principal, bill_id)
+    name = f"{row['kind'].replace('_', '-')}-{row['id']}-{row['month']}.csv"
+    return Response(
+        invoice.lines_csv(row),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+def issuer(settings: Settings) -> invoice.Party:
+    """The operator as printed on invoices: `Settings.invoice_issuer`, a mapping
+    with `name` and any details in order (address, tax id, bank, phone…)."""
+    raw: dict[str, str] = dict(settings.invoice_issuer)
+    name = raw.pop("name", "") or "The operator"
+    return invoice.Party(name, tuple(raw.items()))
+
+
+@router.get(
+    "/bills/{bill_id}/invoice.html",
+    summary="A bill as a printable HTML invoice, with the operator's and tenant's details",
+    response_class=HTMLResponse,
+    responses={404: {"description": "No such bill (or not the tenant's)"}},
+)
+async def bill_html(ctx: Context, principal: AnyUser, bill_id: int) -> HTMLResponse:
+    row = await _visible(ctx, principal, bill_id)
+    store = _store(ctx)
+    tenant = await store.tenant(row["tenant_id"])
+    party = invoice.Party(
+        tenant["name"] if tenant else row["tenant_id"], (("Tenant id", row["tenant_id"]),)
+    )
+    page = invoice.invoice_html(row, issuer=issuer(ctx.settings), tenant=party, tz=store.tz)
+    return HTMLResponse(page)
+
+
+async def _move(
+    ctx: ApiContext,
+    audit: Audit,
+    bill_id: int,
+    action: str,
+    step: Callable[[BillingStore, AsyncConnection[Any]], Awaitable[dict[str, Any]]],
+) -> BillWithLines:
+    store = _store(ctx)
+    async with ctx.pool.connection() as conn, conn.transaction():
+        try:
+            await store.lock_bill(conn, bill_id)
+        except LookupError:
+            raise not_found("bill", str(bill_id)) from None
+        before = await store.bill(bill_id, conn)
+        assert before is not None
+        try:
+            row = await step(store, conn)
+        except BillConflict as exc:
+            raise _conflict(exc) from None
+        await audit.record(conn, action, "bill", bill_id, before=_head(before), after=_head(row))
     return BillWithLines.model_validate(row)
+
+
+_MOVE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such bill"},
+    409: {"description": "The bill's state does not allow it (the body says why)"},
+}
 
 
 @router.post(
     "/bills/{bill_id}/issue",
     summary="Issue a draft bill (managers); an issued bill never changes",
+    responses=_MOVE_RESPONSES,
+)
+async def issue_bill(
+    ctx: Context, principal: Managers, audit: Audit, bill_id: int
+) -> BillWithLines:
+    return await _move(
+        ctx, audit, bill_id, "issue", lambda s, c: s.issue(c, bill_id, by=principal.name)
+    )
+
+
+@router.post(
+    "/bills/{bill_id}/pay",
+    summary="Record an issued bill's payment, with its date and reference (managers)",
+    responses=_MOVE_RESPONSES,
+)
+async def pay_bill(
+    ctx: Context, principal: Managers, audit: Audit, bill_id: int, body: Payment
+) -> BillWithLines:
+    return await _move(
+        ctx,
+        audit,
+        bill_id,
+        "pay",
+        lambda s, c: s.pay(
+            c, bill_id, paid_on=body.paid_on, reference=body.reference, by=principal.name
+        ),
+    )
+
+
+@router.post(
+    "/bills/{bill_id}/void",
+    summary="Void an issued bill, with a reason (managers); a paid bill takes a credit note",
+    description="Only an issued bill that is not paid can be voided. A draft is regenerated"
+    " instead; a paid bill is corrected with a credit note (its payment stays on record);"
+    " an invoice's credit notes are voided first. Once an invoice is void, generating the"
+    " month again makes a new invoice.",
+    responses=_MOVE_RESPONSES,
+)
+async def void_bill(
+    ctx: Context, principal: Managers, audit: Audit, bill_id: int, body: Voiding
+) -> BillWithLines:
+    return await _move(
+        ctx,
+        audit,
+        bill_id,
+        "void",
+        lambda s, c: s.void(c, bill_id, reason=body.reason, by=principal.name),
+    )
+
+
+@router.post(
+    "/bills/{bill_id}/credit-notes",
+    status_code=201,
+    summary="Correct an issued or paid invoice with a credit note (managers)",
+    description="The credit note is issued at once, for the invoice's tenant and month; its"
+    " lines have negative amounts. The credit notes of an invoice never exceed its total.",
     responses={
-        404: {"description": "No such bill"},
-        409: {"description": "Issued already"},
+        404: {"description": "No such invoice"},
+        409: {"description": "The invoice cannot be corrected, or not by that much"},
     },
 )
-async def issue_bill(ctx: Context, _: Managers, audit: Audit, bill_id: int) -> BillWithLines:
+async def create_credit_note(
+    ctx: Context, principal: Managers, audit: Audit, bill_id: int, body: NewCreditNote
+) -> BillWithLines:
     store = _store(ctx)
+    lines = [ln.model_dump() for ln in body.lines]
     async with ctx.pool.connection() as conn, conn.transaction():
-        before = await store.bill(bill_id, conn)
-        if before is None:
-            raise not_found("bill", str(bill_id))
         try:
-            row = await store.issue(conn, bill_id)
-        except BillIssued:
+            row = await store.credit_note(
+                conn, bill_id, reason=body.reason, lines=lines, by=principal.name
+            )
+        except LookupError:
+            raise not_found("bill", str(bill_id)) from None
+        except BillConflict as exc:
+            raise _conflict(exc) from None
+        except ValueError as exc:
+            n = next(i for i, ln in enumerate(lines) if ln["lease_id"] == exc.args[0])
             raise HTTPException(
-                409, detail={"msg": "the bill is issued already", "state": before["state"]}
+                422,
+                detail=[
+                    {
+                        "loc": ["body", "lines", n, "lease_id"],
+                        "msg": f"lease {exc.args[0]} is not billed on invoice {bill_id}",
+                        "type": "value_error",
+                    }
+                ],
             ) from None
         await audit.record(
             conn,
-            "issue",
+            "credit_note",
             "bill",
-            bill_id,
-            before={k: v for k, v in dumps(before).items() if k != "lines"},
-            after={k: v for k, v in dumps(row).items() if k != "lines"},
+            row["id"],
+            after=dumps(row) | {"corrects_bill_id": bill_id},
         )
     return BillWithLines.model_validate(row)
