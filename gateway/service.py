@@ -13,7 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from gateway.adapters.command_store import CommandStore
 from gateway.adapters.credentials import TokenIssuer
-from gateway.adapters.db import libpq_url
+from gateway.adapters.db import TenantScopedPool, libpq_url
 from gateway.adapters.modbus_bus import BusOptions
 from gateway.adapters.mqtt import MqttSubscription
 from gateway.adapters.spool import AsyncSpool, FullPolicy, SpoolError
@@ -44,8 +44,9 @@ class ApiServer(uvicorn.Server):
 
 def open_pool(database_url: str) -> AsyncConnectionPool:
     """The API's pool; connections are checked before use, so a restarted
-    PostgreSQL costs failed requests only while it is down."""
-    return AsyncConnectionPool(
+    PostgreSQL costs failed requests only while it is down. A tenant's request
+    gets connections scoped to the tenant (row-level security, migration 0013)."""
+    return TenantScopedPool(
         libpq_url(database_url),
         min_size=1,
         max_size=10,

@@ -197,8 +197,10 @@ async def review_pole(
     exclude = app["lease_id"] if app["kind"] == "change" else None
     leases = await _all(
         conn,
-        f"SELECT slot_id, port_id, compartment_id, load_kg, wind_area_m2, power_w, cabinet_units"
-        f" FROM leases WHERE pole_id = %s AND {LIVE} AND id IS DISTINCT FROM %s",
+        # The view, not `leases`: a tenant's review must count every tenant's live
+        # leases, and row-level security shows a tenant only its own (migration 0013).
+        "SELECT slot_id, port_id, compartment_id, load_kg, wind_area_m2, power_w, cabinet_units"
+        " FROM lease_reservations WHERE pole_id = %s AND id IS DISTINCT FROM %s",
         (pole_id, exclude),
     )
     reservations = [mo.Reservation(**r) for r in leases]

@@ -4,12 +4,13 @@ A caller presents either a JWT from `POST /api/v1/auth/token` or an API key
 (`pgw_…`), as `Authorization: Bearer …` or, for keys, `X-API-Key: …`. Routes
 name the roles they admit with the aliases below (`Staff`, `Managers`, …); a
 route that writes also takes `Audit`, which appends to the audit log in the
-write's own transaction.
+write's own transaction. A tenant's request runs its queries as the tenant
+(row-level security is the second wall behind each route's tenant filter).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -19,6 +20,7 @@ from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 
 from gateway.adapters import audit
 from gateway.adapters.credentials import InvalidToken, split_api_key
+from gateway.adapters.db import tenant_scope
 from gateway.api.deps import ApiContext, Context
 from gateway.core.auth import ADMINS, EVERYONE, MANAGERS, STAFF, Principal, Role
 
@@ -54,13 +56,25 @@ async def authenticated(
     ctx: Context,
     bearer: Annotated[str | None, Depends(_bearer)],
     api_key: Annotated[str | None, Depends(_api_key)],
-) -> Principal:
+) -> AsyncIterator[Principal]:
+    """The caller. For a tenant, every connection the request then checks out of
+    the API pool runs as the tenant (row-level security, migration 0013) until the
+    response is sent; staff connections are not scoped."""
     credential = bearer or api_key
     if not credential:
         raise unauthorized("authentication required: send a bearer token or an X-API-Key")
     principal = await _principal_of(ctx, credential)
     request.state.principal = principal
-    return principal
+    with tenant_scope(tenant_of(principal)):
+        yield principal
+
+
+def tenant_of(principal: Principal) -> str | None:
+    """The tenant a principal's connections are scoped to; None for staff. A tenant
+    user without a tenant (the database forbids it) is scoped to none: sees nothing."""
+    if principal.role is Role.TENANT:
+        return principal.tenant_id or ""
+    return None
 
 
 def require(roles: frozenset[Role]) -> Callable[..., Awaitable[Principal]]:
