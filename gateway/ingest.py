@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from gateway.adapters.mqtt import Ack, Inbound
-from gateway.adapters.spool import AsyncSpool, Depth, FullPolicy
+from gateway.adapters.spool import AsyncSpool, Depth, FullPolicy, SpoolError, decode
 from gateway.backoff import Backoff
 from gateway.core.decode import decode_message
 from gateway.core.readings import Batch, ClockCheck, Decoded, Quality, WriteResult
@@ -320,12 +320,27 @@ class IngestPipeline:
         failing = False
         while True:
             self._spooled.clear()
-            item = await spool.oldest()
+            try:
+                item = await spool.oldest()
+            except sqlite3.Error as exc:
+                m.spool_errors.inc()
+                log.error("cannot read the spool %s: %s", spool.path, exc)
+                await asyncio.sleep(backoff.next_delay())
+                continue
             if item is None:
                 m.spool_drain_rate.set(0)
                 await self._spooled.wait()
                 continue
-            seq, batch = item
+            seq, raw = item
+            try:
+                batch = decode(raw)
+            except (SpoolError, ValueError, KeyError, TypeError) as exc:
+                # Never block the drain (or crash the gateway) on one damaged batch.
+                m.spool_errors.inc()
+                log.error("spooled batch %d cannot be read (%s); set aside", seq, exc)
+                await spool.set_aside(seq, f"{type(exc).__name__}: {exc}")
+                self._unspooled.set()
+                continue
             started = time.perf_counter()
             try:
                 async with self._write_lock:

@@ -4,6 +4,7 @@ database (a fake writer): acknowledgement after the fsync, drain in order, the b
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -185,6 +186,7 @@ async def test_an_outage_is_spooled_acknowledged_and_drained_in_order(tmp_path: 
             await p.put(message(i, acks))
         await eventually(lambda: len(stored_ts(writer)) == 30)
         assert stored_ts(writer) == [float(i) for i in range(30)]
+        await eventually(lambda: len(committed) == len(writer.batches))  # hooks run after
         assert [b.readings for b in committed] == [b.readings for b in writer.batches]
         await eventually(lambda: not spool)
         assert value(metrics, "polegw_spool_drained_readings_total") == value(
@@ -280,7 +282,26 @@ async def test_a_spool_left_by_a_crash_is_drained_before_new_batches(tmp_path: P
         await p.put(message(2_000_000_000, acks))
         await eventually(lambda: len(writer.batches) == 2)
         assert writer.batches[0].readings[0].value == 7.0  # the old batch first
-        assert not spool
+        await eventually(lambda: not spool)
     finally:
         runner.cancel()
         await spool.close()
+
+
+async def test_a_damaged_batch_is_set_aside_and_the_rest_drains(tmp_path: Path) -> None:
+    left = Spool(tmp_path, max_bytes=10**6, policy=FullPolicy.BLOCK)
+    left.append(b'{"v": 1, "r": [["not a time", "P1-lamp", "power_w", 1.0, 0]]}', 1)
+    left.append(encode(Batch(readings=[Reading(T0, "P1-lamp", "power_w", 7.0)])), 1)
+    left.close()
+    writer = FakeWriter()
+    p, spool, metrics = spooling_pipeline(writer, tmp_path)
+    runner = asyncio.create_task(p.run())
+    try:
+        await eventually(lambda: not spool)
+        assert [b.readings[0].value for b in writer.batches] == [7.0]
+        assert value(metrics, "polegw_spool_errors_total") == 1
+    finally:
+        runner.cancel()
+        await spool.close()
+    kept = sqlite3.connect(tmp_path / "spool.sqlite3").execute("SELECT seq, error FROM unreadable")
+    assert [(seq, error.split(":")[0]) for seq, error in kept] == [(1, "ValueError")]

@@ -126,6 +126,13 @@ class Spool:
             db = self._db
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = FULL")  # fsync the WAL on every commit
+            # Batches that could not be read back (a damaged row): kept for a
+            # person to look at, out of the drain's way.
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS unreadable ("
+                " seq INTEGER PRIMARY KEY, readings INTEGER NOT NULL, body BLOB NOT NULL,"
+                " error TEXT NOT NULL, at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+            )
             db.execute(
                 "CREATE TABLE IF NOT EXISTS batches ("
                 " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
@@ -201,8 +208,22 @@ class Spool:
         row = self._db.execute("SELECT seq, body FROM batches ORDER BY seq LIMIT 1").fetchone()
         return None if row is None else (row[0], row[1])
 
+    def set_aside(self, seq: int, error: str) -> None:
+        """Move a batch that cannot be decoded to the `unreadable` table."""
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute(
+            "INSERT INTO unreadable (seq, readings, body, error)"
+            " SELECT seq, readings, body, ? FROM batches WHERE seq = ?",
+            (error, seq),
+        )
+        self._forget(seq)
+        self._db.execute("COMMIT")
+
     def remove(self, seq: int) -> None:
         """Delete a batch once the database has committed it."""
+        self._forget(seq)
+
+    def _forget(self, seq: int) -> None:
         row = self._db.execute(
             "DELETE FROM batches WHERE seq = ? RETURNING readings, bytes", (seq,)
         ).fetchone()
@@ -254,9 +275,12 @@ class AsyncSpool:
         body = encode(batch)  # on the loop: CPU only, and it keeps the batch off the thread
         return await self._call(lambda: self._spool.append(body, len(batch.readings)))
 
-    async def oldest(self) -> tuple[int, Batch] | None:
-        row = await self._call(self._spool.oldest)
-        return None if row is None else (row[0], decode(row[1]))
+    async def oldest(self) -> tuple[int, bytes] | None:
+        """The oldest batch's sequence number and encoded body (see `decode`)."""
+        return await self._call(self._spool.oldest)
+
+    async def set_aside(self, seq: int, error: str) -> None:
+        await self._call(lambda: self._spool.set_aside(seq, error))
 
     async def remove(self, seq: int) -> None:
         await self._call(lambda: self._spool.remove(seq))
