@@ -54,6 +54,11 @@ def open_pool(database_url: str) -> AsyncConnectionPool:
         check=AsyncConnectionPool.check_connection,
         kwargs={"application_name": "polegw-api", "connect_timeout": 5},
         timeout=5,
+        # Give up the pool's own reconnect back-off after 5 s: from then on each
+        # request that needs a connection makes a fresh attempt, so the first
+        # request after PostgreSQL is back succeeds (the back-off alone grows to
+        # tens of seconds in a long outage).
+        reconnect_timeout=5,
     )
 
 

@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import secrets
 import socket
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 import paho.mqtt.client as paho
@@ -99,6 +101,9 @@ def free_port() -> int:
         return port
 
 
+_SPOOLS = tempfile.TemporaryDirectory(prefix="polegw-test-spools-")  # removed at exit
+
+
 def gateway_settings(database_url: str, mqtt_url: str, prefix: str, **extra: object) -> Settings:
     values: dict[str, object] = {
         "database_url": database_url,
@@ -110,6 +115,9 @@ def gateway_settings(database_url: str, mqtt_url: str, prefix: str, **extra: obj
         # Sessions of test gateways should not outlive the test run on a shared broker.
         "mqtt_session_expiry_s": 120,
         "secret_key": TEST_SECRET,
+        # Each gateway its own spool: a shared one would drain one test's batches
+        # into another test's database.
+        "spool_dir": Path(_SPOOLS.name) / secrets.token_hex(4),
     }
     values.update(extra)
     return Settings(**values)  # type: ignore[arg-type]

@@ -47,7 +47,9 @@ def running_api(
         # Fuzzed logins must not lock the fuzzer out of the token route.
         "POLEGW_LOGIN_MAX_FAILURES": "1000000",
     }
-    log = tmp_path_factory.mktemp("fuzz") / "gateway.log"
+    folder = tmp_path_factory.mktemp("fuzz")
+    env["POLEGW_SPOOL_DIR"] = str(folder / "spool")
+    log = folder / "gateway.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run"], env=env, stdout=out, stderr=subprocess.STDOUT

@@ -95,6 +95,18 @@ class BusOptions:
     # failure even if every read answered: the device holds up the whole bus.
     # Default: two request timeouts.
     slow_poll_s: float | None = None
+    # Reconnecting to an endpoint that is down: back-off from the first delay,
+    # doubling up to the cap (each delay drawn from [d/2, d]). A device that
+    # comes back is polled again at most max_reconnect_wait_s(outage) after.
+    reconnect_first_s: float = 0.5
+    reconnect_cap_s: float = 30.0
+
+    def max_reconnect_wait_s(self, outage_s: float) -> float:
+        """After an endpoint was unreachable for `outage_s`, the longest the bus
+        may still wait before it tries again: the delay in effect then. The
+        attempts before it were spaced by at least half their delays, so that
+        delay is at most 2 * outage + first (and at most the cap)."""
+        return min(self.reconnect_cap_s, 2 * outage_s + self.reconnect_first_s)
 
     @property
     def slow_after_s(self) -> float:
@@ -125,7 +137,9 @@ class ModbusBus:
         self._health = {d.ref.id: self._new_health(d, known.get(d.ref.id)) for d in self._devices}
         self._by_id = {d.ref.id: d for d in self._devices}
         self._client: AsyncModbusTcpClient | None = None
-        self._connect_backoff = Backoff(first=0.5, cap=30.0)
+        self._connect_backoff = Backoff(
+            first=self._o.reconnect_first_s, cap=self._o.reconnect_cap_s
+        )
         self._next_connect = 0.0
         self._lock = asyncio.Lock()  # one request at a time; a write waits for a whole poll
         self._stopped = False

@@ -7,6 +7,7 @@ import logging
 import psycopg
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
+from psycopg_pool import PoolTimeout
 
 from gateway import __version__
 from gateway.api.deps import ApiContext
@@ -78,6 +79,14 @@ async def _refused_value(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """No connection to the database (down, restarting, pool exhausted): a 503 the
+    client may retry, not a 500. Data already accepted is not affected."""
+    log.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc)
+    body = {"detail": "the database is unavailable; try again shortly"}
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+
+
 def create_app(ctx: ApiContext) -> FastAPI:
     app = FastAPI(
         title="polegw",
@@ -93,6 +102,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.state.ctx = ctx
     app.add_exception_handler(psycopg.DataError, _refused_value)
     app.add_exception_handler(psycopg.IntegrityError, _refused_value)
+    app.add_exception_handler(PoolTimeout, _database_unavailable)
+    app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
     app.include_router(health.router)
     v1 = APIRouter(prefix="/api/v1")
     for module in ROUTERS:
