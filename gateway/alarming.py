@@ -1,10 +1,15 @@
 """The alarm engine at run time: fed by the ingest pipeline after each commit,
 timed for offline devices, writing alarms through the AlarmStore.
 
-`on_batch` runs in the ingest commit loop, so it only evaluates (the engine
-skips metrics no rule watches with one set lookup) and queues the transitions;
-a task of its own writes them, with the listeners, in one transaction each,
-then runs the post-commit hooks (the emergency policy's protective actions).
+`on_batch` runs in the ingest commit loop, so it only evaluates the readings
+(the engine skips metrics no rule watches with one set lookup) and queues the
+transitions. Device events are not taken from the batch: the batch only wakes
+the writer task, which reads the events committed since its position
+(`device_events.seq`) from the database, evaluates them and records their
+transitions together with the new position, in one transaction with the
+listeners, then runs the post-commit hooks. After a crash the events past the
+recorded position are evaluated again at start; an event at or before it never
+is, and a redelivered event is not stored twice, so it causes nothing.
 Rule overrides and the device list are reloaded every `reload_s`.
 """
 
@@ -13,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -24,7 +29,7 @@ from gateway.adapters.alarm_store import AlarmStore
 from gateway.backoff import Backoff
 from gateway.core.alarms import AlarmEngine, Target, Transition, compile_rules
 from gateway.core.profiles import ProfileCatalog
-from gateway.core.readings import Batch
+from gateway.core.readings import Batch, DeviceEvent
 from gateway.core.registry import Registry
 
 if TYPE_CHECKING:
@@ -34,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+T = TypeVar("T")
 
 
 class PostCommit(Protocol):
@@ -58,6 +64,8 @@ class AlarmRunner:
         tick_s: float = 1.0,
         reload_s: float = 10.0,
         max_queued: int = 10_000,
+        events_chunk: int = 1000,
+        progress_s: float = 5.0,
     ) -> None:
         self._pool = pool
         self._store = store
@@ -67,14 +75,24 @@ class AlarmRunner:
         self._tick_s = tick_s
         self._reload_s = reload_s
         self._max_queued = max_queued
+        self._events_chunk = events_chunk
+        self._progress_s = progress_s
         self.engine = AlarmEngine(compile_rules(catalog)[0])
         self.post_commit: list[PostCommit] = []
+        # Tasks that run beside the writer and the timer (the protective actions).
+        self.companions: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._queue: asyncio.Queue[list[Transition]] = asyncio.Queue()
+        self._work = asyncio.Event()  # something queued, or events committed
+        self._events_due = False  # events may have been committed past `_seq`
+        self._seq: int | None = None  # events evaluated up to here (None: not loaded)
+        self._saved_seq = 0  # ... and recorded up to here
+        self._saved_at = time.monotonic()
         self._targets: list[Target] = []
         self._cache_of: Registry | None = None
         self._cache: dict[str, Target | None] = {}
         self._idle = asyncio.Event()
         self._idle.set()
+        self.started = asyncio.Event()  # set once `run` has loaded and primed
         self.dropped = 0
 
     # ------------------------------------------------------------------ feeding
@@ -96,14 +114,18 @@ class AlarmRunner:
         return target
 
     def on_batch(self, batch: Batch) -> None:
-        """The ingest hook: a committed batch's readings and events."""
-        if not batch.readings and not batch.events:
-            return
-        now = self._clock()
-        out = self.engine.readings(batch.readings, self._lookup, now)
+        """The ingest hook: a committed batch's readings and events. Its events
+        are read back from the database by the writer (in commit order, once)."""
+        if batch.readings:
+            self._enqueue(self.engine.readings(batch.readings, self._lookup, self._clock()))
         if batch.events:
-            out += self.engine.events(batch.events, self._lookup, now)
-        self._enqueue(out)
+            self.events_committed()
+
+    def events_committed(self) -> None:
+        """Device events were committed: evaluate them soon."""
+        self._events_due = True
+        self._idle.clear()
+        self._work.set()
 
     def _enqueue(self, out: list[Transition]) -> None:
         if not out:
@@ -114,6 +136,7 @@ class AlarmRunner:
             return
         self._idle.clear()
         self._queue.put_nowait(out)
+        self._work.set()
 
     async def tick(self) -> None:
         """Evaluate the timers now (offline devices, quiet event alarms)."""
@@ -143,16 +166,30 @@ class AlarmRunner:
         self._targets = [t for d in ids if (t := self._lookup(d)) is not None]
 
     async def start(self) -> None:
-        """Load overrides and devices; take the alarms left open as on."""
+        """Load overrides and devices; take the alarms left open as on; load the
+        events position, so that the writer evaluates the events committed after
+        it (those a crash left unevaluated) first."""
         await self.reload()
-        self.engine.prime(await self._store.open_keys())
+        open_alarms = await self._store.open_alarms()
+        self.engine.prime(
+            [(rule, device) for rule, device, _ in open_alarms],
+            {(rule, device): seen for rule, device, seen in open_alarms},
+        )
+        self._seq = self._saved_seq = await self._store.position()
+        self.events_committed()
 
     async def flush(self, timeout_s: float = 5.0) -> None:
-        """On shutdown: give what is queued a moment to be written."""
+        """On shutdown: give what is queued a moment to be written, and record
+        how far the events are evaluated."""
         try:
             await self.settled(timeout_s)
         except TimeoutError:
             log.warning("shutdown: %d alarm batches not recorded", self._queue.qsize())
+            return
+        try:
+            await self._save_position()
+        except (psycopg.Error, PoolTimeout) as exc:
+            log.warning("shutdown: events position not recorded (re-evaluated at start): %s", exc)
 
     async def run(self) -> None:
         """Load (retrying while the database is away), then write transitions and
@@ -161,6 +198,7 @@ class AlarmRunner:
         while True:
             try:
                 await self.start()
+                self.started.set()
                 break
             except (psycopg.Error, PoolTimeout) as exc:
                 log.warning("alarm rules not loaded yet: %s", exc)
@@ -168,6 +206,8 @@ class AlarmRunner:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._write_forever(), name="alarm-writer")
             tg.create_task(self._time_forever(), name="alarm-timer")
+            for companion in self.companions:
+                tg.create_task(companion(), name="alarm-companion")
 
     async def _time_forever(self) -> None:
         next_reload = time.monotonic() + self._reload_s
@@ -183,18 +223,75 @@ class AlarmRunner:
 
     async def _write_forever(self) -> None:
         while True:
-            items = await self._queue.get()
-            while not self._queue.empty() and len(items) < 5000:
-                items.extend(self._queue.get_nowait())
-            await self._apply(items)
-            if self._queue.empty():
+            if self._queue.empty() and not self._events_due:
+                timeout = None
+                if self._saved_seq != self._seq:  # events that caused nothing
+                    timeout = max(0.0, self._saved_at + self._progress_s - time.monotonic())
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._work.wait()
+                except TimeoutError:
+                    pass
+            self._work.clear()
+            await self._write_round()
+            if (
+                self._saved_seq != self._seq
+                and time.monotonic() - self._saved_at >= self._progress_s
+            ):
+                await self._retrying(self._save_position)
+            if self._queue.empty() and not self._events_due:
                 self._idle.set()
 
-    async def _apply(self, items: list[Transition]) -> None:
+    async def _write_round(self) -> None:
+        """One round: the events committed since the position (if any), then
+        everything queued before they are evaluated plus their transitions, in
+        the order the engine produced them, recorded with the new position."""
+        rows: list[tuple[int, DeviceEvent]] = []
+        due, self._events_due = self._events_due, False
+        if due and self._seq is not None:  # (None: not started; start() asks again)
+            seq = self._seq
+            rows = await self._retrying(lambda: self._store.events_after(seq, self._events_chunk))
+            if len(rows) >= self._events_chunk:
+                self._events_due = True  # more to come: next round
+                self._work.set()
+        # No await from here to the write: what is queued now was produced before
+        # these events are evaluated, and is written before their transitions.
+        items: list[Transition] = []
+        while not self._queue.empty() and len(items) < 5000:
+            items.extend(self._queue.get_nowait())
+        if not self._queue.empty():
+            self._work.set()
+        events_seq = None
+        if rows:
+            items += self.engine.events([e for _, e in rows], self._lookup, self._clock())
+            self._seq = rows[-1][0]
+            if items:
+                events_seq = self._seq
+            # else: nothing to record; the position is saved a little later
+        if items:
+            await self._apply(items, events_seq)
+
+    async def _save_position(self) -> None:
+        seq = self._seq
+        if seq is not None and seq != self._saved_seq:
+            await self._store.save_position(seq)
+            self._saved_seq = seq
+        self._saved_at = time.monotonic()
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         backoff = Backoff(first=0.5, cap=10.0)
         while True:
             try:
-                await self._store.apply(items)
+                return await call()
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                log.warning("alarm events not read or recorded yet (database): %s", exc)
+                await asyncio.sleep(backoff.next_delay())
+
+    async def _apply(self, items: list[Transition], events_seq: int | None = None) -> None:
+        backoff = Backoff(first=0.5, cap=10.0)
+        while True:
+            try:
+                await self._store.apply(items, events_seq=events_seq)
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 self._rolled_back()
                 log.warning("alarms not recorded yet (database): %s", exc)
@@ -203,20 +300,37 @@ class AlarmRunner:
             except Exception:
                 self._rolled_back()
                 log.exception("recording %d alarm transitions failed; one by one", len(items))
-                await self._apply_singly(items)
+                await self._apply_singly(items, events_seq)
                 return
+            self._recorded(events_seq)
             await self._committed()
             return
 
-    async def _apply_singly(self, items: list[Transition]) -> None:
-        for t in items:
+    async def _apply_singly(self, items: list[Transition], events_seq: int | None) -> None:
+        """Each transition in a savepoint: a bad one is logged and left out, the
+        rest (and the position) commit together."""
+        backoff = Backoff(first=0.5, cap=10.0)
+        while True:
             try:
-                await self._store.apply([t])
-            except Exception:
+                await self._store.apply_each(items, events_seq=events_seq)
+            except (psycopg.OperationalError, PoolTimeout) as exc:
                 self._rolled_back()
-                log.exception("alarm transition %s for %s not recorded", t.rule.key, t.device_id)
-            else:
-                await self._committed()
+                log.warning("alarms not recorded yet (database): %s", exc)
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            except Exception:
+                # Not one transition's fault: nothing of this list can be recorded.
+                self._rolled_back()
+                log.exception("%d alarm transitions not recorded", len(items))
+                return
+            self._recorded(events_seq)
+            await self._committed()
+            return
+
+    def _recorded(self, events_seq: int | None) -> None:
+        if events_seq is not None:
+            self._saved_seq = max(self._saved_seq, events_seq)
+            self._saved_at = time.monotonic()
 
     def _rolled_back(self) -> None:
         for hook in self.post_commit:
@@ -261,4 +375,6 @@ def build_alarm_runner(
     store.listeners.append(emergencies)
     store.listeners.append(WorkOrderPolicy(MaintenanceRules.from_settings(settings)))
     runner.post_commit.append(emergencies)
+    if emergencies.issuer is not None:
+        runner.companions.append(emergencies.issuer.run)
     return runner

@@ -1,13 +1,18 @@
-"""Alarms in PostgreSQL (tables alarms, alarm_rule_overrides; migration 0005).
+"""Alarms in PostgreSQL (tables alarms, alarm_rule_overrides; migration 0005) and
+the alarm engine's position in the device events (alarm_progress; migration 0014).
 
 `apply` records the engine's transitions in one transaction and calls the
 registered AlarmListeners (work orders, emergencies) inside it, so an alarm and
 what it caused commit together. At most one alarm per (rule, device) is not yet
-cleared (a partial unique index): a repeat raise updates that one.
+cleared (a partial unique index): a repeat raise updates that one. The position
+(`events_seq`: the last device event whose transitions are recorded) moves in
+that same transaction, so after a crash the events past it are evaluated again
+and the ones before it never are.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -18,7 +23,10 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.core.alarms import Clear, Raise, Transition, Update
+from gateway.core.readings import DeviceEvent
 from gateway.ops_events import AlarmEvent, AlarmListener
+
+log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
 Conn = psycopg.AsyncConnection[Any]
@@ -59,11 +67,73 @@ class AlarmStore:
 
     # ------------------------------------------------------------------ engine side
 
-    async def apply(self, transitions: Sequence[Transition]) -> None:
-        """Record transitions in order, in one transaction with their listeners."""
+    async def apply(
+        self, transitions: Sequence[Transition], *, events_seq: int | None = None
+    ) -> None:
+        """Record transitions in order, in one transaction with their listeners,
+        and move the events position to `events_seq` (when given) in it."""
         async with self._pool.connection() as conn, conn.transaction():
             for t in transitions:
                 await self.apply_one(conn, t)
+            if events_seq is not None:
+                await self._advance(conn, events_seq)
+
+    async def apply_each(
+        self, transitions: Sequence[Transition], *, events_seq: int | None = None
+    ) -> list[Transition]:
+        """Like `apply`, but each transition in a savepoint of its own: one that
+        fails is left out (and returned) and the rest still commit, with the
+        position. For a list `apply` refused for its content."""
+        failed: list[Transition] = []
+        async with self._pool.connection() as conn, conn.transaction():
+            for t in transitions:
+                try:
+                    async with conn.transaction():
+                        await self.apply_one(conn, t)
+                except psycopg.OperationalError:
+                    raise  # the connection is gone: the whole transaction is lost
+                except Exception:
+                    log.exception(
+                        "alarm transition %s for %s not recorded", t.rule.key, t.device_id
+                    )
+                    failed.append(t)
+            if events_seq is not None:
+                await self._advance(conn, events_seq)
+        return failed
+
+    # ------------------------------------------------------------------ events position
+
+    @staticmethod
+    async def _advance(conn: Conn, events_seq: int) -> None:
+        await conn.execute(
+            "UPDATE alarm_progress SET events_seq = GREATEST(events_seq, %s), updated_at = now()",
+            (events_seq,),
+        )
+
+    async def save_position(self, events_seq: int) -> None:
+        """Move the events position on (events that caused no transition)."""
+        async with self._pool.connection() as conn, conn.transaction():
+            await self._advance(conn, events_seq)
+
+    async def position(self) -> int:
+        """The last device event (`device_events.seq`) the engine has processed."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute("SELECT events_seq FROM alarm_progress")
+            row = await cur.fetchone()
+            return int(row[0]) if row is not None else 0
+
+    async def events_after(self, seq: int, limit: int) -> list[tuple[int, DeviceEvent]]:
+        """Device events committed after `seq`, in commit order."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT seq, ts, pole_id, device_id, type, data FROM device_events"
+                " WHERE seq > %s ORDER BY seq LIMIT %s",
+                (seq, limit),
+            )
+            return [
+                (int(r[0]), DeviceEvent(r[1], r[2], r[3], r[4], dict(r[5] or {})))
+                for r in await cur.fetchall()
+            ]
 
     async def apply_one(self, conn: Conn, t: Transition) -> None:
         async with conn.cursor(row_factory=dict_row) as cur:
@@ -123,11 +193,15 @@ class AlarmStore:
 
     async def open_keys(self) -> list[tuple[str, str]]:
         """(rule, device) of every alarm not yet cleared."""
+        return [(rule, device) for rule, device, _ in await self.open_alarms()]
+
+    async def open_alarms(self) -> list[tuple[str, str, datetime]]:
+        """(rule, device, last seen) of every alarm not yet cleared."""
         async with self._pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT rule_key, device_id FROM alarms WHERE state <> 'cleared'"
+                "SELECT rule_key, device_id, last_seen FROM alarms WHERE state <> 'cleared'"
             )
-            return [(r[0], r[1]) for r in await cur.fetchall()]
+            return [(r[0], r[1], r[2]) for r in await cur.fetchall()]
 
     # ------------------------------------------------------------------ overrides
 

@@ -254,3 +254,105 @@ async def drills(conn: Conn, *, type: str | None, before_id: int | None, limit: 
 async def pole_devices(conn: Conn, pole_id: str) -> list[str]:
     rows = await _all(conn, "SELECT id FROM devices WHERE pole_id = %s ORDER BY id", (pole_id,))
     return [str(r["id"]) for r in rows]
+
+
+# --------------------------------------------------------------------------- protective actions
+#
+# emergency_actions (migration 0014): pending -> running (a device command is out)
+# -> succeeded | pending again (a retry, at next_at) | failed; cancelled when the
+# emergency is no longer open. A running action's command_id is always set.
+
+ACTION_COLUMNS = (
+    "a.id, a.emergency_id, a.action, a.device_id, a.command, a.args, a.requested_by,"
+    " a.state, a.attempts, a.next_at, a.command_id, a.last_error"
+)
+
+
+async def add_actions(
+    conn: Conn, eid: int, steps: Sequence[Mapping[str, Any]], *, by: str
+) -> list[int]:
+    """Pending actions of the emergency, each a mapping with action, device_id,
+    command and args; due at once."""
+    ids: list[int] = []
+    for step in steps:
+        row = await _one(
+            conn,
+            "INSERT INTO emergency_actions (emergency_id, action, device_id, command, args,"
+            " requested_by) VALUES (%s, %s, %s, %s, %s::jsonb, %s) RETURNING id",
+            (
+                eid,
+                step["action"],
+                step["device_id"],
+                step["command"],
+                orjson.dumps(step["args"]).decode(),
+                by,
+            ),
+        )
+        assert row is not None
+        ids.append(int(row["id"]))
+    return ids
+
+
+async def due_actions(conn: Conn, *, emergency_id: int | None, limit: int) -> list[Row]:
+    """Pending actions whose time has come, oldest first, locked (others skip
+    them), with their emergency's state."""
+    return await _all(
+        conn,
+        f"SELECT {ACTION_COLUMNS}, e.state AS emergency_state"
+        " FROM emergency_actions a JOIN emergencies e ON e.id = a.emergency_id"
+        " WHERE a.state = 'pending' AND a.next_at <= now()"
+        " AND (%(eid)s::bigint IS NULL OR a.emergency_id = %(eid)s)"
+        " ORDER BY a.id LIMIT %(limit)s FOR UPDATE OF a SKIP LOCKED",
+        {"eid": emergency_id, "limit": limit},
+    )
+
+
+async def finished_attempts(conn: Conn, *, stale_after_s: float, limit: int) -> list[Row]:
+    """Running actions whose command has ended, is gone, or has had no outcome
+    for `stale_after_s`; locked, with the command's state (NULL when gone)."""
+    return await _all(
+        conn,
+        f"SELECT {ACTION_COLUMNS}, e.state AS emergency_state,"
+        " c.state AS outcome, c.error AS command_error"
+        " FROM emergency_actions a JOIN emergencies e ON e.id = a.emergency_id"
+        " LEFT JOIN device_commands c ON c.id = a.command_id"
+        " WHERE a.state = 'running'"
+        " AND (c.id IS NULL OR c.state IN ('succeeded', 'failed', 'timed_out')"
+        "  OR a.updated_at < now() - make_interval(secs => %(stale)s))"
+        " ORDER BY a.id LIMIT %(limit)s FOR UPDATE OF a SKIP LOCKED",
+        {"stale": stale_after_s, "limit": limit},
+    )
+
+
+async def action_sent(conn: Conn, action_id: int, command_id: Any) -> None:
+    await conn.execute(
+        "UPDATE emergency_actions SET state = 'running', attempts = attempts + 1,"
+        " command_id = %s, updated_at = now() WHERE id = %s",
+        (command_id, action_id),
+    )
+
+
+async def action_retry(conn: Conn, action_id: int, error: str, delay_s: float) -> None:
+    await conn.execute(
+        "UPDATE emergency_actions SET state = 'pending', last_error = %s,"
+        " next_at = now() + make_interval(secs => %s), updated_at = now() WHERE id = %s",
+        (error, delay_s, action_id),
+    )
+
+
+async def action_ended(conn: Conn, action_id: int, state: str, error: str | None = None) -> None:
+    """succeeded, failed or cancelled."""
+    await conn.execute(
+        "UPDATE emergency_actions SET state = %s, last_error = COALESCE(%s, last_error),"
+        " updated_at = now() WHERE id = %s",
+        (state, error, action_id),
+    )
+
+
+async def actions(conn: Conn, eid: int) -> list[Row]:
+    """The emergency's protective actions, in order."""
+    return await _all(
+        conn,
+        f"SELECT {ACTION_COLUMNS} FROM emergency_actions a WHERE a.emergency_id = %s ORDER BY a.id",
+        (eid,),
+    )

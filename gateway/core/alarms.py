@@ -476,11 +476,20 @@ class AlarmEngine:
     def rules(self) -> list[Rule]:
         return list(self._rules.values())
 
-    def prime(self, active: Iterable[tuple[str, str]]) -> None:
+    def prime(
+        self,
+        active: Iterable[tuple[str, str]],
+        last_seen: Mapping[tuple[str, str], datetime] | None = None,
+    ) -> None:
         """Alarms the store has open (after a restart): the engine takes them as on,
-        so the condition's end clears them."""
+        so the condition's end clears them. An event alarm that clears after quiet
+        is timed from its `last_seen` (when given), so one whose clear was lost in
+        a crash still clears."""
         for rule_key, device_id in active:
-            self._state.setdefault((rule_key, device_id), _State()).active = True
+            st = self._state.setdefault((rule_key, device_id), _State())
+            st.active = True
+            if last_seen is not None and st.last_trigger is None:
+                st.last_trigger = last_seen.get((rule_key, device_id))
             rule = self._rules.get(rule_key)
             if rule is not None and rule.kind == "offline":
                 self._offline_active.add(device_id)
