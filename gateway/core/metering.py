@@ -11,7 +11,8 @@ gaps out. The rules (docs/decisions-billing.md):
   is a wrap (the register rolled over);
 - any other drop is a reset: the meter restarted from 0, delta = new value;
 - a recorded meter replacement between two readings: delta = (old final -
-  prev) + (cur - new first), flagged `replaced`;
+  prev) + (cur - new first), flagged `replaced`; each side is a counter of its
+  own, so either may have wrapped (or reset) by the rules above;
 - no interval is negative; an interval above rated power x duration is capped
   and the excess returned for review (`capped`, `excess_kwh`), never billed;
 - readings further apart than `max_gap` make a gap (reported). The counter
@@ -23,11 +24,13 @@ gaps out. The rules (docs/decisions-billing.md):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
+from functools import lru_cache
 from itertools import pairwise
 
 ZERO = Decimal(0)
@@ -109,7 +112,14 @@ def counter_modulus(data_type: str | None, scale: float = 1.0) -> Decimal | None
 
 def cap_kwh(rated_w: Decimal, start: datetime, end: datetime) -> Decimal:
     """The most a port can draw in [start, end): rated power x duration."""
-    return rated_w * Decimal((end - start).total_seconds()) / HOUR_S / 1000
+    return _cap(str(rated_w), end - start)
+
+
+@lru_cache(maxsize=4096)
+def _cap(rated_w: str, duration: timedelta) -> Decimal:
+    # A series has few distinct interval lengths: computed once each. Keyed by the
+    # rating as written, so 4000 and 4000.0 keep their own (equal) results.
+    return Decimal(rated_w) * Decimal(duration.total_seconds()) / HOUR_S / 1000
 
 
 def meter(
@@ -155,6 +165,8 @@ def meter(
 
 def _between(swaps: Sequence[Replacement], a: datetime, b: datetime) -> Replacement | None:
     """The first replacement in (a, b]."""
+    if not swaps:  # nearly always: no generator for each of a month's intervals
+        return None
     return next((s for s in swaps if a < s.at <= b), None)
 
 
@@ -213,15 +225,25 @@ def _delta(
 ) -> Decimal:
     swap = _between(swaps, prev.ts, cur.ts)
     if swap is not None:
+        # The old meter from prev to its final reading, the new one from its first
+        # reading to cur: each side may have wrapped (or reset) on its own.
         flags.add(Flag.REPLACED)
-        return max(ZERO, swap.old_final - prev.value) + max(ZERO, cur.value - swap.new_first)
-    if cur.value >= prev.value:
-        return cur.value - prev.value
-    if modulus is not None and cur.value + modulus - prev.value <= limit:
+        old = _step(prev.value, swap.old_final, limit, modulus, flags)
+        return old + _step(swap.new_first, cur.value, limit, modulus, flags)
+    return _step(prev.value, cur.value, limit, modulus, flags)
+
+
+def _step(
+    a: Decimal, b: Decimal, limit: Decimal, modulus: Decimal | None, flags: set[Flag]
+) -> Decimal:
+    """One counter's rise from a to b: plain, a wrap if it fits the limit, else a reset."""
+    if b >= a:
+        return b - a
+    if modulus is not None and b + modulus - a <= limit:
         flags.add(Flag.WRAPPED)
-        return cur.value + modulus - prev.value
+        return b + modulus - a
     flags.add(Flag.RESET)
-    return max(ZERO, cur.value)
+    return max(ZERO, b)
 
 
 def _estimate(intervals: list[Interval], index: int, rated: Decimal, k: int) -> Interval:
@@ -245,9 +267,31 @@ def _estimate(intervals: list[Interval], index: int, rated: Decimal, k: int) -> 
     return Interval(gap.start, gap.end, estimate, gap.flags | {Flag.ESTIMATED}, gap.excess_kwh)
 
 
-def split_interval(iv: Interval, bounds: Sequence[datetime]) -> list[Interval]:
+class Cuts:
+    """Instants to cut intervals at, sorted once: `split_interval` finds the ones
+    inside an interval by bisection instead of looking at every one. Build it once
+    for a series (e.g. the day and hour bounds of a month: 750 instants) and pass
+    it for each interval."""
+
+    __slots__ = ("_at",)
+
+    def __init__(self, instants: Iterable[datetime]) -> None:
+        self._at = sorted(set(instants))
+
+    def inside(self, start: datetime, end: datetime) -> list[datetime]:
+        """The instants strictly inside (start, end), in order."""
+        return self._at[bisect_right(self._at, start) : bisect_left(self._at, end)]
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+
+def split_interval(iv: Interval, bounds: Sequence[datetime] | Cuts) -> list[Interval]:
     """The interval cut at the given instants, energy (and excess) pro rata by time."""
-    cuts = sorted({b for b in bounds if iv.start < b < iv.end})
+    if isinstance(bounds, Cuts):
+        cuts = bounds.inside(iv.start, iv.end)
+    else:
+        cuts = sorted({b for b in bounds if iv.start < b < iv.end})
     if not cuts:
         return [iv]
     total = iv.seconds
@@ -263,6 +307,8 @@ def clip(iv: Interval, start: datetime, end: datetime) -> Interval | None:
     """The part of the interval inside [start, end), pro rata; None if none."""
     if iv.end <= start or iv.start >= end:
         return None
+    if start <= iv.start and iv.end <= end:
+        return iv  # all of it (most intervals of a window): nothing to share out
     for part in split_interval(iv, (start, end)):
         if part.start >= start and part.end <= end:
             return part

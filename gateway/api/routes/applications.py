@@ -231,7 +231,9 @@ class Approval(BaseModel):
     )
     overrides: list[Override] = Field(default_factory=list, description="Recorded with it")
     rates: dict[str, Any] | None = Field(
-        None, description="Stored on each lease as given; billing reads `tariff` (a tariff name)"
+        None,
+        description="Stored on each lease as given; billing reads `tariff`, the name of an"
+        " existing tariff (leases without one are billed with the `default` tariff)",
     )
     note: str = Field("", max_length=10_000)
 
@@ -291,6 +293,25 @@ async def check_poles(conn: psycopg.AsyncConnection[Any], pole_ids: list[str]) -
     for i, pole_id in enumerate(pole_ids):
         if await ms.pole_row(conn, pole_id) is None:
             raise bad_param(f"poles[{i}].pole_id", f"no such pole {pole_id!r}", where="body")
+
+
+async def check_rates(conn: psycopg.AsyncConnection[Any], rates: dict[str, Any] | None) -> None:
+    """Refuse rates naming a tariff no version of which exists (billing would find no
+    price for the lease): `rates.tariff`, when given, is a tariff name. Which
+    version applies is decided at billing time, so a version for later dates may
+    still be added; a lease without `rates.tariff` is billed with the `default`."""
+    if rates is None or "tariff" not in rates:
+        return
+    name = rates["tariff"]
+    if not isinstance(name, str) or not name.strip():
+        raise bad_param("rates.tariff", "a tariff name (a non-empty string)", where="body")
+    cur = await conn.execute("SELECT 1 FROM tariffs WHERE name = %s LIMIT 1", (name,))
+    if await cur.fetchone() is None:
+        raise bad_param(
+            "rates.tariff",
+            f"no tariff named {name!r} (create it with POST /api/v1/tariffs first)",
+            where="body",
+        )
 
 
 async def create_application(
@@ -559,7 +580,10 @@ async def add_override(
     responses={
         **NOT_FOUND,
         409: {"description": "Not under review, or a capacity check fails (named in detail)"},
-        422: {"description": "An assignment names a slot, compartment or port of another pole"},
+        422: {
+            "description": "An assignment names a slot, compartment or port of another pole,"
+            " or `rates.tariff` names no tariff"
+        },
     },
 )
 async def approve(
@@ -575,6 +599,7 @@ async def approve(
         except mo.TransitionRefused as exc:
             allowed = mo.allowed_moves(mo.APPLICATION_MOVES, current)
             raise refused(exc, current.value, "approved", allowed) from None
+        await check_rates(conn, body.rates)
         pole_ids = [p["pole_id"] for p in before["poles"]]
         given: dict[str, ms.Assignment] = {}
         for i, a in enumerate(body.assignments):
