@@ -115,6 +115,7 @@ assert _spec.loader is not None
 ib = importlib.util.module_from_spec(_spec)
 sys.modules["bench_ingest"] = ib
 _spec.loader.exec_module(ib)
+import spy_summary  # noqa: E402  (beside this script; run as bench/modbus.py)
 
 PROFILES_DIR = HERE / "profiles"
 PROFILE = "bench-meter"
@@ -767,29 +768,9 @@ COMPONENTS: list[tuple[str, tuple[str, ...]]] = [
 
 def summarise(path: str) -> None:
     """A py-spy raw profile by component (first match in the order above wins)."""
-    total = 0
-    by: collections.Counter[str] = collections.Counter()
-    own: collections.Counter[str] = collections.Counter()
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if not line:
-            continue
-        stack, n_text = line.rsplit(" ", 1)
-        n = int(n_text)
-        frames = stack.split(";")
-        total += n
-        own[frames[-1]] += n
-        for name, needles in COMPONENTS:
-            if any(needle in f for f in frames for needle in needles):
-                by[name] += n
-                break
-        else:
-            by["event loop (selector, transports, tasks) / other"] += n
-    print(f"{total} samples")
-    for name, n in by.most_common():
-        print(f"  {100 * n / total:5.1f} %  {name}")
-    print("top functions by own time:")
-    for frame, n in own.most_common(30):
-        print(f"  {100 * n / total:5.1f} %  {frame}")
+    spy_summary.summarise(
+        path, COMPONENTS, other="event loop (selector, transports, tasks) / other", top=30
+    )
 
 
 # --------------------------------------------------------------------------- main

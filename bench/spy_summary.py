@@ -31,7 +31,15 @@ COMPONENTS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
-def main(path: str) -> None:
+def summarise(
+    path: str,
+    components: list[tuple[str, tuple[str, ...]]] = COMPONENTS,
+    *,
+    other: str = "event loop / other",
+    top: int = 25,
+) -> None:
+    """Print a py-spy raw profile by component (the first match over a sample's
+    stack wins), then the functions with the most own time."""
     total = 0
     by_component: collections.Counter[str] = collections.Counter()
     own: collections.Counter[str] = collections.Counter()
@@ -45,19 +53,19 @@ def main(path: str) -> None:
         frames = stack.split(";")
         total += n
         own[frames[-1]] += n
-        for name, needles in COMPONENTS:
+        for name, needles in components:
             if any(needle in frame for frame in frames for needle in needles):
                 by_component[name] += n
                 break
         else:
-            by_component["event loop / other"] += n
+            by_component[other] += n
     print(f"{total} samples")
     for name, n in by_component.most_common():
         print(f"  {100 * n / total:5.1f} %  {name}")
     print("top functions by own time:")
-    for frame, n in own.most_common(25):
+    for frame, n in own.most_common(top):
         print(f"  {100 * n / total:5.1f} %  {frame}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    summarise(sys.argv[1])
