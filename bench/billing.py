@@ -121,6 +121,11 @@ ROLLUP_SQL = (
     "SELECT first_ts, first, last_ts, last FROM {table}"
     " WHERE device_id = %s AND metric = %s AND bucket >= %s AND bucket < %s ORDER BY bucket"
 )
+# What billing reads now (migration 0015): the same rows, only the window's raw rows.
+RANGED_SQL = (
+    "SELECT first_ts, first, last_ts, last FROM telemetry_15m_between(%s, %s, %s, %s)"
+    " ORDER BY bucket"
+)
 
 
 def with_db(admin_url: str, name: str) -> str:
@@ -308,16 +313,12 @@ async def breakdown(url: str, spec: SiteSpec, start: datetime, end: datetime, re
     ports = port_list(spec)
     lo, hi = start - timedelta(days=1), end + timedelta(days=1)  # billing's margin
 
-    def fetch(table: str) -> int:
+    def fetch(table: str, sql: str = ROLLUP_SQL, a: datetime = lo, b: datetime = hi) -> int:
         """The rollup rows of every port, fetched and dropped: the database's part."""
         n = 0
         with psycopg.connect(url) as conn:
             for _, device, metric in ports:
-                n += len(
-                    conn.execute(
-                        ROLLUP_SQL.format(table=table), (device, metric, lo, hi)
-                    ).fetchall()
-                )
+                n += len(conn.execute(sql.format(table=table), (device, metric, a, b)).fetchall())
         return n
 
     def read(table: str) -> list[list[mt.Reading]]:
@@ -347,6 +348,23 @@ async def breakdown(url: str, spec: SiteSpec, start: datetime, end: datetime, re
         lambda: asyncio.to_thread(read, "telemetry_15m"),
     )
     count = sum(len(s) for s in series)
+    ranged = await timed(
+        f"the same through telemetry_15m_between, {len(ports)} ports (migration 0015)",
+        repeats,
+        lambda: asyncio.to_thread(fetch, "", RANGED_SQL),
+    )
+    assert ranged == rows, "telemetry_15m_between gives other rows than the view"
+    day = (start, start + timedelta(days=1))
+    await timed(
+        "one day of the month, plain view (reads all of each port's rows)",
+        repeats,
+        lambda: asyncio.to_thread(fetch, "telemetry_15m", ROLLUP_SQL, *day),
+    )
+    await timed(
+        "one day of the month, telemetry_15m_between (reads the day's rows)",
+        repeats,
+        lambda: asyncio.to_thread(fetch, "", RANGED_SQL, *day),
+    )
 
     async def metering() -> None:
         for s in series:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from gateway.core.metering import (
+    Cuts,
     Flag,
+    Interval,
     Reading,
     Replacement,
     clip,
@@ -178,3 +181,20 @@ def test_a_real_jump_that_holds_is_capped_not_a_glitch() -> None:
     assert [iv.kwh for iv in out.intervals] == [1, 0, 0]
     assert out.intervals[0].flags == {Flag.CAPPED}
     assert out.intervals[0].excess_kwh == Decimal("0.5")
+
+
+def test_cuts_in_other_zones_cut_where_the_plain_list_does() -> None:
+    """`Cuts` bisects in UTC; instants and intervals of other zones (a site's local
+    day bounds, the database's ZoneInfo('Etc/UTC')) cut at the same instants and
+    keep the instants' own objects as the parts' edges."""
+    cst, etc = ZoneInfo("Asia/Shanghai"), ZoneInfo("Etc/UTC")
+    days = [datetime(2026, 11, d, tzinfo=cst) for d in range(1, 5)]
+    hours = [datetime(2026, 10, 31, 16, tzinfo=UTC) + timedelta(hours=h) for h in range(80)]
+    cuts = Cuts(days + hours)
+    for start_h in range(0, 75, 7):
+        start = datetime(2026, 10, 31, 16, 7, tzinfo=etc) + timedelta(hours=start_h)
+        iv = Interval(start, start + timedelta(hours=5, minutes=3), Decimal("5.03"))
+        fast, plain = split_interval(iv, cuts), split_interval(iv, days + hours)
+        assert fast == plain
+        assert [p.start.tzinfo for p in fast] == [p.start.tzinfo for p in plain]
+        assert len(fast) == 6

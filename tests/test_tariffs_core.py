@@ -7,18 +7,23 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from gateway.core.metering import Interval
+from gateway.core.metering import Flag, Interval
 from gateway.core.tariffs import (
+    Clock,
     NoTariff,
     Period,
+    PricedPart,
     Tariff,
     TariffDefinition,
     money,
     month_bounds,
     overlaps,
     price_intervals,
+    price_intervals_reference,
     rent_parts,
     service_days,
     slot_rent,
@@ -198,3 +203,76 @@ def test_a_span_ending_at_midnight_does_not_count_the_next_day() -> None:
 def test_money_rounds_half_up_to_the_fen() -> None:
     assert money(Decimal("1.005")) == Decimal("1.01")
     assert money(Decimal("1.0049")) == Decimal("1.00")
+
+
+# --------------------------------------------- the fast pricing equals the reference
+
+ZONES = ["UTC", "Asia/Shanghai", "Europe/Berlin", "America/New_York", "Asia/Kolkata",
+         "Asia/Kathmandu", "Australia/Lord_Howe"]  # fmt: skip
+
+
+# Around the DST changes of the zones above (March, April, October), and a month end.
+BASES = [
+    datetime(2026, 3, 27, tzinfo=UTC),
+    datetime(2026, 10, 23, tzinfo=UTC),
+    datetime(2026, 11, 30, tzinfo=UTC),
+    datetime(2026, 4, 3, 12, tzinfo=UTC),
+]
+FLAT_VALLEY = {
+    "energy": {
+        "prices": {"flat": "0.5", "valley": "0.2"},
+        "seasons": [
+            {"months": [3, 4, 10, 11, 12], "ranges": [{"period": "valley", "start": 1, "end": 3}]}
+        ],
+    }
+}
+
+
+@st.composite
+def priced_case(draw: st.DrawFn) -> tuple[list[Interval], list[Tariff], ZoneInfo]:
+    """Intervals (aligned or not, short or spanning hours, zero-length, across a DST
+    change) and versions with changes at any minute, maybe with a hole between."""
+    base = draw(st.sampled_from(BASES))
+    t = base + timedelta(minutes=draw(st.integers(0, 59)), seconds=draw(st.integers(0, 59)))
+    intervals = []
+    for _ in range(draw(st.integers(1, 40))):
+        length = timedelta(seconds=draw(st.sampled_from([0, 45, 60, 840, 900, 3600, 7380, 86400])))
+        kwh = Decimal(draw(st.integers(0, 5000))) / 1000
+        flags = draw(st.sampled_from([frozenset(), frozenset({Flag.ESTIMATED, Flag.GAP})]))
+        intervals.append(Interval(t, t + length, kwh, flags))
+        t += length + timedelta(seconds=draw(st.sampled_from([0, 0, 0, 30, 3600])))
+    change = base + timedelta(minutes=draw(st.integers(-60, 3 * 24 * 60)))
+    hole = timedelta(minutes=draw(st.sampled_from([0, 0, 17])))
+    first = tariff(1, base - timedelta(days=60), change)
+    second = tariff(2, change + hole, None, FLAT_VALLEY)
+    tariffs = draw(st.sampled_from([[first, second], [second, first], [first]]))
+    return intervals, tariffs, ZoneInfo(draw(st.sampled_from(ZONES)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(priced_case())
+def test_price_intervals_equals_the_interval_by_interval_reference(
+    case: tuple[list[Interval], list[Tariff], ZoneInfo],
+) -> None:
+    intervals, tariffs, tz = case
+    want: list[PricedPart] | datetime
+    try:
+        want = price_intervals_reference(intervals, tariffs, tz)
+    except NoTariff as e:
+        want = e.at  # the same first instant without a version
+    try:
+        got: list[PricedPart] | datetime = price_intervals(intervals, tariffs, tz)
+    except NoTariff as e:
+        got = e.at
+    assert got == want
+
+
+def test_clock_gives_the_version_and_period_of_any_instant() -> None:
+    v1 = tariff(1, local(2026, 11, 1), local(2026, 11, 15))
+    v2 = tariff(2, local(2026, 11, 15), None)
+    clock = Clock([v2, v1], CST, local(2026, 11, 1), local(2026, 12, 1))
+    assert clock.at(local(2026, 11, 3, 11, 59)) == (v1, Period.SHARP)
+    assert clock.at(local(2026, 11, 3, 12)) == (v1, Period.FLAT)
+    assert clock.at(local(2026, 11, 20, 7, 59)) == (v2, Period.VALLEY)
+    assert clock.at(local(2026, 12, 1, 9)) == (v2, Period.FLAT)  # past the span: December
+    assert clock.at(local(2026, 10, 31, 9)) == (None, None)  # before any version

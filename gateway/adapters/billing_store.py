@@ -5,15 +5,18 @@ for unusable time, and their settlement: paid, void, credit notes
 
 The counter series of a port is read from the `telemetry_15m` rollup (a
 TimescaleDB continuous aggregate, or a plain view with the same columns): the
-first and last reading of each 15-minute bucket. Replays never change it (a
+first and last reading of each 15-minute bucket, through
+`telemetry_15m_between` (migration 0015), which reads only the window's raw rows
+when the rollup is the plain view. Replays never change it (a
 reading stored twice is one row), so a bill regenerated after a replay is the
 same bill.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -42,6 +45,9 @@ MAX_GAP = timedelta(hours=1)
 KWH = Decimal("0.000001")
 HOURS = Decimal("0.000001")
 PERIOD_ORDER = {p: i for i, p in enumerate(tf.Period)}
+NO_OFFSET = timedelta(0)
+# Zones that are UTC at every instant (psycopg gives ZoneInfo(TimeZone setting)).
+UTC_KEYS = frozenset({"UTC", "Etc/UTC", "Etc/Universal", "Universal", "Etc/Zulu", "Zulu"})
 
 
 def utcnow() -> datetime:
@@ -122,6 +128,19 @@ def tariff_of(row: Row) -> tf.Tariff:
         definition=tf.TariffDefinition.model_validate(row["definition"]),
         estimate_gaps=row["estimate_gaps"],
     )
+
+
+def _utc0(ts: datetime) -> datetime:
+    """A time the database gave in a zone at UTC+0 (its TimeZone setting; usually
+    ZoneInfo('Etc/UTC')) in datetime.UTC: the same instant, written the same in
+    JSON, and the metering and pricing compare it with the UTC bounds they cut at
+    without a utcoffset call each time. Other zones are left as they are."""
+    tz = ts.tzinfo
+    if tz is UTC:
+        return ts
+    if getattr(tz, "key", None) in UTC_KEYS or ts.utcoffset() == NO_OFFSET:
+        return ts.replace(tzinfo=UTC)
+    return ts
 
 
 def _clip_gap(gap: mt.Gap, start: datetime, end: datetime) -> mt.Gap | None:
@@ -276,17 +295,20 @@ class BillingStore:
     async def _readings(
         self, conn: psycopg.AsyncConnection[Any], port: PortMeta, start: datetime, end: datetime
     ) -> list[mt.Reading]:
+        # The rollup's rows with start <= bucket < end (migration 0015: on the
+        # continuous aggregate a filter on it; on plain PostgreSQL the view's
+        # aggregate over just the raw rows of [start, end + 15 min)).
         cur = await conn.execute(
-            "SELECT first_ts, first, last_ts, last FROM telemetry_15m"
-            " WHERE device_id = %s AND metric = %s AND bucket >= %s AND bucket < %s"
+            "SELECT first_ts, first, last_ts, last FROM telemetry_15m_between(%s, %s, %s, %s)"
             " ORDER BY bucket",
             (port.meter_device_id, port.metric, start, end),
         )
         out: list[mt.Reading] = []
+        decimal = mt.to_decimal
         for first_ts, first, last_ts, last in await cur.fetchall():
-            out.append(mt.Reading(first_ts, mt.to_decimal(first)))
+            out.append(mt.Reading(_utc0(first_ts), decimal(first)))
             if last_ts != first_ts:
-                out.append(mt.Reading(last_ts, mt.to_decimal(last)))
+                out.append(mt.Reading(_utc0(last_ts), decimal(last)))
         return out
 
     async def _replacements(
@@ -458,30 +480,68 @@ class BillingStore:
         by_lease: dict[int, list[Span]] = defaultdict(list)
         for s in spans:
             by_lease[s.lease_id].append(s)
-        lines: list[Row] = []
-        excess: list[Row] = []
         tariff_cache: dict[str, list[tf.Tariff]] = {}
-        usage_cache: dict[tuple[str, bool], PortUsage] = {}
-        for lease_id, lease_spans in sorted(by_lease.items()):
+        leases = sorted(by_lease.items())
+        keys: dict[int, tuple[str, bool]] = {}  # lease -> (port, estimate gaps)
+        for lease_id, lease_spans in leases:
             first = lease_spans[0]
             if first.tariff not in tariff_cache:
                 tariff_cache[first.tariff] = await self.tariffs_named(first.tariff)
+            if first.port_id is not None:
+                estimate = any(t.estimate_gaps for t in tariff_cache[first.tariff])
+                keys[lease_id] = (first.port_id, estimate)
+        # Each port's usage once, the next one read while this one is worked on
+        # (the database aggregates on its own core meanwhile).
+        order = list(dict.fromkeys(keys.values()))
+        tasks: dict[tuple[str, bool], asyncio.Task[PortUsage]] = {}
+
+        def start_task(i: int) -> None:
+            if i < len(order) and order[i] not in tasks:
+                tasks[order[i]] = asyncio.create_task(self._usage_of(order[i], start, end))
+
+        try:
+            return await self._lines_of(
+                month, start, end, leases, keys, order, tasks, start_task, tariff_cache, events
+            )
+        finally:
+            for task in tasks.values():
+                task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+    async def _usage_of(self, key: tuple[str, bool], start: datetime, end: datetime) -> PortUsage:
+        port = await self.port(key[0])
+        assert port is not None
+        return await self.port_usage(port, start, end, estimate_gaps=key[1])
+
+    async def _lines_of(
+        self,
+        month: str,
+        start: datetime,
+        end: datetime,
+        leases: Sequence[tuple[int, list[Span]]],
+        keys: dict[int, tuple[str, bool]],
+        order: Sequence[tuple[str, bool]],
+        tasks: dict[tuple[str, bool], asyncio.Task[PortUsage]],
+        start_task: Callable[[int], None],
+        tariff_cache: dict[str, list[tf.Tariff]],
+        events: Sequence[bc.Unusable],
+    ) -> tuple[list[Row], list[Row]]:
+        lines: list[Row] = []
+        excess: list[Row] = []
+        position = {key: i for i, key in enumerate(order)}
+        for lease_id, lease_spans in leases:
+            first = lease_spans[0]
             tariffs = tariff_cache[first.tariff]
             if first.port_id is not None:
-                estimate = any(t.estimate_gaps for t in tariffs)
-                key = (first.port_id, estimate)
-                if key not in usage_cache:
-                    port = await self.port(first.port_id)
-                    assert port is not None
-                    usage_cache[key] = await self.port_usage(
-                        port, start, end, estimate_gaps=estimate
-                    )
-                usage = usage_cache[key]
+                key = keys[lease_id]
+                start_task(position[key])
+                start_task(position[key] + 1)
+                usage = await tasks[key]
                 mine = [
                     p
                     for s in lease_spans
                     for iv in usage.intervals
-                    if (p := mt.clip(iv, s.start, s.end or end)) is not None
+                    if (p := mt.clip(iv, mt.utc(s.start), mt.utc(s.end or end))) is not None
                 ]
                 lines += self._energy_lines(first, tariffs, mine)
                 excess += [

@@ -27,7 +27,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from functools import lru_cache
@@ -267,20 +267,28 @@ def _estimate(intervals: list[Interval], index: int, rated: Decimal, k: int) -> 
     return Interval(gap.start, gap.end, estimate, gap.flags | {Flag.ESTIMATED}, gap.excess_kwh)
 
 
+def utc(ts: datetime) -> datetime:
+    """The instant in datetime.UTC (as it is if it is in it already)."""
+    return ts if ts.tzinfo is UTC else ts.astimezone(UTC)
+
+
 class Cuts:
     """Instants to cut intervals at, sorted once: `split_interval` finds the ones
     inside an interval by bisection instead of looking at every one. Build it once
     for a series (e.g. the day and hour bounds of a month: 750 instants) and pass
     it for each interval."""
 
-    __slots__ = ("_at",)
+    __slots__ = ("_at", "_utc")
 
     def __init__(self, instants: Iterable[datetime]) -> None:
         self._at = sorted(set(instants))
+        # Bisected in UTC: comparing datetimes of two time zones costs a utcoffset
+        # call on each side, of one zone (the same tzinfo object) nearly nothing.
+        self._utc = [utc(t) for t in self._at]
 
     def inside(self, start: datetime, end: datetime) -> list[datetime]:
         """The instants strictly inside (start, end), in order."""
-        return self._at[bisect_right(self._at, start) : bisect_left(self._at, end)]
+        return self._at[bisect_right(self._utc, utc(start)) : bisect_left(self._utc, utc(end))]
 
     def __len__(self) -> int:
         return len(self._at)

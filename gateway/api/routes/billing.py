@@ -4,7 +4,9 @@ their export (CSV of the lines, a printable HTML invoice)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
@@ -21,6 +23,7 @@ from gateway.adapters.billing_store import (
     BillConflict,
     BillingStore,
     PortUsage,
+    Span,
     TariffEnded,
     TariffOverlap,
     dumps,
@@ -350,16 +353,20 @@ def _usage_out(
     tz: ZoneInfo,
 ) -> PortUsageOut:
     bounds = _bucket_bounds(start, end, width, tz)
-    cuts = bounds + tf.hour_bounds(start, end, tz) + [t.valid_from for t in tariffs]
+    # Sorted once, bisected for each interval and part (not scanned: ~750 bounds
+    # for a month by day and hour).
+    cuts = mt.Cuts(bounds + tf.hour_bounds(start, end, tz) + [t.valid_from for t in tariffs])
     buckets: dict[datetime, dict[str, Decimal]] = {}
     estimated: dict[datetime, Decimal] = defaultdict(lambda: mt.ZERO)
     totals: dict[str, Decimal] = defaultdict(lambda: mt.ZERO)
+    clock = tf.Clock(tariffs, tz, start, end)
+    bounds_utc = [mt.utc(b) for b in bounds]
     for iv in intervals:
         for part in mt.split_interval(iv, cuts):
-            tariff = tf.tariff_at(tariffs, part.start)
-            local = part.start.astimezone(tz)
-            period = tariff.definition.energy.period_at(local).value if tariff else "none"
-            key = max(b for b in bounds if b <= part.start) if bounds else start
+            _, at = clock.at(part.start)
+            period = at.value if at is not None else "none"
+            # The last bucket bound at or before the part (bounds are ascending).
+            key = bounds[bisect_right(bounds_utc, mt.utc(part.start)) - 1] if bounds else start
             slot = buckets.setdefault(key, defaultdict(lambda: mt.ZERO))
             slot[period] += part.kwh
             totals[period] += part.kwh
@@ -440,26 +447,54 @@ async def get_usage(
             raise not_found("port", port)
     spans = await store.spans(start, end, tenant_id=tenant, port_id=port)
     port_ids = sorted({s.port_id for s in spans if s.port_id} | ({port} if port else set()))
-    out = []
-    for pid in port_ids:
+
+    async def read(pid: str) -> tuple[PortUsage, list[tf.Tariff]]:
         meta = await store.port(pid)
         assert meta is not None
-        mine = [s for s in spans if s.port_id == pid]
-        names = {s.tariff for s in mine} or {"default"}
+        names = {s.tariff for s in spans if s.port_id == pid} or {"default"}
         estimate = await store.estimate_gaps(names, start, end)
         usage = await store.port_usage(meta, start, end, estimate_gaps=estimate)
-        tariffs = await store.tariffs_named(sorted(names)[0])
-        if tenant is None:
-            intervals = usage.intervals
-        else:
-            intervals = [
-                p
-                for s in mine
-                for iv in usage.intervals
-                if (p := mt.clip(iv, s.start, s.end or end)) is not None
-            ]
-        out.append(_usage_out(usage, intervals, tariffs, tenant, start, end, bucket, tz))
+        return usage, await store.tariffs_named(sorted(names)[0])
+
+    # The next port is read while this one is worked on (the database aggregates
+    # on its own core meanwhile).
+    tasks = [asyncio.create_task(read(pid)) for pid in port_ids[:1]]
+    out = []
+    try:
+        for i, pid in enumerate(port_ids):
+            if i + 1 < len(port_ids):
+                tasks.append(asyncio.create_task(read(port_ids[i + 1])))
+            usage, tariffs = await tasks[i]
+            mine = [s for s in spans if s.port_id == pid]
+            out.append(_port_usage_out(usage, mine, tariffs, tenant, start, end, bucket, tz))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     return Usage(start=start, end=end, bucket=bucket, ports=out)
+
+
+def _port_usage_out(
+    usage: PortUsage,
+    mine: list[Span],
+    tariffs: list[tf.Tariff],
+    tenant: str | None,
+    start: datetime,
+    end: datetime,
+    bucket: str,
+    tz: ZoneInfo,
+) -> PortUsageOut:
+    """The usage of one port, limited to the tenant's spans on it if a tenant is given."""
+    if tenant is None:
+        intervals = usage.intervals
+    else:
+        intervals = [
+            p
+            for s in mine
+            for iv in usage.intervals
+            if (p := mt.clip(iv, mt.utc(s.start), mt.utc(s.end or end))) is not None
+        ]
+    return _usage_out(usage, intervals, tariffs, tenant, start, end, bucket, tz)
 
 
 # ---------------------------------------------------------------------- bills
