@@ -16,7 +16,11 @@ cabinet compartment and the four ports of its meter; the site's two tenants
 each have a user and leases in service (5G micro stations on port 1, traffic
 cameras on port 2 of the first poles), priced by a time-of-use tariff; and the
 current month's draft bills are generated at every start. All of it is made on
-the first run and left as it is on the next ones (`seed_mounting`).
+the first run and left as it is on the next ones (`seed_mounting`). The leases
+made on the first run are in service from the start of the month, and their
+ports' meters get the month's readings up to then, as the simulated meters
+would have given them (`backfill_meters`): the first bill already has its
+electricity by time-of-use period.
 
 `run_simulators` is what `polegw simulate` runs: a site's Modbus devices and
 its MQTT poles, side by side.
@@ -32,9 +36,9 @@ import secrets
 import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from psycopg.rows import dict_row
@@ -64,12 +68,15 @@ from gateway.core.tariffs import NoTariff
 from gateway.errors import ConfigError
 from gateway.service import open_pool, run_gateway
 from simulators.demo_site import MODBUS_BASE_PORT, demo_site
+from simulators.modbus_devices import site_device
 from simulators.modbus_server import run_modbus_devices
+from simulators.model import Counters
 from simulators.mqtt_poles import run_poles
 
 log = logging.getLogger(__name__)
 
 MODBUS_START_S = 10.0  # how long the simulated Modbus buses may take to listen
+HISTORY_EVERY = timedelta(minutes=5)  # the backfilled meter readings' spacing
 
 
 # ----------------------------------------------------------------------------- mounting
@@ -209,6 +216,7 @@ def _demo_poles(site: SiteSpec, numbers: Sequence[int]) -> list[str]:
 class Seeded:
     users: list[str]  # "name / password" (or the name alone, set outside the demo)
     leases: int  # in service
+    since: datetime | None  # the start of the leases made on this run (None: none made)
     bills: list[str]  # "tenant: total"
     month: str
 
@@ -225,9 +233,9 @@ async def seed_mounting(
     try:
         users = await _tenant_users(UserStore(pool), data_dir)
         store = BillingStore(pool, catalog, tz)
+        now = datetime.now(tz)
         async with pool.connection() as conn, conn.transaction():
             if not await store.versions(conn, DEMO_TARIFF):
-                now = datetime.now(tz)
                 await store.create_tariff(
                     conn,
                     name=DEMO_TARIFF,
@@ -236,12 +244,18 @@ async def seed_mounting(
                     definition=DEMO_TARIFF_DEFINITION,
                     estimate_gaps=False,
                 )
-        leases = 0
+        since = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        leases, made = 0, list[str]()
         for plan in DEMO_LEASES:
             for pole_id in _demo_poles(site, plan.poles):
-                if f"{pole_id}-port{plan.port_no}" in {p.id for p in _ports(site, pole_id)}:
-                    leases += await _lease(pool, plan, pole_id, users[plan.user][0])
-        month = datetime.now(tz).strftime("%Y-%m")
+                port_id = f"{pole_id}-port{plan.port_no}"
+                if port_id in {p.id for p in _ports(site, pole_id)}:
+                    lease = await _lease(pool, plan, pole_id, users[plan.user][0], since)
+                    leases += lease != "not in service"
+                    if lease == "made":
+                        made.append(port_id)
+        await backfill_meters(pool, store, site, catalog, made, since, now)
+        month = now.strftime("%Y-%m")
         try:
             results = await store.generate(month)
         except NoTariff as exc:  # a lease made outside the demo names a tariff without one
@@ -257,6 +271,7 @@ async def seed_mounting(
     return Seeded(
         users=[hint for _, hint in users.values()],
         leases=leases,
+        since=since if made else None,
         bills=[
             f"{b['tenant_id']} {b['total_amount']} {b.get('currency', 'CNY')}" for b, _ in results
         ],
@@ -296,11 +311,16 @@ async def _tenant_users(users: UserStore, data_dir: Path) -> dict[str, tuple[int
 
 
 async def _lease(
-    pool: AsyncConnectionPool, plan: DemoLease, pole_id: str, user_id: int | None
-) -> int:
-    """The tenant's lease on the pole, in service: applied for, reviewed, approved and
-    taken through installation and acceptance, as the API would (1), unless the
-    port already has a live lease (0, then it is counted if in service)."""
+    pool: AsyncConnectionPool,
+    plan: DemoLease,
+    pole_id: str,
+    user_id: int | None,
+    since: datetime,
+) -> Literal["made", "in service", "not in service"]:
+    """The tenant's lease on the pole, in service from `since`: applied for, reviewed,
+    approved and taken through installation (two days before) and acceptance (one day
+    before), as the API would ("made"), unless the port already has a live lease
+    (then whether that one is in service)."""
     port_id = f"{pole_id}-port{plan.port_no}"
     async with pool.connection() as conn, conn.transaction():
         async with conn.cursor(row_factory=dict_row) as cur:
@@ -309,7 +329,7 @@ async def _lease(
             )
             live = await cur.fetchone()
         if live is not None:
-            return 1 if live["state"] == mo.LeaseState.IN_SERVICE else 0
+            return "in service" if live["state"] == mo.LeaseState.IN_SERVICE else "not in service"
         budgets = await ms.lock_poles(conn, [pole_id])
         values: dict[str, object] = {
             "kind": "new",
@@ -336,7 +356,7 @@ async def _lease(
                 "; ".join(c.message for c in failing),
             )
             await ms.application_update(conn, app["id"], {"state": "rejected"})
-            return 0
+            return "not in service"
         request = ms.request_of(app)
         lease = await ms.lease_insert(
             conn,
@@ -375,10 +395,63 @@ async def _lease(
             await ms.application_history_add(
                 conn, app["id"], by=None, from_state=frm, to_state=to, note="polegw demo"
             )
-        for state in ("installing", "acceptance_test", "in_service"):
-            await ms.lease_history_add(conn, lease["id"], state, by="demo")
+        for days, state in ((2, "installing"), (1, "acceptance_test"), (0, "in_service")):
+            await ms.lease_history_add(
+                conn,
+                lease["id"],
+                state,
+                by="demo",
+                note="dated back by polegw demo",
+                since=since - timedelta(days=days),
+            )
         await ms.lease_update(conn, lease["id"], {"state": mo.LeaseState.IN_SERVICE.value})
-    return 1
+    return "made"
+
+
+async def backfill_meters(
+    pool: AsyncConnectionPool,
+    store: BillingStore,
+    site: SiteSpec,
+    catalog: ProfileCatalog,
+    port_ids: Sequence[str],
+    start: datetime,
+    end: datetime,
+) -> int:
+    """The energy readings of these ports from `start` to `end`, every HISTORY_EVERY,
+    as the demo's simulated meters would have given them had they been counting
+    then; the meter, started after `end`, goes on from the last without a step
+    down. Stored like polled readings (an existing reading wins). Returns how many."""
+    rows: list[tuple[datetime, str, str, float]] = []
+    for port_id in port_ids:
+        port = await store.port(port_id)
+        if port is None:
+            continue
+        meter = site_device(site, catalog, port.meter_device_id)
+        counters = getattr(meter.model, "counters", None)
+        if not isinstance(counters, Counters):  # not a simulated counting meter
+            continue
+        history = counters.history(
+            start.timestamp(), end.timestamp(), HISTORY_EVERY.total_seconds()
+        )
+        n = port.port_no - 1
+        rows += [
+            (
+                datetime.fromtimestamp(t, UTC),
+                meter.id,
+                port.metric,
+                float(meter.reads_as(port.metric, totals[n])),
+            )
+            for t, totals in history
+        ]
+    if rows:
+        async with pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO telemetry (ts, device_id, metric, value)"
+                " SELECT * FROM unnest(%s::timestamptz[], %s::text[], %s::text[], %s::float8[])"
+                " ON CONFLICT DO NOTHING",
+                [list(col) for col in zip(*rows, strict=True)],
+            )
+    return len(rows)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -565,8 +638,13 @@ async def run_demo(
         seeded = await seed_mounting(
             database_url, site, catalog, ZoneInfo(settings.site_timezone), data_dir
         )
+        backdated = (
+            f" (made now, in service and metered since {seeded.since:%Y-%m-%d})"
+            if seeded.since
+            else ""
+        )
         _say(
-            f"mounting: {seeded.leases} leases in service, {seeded.month} draft bills:"
+            f"mounting: {seeded.leases} leases in service{backdated}, {seeded.month} draft bills:"
             f" {', '.join(seeded.bills) or 'none'}"
         )
 

@@ -34,6 +34,7 @@ from gateway.core.profiles import (
 )
 from gateway.core.site import DeviceSpec, SiteSpec
 from gateway.errors import ConfigError
+from simulators.ambient import Ambient
 from simulators.model import (
     DEFAULT_LOCATION,
     MODELS,
@@ -41,6 +42,7 @@ from simulators.model import (
     DeviceModel,
     LampController,
     PortMeter,
+    SimConfig,
     Value,
     Values,
     _PortLoad,
@@ -234,11 +236,8 @@ class ModbusDevice:
             self.bits[point.table][point.address] = bool(value)
             return
         table = self.words[point.table]
-        span = counter_span(point) if self._is_counter(name) else None
-        if span is not None:
-            value = span.wrapped(float(value))
         try:
-            encoded = encode_write(point, value)
+            encoded = self._encoded(name, point, value)
         except ValueError as exc:
             if name not in self._unencodable:  # a map that cannot hold the model's value
                 self._unencodable.add(name)
@@ -253,6 +252,19 @@ class ModbusDevice:
             table[point.address] = old | mask if encoded else old & ~mask
         else:
             table[point.address : point.end] = encoded
+
+    def _encoded(self, name: str, point: ModbusPoint, value: Value) -> list[int] | bool:
+        span = counter_span(point) if self._is_counter(name) else None
+        if span is not None:
+            value = span.wrapped(float(value))
+        return encode_write(point, value)
+
+    def reads_as(self, name: str, value: float) -> float | bool:
+        """What the gateway reads for the model's `value` of metric `name`: wrapped at
+        its register's width if a counter, scaled and rounded as the registers hold it."""
+        point = self.map.points[name]
+        encoded = self._encoded(name, point, value)
+        return encoded if isinstance(encoded, bool) else decode_point(point, encoded)
 
     def _is_counter(self, name: str) -> bool:
         metric = self.profile.metrics.get(name)
@@ -390,3 +402,25 @@ def plan_buses(site: SiteSpec, catalog: ProfileCatalog) -> dict[tuple[str, int],
             bus.devices.append((spec, profile))
             bus.locations[spec.id] = where
     return buses
+
+
+def site_device(
+    site: SiteSpec,
+    catalog: ProfileCatalog,
+    device_id: str,
+    *,
+    seed: int = 1,
+    config: SimConfig | None = None,
+) -> ModbusDevice:
+    """The device that `run_modbus_devices` (same seed and settings) serves for one of
+    the site's Modbus devices: the same weather, place and counters, so its values
+    at an instant are the ones the simulated bus gives then."""
+    config = config or SimConfig()
+    for bus in plan_buses(site, catalog).values():
+        for spec, profile in bus.devices:
+            if spec.id == device_id:
+                ambient = Ambient(seed, utc_offset_h=config.utc_offset_h)
+                return make_device(
+                    spec, profile, Context(seed, config, ambient, *bus.locations[spec.id])
+                )
+    raise ConfigError(f"device {device_id} is not a Modbus device of the site")

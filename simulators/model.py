@@ -127,6 +127,28 @@ class Counters:
         self._last = t
         return self.totals
 
+    def history(self, start: float, end: float, every_s: float) -> list[tuple[float, list[float]]]:
+        """The readings of the past [start, end], every `every_s` and at `end`, of a
+        meter that showed `start_totals(end)` at `end`: the counter integrated back
+        from there (one midpoint rate per step). A counter first advanced at `end` or
+        later goes on from them without a step down. Does not advance this counter.
+
+        Backfills a demo's history; `start` must not be before HISTORY_FROM (then
+        no total can go below its base)."""
+        if not HISTORY_FROM <= start <= end or every_s <= 0:
+            raise ValueError("history needs HISTORY_FROM <= start <= end and every_s > 0")
+        totals = self.start_totals(end)
+        out = [(end, list(totals))]
+        t = end
+        while t > start:
+            t0 = max(start, t - every_s)
+            for n, rate in enumerate(self._rates((t0 + t) / 2)):
+                totals[n] -= max(0.0, rate) * (t - t0) / HOUR
+            out.append((t0, list(totals)))
+            t = t0
+        out.reverse()
+        return out
+
 
 # --- device models ---------------------------------------------------------------------
 

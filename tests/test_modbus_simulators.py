@@ -22,7 +22,8 @@ from gateway.core.modbus_plan import ReadBlock, plan_reads
 from gateway.core.profiles import ModbusMap, Profile, ProfileCatalog, Refused, load_catalog
 from gateway.core.site import DeviceSpec, ModbusEndpoint, PoleSpec, SiteSpec
 from gateway.errors import ConfigError
-from simulators.modbus_devices import Framer, SwitchedLamp
+from simulators.demo_site import demo_site
+from simulators.modbus_devices import Framer, SwitchedLamp, plan_buses, site_device
 from simulators.modbus_server import ModbusSimulator, run_modbus_devices
 
 LOCAL = "127.0.0.1"
@@ -136,6 +137,27 @@ async def test_every_device_reads_what_its_model_says_within_its_profile(
     assert meter["port1_current_a"] == pytest.approx(
         meter["port1_power_w"] / (meter["port1_voltage_v"] * meter["port1_power_factor"]), rel=0.02
     )
+
+
+def test_site_device_is_the_device_its_bus_serves(catalog: ProfileCatalog) -> None:
+    """`site_device` gives the model a site's bus runs (same weather, place, counters),
+    and `reads_as` what its registers then show for a model value."""
+    site = demo_site(3)
+    (bus,) = [b for b in plan_buses(site, catalog).values() if b.devices[0][0].id == "P0002-meter"]
+    sim = ModbusSimulator(bus.devices, locations=bus.locations, clock=ManualClock(), refresh_s=60)
+    sim.refresh()
+    served = sim.values("P0002-meter")
+    meter = site_device(site, catalog, "P0002-meter")
+    sampled = meter.model.sample(NOON)
+    assert {k: meter.reads_as(k, v) for k, v in sampled.items()} == {
+        k: v for k, v in served.items() if k in sampled
+    }
+    assert meter.reads_as("port1_energy_kwh", 1234.5678) == pytest.approx(1234.57)
+    assert meter.reads_as("port1_energy_kwh", 2**32 * 0.01 + 1.0) == pytest.approx(1.0)  # wraps
+    other = site_device(site, catalog, "P0003-meter").model.sample(NOON)
+    assert other["port1_energy_kwh"] != sampled["port1_energy_kwh"]  # not just any meter
+    with pytest.raises(ConfigError, match="P0001-lamp is not a Modbus device"):
+        site_device(site, catalog, "P0001-lamp")
 
 
 async def test_energy_counters_grow_with_the_port_load(catalog: ProfileCatalog) -> None:

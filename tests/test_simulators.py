@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import math
 import random
 import ssl
 from collections import defaultdict
@@ -23,6 +25,7 @@ from simulators.demo_site import demo_site, site_to_yaml
 from simulators.modbus_devices import MODBUS_MODELS
 from simulators.model import (
     HISTORY_FROM,
+    Counters,
     PoleModel,
     SimConfig,
     Telemetry,
@@ -174,6 +177,42 @@ def test_counters_go_on_across_a_restart(catalog: ProfileCatalog) -> None:
     at_epoch = datetime.fromtimestamp(HISTORY_FROM, UTC)
     (two,) = site_models(site, seed=4, transport=None)
     assert counters(build_telemetry(two, at_epoch, 1))[("P0001-lamp", "burning_hours")] > 0
+
+
+def test_a_counter_history_is_what_it_would_have_counted_and_ends_where_it_starts() -> None:
+    """`history` integrates the rates back from `start_totals(end)`: each step what the
+    counter would have counted, never decreasing, and a counter started at or after
+    `end` goes on from its last reading without a step down."""
+
+    def rates(t: float) -> tuple[float, ...]:
+        return (0.5 + 0.3 * math.sin(t / 5000), 0.0)  # kW: a varying load, a dead port
+
+    counters = Counters([100.0, 7.0], rates, peak=(0.8, 0.0))
+    end = HISTORY_FROM + 40 * 86400 + 17.5
+    start = end - 2 * 86400 - 123
+    history = counters.history(start, end, 300)
+
+    times = [t for t, _ in history]
+    assert (times[0], times[-1]) == (start, end)
+    assert all(0 < b - a <= 300 for a, b in itertools.pairwise(times))
+    assert history[-1][1] == counters.start_totals(end)
+    assert counters.totals == [100.0, 7.0]  # not advanced
+    for (_, a), (_, b) in itertools.pairwise(history):
+        assert 0 <= b[0] - a[0] <= 0.8 * 300 / 3600 + 1e-9
+        assert b[1] == a[1]
+    # The same energy as a counter advanced over the same time (minute steps).
+    fresh = Counters([100.0, 7.0], rates, peak=(0.8, 0.0))
+    before = fresh.advance(start)[0]
+    counted = fresh.advance(end)[0] - before
+    assert history[-1][1][0] - history[0][1][0] == pytest.approx(counted, rel=1e-4)
+    assert history[0][1][0] >= counters.start_totals(start)[0]  # above what a start then shows
+    for later in (end, end + 5, end + 86400):
+        live = Counters([100.0, 7.0], rates, peak=(0.8, 0.0))
+        assert live.advance(later)[0] >= history[-1][1][0]
+
+    for bad in ((HISTORY_FROM - 1, end, 300), (end + 1, end, 300), (start, end, 0)):
+        with pytest.raises(ValueError, match="history needs"):
+            counters.history(*bad)
 
 
 def test_lamps_light_the_night_and_the_sun_the_day() -> None:

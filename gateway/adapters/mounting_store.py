@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -480,12 +481,20 @@ async def lease_update(conn: Conn, lease_id: int, values: dict[str, object]) -> 
 
 
 async def lease_history_add(
-    conn: Conn, lease_id: int, state: str, *, by: str, note: str | None = None
+    conn: Conn,
+    lease_id: int,
+    state: str,
+    *,
+    by: str,
+    note: str | None = None,
+    since: datetime | None = None,
 ) -> None:
-    """Every state change of a lease, with since when: billing prorates from it."""
+    """Every state change of a lease, with since when (now unless given): billing
+    prorates from it."""
     await conn.execute(
-        "INSERT INTO lease_history (lease_id, state, by, note) VALUES (%s, %s, %s, %s)",
-        (lease_id, state, by, note),
+        "INSERT INTO lease_history (lease_id, state, by, note, since)"
+        " VALUES (%s, %s, %s, %s, coalesce(%s, now()))",
+        (lease_id, state, by, note, since),
     )
 
 
