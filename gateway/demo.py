@@ -48,6 +48,7 @@ from gateway.adapters.billing_store import BillingStore, dumps
 from gateway.adapters.credentials import hash_password
 from gateway.adapters.db import redacted
 from gateway.adapters.site_store import import_site
+from gateway.adapters.tariff_store import TariffStore
 from gateway.adapters.users import UserExists, UserStore
 from gateway.config import Settings
 from gateway.core import mounting as mo
@@ -224,11 +225,11 @@ async def seed_mounting(
     await pool.open()
     try:
         users = await _tenant_users(UserStore(pool), data_dir)
-        store = BillingStore(pool, catalog, tz)
+        tariffs = TariffStore(pool)
         async with pool.connection() as conn, conn.transaction():
-            if not await store.versions(conn, DEMO_TARIFF):
+            if not await tariffs.versions(conn, DEMO_TARIFF):
                 now = datetime.now(tz)
-                await store.create_tariff(
+                await tariffs.create_tariff(
                     conn,
                     name=DEMO_TARIFF,
                     valid_from=datetime(now.year, 1, 1, tzinfo=tz),
@@ -243,7 +244,7 @@ async def seed_mounting(
                     leases += await _lease(pool, plan, pole_id, users[plan.user][0])
         month = datetime.now(tz).strftime("%Y-%m")
         try:
-            results = await store.generate(month)
+            results = await BillingStore(pool, catalog, tz).generate(month)
         except NoTariff as exc:  # a lease made outside the demo names a tariff without one
             log.warning("the demo's %s bills were not generated: %s", month, exc)
             results = []

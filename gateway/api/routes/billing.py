@@ -19,15 +19,9 @@ from fastapi.responses import HTMLResponse, Response
 from psycopg import AsyncConnection
 from pydantic import AwareDatetime, BaseModel, Field
 
-from gateway.adapters.billing_store import (
-    BillConflict,
-    BillingStore,
-    PortUsage,
-    Span,
-    TariffEnded,
-    TariffOverlap,
-    dumps,
-)
+from gateway.adapters.billing_store import BillConflict, BillingStore, dumps
+from gateway.adapters.tariff_store import TariffEnded, TariffOverlap, TariffStore
+from gateway.adapters.usage_store import PortUsage, Span, UsageStore
 from gateway.api.deps import ApiContext, Context
 from gateway.api.errors import bad_param, not_found
 from gateway.api.schemas import Page
@@ -81,6 +75,14 @@ def _store(ctx: ApiContext) -> BillingStore:
     return BillingStore(ctx.pool, ctx.catalog, ZoneInfo(ctx.settings.site_timezone))
 
 
+def _tariffs(ctx: ApiContext) -> TariffStore:
+    return TariffStore(ctx.pool)
+
+
+def _usage(ctx: ApiContext) -> UsageStore:
+    return UsageStore(ctx.pool, ctx.catalog)
+
+
 # ---------------------------------------------------------------------- tariffs
 
 
@@ -127,7 +129,7 @@ async def list_tariffs(
     limit: Limit = 100,
     after: After = None,
 ) -> Page[TariffOut]:
-    rows = await _store(ctx).tariff_page(name, after=after, limit=limit)
+    rows = await _tariffs(ctx).tariff_page(name, after=after, limit=limit)
     items = [TariffOut.model_validate(r) for r in rows]
     return Page[TariffOut](items=items, next=str(items[-1].id) if len(items) == limit else None)
 
@@ -138,7 +140,7 @@ async def list_tariffs(
     responses={404: {"description": "No such tariff"}},
 )
 async def get_tariff(ctx: Context, _: Staff, tariff_id: int) -> TariffOut:
-    row = await _store(ctx).tariff(tariff_id)
+    row = await _tariffs(ctx).tariff(tariff_id)
     if row is None:
         raise not_found("tariff", str(tariff_id))
     return TariffOut.model_validate(row)
@@ -153,7 +155,7 @@ async def get_tariff(ctx: Context, _: Staff, tariff_id: int) -> TariffOut:
 async def create_tariff(ctx: Context, _: Managers, audit: Audit, body: NewTariff) -> TariffOut:
     if body.valid_to is not None and body.valid_to <= body.valid_from:
         raise bad_param("valid_to", "must be after valid_from", where="body")
-    store = _store(ctx)
+    store = _tariffs(ctx)
     try:
         async with ctx.pool.connection() as conn, conn.transaction():
             row = await store.create_tariff(
@@ -195,7 +197,7 @@ class TariffEnd(BaseModel):
 async def end_tariff(
     ctx: Context, _: Managers, audit: Audit, tariff_id: int, body: TariffEnd
 ) -> TariffOut:
-    store = _store(ctx)
+    store = _tariffs(ctx)
     async with ctx.pool.connection() as conn, conn.transaction():
         current = await store.tariff(tariff_id)
         if current is not None and body.valid_to <= current["valid_from"]:
@@ -265,7 +267,7 @@ class Replacement(BaseModel):
 async def add_meter_replacement(
     ctx: Context, _: Managers, audit: Audit, port_id: str, body: NewReplacement
 ) -> Replacement:
-    store = _store(ctx)
+    store = _usage(ctx)
     if await store.port(port_id) is None:
         raise not_found("port", port_id)
     async with ctx.pool.connection() as conn, conn.transaction():
@@ -438,8 +440,9 @@ async def get_usage(
         tenant = principal.tenant_id
     elif tenant is None and port is None:
         raise bad_param("tenant", "give a tenant or a port")
-    store = _store(ctx)
-    tz = store.tz
+    store = _usage(ctx)
+    tariff_store = _tariffs(ctx)
+    tz = ZoneInfo(ctx.settings.site_timezone)
     if port is not None:
         if await store.port(port) is None:
             raise not_found("port", port)
@@ -452,9 +455,9 @@ async def get_usage(
         meta = await store.port(pid)
         assert meta is not None
         names = {s.tariff for s in spans if s.port_id == pid} or {"default"}
-        estimate = await store.estimate_gaps(names, start, end)
+        estimate = await tariff_store.estimate_gaps(names, start, end)
         usage = await store.port_usage(meta, start, end, estimate_gaps=estimate)
-        return usage, await store.tariffs_named(sorted(names)[0])
+        return usage, await tariff_store.tariffs_named(sorted(names)[0])
 
     # The next port is read while this one is worked on (the database aggregates
     # on its own core meanwhile).
