@@ -373,7 +373,7 @@ async def breakdown(url: str, spec: SiteSpec, start: datetime, end: datetime, re
     await timed(f"metering core on those {count} readings", repeats, metering)
 
     # GET /usage cuts every interval at the month's day and hour bounds (as
-    # billing.py's _usage_out does): with a plain list split_interval looks at every
+    # routes/usage.py's _usage_out does): with a plain list split_interval looks at every
     # bound for every interval; with mt.Cuts (sorted once) it bisects.
     sample = series[: min(4, len(series))]
     metered = [

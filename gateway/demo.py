@@ -52,6 +52,8 @@ from gateway.adapters.billing_store import BillingStore, dumps
 from gateway.adapters.credentials import hash_password
 from gateway.adapters.db import redacted
 from gateway.adapters.site_store import import_site
+from gateway.adapters.tariff_store import TariffStore
+from gateway.adapters.usage_store import UsageStore
 from gateway.adapters.users import UserExists, UserStore
 from gateway.config import Settings
 from gateway.core import mounting as mo
@@ -232,11 +234,11 @@ async def seed_mounting(
     await pool.open()
     try:
         users = await _tenant_users(UserStore(pool), data_dir)
-        store = BillingStore(pool, catalog, tz)
+        tariffs = TariffStore(pool)
         now = datetime.now(tz)
         async with pool.connection() as conn, conn.transaction():
-            if not await store.versions(conn, DEMO_TARIFF):
-                await store.create_tariff(
+            if not await tariffs.versions(conn, DEMO_TARIFF):
+                await tariffs.create_tariff(
                     conn,
                     name=DEMO_TARIFF,
                     valid_from=datetime(now.year, 1, 1, tzinfo=tz),
@@ -254,10 +256,10 @@ async def seed_mounting(
                     leases += lease != "not in service"
                     if lease == "made":
                         made.append(port_id)
-        await backfill_meters(pool, store, site, catalog, made, since, now)
+        await backfill_meters(pool, UsageStore(pool, catalog), site, catalog, made, since, now)
         month = now.strftime("%Y-%m")
         try:
-            results = await store.generate(month)
+            results = await BillingStore(pool, catalog, tz).generate(month)
         except NoTariff as exc:  # a lease made outside the demo names a tariff without one
             log.warning("the demo's %s bills were not generated: %s", month, exc)
             results = []
@@ -410,7 +412,7 @@ async def _lease(
 
 async def backfill_meters(
     pool: AsyncConnectionPool,
-    store: BillingStore,
+    store: UsageStore,
     site: SiteSpec,
     catalog: ProfileCatalog,
     port_ids: Sequence[str],

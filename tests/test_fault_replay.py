@@ -19,15 +19,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import orjson
 import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from gateway.adapters.billing_store import BillingStore
 from gateway.adapters.db import libpq_url
+from gateway.adapters.usage_store import UsageStore
 from gateway.core.profiles import load_catalog
 from gateway.core.site import DeviceSpec, PoleSpec, PortSpec, SiteSpec, TenantSpec
 from tests.faults import PrivateMosquitto, scaled
@@ -136,7 +135,7 @@ def snapshot(database_url: str) -> Snapshot:
 async def kwh_per_port(database_url: str) -> dict[str, Decimal]:
     """Each port's energy over the day, as billing computes it."""
     async with AsyncConnectionPool(libpq_url(database_url), min_size=1, max_size=2) as pool:
-        store = BillingStore(pool, load_catalog(), ZoneInfo("UTC"))
+        store = UsageStore(pool, load_catalog())
         out: dict[str, Decimal] = {}
         for pole in POLES:
             for n in PORTS:

@@ -1,15 +1,9 @@
-"""Metering and billing against the database: counter series, lease periods in
-service, tariffs, meter replacements, usage flags, bills with their credits
-for unusable time, and their settlement: paid, void, credit notes
-(migrations 0011, 0012).
+"""Bills against the database: a month's draft bills from the leases in
+service, their usage and tariffs, with credits for unusable time, and their
+settlement: issued, paid, void, credit notes (migrations 0011, 0012).
 
-The counter series of a port is read from the `telemetry_15m` rollup (a
-TimescaleDB continuous aggregate, or a plain view with the same columns): the
-first and last reading of each 15-minute bucket, through
-`telemetry_15m_between` (migration 0015), which reads only the window's raw rows
-when the rollup is the plain view. Replays never change it (a
-reading stored twice is one row), so a bill regenerated after a replay is the
-same bill.
+Tariff versions are read through `tariff_store`, ports, spans and a port's
+usage through `usage_store`.
 """
 
 from __future__ import annotations
@@ -17,8 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -29,6 +22,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from gateway.adapters.tariff_store import TariffStore
+from gateway.adapters.usage_store import PortUsage, Span, UsageStore, utcnow
 from gateway.core import billing_credits as bc
 from gateway.core import metering as mt
 from gateway.core import tariffs as tf
@@ -36,73 +31,9 @@ from gateway.core.profiles import ProfileCatalog
 
 Row = dict[str, Any]
 
-DEFAULT_TARIFF = "default"
-# Readings this far before and after a window give its edges their context
-# (a glitch, wrap or reset right at the edge).
-MARGIN = timedelta(days=1)
-# Readings further apart than this make a gap (readings come every 1-15 min).
-MAX_GAP = timedelta(hours=1)
 KWH = Decimal("0.000001")
 HOURS = Decimal("0.000001")
 PERIOD_ORDER = {p: i for i, p in enumerate(tf.Period)}
-NO_OFFSET = timedelta(0)
-# Zones that are UTC at every instant (psycopg gives ZoneInfo(TimeZone setting)).
-UTC_KEYS = frozenset({"UTC", "Etc/UTC", "Etc/Universal", "Universal", "Etc/Zulu", "Zulu"})
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class PortMeta:
-    id: str
-    meter_device_id: str
-    port_no: int
-    rated_w: Decimal
-    modulus: Decimal | None
-
-    @property
-    def metric(self) -> str:
-        return f"port{self.port_no}_energy_kwh"
-
-
-@dataclass(frozen=True, slots=True)
-class Span:
-    """A lease in service on [start, end) (end None: still in service)."""
-
-    lease_id: int
-    tenant_id: str
-    pole_id: str
-    port_id: str | None
-    slot_id: str | None
-    slot_position: str | None
-    slot_type: str | None
-    compartment_id: str | None
-    tariff: str
-    start: datetime
-    end: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class PortUsage:
-    port: PortMeta
-    intervals: list[mt.Interval]
-    gaps: list[mt.Gap]
-
-
-class TariffOverlap(Exception):
-    def __init__(self, other: Row) -> None:
-        super().__init__("overlaps the validity of another version of this tariff")
-        self.other = other
-
-
-class TariffEnded(Exception):
-    """The version has an end already (only an open-ended one can be given one)."""
-
-    def __init__(self, row: Row) -> None:
-        super().__init__("the tariff version has an end already")
-        self.row = row
 
 
 class BillConflict(Exception):
@@ -118,310 +49,12 @@ class BillConflict(Exception):
 LINE_REFERENCES: Row = {"emergency_id": None, "outage_id": None}
 
 
-def tariff_of(row: Row) -> tf.Tariff:
-    return tf.Tariff(
-        id=row["id"],
-        name=row["name"],
-        version=row["version"],
-        valid_from=row["valid_from"],
-        valid_to=row["valid_to"],
-        definition=tf.TariffDefinition.model_validate(row["definition"]),
-        estimate_gaps=row["estimate_gaps"],
-    )
-
-
-def _utc0(ts: datetime) -> datetime:
-    """A time the database gave in a zone at UTC+0 (its TimeZone setting; usually
-    ZoneInfo('Etc/UTC')) in datetime.UTC: the same instant, written the same in
-    JSON, and the metering and pricing compare it with the UTC bounds they cut at
-    without a utcoffset call each time. Other zones are left as they are."""
-    tz = ts.tzinfo
-    if tz is UTC:
-        return ts
-    if getattr(tz, "key", None) in UTC_KEYS or ts.utcoffset() == NO_OFFSET:
-        return ts.replace(tzinfo=UTC)
-    return ts
-
-
-def _clip_gap(gap: mt.Gap, start: datetime, end: datetime) -> mt.Gap | None:
-    a, b = max(gap.start, start), min(gap.end, end)
-    return mt.Gap(a, b) if a < b else None
-
-
 class BillingStore:
     def __init__(self, pool: AsyncConnectionPool, catalog: ProfileCatalog, tz: ZoneInfo) -> None:
         self._pool = pool
-        self._catalog = catalog
+        self._tariffs = TariffStore(pool)
+        self._usage = UsageStore(pool, catalog)
         self.tz = tz
-
-    # ------------------------------------------------------------------ tariffs
-
-    async def tariff_page(self, name: str | None, *, after: int | None, limit: int) -> list[Row]:
-        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(
-                "SELECT * FROM tariffs WHERE (%(name)s::text IS NULL OR name = %(name)s)"
-                " AND id > %(after)s ORDER BY id LIMIT %(limit)s",
-                {"name": name, "after": after or 0, "limit": limit},
-            )
-            return await cur.fetchall()
-
-    async def tariff(self, tariff_id: int) -> Row | None:
-        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute("SELECT * FROM tariffs WHERE id = %s", (tariff_id,))
-            return await cur.fetchone()
-
-    async def versions(self, conn: psycopg.AsyncConnection[Any], name: str) -> list[tf.Tariff]:
-        async with conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute("SELECT * FROM tariffs WHERE name = %s ORDER BY valid_from", (name,))
-            return [tariff_of(r) for r in await cur.fetchall()]
-
-    async def create_tariff(
-        self,
-        conn: psycopg.AsyncConnection[Any],
-        *,
-        name: str,
-        valid_from: datetime,
-        valid_to: datetime | None,
-        definition: dict[str, Any],
-        estimate_gaps: bool,
-    ) -> Row:
-        """A new version of `name` (numbered after the last); refuses an overlap."""
-        # Serialise versions of one name: the overlap check and the insert are one step.
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tariff:' || %s))", (name,))
-        async with conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(
-                "SELECT id, version, valid_from, valid_to FROM tariffs WHERE name = %s"
-                " AND (valid_to IS NULL OR %s < valid_to)"
-                " AND (%s::timestamptz IS NULL OR valid_from < %s) ORDER BY valid_from LIMIT 1",
-                (name, valid_from, valid_to, valid_to),
-            )
-            other = await cur.fetchone()
-            if other is not None:
-                raise TariffOverlap(other)
-            await cur.execute(
-                "INSERT INTO tariffs (name, version, valid_from, valid_to, definition,"
-                " estimate_gaps) SELECT %s, coalesce(max(version), 0) + 1, %s, %s, %s, %s"
-                " FROM tariffs WHERE name = %s RETURNING *",
-                (name, valid_from, valid_to, Jsonb(definition), estimate_gaps, name),
-            )
-            row = await cur.fetchone()
-            assert row is not None
-            return row
-
-    async def end_tariff(
-        self, conn: psycopg.AsyncConnection[Any], tariff_id: int, valid_to: datetime
-    ) -> tuple[Row, Row] | None:
-        """Give an open-ended version its end (exclusive): (before, after), None if
-        there is no such version. Raises TariffEnded if it has an end already."""
-        async with conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute("SELECT name FROM tariffs WHERE id = %s", (tariff_id,))
-            found = await cur.fetchone()
-            if found is None:
-                return None
-            # The same lock as a new version of the name takes.
-            await cur.execute(
-                "SELECT pg_advisory_xact_lock(hashtext('tariff:' || %s))", (found["name"],)
-            )
-            await cur.execute("SELECT * FROM tariffs WHERE id = %s FOR UPDATE", (tariff_id,))
-            before = await cur.fetchone()
-            assert before is not None
-            if before["valid_to"] is not None:
-                raise TariffEnded(before)
-            await cur.execute(
-                "UPDATE tariffs SET valid_to = %s WHERE id = %s RETURNING *", (valid_to, tariff_id)
-            )
-            after = await cur.fetchone()
-            assert after is not None
-            return before, after
-
-    # ------------------------------------------------------------------ ports
-
-    async def port(self, port_id: str) -> PortMeta | None:
-        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(
-                "SELECT p.id, p.meter_device_id, p.port_no, p.rated_w, d.profile"
-                " FROM ports p JOIN devices d ON d.id = p.meter_device_id WHERE p.id = %s",
-                (port_id,),
-            )
-            row = await cur.fetchone()
-        if row is None:
-            return None
-        metric = f"port{row['port_no']}_energy_kwh"
-        modulus = None
-        profile = self._catalog.get(row["profile"])
-        if profile is not None and profile.modbus is not None:
-            point = profile.modbus.points.get(metric)
-            if point is not None:
-                modulus = mt.counter_modulus(point.type, point.scale)
-        return PortMeta(
-            row["id"],
-            row["meter_device_id"],
-            row["port_no"],
-            mt.to_decimal(row["rated_w"]),
-            modulus,
-        )
-
-    async def add_replacement(
-        self,
-        conn: psycopg.AsyncConnection[Any],
-        port_id: str,
-        *,
-        replaced_at: datetime,
-        old_final_kwh: Decimal,
-        new_first_kwh: Decimal,
-        note: str | None,
-    ) -> Row:
-        async with conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(
-                "INSERT INTO meter_replacements (port_id, replaced_at, old_final_kwh,"
-                " new_first_kwh, note) VALUES (%s, %s, %s, %s, %s) RETURNING *",
-                (port_id, replaced_at, old_final_kwh, new_first_kwh, note),
-            )
-            row = await cur.fetchone()
-            assert row is not None
-            return row
-
-    async def tenant_port_ids(self, tenant_id: str) -> set[str]:
-        """Ports the tenant has ever leased."""
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT DISTINCT port_id FROM leases WHERE tenant_id = %s AND port_id IS NOT NULL",
-                (tenant_id,),
-            )
-            return {r[0] for r in await cur.fetchall()}
-
-    # ------------------------------------------------------------------ metering
-
-    async def _readings(
-        self, conn: psycopg.AsyncConnection[Any], port: PortMeta, start: datetime, end: datetime
-    ) -> list[mt.Reading]:
-        # The rollup's rows with start <= bucket < end (migration 0015: on the
-        # continuous aggregate a filter on it; on plain PostgreSQL the view's
-        # aggregate over just the raw rows of [start, end + 15 min)).
-        cur = await conn.execute(
-            "SELECT first_ts, first, last_ts, last FROM telemetry_15m_between(%s, %s, %s, %s)"
-            " ORDER BY bucket",
-            (port.meter_device_id, port.metric, start, end),
-        )
-        out: list[mt.Reading] = []
-        decimal = mt.to_decimal
-        for first_ts, first, last_ts, last in await cur.fetchall():
-            out.append(mt.Reading(_utc0(first_ts), decimal(first)))
-            if last_ts != first_ts:
-                out.append(mt.Reading(_utc0(last_ts), decimal(last)))
-        return out
-
-    async def _replacements(
-        self, conn: psycopg.AsyncConnection[Any], port_id: str
-    ) -> list[mt.Replacement]:
-        cur = await conn.execute(
-            "SELECT replaced_at, old_final_kwh, new_first_kwh FROM meter_replacements"
-            " WHERE port_id = %s ORDER BY replaced_at",
-            (port_id,),
-        )
-        return [mt.Replacement(a, Decimal(o), Decimal(n)) for a, o, n in await cur.fetchall()]
-
-    async def port_usage(
-        self, port: PortMeta, start: datetime, end: datetime, *, estimate_gaps: bool
-    ) -> PortUsage:
-        """The port's intervals and gaps inside [start, end)."""
-        async with self._pool.connection() as conn:
-            readings = await self._readings(conn, port, start - MARGIN, end + MARGIN)
-            swaps = await self._replacements(conn, port.id)
-        metered = mt.meter(
-            readings,
-            rated_w=port.rated_w,
-            modulus=port.modulus,
-            replacements=swaps,
-            max_gap=MAX_GAP,
-            estimate_gaps=estimate_gaps,
-        )
-        intervals = [p for iv in metered.intervals if (p := mt.clip(iv, start, end)) is not None]
-        gaps = [g for gap in metered.gaps if (g := _clip_gap(gap, start, end)) is not None]
-        # No data at all at the window's edges (up to now) is a gap too.
-        horizon = min(end, utcnow())
-        first = readings[0].ts if readings else None
-        last = readings[-1].ts if readings else None
-        if first is None or last is None:
-            if start < horizon:
-                gaps.append(mt.Gap(start, horizon))
-        else:
-            if first > start + MAX_GAP and start < min(first, horizon):
-                gaps.insert(0, mt.Gap(start, min(first, horizon)))
-            if last < horizon - MAX_GAP:
-                gaps.append(mt.Gap(max(last, start), horizon))
-        return PortUsage(port, intervals, gaps)
-
-    async def spans(
-        self,
-        start: datetime,
-        end: datetime,
-        *,
-        tenant_id: str | None = None,
-        port_id: str | None = None,
-    ) -> list[Span]:
-        """Leases in service at some time in [start, end), each period clipped to it.
-        A lease is in service from the `since` of an in_service history row to the
-        `since` of its next row."""
-        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(
-                """
-                WITH h AS (
-                    SELECT lease_id, state, since,
-                           lead(since) OVER (PARTITION BY lease_id ORDER BY since, id) AS until
-                    FROM lease_history
-                )
-                SELECT h.lease_id, h.since, h.until, l.tenant_id, l.pole_id, l.port_id, l.slot_id,
-                       s.position, s.slot_type, l.compartment_id,
-                       coalesce(l.rates ->> 'tariff', %(default)s) AS tariff
-                FROM h JOIN leases l ON l.id = h.lease_id
-                LEFT JOIN slots s ON s.id = l.slot_id
-                WHERE h.state = 'in_service' AND h.since < %(end)s
-                  AND (h.until IS NULL OR h.until > %(start)s)
-                  AND (%(tenant)s::text IS NULL OR l.tenant_id = %(tenant)s)
-                  AND (%(port)s::text IS NULL OR l.port_id = %(port)s)
-                ORDER BY l.tenant_id, h.lease_id, h.since
-                """,
-                {
-                    "default": DEFAULT_TARIFF,
-                    "start": start,
-                    "end": end,
-                    "tenant": tenant_id,
-                    "port": port_id,
-                },
-            )
-            rows = await cur.fetchall()
-        return [
-            Span(
-                r["lease_id"],
-                r["tenant_id"],
-                r["pole_id"],
-                r["port_id"],
-                r["slot_id"],
-                r["position"],
-                r["slot_type"],
-                r["compartment_id"],
-                r["tariff"],
-                max(r["since"], start),
-                end if r["until"] is None else min(r["until"], end),
-            )
-            for r in rows
-        ]
-
-    async def estimate_gaps(self, names: Iterable[str], start: datetime, end: datetime) -> bool:
-        """Whether a tariff of these names valid in [start, end) asks for estimates."""
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT bool_or(estimate_gaps) FROM tariffs WHERE name = ANY(%s)"
-                " AND valid_from < %s AND (valid_to IS NULL OR valid_to > %s)",
-                (sorted(set(names)), end, start),
-            )
-            row = await cur.fetchone()
-            return bool(row and row[0])
-
-    async def tariffs_named(self, name: str) -> list[tf.Tariff]:
-        async with self._pool.connection() as conn:
-            return await self.versions(conn, name)
 
     # ------------------------------------------------------------------ bills
 
@@ -430,7 +63,7 @@ class BillingStore:
         (or just `tenant_id`): (bill, "created" | "replaced" | "issued, unchanged").
         Raises tf.NoTariff when a time to price has no valid tariff version."""
         start, end = tf.month_bounds(month, self.tz)
-        spans = await self.spans(start, end, tenant_id=tenant_id)
+        spans = await self._usage.spans(start, end, tenant_id=tenant_id)
         by_tenant: dict[str, list[Span]] = defaultdict(list)
         for s in spans:
             by_tenant[s.tenant_id].append(s)
@@ -486,7 +119,7 @@ class BillingStore:
         for lease_id, lease_spans in leases:
             first = lease_spans[0]
             if first.tariff not in tariff_cache:
-                tariff_cache[first.tariff] = await self.tariffs_named(first.tariff)
+                tariff_cache[first.tariff] = await self._tariffs.tariffs_named(first.tariff)
             if first.port_id is not None:
                 estimate = any(t.estimate_gaps for t in tariff_cache[first.tariff])
                 keys[lease_id] = (first.port_id, estimate)
@@ -509,9 +142,9 @@ class BillingStore:
             await asyncio.gather(*tasks.values(), return_exceptions=True)
 
     async def _usage_of(self, key: tuple[str, bool], start: datetime, end: datetime) -> PortUsage:
-        port = await self.port(key[0])
+        port = await self._usage.port(key[0])
         assert port is not None
-        return await self.port_usage(port, start, end, estimate_gaps=key[1])
+        return await self._usage.port_usage(port, start, end, estimate_gaps=key[1])
 
     async def _lines_of(
         self,

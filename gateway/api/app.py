@@ -30,6 +30,8 @@ from gateway.api.routes import (
     outages,
     overview,
     poles,
+    tariffs,
+    usage,
     work_orders,
 )
 
@@ -49,6 +51,8 @@ ROUTERS = (
     overview,
     export,
     audit,
+    tariffs,
+    usage,
     billing,
     mounting,
     applications,
