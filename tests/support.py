@@ -25,15 +25,33 @@ from gateway.adapters.site_store import import_site
 from gateway.api.deps import ApiContext
 from gateway.config import MqttEndpoint, Settings
 from gateway.core.auth import Principal, Role
-from gateway.core.profiles import load_catalog
+from gateway.core.profiles import ProfileCatalog, load_catalog
 from gateway.core.registry import Registry
 from gateway.core.site import DeviceSpec, PoleSpec, SiteSpec, TenantSpec
 from gateway.metrics import Metrics
-from gateway.service import run_gateway
+from gateway.registry_source import RegistrySource
+from gateway.service import open_pool, run_gateway
 
 POLES = ("P0001", "P0002", "P0003")
 TEST_SECRET = "polegw-test-secret-not-for-production-0123456789"
 TEST_PASSWORD = "test-password-123"
+
+
+def poles_with(poles: Iterable[str], **devices: str) -> SiteSpec:
+    """A site of `poles`, each with one device per keyword: `poles_with(["P1"],
+    lamp="lamp-controller")` is pole P1 with device P1-lamp of that profile."""
+    return SiteSpec(
+        poles=[
+            PoleSpec(
+                id=pole,
+                devices=[
+                    DeviceSpec(id=f"{pole}-{suffix}", profile=profile)
+                    for suffix, profile in devices.items()
+                ],
+            )
+            for pole in poles
+        ]
+    )
 
 
 def small_site() -> SiteSpec:
@@ -164,6 +182,24 @@ def api_context(settings: Settings, pool: AsyncConnectionPool, **extra: object) 
     }
     values.update(extra)
     return ApiContext(**values)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def opened_pool(database_url: str) -> AsyncIterator[AsyncConnectionPool]:
+    """The API's pool (`open_pool`) on `database_url`, open for the block."""
+    pool = open_pool(database_url)
+    await pool.open()
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def loaded_registry(database_url: str, catalog: ProfileCatalog) -> RegistrySource:
+    """The gateway's registry of `database_url`, loaded once (refreshed only every minute)."""
+    source = RegistrySource(database_url, catalog, Metrics(), every_s=60)
+    await source.load()
+    return source
 
 
 @dataclass
