@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import orjson
 import paho.mqtt.client as paho
 import psycopg
@@ -22,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 from gateway.adapters.credentials import TokenIssuer, hash_password
 from gateway.adapters.migrate import upgrade
 from gateway.adapters.site_store import import_site
+from gateway.api.app import create_app
 from gateway.api.deps import ApiContext
 from gateway.config import MqttEndpoint, Settings
 from gateway.core.auth import Principal, Role
@@ -193,6 +195,25 @@ async def opened_pool(database_url: str) -> AsyncIterator[AsyncConnectionPool]:
         yield pool
     finally:
         await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def api_client(
+    settings: Settings,
+    pool: AsyncConnectionPool | None = None,
+    *,
+    base_url: str = "http://api",
+    headers: dict[str, str] | None = None,
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client on the API app of `settings` (context: `api_context`), served
+    from `pool`, or from a pool of its own on the settings' database, open for the block."""
+    async with contextlib.AsyncExitStack() as stack:
+        if pool is None:
+            pool = await stack.enter_async_context(opened_pool(settings.require_database_url()))
+        transport = httpx.ASGITransport(app=create_app(api_context(settings, pool)))
+        yield await stack.enter_async_context(
+            httpx.AsyncClient(transport=transport, base_url=base_url, headers=headers)
+        )
 
 
 async def loaded_registry(database_url: str, catalog: ProfileCatalog) -> RegistrySource:

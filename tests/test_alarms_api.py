@@ -27,7 +27,14 @@ from gateway.core.readings import DeviceEvent, Reading
 from gateway.core.registry import Registry
 from gateway.ops_events import AlarmEvent
 from gateway.service import open_pool
-from tests.support import api_context, auth_headers, count, prepare_database
+from tests.support import (
+    api_client,
+    api_context,
+    auth_headers,
+    count,
+    opened_pool,
+    prepare_database,
+)
 
 CATALOG = load_catalog()
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -53,18 +60,15 @@ class Recorder:
 @pytest.fixture(scope="module")
 async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool]:
     await prepare_database(database_url)
-    pool = open_pool(database_url)
-    await pool.open()
-    yield pool
-    await pool.close()
+    async with opened_pool(database_url) as pool:
+        yield pool
 
 
 @pytest.fixture(scope="module")
 async def api(database_url: str, pool: AsyncConnectionPool) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(database_url=database_url)
-    transport = httpx.ASGITransport(app=create_app(api_context(settings, pool)))
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://test", headers=auth_headers(database_url)
+    async with api_client(
+        settings, pool, base_url="http://test", headers=auth_headers(database_url)
     ) as client:
         yield client
 

@@ -21,7 +21,7 @@ from gateway.config import Settings
 from gateway.core.auth import LoginThrottle, Role
 from gateway.core.site import PoleSpec, SiteSpec, TenantSpec
 from gateway.service import open_pool
-from tests.support import TEST_PASSWORD, add_user, api_context, bearer, prepare_database
+from tests.support import TEST_PASSWORD, add_user, api_client, api_context, bearer, prepare_database
 
 # Which roles each route group admits: (path prefix, reads, writes). Every
 # /api/v1 route must fall under one entry (the test says which one does not).
@@ -98,13 +98,8 @@ async def api(database_url: str) -> AsyncIterator[Api]:
             " ('tn-a', 'P2', 'terminated')"
         )
     settings = Settings(database_url=database_url, login_max_failures=3)
-    pool = open_pool(database_url)
-    await pool.open()
-    app = create_app(api_context(settings, pool))
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+    async with api_client(settings) as client:
         yield Api(client, database_url, settings)
-    await pool.close()
 
 
 def v1_routes() -> Iterator[tuple[str, str, APIRoute]]:

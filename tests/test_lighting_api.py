@@ -17,7 +17,6 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.adapters.lighting_store import LightingStore
-from gateway.api.app import create_app
 from gateway.api.security import _audit_trail
 from gateway.config import Settings
 from gateway.core.lighting import sun_time
@@ -25,8 +24,7 @@ from gateway.core.profiles import ArgValue, load_catalog
 from gateway.core.registry import DeviceRef, Registry
 from gateway.core.site import DeviceSpec, Location, PoleSpec, SiteSpec
 from gateway.lighting import LightingDispatcher, SiteDefaults
-from gateway.service import open_pool
-from tests.support import api_context, auth_headers, prepare_database
+from tests.support import api_client, auth_headers, opened_pool, prepare_database
 from tests.test_auth import v1_routes
 
 SH = ZoneInfo("Asia/Shanghai")
@@ -70,10 +68,8 @@ def local(d: int, h: int, mi: int = 0) -> datetime:
 @pytest.fixture
 async def pool(fresh_database_url: str) -> AsyncIterator[AsyncConnectionPool]:
     await prepare_database(fresh_database_url, site())
-    pool = open_pool(fresh_database_url)
-    await pool.open()
-    yield pool
-    await pool.close()
+    async with opened_pool(fresh_database_url) as pool:
+        yield pool
 
 
 @pytest.fixture
@@ -81,11 +77,8 @@ async def api(
     fresh_database_url: str, pool: AsyncConnectionPool
 ) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(database_url=fresh_database_url, lighting_rated_w=150.0)
-    transport = httpx.ASGITransport(app=create_app(api_context(settings, pool)))
     headers = auth_headers(fresh_database_url, "operator")
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://api", headers=headers
-    ) as client:
+    async with api_client(settings, pool, headers=headers) as client:
         yield client
 
 
