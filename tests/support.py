@@ -17,6 +17,8 @@ import httpx
 import orjson
 import paho.mqtt.client as paho
 import psycopg
+from fastapi import FastAPI, routing
+from fastapi.routing import APIRoute
 from paho.mqtt.enums import CallbackAPIVersion
 from psycopg_pool import AsyncConnectionPool
 
@@ -214,6 +216,21 @@ async def api_client(
         yield await stack.enter_async_context(
             httpx.AsyncClient(transport=transport, base_url=base_url, headers=headers)
         )
+
+
+def api_routes(app: FastAPI | None = None) -> list[tuple[str, APIRoute]]:
+    """The API routes of `app` (default: an app on no database) with their full paths."""
+    if app is None:
+        settings = Settings(database_url="postgresql://unused/")
+        app = create_app(api_context(settings, open_pool("postgresql://unused/")))
+    # FastAPI >= 0.160 keeps included routers nested; older ones flatten them.
+    contexts = getattr(routing, "iter_route_contexts", None)
+    pairs = (
+        [(c.path, c.route) for c in contexts(app.router.routes)]
+        if contexts is not None
+        else [(getattr(r, "path", ""), r) for r in app.routes]
+    )
+    return [(path, route) for path, route in pairs if isinstance(route, APIRoute)]
 
 
 async def loaded_registry(database_url: str, catalog: ProfileCatalog) -> RegistrySource:

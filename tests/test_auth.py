@@ -11,17 +11,21 @@ from dataclasses import dataclass
 import httpx
 import psycopg
 import pytest
-from fastapi import routing
 from fastapi.routing import APIRoute
 
 from gateway.adapters.site_store import import_site
-from gateway.api.app import create_app
 from gateway.api.security import _audit_trail
 from gateway.config import Settings
 from gateway.core.auth import LoginThrottle, Role
 from gateway.core.site import PoleSpec, SiteSpec, TenantSpec
-from gateway.service import open_pool
-from tests.support import TEST_PASSWORD, add_user, api_client, api_context, bearer, prepare_database
+from tests.support import (
+    TEST_PASSWORD,
+    add_user,
+    api_client,
+    api_routes,
+    bearer,
+    prepare_database,
+)
 
 # Which roles each route group admits: (path prefix, reads, writes). Every
 # /api/v1 route must fall under one entry (the test says which one does not).
@@ -103,17 +107,8 @@ async def api(database_url: str) -> AsyncIterator[Api]:
 
 
 def v1_routes() -> Iterator[tuple[str, str, APIRoute]]:
-    settings = Settings(database_url="postgresql://unused/")
-    app = create_app(api_context(settings, open_pool("postgresql://unused/")))
-    # FastAPI >= 0.160 keeps included routers nested; older ones flatten them.
-    contexts = getattr(routing, "iter_route_contexts", None)
-    pairs = (
-        [(c.path, c.route) for c in contexts(app.router.routes)]
-        if contexts is not None
-        else [(getattr(r, "path", ""), r) for r in app.routes]
-    )
-    for path, route in pairs:
-        if isinstance(route, APIRoute) and path.startswith("/api/v1"):
+    for path, route in api_routes():
+        if path.startswith("/api/v1"):
             for method in sorted(route.methods or ()):
                 yield method, path, route
 
