@@ -233,6 +233,14 @@ def api_routes(app: FastAPI | None = None) -> list[tuple[str, APIRoute]]:
     return [(path, route) for path, route in pairs if isinstance(route, APIRoute)]
 
 
+def dependency_calls(dependant: object) -> set[object]:
+    """Every callable a route's dependant (`route.dependant`) depends on, at any depth."""
+    found = {getattr(dependant, "call", None)}
+    for sub in getattr(dependant, "dependencies", []):
+        found |= dependency_calls(sub)
+    return found
+
+
 async def loaded_registry(database_url: str, catalog: ProfileCatalog) -> RegistrySource:
     """The gateway's registry of `database_url`, loaded once (refreshed only every minute)."""
     source = RegistrySource(database_url, catalog, Metrics(), every_s=60)

@@ -28,6 +28,7 @@ from tests.support import (
     api_routes,
     auth_headers,
     count,
+    dependency_calls,
     opened_pool,
     prepare_database,
 )
@@ -371,12 +372,6 @@ async def test_plans_and_drills(api: httpx.AsyncClient) -> None:
 
 
 def test_every_write_route_is_audited() -> None:
-    def calls(dependant: object) -> set[object]:
-        found = {getattr(dependant, "call", None)}
-        for sub in getattr(dependant, "dependencies", []):
-            found |= calls(sub)
-        return found
-
     writes = [
         (path, route)
         for path, route in api_routes()
@@ -385,7 +380,7 @@ def test_every_write_route_is_audited() -> None:
     ]
     assert len(writes) == 10
     for path, route in writes:
-        assert _audit_trail in calls(route.dependant), path
+        assert _audit_trail in dependency_calls(route.dependant), path
 
 
 STAFF = {Role.ADMIN, Role.OPERATOR, Role.MAINTAINER}

@@ -24,6 +24,7 @@ from tests.support import (
     api_client,
     api_routes,
     bearer,
+    dependency_calls,
     prepare_database,
 )
 
@@ -159,16 +160,12 @@ async def test_each_role_against_each_route_group(api: Api, role: Role) -> None:
 def test_every_write_is_audited() -> None:
     """Every route that changes something records it (the Audit dependency)."""
 
-    def calls(dependant: object) -> set[object]:
-        found = {getattr(dependant, "call", None)}
-        for sub in getattr(dependant, "dependencies", []):
-            found |= calls(sub)
-        return found
-
     missing = [
         f"{method} {path}"
         for method, path, route in v1_routes()
-        if method in WRITES and path not in PUBLIC and _audit_trail not in calls(route.dependant)
+        if method in WRITES
+        and path not in PUBLIC
+        and _audit_trail not in dependency_calls(route.dependant)
     ]
     assert not missing, f"write routes without `audit: Audit`: {missing}"
 

@@ -24,7 +24,7 @@ from gateway.core.profiles import ArgValue, load_catalog
 from gateway.core.registry import DeviceRef, Registry
 from gateway.core.site import DeviceSpec, Location, PoleSpec, SiteSpec
 from gateway.lighting import LightingDispatcher, SiteDefaults
-from tests.support import api_client, auth_headers, opened_pool, prepare_database
+from tests.support import api_client, auth_headers, dependency_calls, opened_pool, prepare_database
 from tests.test_auth import v1_routes
 
 SH = ZoneInfo("Asia/Shanghai")
@@ -83,12 +83,6 @@ async def api(
 
 
 def test_every_write_route_takes_audit() -> None:
-    def calls(dependant: object) -> set[object]:
-        found = {getattr(dependant, "call", None)}
-        for sub in getattr(dependant, "dependencies", []):
-            found |= calls(sub)
-        return found
-
     writes = [
         (method, path, route)
         for method, path, route in v1_routes()
@@ -96,7 +90,7 @@ def test_every_write_route_takes_audit() -> None:
     ]
     assert len(writes) >= 7
     for method, path, route in writes:
-        assert _audit_trail in calls(route.dependant), (method, path)
+        assert _audit_trail in dependency_calls(route.dependant), (method, path)
         assert route.summary, (method, path)
 
 
