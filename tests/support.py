@@ -29,11 +29,10 @@ from gateway.api.app import create_app
 from gateway.api.deps import ApiContext
 from gateway.config import MqttEndpoint, Settings
 from gateway.core.auth import Principal, Role
-from gateway.core.profiles import ProfileCatalog, load_catalog
+from gateway.core.profiles import load_catalog
 from gateway.core.registry import Registry
 from gateway.core.site import DeviceSpec, PoleSpec, SiteSpec, TenantSpec
 from gateway.metrics import Metrics
-from gateway.registry_source import RegistrySource
 from gateway.service import open_pool, run_gateway
 
 POLES = ("P0001", "P0002", "P0003")
@@ -239,13 +238,6 @@ def dependency_calls(dependant: object) -> set[object]:
     for sub in getattr(dependant, "dependencies", []):
         found |= dependency_calls(sub)
     return found
-
-
-async def loaded_registry(database_url: str, catalog: ProfileCatalog) -> RegistrySource:
-    """The gateway's registry of `database_url`, loaded once (refreshed only every minute)."""
-    source = RegistrySource(database_url, catalog, Metrics(), every_s=60)
-    await source.load()
-    return source
 
 
 @dataclass

@@ -29,10 +29,7 @@ from gateway.registry_source import RegistrySource
 from tests.support import (
     count,
     eventually,
-    loaded_registry,
-    opened_pool,
     poles_with,
-    prepare_database,
 )
 
 CATALOG = load_catalog()
@@ -42,18 +39,6 @@ T0 = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
 
 def site() -> SiteSpec:
     return poles_with(POLES, sos="sos-button", lamp="lamp-controller")
-
-
-@pytest.fixture(scope="module")
-async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool]:
-    await prepare_database(database_url, site())
-    async with opened_pool(database_url) as pool:
-        yield pool
-
-
-@pytest.fixture(scope="module")
-async def registry(database_url: str, pool: AsyncConnectionPool) -> RegistrySource:
-    return await loaded_registry(database_url, CATALOG)
 
 
 @pytest.fixture

@@ -29,8 +29,6 @@ from tests.support import (
     auth_headers,
     count,
     dependency_calls,
-    opened_pool,
-    prepare_database,
 )
 
 CATALOG = load_catalog()
@@ -52,13 +50,6 @@ class Recorder:
 
     async def alarm_cleared(self, conn: psycopg.AsyncConnection[Any], alarm: AlarmEvent) -> None:
         self.cleared.append(alarm)
-
-
-@pytest.fixture(scope="module")
-async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool]:
-    await prepare_database(database_url)
-    async with opened_pool(database_url) as pool:
-        yield pool
 
 
 @pytest.fixture(scope="module")

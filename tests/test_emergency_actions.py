@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import psycopg
-import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.adapters import emergency_store
@@ -24,7 +23,7 @@ from gateway.core.profiles import load_catalog
 from gateway.core.site import SiteSpec
 from gateway.emergencies import SYSTEM_AUTHOR, ProtectiveActions, protect, record_plan
 from gateway.registry_source import RegistrySource
-from tests.support import eventually, loaded_registry, opened_pool, poles_with, prepare_database
+from tests.support import eventually, poles_with
 
 CATALOG = load_catalog()
 POLES = [f"P{n:04d}" for n in range(1, 10)]
@@ -32,18 +31,6 @@ POLES = [f"P{n:04d}" for n in range(1, 10)]
 
 def site() -> SiteSpec:
     return poles_with(POLES, lamp="lamp-controller", ports="port-meter-4")
-
-
-@pytest.fixture(scope="module")
-async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool]:
-    await prepare_database(database_url, site())
-    async with opened_pool(database_url) as pool:
-        yield pool
-
-
-@pytest.fixture(scope="module")
-async def registry(database_url: str, pool: AsyncConnectionPool) -> RegistrySource:
-    return await loaded_registry(database_url, CATALOG)
 
 
 class Broker:
