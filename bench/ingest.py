@@ -494,6 +494,39 @@ def forget_session(host: str, port: int, client_id: str) -> None:
         c.loop_stop()
 
 
+def stop_gateway(gw: Gateway | None, mqtt_host: str, mqtt_port: int) -> None:
+    """Stop the gateway (if started) and remove its session from the broker."""
+    if gw is not None:
+        stop_process(gw.proc)
+        forget_session(mqtt_host, mqtt_port, gw.client_id)
+
+
+def create_database(admin_url: str, dbname: str) -> None:
+    from psycopg import sql
+
+    with pg_connect(admin_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(
+                sql.Identifier(dbname)
+            )
+        )
+
+
+def discard_run(admin_url: str, dbname: str, workdir: Path, gw: Gateway | None) -> None:
+    """Drop the bench database and the work dir, but keep the work dir (and say
+    where the log is) when the gateway failed."""
+    from psycopg import sql
+
+    with pg_connect(admin_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
+        )
+    if gw is not None and gw.proc.returncode not in (0, None):
+        print(f"gateway exit code {gw.proc.returncode}; log kept at {gw.log_path}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------- load
 
 
@@ -1283,14 +1316,7 @@ def main() -> None:
         f"{Path('/proc/loadavg').read_text().split()[:3]}, broker pid {broker_pid},"
         f" work dir {workdir}"
     )
-    from psycopg import sql
-
-    with pg_connect(args.admin_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(
-                sql.Identifier(dbname)
-            )
-        )
+    create_database(args.admin_url, dbname)
     gw: Gateway | None = None
     results: dict[str, Any] = {"run_id": run_id, "args": vars(args)}
     try:
@@ -1403,8 +1429,7 @@ def main() -> None:
             )
             plan_for_limits = plan
         results["gateway"] = vars(main_result)
-        stop_process(gw.proc)
-        forget_session(args.mqtt_host, args.mqtt_port, gw.client_id)
+        stop_gateway(gw, args.mqtt_host, args.mqtt_port)
 
         if not args.skip_limits:
             print(
@@ -1449,20 +1474,9 @@ def main() -> None:
             f" {'yes' if ok else 'NO'}"
         )
     finally:
-        if gw is not None:
-            stop_process(gw.proc)
-            forget_session(args.mqtt_host, args.mqtt_port, gw.client_id)
+        stop_gateway(gw, args.mqtt_host, args.mqtt_port)
         if not args.keep:
-            with pg_connect(args.admin_url, autocommit=True) as conn:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                        sql.Identifier(dbname)
-                    )
-                )
-            if gw is not None and gw.proc.returncode not in (0, None):
-                print(f"gateway exit code {gw.proc.returncode}; log kept at {gw.log_path}")
-            else:
-                shutil.rmtree(workdir, ignore_errors=True)
+            discard_run(args.admin_url, dbname, workdir, gw)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
 

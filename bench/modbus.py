@@ -837,14 +837,7 @@ def main() -> None:
         f" work dir {workdir}; gateway code {version}",
         flush=True,
     )
-    from psycopg import sql
-
-    with ib.pg_connect(args.admin_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(
-                sql.Identifier(dbname)
-            )
-        )
+    ib.create_database(args.admin_url, dbname)
     sims: Simulators | None = None
     bare: Bare | None = None
     gw: Any = None
@@ -1135,22 +1128,11 @@ def main() -> None:
     finally:
         if bare is not None:
             bare.kill()
-        if gw is not None:
-            ib.stop_process(gw.proc)
-            ib.forget_session(args.mqtt_host, args.mqtt_port, client_id)
+        ib.stop_gateway(gw, args.mqtt_host, args.mqtt_port)
         if sims is not None:
             sims.close()
         if not args.keep:
-            with ib.pg_connect(args.admin_url, autocommit=True) as conn:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                        sql.Identifier(dbname)
-                    )
-                )
-            if gw is not None and gw.proc.returncode not in (0, None):
-                print(f"gateway exit code {gw.proc.returncode}; log kept in {workdir}")
-            else:
-                shutil.rmtree(workdir, ignore_errors=True)
+            ib.discard_run(args.admin_url, dbname, workdir, gw)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
 

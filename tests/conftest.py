@@ -20,6 +20,11 @@ Database fixtures:
 
 All database URLs are plain ``postgresql://`` URLs (what psycopg takes).
 
+- ``pool`` (module): the API's pool on ``database_url``, migrated, with the site
+  the test module's ``site()`` returns (``tests.support.small_site`` if it has
+  none); a module may define a ``pool`` of its own instead.
+- ``registry`` (module): the gateway's ``RegistrySource`` of that database, loaded.
+
 MQTT fixtures:
 
 - ``mqtt_url`` (session): the broker URL, checked once.
@@ -37,14 +42,19 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
 import pytest
 from psycopg import sql
+
+if TYPE_CHECKING:
+    from psycopg_pool import AsyncConnectionPool
+
+    from gateway.registry_source import RegistrySource
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
@@ -134,6 +144,32 @@ def migrated_database_url(pg_admin_url: str) -> Iterator[str]:
     with _temporary_database(pg_admin_url) as url:
         upgrade(url)
         yield url
+
+
+@pytest.fixture(scope="module")
+async def pool(
+    database_url: str, request: pytest.FixtureRequest
+) -> AsyncIterator[AsyncConnectionPool]:
+    """The API's pool on ``database_url``, migrated, with the test module's ``site()``."""
+    from tests.support import opened_pool, prepare_database
+
+    site = getattr(request.module, "site", None)
+    await prepare_database(database_url, site() if site is not None else None)
+    async with opened_pool(database_url) as pool:
+        yield pool
+
+
+@pytest.fixture(scope="module")
+async def registry(database_url: str, pool: AsyncConnectionPool) -> RegistrySource:
+    """The gateway's registry of the ``pool`` fixture's database, loaded once (it
+    refreshes only every minute)."""
+    from gateway.core.profiles import load_catalog
+    from gateway.metrics import Metrics
+    from gateway.registry_source import RegistrySource
+
+    source = RegistrySource(database_url, load_catalog(), Metrics(), every_s=60)
+    await source.load()
+    return source
 
 
 # --------------------------------------------------------------------------- MQTT

@@ -99,7 +99,50 @@ def port_open(host: str, port: int) -> bool:
         return False
 
 
-class PrivateMosquitto:
+def _end(proc: subprocess.Popen[bytes], sig: signal.Signals, timeout: float) -> None:
+    """Send `sig` and wait up to `timeout` s for the process to end; SIGKILL after that."""
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class _Child:
+    """A restartable child process (`_proc`, set by `start()`); `with` starts it
+    and stops it at the end of the block."""
+
+    _proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> int | None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class PrivateMosquitto(_Child):
     """A Mosquitto of this test's own on 127.0.0.1:`port` (default: a free one), with
     its configuration, persistence file and log in `directory`.
 
@@ -128,14 +171,6 @@ class PrivateMosquitto:
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def _config(self) -> Path:
         data = self.directory / "data"
@@ -195,15 +230,8 @@ class PrivateMosquitto:
 
     def _signal(self, sig: signal.Signals, timeout: float) -> None:
         proc = self._proc
-        if proc is None or proc.poll() is not None:
-            self._proc = None
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None and proc.poll() is None:
+            _end(proc, sig, timeout)
         self._proc = None
 
     def tail(self, chars: int = 2000) -> str:
@@ -212,18 +240,6 @@ class PrivateMosquitto:
             if f.exists():
                 parts.append(f.read_text(errors="replace")[-chars:])
         return "\n".join(parts)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def rss_bytes(pid: int) -> int | None:
@@ -267,7 +283,7 @@ def gateway_env(
     return env
 
 
-class GatewayProcess:
+class GatewayProcess(_Child):
     """`python -m gateway run` as a child process, its output appended to `log`.
 
     Restartable: `start()` after `kill()` or `stop()` runs a new process with the
@@ -291,14 +307,6 @@ class GatewayProcess:
     @property
     def api(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> None:
         if self.running:
@@ -368,12 +376,7 @@ class GatewayProcess:
         if proc is None:
             return None
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _end(proc, signal.SIGTERM, timeout)
         self._stop_sampler()
         return proc.returncode
 
@@ -384,18 +387,6 @@ class GatewayProcess:
 
     def tail(self, chars: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def metric_value(text: str, name: str, labels: str = "") -> float:

@@ -13,15 +13,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import orjson
 import paho.mqtt.client as paho
 import psycopg
+from fastapi import FastAPI, routing
+from fastapi.routing import APIRoute
 from paho.mqtt.enums import CallbackAPIVersion
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.adapters.credentials import TokenIssuer, hash_password
 from gateway.adapters.migrate import upgrade
 from gateway.adapters.site_store import import_site
+from gateway.api.app import create_app
 from gateway.api.deps import ApiContext
 from gateway.config import MqttEndpoint, Settings
 from gateway.core.auth import Principal, Role
@@ -29,11 +33,28 @@ from gateway.core.profiles import load_catalog
 from gateway.core.registry import Registry
 from gateway.core.site import DeviceSpec, PoleSpec, SiteSpec, TenantSpec
 from gateway.metrics import Metrics
-from gateway.service import run_gateway
+from gateway.service import open_pool, run_gateway
 
 POLES = ("P0001", "P0002", "P0003")
 TEST_SECRET = "polegw-test-secret-not-for-production-0123456789"
 TEST_PASSWORD = "test-password-123"
+
+
+def poles_with(poles: Iterable[str], **devices: str) -> SiteSpec:
+    """A site of `poles`, each with one device per keyword: `poles_with(["P1"],
+    lamp="lamp-controller")` is pole P1 with device P1-lamp of that profile."""
+    return SiteSpec(
+        poles=[
+            PoleSpec(
+                id=pole,
+                devices=[
+                    DeviceSpec(id=f"{pole}-{suffix}", profile=profile)
+                    for suffix, profile in devices.items()
+                ],
+            )
+            for pole in poles
+        ]
+    )
 
 
 def small_site() -> SiteSpec:
@@ -164,6 +185,59 @@ def api_context(settings: Settings, pool: AsyncConnectionPool, **extra: object) 
     }
     values.update(extra)
     return ApiContext(**values)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def opened_pool(database_url: str) -> AsyncIterator[AsyncConnectionPool]:
+    """The API's pool (`open_pool`) on `database_url`, open for the block."""
+    pool = open_pool(database_url)
+    await pool.open()
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def api_client(
+    settings: Settings,
+    pool: AsyncConnectionPool | None = None,
+    *,
+    base_url: str = "http://api",
+    headers: dict[str, str] | None = None,
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client on the API app of `settings` (context: `api_context`), served
+    from `pool`, or from a pool of its own on the settings' database, open for the block."""
+    async with contextlib.AsyncExitStack() as stack:
+        if pool is None:
+            pool = await stack.enter_async_context(opened_pool(settings.require_database_url()))
+        transport = httpx.ASGITransport(app=create_app(api_context(settings, pool)))
+        yield await stack.enter_async_context(
+            httpx.AsyncClient(transport=transport, base_url=base_url, headers=headers)
+        )
+
+
+def api_routes(app: FastAPI | None = None) -> list[tuple[str, APIRoute]]:
+    """The API routes of `app` (default: an app on no database) with their full paths."""
+    if app is None:
+        settings = Settings(database_url="postgresql://unused/")
+        app = create_app(api_context(settings, open_pool("postgresql://unused/")))
+    # FastAPI >= 0.160 keeps included routers nested; older ones flatten them.
+    contexts = getattr(routing, "iter_route_contexts", None)
+    pairs = (
+        [(c.path, c.route) for c in contexts(app.router.routes)]
+        if contexts is not None
+        else [(getattr(r, "path", ""), r) for r in app.routes]
+    )
+    return [(path, route) for path, route in pairs if isinstance(route, APIRoute)]
+
+
+def dependency_calls(dependant: object) -> set[object]:
+    """Every callable a route's dependant (`route.dependant`) depends on, at any depth."""
+    found = {getattr(dependant, "call", None)}
+    for sub in getattr(dependant, "dependencies", []):
+        found |= dependency_calls(sub)
+    return found
 
 
 @dataclass

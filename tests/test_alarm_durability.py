@@ -24,11 +24,13 @@ from gateway.config import Settings
 from gateway.core.alarms import AlarmEngine, Target, Transition, compile_rules
 from gateway.core.profiles import load_catalog
 from gateway.core.readings import Batch, DeviceEvent
-from gateway.core.site import DeviceSpec, PoleSpec, SiteSpec
-from gateway.metrics import Metrics
+from gateway.core.site import SiteSpec
 from gateway.registry_source import RegistrySource
-from gateway.service import open_pool
-from tests.support import count, eventually, prepare_database
+from tests.support import (
+    count,
+    eventually,
+    poles_with,
+)
 
 CATALOG = load_catalog()
 POLES = ("P0001", "P0002", "P0003", "P0004", "P0005")
@@ -36,34 +38,7 @@ T0 = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
 
 
 def site() -> SiteSpec:
-    return SiteSpec(
-        poles=[
-            PoleSpec(
-                id=pole,
-                devices=[
-                    DeviceSpec(id=f"{pole}-sos", profile="sos-button"),
-                    DeviceSpec(id=f"{pole}-lamp", profile="lamp-controller"),
-                ],
-            )
-            for pole in POLES
-        ]
-    )
-
-
-@pytest.fixture(scope="module")
-async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool]:
-    await prepare_database(database_url, site())
-    pool = open_pool(database_url)
-    await pool.open()
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture(scope="module")
-async def registry(database_url: str, pool: AsyncConnectionPool) -> RegistrySource:
-    source = RegistrySource(database_url, CATALOG, Metrics(), every_s=60)
-    await source.load()
-    return source
+    return poles_with(POLES, sos="sos-button", lamp="lamp-controller")
 
 
 @pytest.fixture

@@ -11,13 +11,10 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from fastapi import routing
-from fastapi.routing import APIRoute
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.adapters.alarm_store import AlarmStore
 from gateway.alarming import AlarmRunner
-from gateway.api.app import create_app
 from gateway.api.security import _audit_trail
 from gateway.config import Settings
 from gateway.core.alarms import AlarmEngine, Target, compile_rules
@@ -26,8 +23,13 @@ from gateway.core.profiles import load_catalog
 from gateway.core.readings import DeviceEvent, Reading
 from gateway.core.registry import Registry
 from gateway.ops_events import AlarmEvent
-from gateway.service import open_pool
-from tests.support import api_context, auth_headers, count, prepare_database
+from tests.support import (
+    api_client,
+    api_routes,
+    auth_headers,
+    count,
+    dependency_calls,
+)
 
 CATALOG = load_catalog()
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -51,20 +53,10 @@ class Recorder:
 
 
 @pytest.fixture(scope="module")
-async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool]:
-    await prepare_database(database_url)
-    pool = open_pool(database_url)
-    await pool.open()
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture(scope="module")
 async def api(database_url: str, pool: AsyncConnectionPool) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(database_url=database_url)
-    transport = httpx.ASGITransport(app=create_app(api_context(settings, pool)))
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://test", headers=auth_headers(database_url)
+    async with api_client(
+        settings, pool, base_url="http://test", headers=auth_headers(database_url)
     ) as client:
         yield client
 
@@ -371,35 +363,15 @@ async def test_plans_and_drills(api: httpx.AsyncClient) -> None:
 
 
 def test_every_write_route_is_audited() -> None:
-    app = create_app(
-        api_context(
-            Settings(database_url="postgresql://unused/"), open_pool("postgresql://unused/")
-        )
-    )
-    # FastAPI >= 0.160 keeps included routers nested; older ones flatten them.
-    contexts = getattr(routing, "iter_route_contexts", None)
-    pairs = (
-        [(c.path, c.route) for c in contexts(app.router.routes)]
-        if contexts is not None
-        else [(getattr(r, "path", ""), r) for r in app.routes]
-    )
-
-    def calls(dependant: object) -> set[object]:
-        found = {getattr(dependant, "call", None)}
-        for sub in getattr(dependant, "dependencies", []):
-            found |= calls(sub)
-        return found
-
     writes = [
         (path, route)
-        for path, route in pairs
-        if isinstance(route, APIRoute)
-        and path.startswith(("/api/v1/alarms", "/api/v1/emergencies"))
+        for path, route in api_routes()
+        if path.startswith(("/api/v1/alarms", "/api/v1/emergencies"))
         and set(route.methods or ()) - {"GET", "HEAD"}
     ]
     assert len(writes) == 10
     for path, route in writes:
-        assert _audit_trail in calls(route.dependant), path
+        assert _audit_trail in dependency_calls(route.dependant), path
 
 
 STAFF = {Role.ADMIN, Role.OPERATOR, Role.MAINTAINER}
@@ -414,22 +386,10 @@ POLICY = [
 
 
 def my_routes() -> list[tuple[str, str]]:
-    app = create_app(
-        api_context(
-            Settings(database_url="postgresql://unused/"), open_pool("postgresql://unused/")
-        )
-    )
-    contexts = getattr(routing, "iter_route_contexts", None)
-    pairs = (
-        [(c.path, c.route) for c in contexts(app.router.routes)]
-        if contexts is not None
-        else [(getattr(r, "path", ""), r) for r in app.routes]
-    )
     return sorted(
         (method, path)
-        for path, route in pairs
-        if isinstance(route, APIRoute)
-        and path.startswith(("/api/v1/alarms", "/api/v1/emergencies"))
+        for path, route in api_routes()
+        if path.startswith(("/api/v1/alarms", "/api/v1/emergencies"))
         for method in route.methods or ()
     )
 

@@ -12,7 +12,7 @@ import pytest
 from gateway.api.app import create_app
 from gateway.config import Settings
 from gateway.service import open_pool
-from tests.support import api_context, auth_headers, prepare_database
+from tests.support import api_client, api_context, auth_headers, prepare_database
 
 T0 = datetime(2026, 11, 22, 0, tzinfo=UTC)
 
@@ -27,15 +27,9 @@ async def api(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
             copy.write_row((ts, "P0001-lamp", "power_w", float(minute % 100)))
             copy.write_row((ts, "P0001-lamp", "lamp_on", float(minute < 360)))
     settings = Settings(database_url=database_url, api_max_raw_range_h=48)
-    pool = open_pool(database_url)
-    await pool.open()
-    transport = httpx.ASGITransport(app=create_app(api_context(settings, pool)))
     headers = auth_headers(database_url, "operator")
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://api", headers=headers
-    ) as client:
+    async with api_client(settings, headers=headers) as client:
         yield client
-    await pool.close()
 
 
 async def test_health_ready_metrics_openapi(api: httpx.AsyncClient) -> None:

@@ -12,12 +12,10 @@ import pytest
 from fastapi.routing import APIRoute
 
 from gateway.adapters.site_store import import_site
-from gateway.api.app import create_app
 from gateway.api.routes import archive, poles
 from gateway.api.security import Audit
 from gateway.config import Settings
-from gateway.service import open_pool
-from tests.support import add_user, api_context, bearer, prepare_database, small_site
+from tests.support import add_user, api_client, bearer, prepare_database, small_site
 
 NEW_POLE: dict[str, Any] = {
     "id": "P0101",
@@ -52,13 +50,8 @@ async def api(database_url: str) -> AsyncIterator[Api]:
             "INSERT INTO leases (tenant_id, pole_id, state) VALUES ('tn-telecom', 'P0002',"
             " 'in_service'), ('tn-telecom', 'P0003', 'terminated')"
         )
-    pool = open_pool(database_url)
-    await pool.open()
-    app = create_app(api_context(Settings(database_url=database_url), pool))
     operator = add_user(database_url, "operator")
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://api"
-    ) as client:
+    async with api_client(Settings(database_url=database_url)) as client:
         yield Api(
             client,
             database_url,
@@ -67,7 +60,6 @@ async def api(database_url: str) -> AsyncIterator[Api]:
             bearer(add_user(database_url, "maintainer")),
             bearer(add_user(database_url, "tenant", tenant="tn-telecom")),
         )
-    await pool.close()
 
 
 def audit_entries(url: str, resource: str, resource_id: str) -> list[tuple[Any, ...]]:

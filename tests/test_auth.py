@@ -11,17 +11,22 @@ from dataclasses import dataclass
 import httpx
 import psycopg
 import pytest
-from fastapi import routing
 from fastapi.routing import APIRoute
 
 from gateway.adapters.site_store import import_site
-from gateway.api.app import create_app
 from gateway.api.security import _audit_trail
 from gateway.config import Settings
 from gateway.core.auth import LoginThrottle, Role
 from gateway.core.site import PoleSpec, SiteSpec, TenantSpec
-from gateway.service import open_pool
-from tests.support import TEST_PASSWORD, add_user, api_context, bearer, prepare_database
+from tests.support import (
+    TEST_PASSWORD,
+    add_user,
+    api_client,
+    api_routes,
+    bearer,
+    dependency_calls,
+    prepare_database,
+)
 
 # Which roles each route group admits: (path prefix, reads, writes). Every
 # /api/v1 route must fall under one entry (the test says which one does not).
@@ -98,27 +103,13 @@ async def api(database_url: str) -> AsyncIterator[Api]:
             " ('tn-a', 'P2', 'terminated')"
         )
     settings = Settings(database_url=database_url, login_max_failures=3)
-    pool = open_pool(database_url)
-    await pool.open()
-    app = create_app(api_context(settings, pool))
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+    async with api_client(settings) as client:
         yield Api(client, database_url, settings)
-    await pool.close()
 
 
 def v1_routes() -> Iterator[tuple[str, str, APIRoute]]:
-    settings = Settings(database_url="postgresql://unused/")
-    app = create_app(api_context(settings, open_pool("postgresql://unused/")))
-    # FastAPI >= 0.160 keeps included routers nested; older ones flatten them.
-    contexts = getattr(routing, "iter_route_contexts", None)
-    pairs = (
-        [(c.path, c.route) for c in contexts(app.router.routes)]
-        if contexts is not None
-        else [(getattr(r, "path", ""), r) for r in app.routes]
-    )
-    for path, route in pairs:
-        if isinstance(route, APIRoute) and path.startswith("/api/v1"):
+    for path, route in api_routes():
+        if path.startswith("/api/v1"):
             for method in sorted(route.methods or ()):
                 yield method, path, route
 
@@ -169,16 +160,12 @@ async def test_each_role_against_each_route_group(api: Api, role: Role) -> None:
 def test_every_write_is_audited() -> None:
     """Every route that changes something records it (the Audit dependency)."""
 
-    def calls(dependant: object) -> set[object]:
-        found = {getattr(dependant, "call", None)}
-        for sub in getattr(dependant, "dependencies", []):
-            found |= calls(sub)
-        return found
-
     missing = [
         f"{method} {path}"
         for method, path, route in v1_routes()
-        if method in WRITES and path not in PUBLIC and _audit_trail not in calls(route.dependant)
+        if method in WRITES
+        and path not in PUBLIC
+        and _audit_trail not in dependency_calls(route.dependant)
     ]
     assert not missing, f"write routes without `audit: Audit`: {missing}"
 

@@ -20,12 +20,9 @@ import httpx
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
-from gateway.api.app import create_app
 from gateway.config import Settings
-from gateway.service import open_pool
-from tests.support import add_user, api_context, bearer, count, prepare_database
+from tests.support import add_user, api_client, bearer, count, prepare_database
 
 CST = ZoneInfo("Asia/Shanghai")
 TENANT, OTHER = "tn-telecom", "tn-other"
@@ -171,10 +168,7 @@ async def env(database_url: str) -> AsyncIterator[Env]:
     await prepare_database(database_url)
     seed(database_url)
     settings = Settings(database_url=database_url)
-    pool: AsyncConnectionPool = open_pool(database_url)
-    await pool.open()
-    transport = httpx.ASGITransport(app=create_app(api_context(settings, pool)))
-    async with httpx.AsyncClient(transport=transport, base_url="http://api/api/v1") as client:
+    async with api_client(settings, base_url="http://api/api/v1") as client:
         yield Env(
             database_url,
             client,
@@ -183,7 +177,6 @@ async def env(database_url: str) -> AsyncIterator[Env]:
             bearer(add_user(database_url, "tenant", tenant=TENANT)),
             bearer(add_user(database_url, "tenant", tenant=OTHER)),
         )
-    await pool.close()
 
 
 async def test_tariff_versions_may_not_overlap(env: Env) -> None:

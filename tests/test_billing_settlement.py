@@ -20,13 +20,10 @@ import httpx
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 from pydantic import Field
 
-from gateway.api.app import create_app
 from gateway.config import Settings
-from gateway.service import open_pool
-from tests.support import add_user, api_context, bearer, count, prepare_database
+from tests.support import add_user, api_client, bearer, count, prepare_database
 
 CST = ZoneInfo("Asia/Shanghai")
 TENANT, OTHER = "tn-telecom", "tn-other"
@@ -98,10 +95,7 @@ async def env(database_url: str) -> AsyncIterator[Env]:
     await prepare_database(database_url)
     lease = seed(database_url)
     settings = IssuerSettings(database_url=database_url)
-    pool: AsyncConnectionPool = open_pool(database_url)
-    await pool.open()
-    transport = httpx.ASGITransport(app=create_app(api_context(settings, pool)))
-    async with httpx.AsyncClient(transport=transport, base_url="http://api/api/v1") as client:
+    async with api_client(settings, base_url="http://api/api/v1") as client:
         yield Env(
             database_url,
             client,
@@ -111,7 +105,6 @@ async def env(database_url: str) -> AsyncIterator[Env]:
             bearer(add_user(database_url, "tenant", tenant=OTHER)),
             lease,
         )
-    await pool.close()
 
 
 async def generate(env: Env) -> dict[str, dict[str, Any]]:

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import psycopg
-import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.adapters import emergency_store
@@ -21,46 +20,17 @@ from gateway.commands import CommandDispatcher
 from gateway.core.auth import Principal, Role
 from gateway.core.emergencies import DEFAULT_ACTIONS
 from gateway.core.profiles import load_catalog
-from gateway.core.site import DeviceSpec, PoleSpec, SiteSpec
+from gateway.core.site import SiteSpec
 from gateway.emergencies import SYSTEM_AUTHOR, ProtectiveActions, protect, record_plan
-from gateway.metrics import Metrics
 from gateway.registry_source import RegistrySource
-from gateway.service import open_pool
-from tests.support import eventually, prepare_database
+from tests.support import eventually, poles_with
 
 CATALOG = load_catalog()
 POLES = [f"P{n:04d}" for n in range(1, 10)]
 
 
 def site() -> SiteSpec:
-    return SiteSpec(
-        poles=[
-            PoleSpec(
-                id=pole,
-                devices=[
-                    DeviceSpec(id=f"{pole}-lamp", profile="lamp-controller"),
-                    DeviceSpec(id=f"{pole}-ports", profile="port-meter-4"),
-                ],
-            )
-            for pole in POLES
-        ]
-    )
-
-
-@pytest.fixture(scope="module")
-async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool]:
-    await prepare_database(database_url, site())
-    pool = open_pool(database_url)
-    await pool.open()
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture(scope="module")
-async def registry(database_url: str, pool: AsyncConnectionPool) -> RegistrySource:
-    source = RegistrySource(database_url, CATALOG, Metrics(), every_s=60)
-    await source.load()
-    return source
+    return poles_with(POLES, lamp="lamp-controller", ports="port-meter-4")
 
 
 class Broker:

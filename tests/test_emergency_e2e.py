@@ -13,24 +13,17 @@ import httpx
 import orjson
 import psycopg
 
-from gateway.core.site import DeviceSpec, PoleSpec, SiteSpec
-from tests.support import gateway, gateway_settings, prepare_database, publish
+from gateway.core.site import SiteSpec
+from tests.support import gateway, gateway_settings, poles_with, prepare_database, publish
 
 
 def site() -> SiteSpec:
-    return SiteSpec(
-        poles=[
-            PoleSpec(
-                id=pole,
-                devices=[
-                    DeviceSpec(id=f"{pole}-sos", profile="sos-button"),
-                    DeviceSpec(id=f"{pole}-lamp", profile="lamp-controller"),
-                    DeviceSpec(id=f"{pole}-ports", profile="port-meter-4"),
-                    DeviceSpec(id=f"{pole}-cab", profile="cabinet-monitor"),
-                ],
-            )
-            for pole in ("P0001", "P0002")
-        ]
+    return poles_with(
+        ("P0001", "P0002"),
+        sos="sos-button",
+        lamp="lamp-controller",
+        ports="port-meter-4",
+        cab="cabinet-monitor",
     )
 
 

@@ -12,11 +12,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from gateway.api.app import create_app
 from gateway.api.routes.export import CHUNK_BYTES, _rows_as_csv
 from gateway.config import Settings
-from gateway.service import open_pool
-from tests.support import api_context, auth_headers, prepare_database
+from tests.support import api_client, auth_headers, opened_pool, prepare_database
 
 T0 = datetime(2026, 11, 20, 0, tzinfo=UTC)
 MINUTES = 2 * 24 * 60  # two days of one-minute readings
@@ -33,16 +31,8 @@ async def api(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
             copy.write_row((ts, "P0001-lamp", "lamp_on", float(minute % 2), 0))
             copy.write_row((ts, "P0002-env", "pm25_ugm3", 35.5, 1))
     settings = Settings(database_url=database_url, export_max_range_d=2)
-    pool = open_pool(database_url)
-    await pool.open()
-    app = create_app(api_context(settings, pool))
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://api",
-        headers=auth_headers(database_url, "maintainer"),
-    ) as client:
+    async with api_client(settings, headers=auth_headers(database_url, "maintainer")) as client:
         yield client
-    await pool.close()
 
 
 def rows(text: str) -> list[list[str]]:
@@ -110,13 +100,9 @@ async def test_exports_are_for_staff(api: httpx.AsyncClient, database_url: str) 
 
 async def test_streamed_in_bounded_chunks(api: httpx.AsyncClient, database_url: str) -> None:
     """The body comes as a series of chunks of about CHUNK_BYTES, not as one string."""
-    pool = open_pool(database_url)
-    await pool.open()
-    try:
+    async with opened_pool(database_url) as pool:
         query = sql.SQL("SELECT ts, device_id, metric, value FROM telemetry ORDER BY 2, 3, 1")
         chunks = [c async for c in _rows_as_csv(pool, query, (), header=("a", "b", "c", "d"))]
-    finally:
-        await pool.close()
     assert len(chunks) >= 5
     assert max(len(c.encode()) for c in chunks) < CHUNK_BYTES + 200
     assert sum(c.count("\n") for c in chunks) == 1 + 3 * MINUTES

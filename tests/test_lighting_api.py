@@ -17,7 +17,6 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.adapters.lighting_store import LightingStore
-from gateway.api.app import create_app
 from gateway.api.security import _audit_trail
 from gateway.config import Settings
 from gateway.core.lighting import sun_time
@@ -25,8 +24,7 @@ from gateway.core.profiles import ArgValue, load_catalog
 from gateway.core.registry import DeviceRef, Registry
 from gateway.core.site import DeviceSpec, Location, PoleSpec, SiteSpec
 from gateway.lighting import LightingDispatcher, SiteDefaults
-from gateway.service import open_pool
-from tests.support import api_context, auth_headers, prepare_database
+from tests.support import api_client, auth_headers, dependency_calls, opened_pool, prepare_database
 from tests.test_auth import v1_routes
 
 SH = ZoneInfo("Asia/Shanghai")
@@ -70,10 +68,8 @@ def local(d: int, h: int, mi: int = 0) -> datetime:
 @pytest.fixture
 async def pool(fresh_database_url: str) -> AsyncIterator[AsyncConnectionPool]:
     await prepare_database(fresh_database_url, site())
-    pool = open_pool(fresh_database_url)
-    await pool.open()
-    yield pool
-    await pool.close()
+    async with opened_pool(fresh_database_url) as pool:
+        yield pool
 
 
 @pytest.fixture
@@ -81,21 +77,12 @@ async def api(
     fresh_database_url: str, pool: AsyncConnectionPool
 ) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(database_url=fresh_database_url, lighting_rated_w=150.0)
-    transport = httpx.ASGITransport(app=create_app(api_context(settings, pool)))
     headers = auth_headers(fresh_database_url, "operator")
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://api", headers=headers
-    ) as client:
+    async with api_client(settings, pool, headers=headers) as client:
         yield client
 
 
 def test_every_write_route_takes_audit() -> None:
-    def calls(dependant: object) -> set[object]:
-        found = {getattr(dependant, "call", None)}
-        for sub in getattr(dependant, "dependencies", []):
-            found |= calls(sub)
-        return found
-
     writes = [
         (method, path, route)
         for method, path, route in v1_routes()
@@ -103,7 +90,7 @@ def test_every_write_route_takes_audit() -> None:
     ]
     assert len(writes) >= 7
     for method, path, route in writes:
-        assert _audit_trail in calls(route.dependant), (method, path)
+        assert _audit_trail in dependency_calls(route.dependant), (method, path)
         assert route.summary, (method, path)
 
 

@@ -10,10 +10,8 @@ import httpx
 import psycopg
 import pytest
 
-from gateway.api.app import create_app
 from gateway.config import Settings
-from gateway.service import open_pool
-from tests.support import add_user, api_context, auth_headers, prepare_database
+from tests.support import add_user, api_client, auth_headers, prepare_database
 
 TZ = "Asia/Shanghai"
 
@@ -121,17 +119,9 @@ def seed(url: str) -> None:
 async def api(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
     await prepare_database(database_url)
     seed(database_url)
-    pool = open_pool(database_url)
-    await pool.open()
     settings = Settings(database_url=database_url, site_timezone=TZ)
-    app = create_app(api_context(settings, pool))
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://api",
-        headers=auth_headers(database_url, "maintainer"),
-    ) as client:
+    async with api_client(settings, headers=auth_headers(database_url, "maintainer")) as client:
         yield client
-    await pool.close()
 
 
 async def test_overview_numbers(api: httpx.AsyncClient, database_url: str) -> None:

@@ -26,7 +26,7 @@ from typing import Any, LiteralString
 import httpx
 import psycopg
 import pytest
-from fastapi import FastAPI, routing
+from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 from psycopg import sql
@@ -56,7 +56,7 @@ from gateway.core.site import (
     TenantSpec,
 )
 from gateway.service import open_pool
-from tests.support import add_user, api_context, bearer, prepare_database
+from tests.support import add_user, api_context, api_routes, bearer, prepare_database
 
 A, B = "tn-a", "tn-b"
 T0 = datetime(2026, 11, 10, tzinfo=UTC)  # readings: six hours from here
@@ -404,16 +404,9 @@ def _admits_tenants(route: Any) -> bool:
     return False
 
 
-def api_routes(app: FastAPI) -> Iterator[tuple[str, APIRoute]]:
-    # FastAPI >= 0.160 keeps included routers nested; older ones flatten them.
-    contexts = getattr(routing, "iter_route_contexts", None)
-    pairs = (
-        [(c.path, c.route) for c in contexts(app.router.routes)]
-        if contexts is not None
-        else [(getattr(r, "path", ""), r) for r in app.routes]
-    )
-    for path, route in pairs:
-        if isinstance(route, APIRoute) and path.startswith("/api/v1/"):
+def v1_routes(app: FastAPI) -> Iterator[tuple[str, APIRoute]]:
+    for path, route in api_routes(app):
+        if path.startswith("/api/v1/"):
             yield path, route
 
 
@@ -421,7 +414,7 @@ def test_every_tenant_route_is_covered(env: Env) -> None:
     """A tenant route added later needs a row in ROUTES or LISTINGS (or OWN_ONLY)."""
     covered = {(r.method, r.path) for r in ROUTES} | {("GET", x.path) for x in LISTINGS}
     tenant_routes = set()
-    for path, route in api_routes(env.app):
+    for path, route in v1_routes(env.app):
         if path.startswith("/api/v1/_probe") or not _admits_tenants(route):
             continue
         short = path.removeprefix("/api/v1")

@@ -20,7 +20,6 @@ from gateway.adapters.work_orders import (
     WorkOrderPolicy,
     pole_has_open_work_order,
 )
-from gateway.api.app import create_app
 from gateway.api.routes import inspections as inspection_routes
 from gateway.api.routes import work_orders as work_order_routes
 from gateway.api.security import Audit
@@ -29,8 +28,14 @@ from gateway.core.auth import Principal
 from gateway.core.maintenance import Priority
 from gateway.inspections import InspectionScheduler
 from gateway.ops_events import AlarmEvent
-from gateway.service import open_pool
-from tests.support import add_user, api_context, bearer, count, prepare_database
+from tests.support import (
+    add_user,
+    api_client,
+    bearer,
+    count,
+    opened_pool,
+    prepare_database,
+)
 
 CST = ZoneInfo("Asia/Shanghai")
 LIMIT = 2048
@@ -56,10 +61,10 @@ class Env:
 async def env(database_url: str) -> AsyncIterator[Env]:
     await prepare_database(database_url)
     settings = Settings(database_url=database_url, workorder_attachment_max_bytes=LIMIT)
-    pool = open_pool(database_url)
-    await pool.open()
-    transport = httpx.ASGITransport(app=create_app(api_context(settings, pool)))
-    async with httpx.AsyncClient(transport=transport, base_url="http://api/api/v1") as client:
+    async with (
+        opened_pool(database_url) as pool,
+        api_client(settings, pool, base_url="http://api/api/v1") as client,
+    ):
         yield Env(
             database_url,
             settings,
@@ -69,7 +74,6 @@ async def env(database_url: str) -> AsyncIterator[Env]:
             add_user(database_url, "maintainer"),
             bearer(add_user(database_url, "maintainer")),
         )
-    await pool.close()
 
 
 def alarm(env: Env, *, fault: str, severity: str, pole: str, at: datetime) -> AlarmEvent:
