@@ -220,7 +220,9 @@ def build_site(poles: int) -> Any:
     return demo_site(poles)
 
 
-def pole_samples(site: Any, per_message: int, variants: int) -> tuple[list, list, list]:
+def pole_samples(
+    site: Any, per_message: int, variants: int
+) -> tuple[list[list[bytes]], list[list[list[tuple[str, str, float]]]], list[str]]:
     """Per pole: `variants` pre-serialised device sections of exactly `per_message`
     readings (from the simulator's models), the matching rows, and the lamp id."""
     import orjson
@@ -278,9 +280,9 @@ def build_plan(
     duration: float,
     per_message: int,
     t0: float,
-    fragments: list,
-    rows: list,
-    lamps: list,
+    fragments: list[list[bytes]],
+    rows: list[list[list[tuple[str, str, float]]]],
+    lamps: list[str],
     variants: int,
 ) -> Plan:
     poles = len(site.poles)
@@ -484,7 +486,7 @@ def forget_session(host: str, port: int, client_id: str) -> None:
     from paho.mqtt.properties import Properties
 
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
-    props = Properties(PacketTypes.CONNECT)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = 0
     with contextlib.suppress(Exception):
         c.connect(host, port, clean_start=True, properties=props)
@@ -571,7 +573,11 @@ class Publishers:
             )
             if stdin_files is not None:
                 stdin.close()
-        self.fds = [p.stdin.fileno() for p in self.procs] if stdin_files is None else []
+        self.fds = (
+            [p.stdin.fileno() for p in self.procs if p.stdin is not None]
+            if stdin_files is None
+            else []
+        )
 
     @property
     def pids(self) -> list[int]:
@@ -1000,7 +1006,7 @@ def bare_subscriber_main(argv: list[str]) -> None:
     c.on_message = on_message
     c.on_subscribe = lambda *x: subscribed.set()
     c.on_connect = lambda client, u, f, rc, pr: client.subscribe(a.topic, qos=1)
-    props = Properties(PacketTypes.CONNECT)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.ReceiveMaximum = a.receive_maximum
     props.SessionExpiryInterval = 0
     c.connect(a.host, a.port, clean_start=True, properties=props)
