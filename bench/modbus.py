@@ -55,7 +55,8 @@ One run does, on this machine:
    count of these polls is checked against the gateway's ok-polls counter.
 
 5. A second reference, bare COPY: after the gateway phase, this script stores
-   ``--copy-polls`` polls' worth of the same shape of rows (28 per poll) with a bare
+   ``--copy-polls`` polls' worth (or fewer: no more than the gateway stored in its
+   window) of the same shape of rows (28 per poll) with a bare
    binary COPY (``write_row``, the gateway's column types, into ``LIKE telemetry
    INCLUDING ALL``), in the gateway's mean batch size and at its pace (batches/s from
    ``polegw_batch_readings``), and measures its own CPU. Gateway CPU is then also
@@ -948,7 +949,11 @@ def main() -> None:
         )
         mean_batch = max(1, round(b_sum / b_cnt)) if b_cnt else 1000
         pace = gw_win.seconds / b_cnt if b_cnt else 0.08
-        copy_res = bare_copy(db_url, bare_res["points_per_poll"], args.copy_polls, mean_batch, pace)
+        # At most the polls the gateway stored in its window, so the bare COPY, at the
+        # gateway's pace, takes no longer than that window (small runs would take hours).
+        per_poll = bare_res["points_per_poll"]
+        copy_polls = min(args.copy_polls, max(1, round(b_sum / per_poll)) if b_cnt else 1)
+        copy_res = bare_copy(db_url, per_poll, copy_polls, mean_batch, pace)
 
         # ---- figures
         m0, m1 = gw_win.m_start, gw_win.m_end
