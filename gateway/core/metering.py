@@ -132,10 +132,81 @@ def meter(
     estimate_gaps: bool = False,
     neighbours: int = 4,
 ) -> Metered:
-    """Intervals and gaps of one port's counter series (ordered by ts, distinct ts)."""
+    """Intervals and gaps of one port's counter series (ordered by ts, distinct ts).
+
+    The same intervals and gaps as `meter_reference` (the rules written out once,
+    tested against this): the usual interval (the counter rose by no more than
+    the cap, no gap, glitch or replacement) takes a short path that gives it
+    what the rules would (the delta, no flags), and the cap of each interval
+    length is computed once per series."""
     rated = to_decimal(rated_w)
     swaps = sorted(replacements, key=lambda r: r.at)
-    series, glitched = _drop_glitches(readings, rated, modulus, swaps)
+    limits = _Limits(rated)
+    series, glitched = _drop_glitches(readings, rated, modulus, swaps, limits)
+    intervals: list[Interval] = []
+    gaps: list[Gap] = []
+    to_estimate: list[int] = []
+    for prev, cur in pairwise(series):
+        a, b = prev.value, cur.value
+        duration = cur.ts - prev.ts
+        limit = limits.get(duration) or limits.of(duration)
+        if (
+            b >= a
+            and b - a <= limit
+            and duration <= max_gap
+            and not swaps
+            and not (glitched and cur.ts in glitched)
+        ):
+            intervals.append(Interval(prev.ts, cur.ts, b - a))
+            continue
+        flags: set[Flag] = set()
+        if cur.ts in glitched:
+            flags.add(Flag.GLITCH)
+        delta = _delta(prev, cur, limit, modulus, swaps, flags)
+        if duration > max_gap:
+            gaps.append(Gap(prev.ts, cur.ts))
+            flags.add(Flag.GAP)
+            if Flag.RESET in flags and estimate_gaps:
+                to_estimate.append(len(intervals))
+        excess = ZERO
+        if delta > limit:
+            excess = delta - limit
+            delta = limit
+            flags.add(Flag.CAPPED)
+        intervals.append(Interval(prev.ts, cur.ts, delta, frozenset(flags), excess))
+    for index in to_estimate:
+        intervals[index] = _estimate(intervals, index, rated, neighbours)
+    return Metered(intervals, gaps)
+
+
+class _Limits(dict[timedelta, Decimal]):
+    """`cap_kwh` of one rating by interval length, each computed once (a series has
+    few lengths). `limits.get(d) or limits.of(d)`: a cap of 0 is looked up again."""
+
+    def __init__(self, rated: Decimal) -> None:
+        super().__init__()
+        self._rated = str(rated)  # as `cap_kwh` keys it
+
+    def of(self, duration: timedelta) -> Decimal:
+        limit = self[duration] = _cap(self._rated, duration)
+        return limit
+
+
+def meter_reference(
+    readings: Sequence[Reading],
+    *,
+    rated_w: float | Decimal,
+    modulus: Decimal | None = None,
+    replacements: Sequence[Replacement] = (),
+    max_gap: timedelta = timedelta(hours=1),
+    estimate_gaps: bool = False,
+    neighbours: int = 4,
+) -> Metered:
+    """`meter` reading by reading, every interval through all the rules (slow; the
+    definition the fast one is tested against)."""
+    rated = to_decimal(rated_w)
+    swaps = sorted(replacements, key=lambda r: r.at)
+    series, glitched = _drop_glitches_reference(readings, rated, modulus, swaps)
     intervals: list[Interval] = []
     gaps: list[Gap] = []
     to_estimate: list[int] = []
@@ -179,6 +250,53 @@ def _plausible(prev: Reading, cur: Reading, rated: Decimal, modulus: Decimal | N
 
 
 def _drop_glitches(
+    readings: Sequence[Reading],
+    rated: Decimal,
+    modulus: Decimal | None,
+    swaps: Sequence[Replacement],
+    limits: _Limits,
+) -> tuple[list[Reading], set[datetime]]:
+    """The series without one-off outliers, and the ts of the readings after each
+    (`_drop_glitches_reference` with the plausibility of each reading after the
+    last one kept worked out inline, from the cached caps)."""
+    out: list[Reading] = []
+    glitched: set[datetime] = set()
+    n = len(readings)
+    i = 0
+    while i < n:
+        cur = readings[i]
+        if out:
+            prev = out[-1]
+            a, b = prev.value, cur.value
+            duration = cur.ts - prev.ts
+            limit = limits.get(duration) or limits.of(duration)
+            if b >= a:
+                plausible = b - a <= limit
+            else:
+                plausible = modulus is not None and b + modulus - a <= limit
+            if not plausible:
+                # As in the reference: up to GLITCH_RUN odd readings, then one that
+                # follows prev plausibly but not the odd one before it.
+                for j in range(i + 1, min(n, i + 1 + GLITCH_RUN)):
+                    nxt = readings[j]
+                    if (
+                        _between(swaps, prev.ts, nxt.ts) is None
+                        and _plausible(prev, nxt, rated, modulus)
+                        and not _plausible(readings[j - 1], nxt, rated, modulus)
+                    ):
+                        glitched.add(nxt.ts)
+                        i = j
+                        break
+                else:
+                    out.append(cur)
+                    i += 1
+                continue
+        out.append(cur)
+        i += 1
+    return out, glitched
+
+
+def _drop_glitches_reference(
     readings: Sequence[Reading],
     rated: Decimal,
     modulus: Decimal | None,
