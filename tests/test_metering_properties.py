@@ -40,6 +40,7 @@ from gateway.core.metering import (
     Replacement,
     cap_kwh,
     clip,
+    clip_all,
     counter_modulus,
     meter,
     meter_reference,
@@ -351,3 +352,24 @@ def test_meter_equals_the_reference_on_any_series(
         "estimate_gaps": estimate,
     }
     same_metered(meter(readings, **args), meter_reference(readings, **args))  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rough_series(),
+    st.lists(st.integers(-7200, 60 * 3600), min_size=2, max_size=2),
+)
+def test_clip_all_clips_each_interval(
+    case: tuple[list[Reading], list[Replacement]], window: list[int]
+) -> None:
+    """On a metered series, `clip_all` gives what `clip` of each interval gives,
+    the Nones left out (windows at interval edges, inside one, or empty)."""
+    intervals = meter(case[0], rated_w=4000).intervals
+    edges = [T0 + timedelta(seconds=s) for s in window]
+    edges += [iv.start for iv in intervals[:2]] + [iv.end for iv in intervals[-2:]]
+    for start in edges:
+        for end in edges:
+            want = [p for iv in intervals if (p := clip(iv, start, end)) is not None]
+            got = clip_all(intervals, start, end)
+            assert got == want
+            assert [str(p.kwh) for p in got] == [str(p.kwh) for p in want]

@@ -173,8 +173,7 @@ class BillingStore:
                 mine = [
                     p
                     for s in lease_spans
-                    for iv in usage.intervals
-                    if (p := mt.clip(iv, mt.utc(s.start), mt.utc(s.end or end))) is not None
+                    for p in mt.clip_all(usage.intervals, mt.utc(s.start), mt.utc(s.end or end))
                 ]
                 lines += self._energy_lines(first, tariffs, mine)
                 excess += [

@@ -439,3 +439,30 @@ def clip(iv: Interval, start: datetime, end: datetime) -> Interval | None:
         if part.start >= start and part.end <= end:
             return part
     return None  # pragma: no cover - one part always lies inside
+
+
+def clip_all(intervals: Sequence[Interval], start: datetime, end: datetime) -> list[Interval]:
+    """`clip` of each interval of a series in time order (each starting no earlier
+    than the one before ends, as `meter` gives them), the ones outside left out:
+    the first and last inside are found by bisection and only they are cut (those
+    between lie inside whole, and `clip` gives them as they are)."""
+    if not start < end:
+        return []  # an empty window: `clip` gives None for every interval
+    lo = bisect_right(intervals, start, key=_end)  # the first ending after start
+    hi = bisect_left(intervals, end, key=_start)  # the first starting at or after end
+    if lo >= hi:
+        return []
+    inside = list(intervals[lo:hi])
+    for k in {0, len(inside) - 1}:
+        part = clip(inside[k], start, end)
+        assert part is not None  # it ends after start and starts before end
+        inside[k] = part
+    return inside
+
+
+def _start(iv: Interval) -> datetime:
+    return iv.start
+
+
+def _end(iv: Interval) -> datetime:
+    return iv.end

@@ -305,7 +305,6 @@ def _port_usage_out(
         intervals = [
             p
             for s in mine
-            for iv in usage.intervals
-            if (p := mt.clip(iv, mt.utc(s.start), mt.utc(s.end or end))) is not None
+            for p in mt.clip_all(usage.intervals, mt.utc(s.start), mt.utc(s.end or end))
         ]
     return _usage_out(usage, intervals, tariffs, tenant, start, end, bucket, tz)
