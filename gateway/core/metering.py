@@ -25,17 +25,19 @@ gaps out. The rules (docs/decisions-billing.md):
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from functools import lru_cache
 from itertools import pairwise
+from typing import Generic, TypeVar
 
 ZERO = Decimal(0)
 HOUR_S = Decimal(3600)
 GLITCH_RUN = 3  # the longest run of odd readings taken for a glitch
+V = TypeVar("V")
 
 
 class Flag(StrEnum):
@@ -466,3 +468,35 @@ def _start(iv: Interval) -> datetime:
 
 def _end(iv: Interval) -> datetime:
     return iv.end
+
+
+class Pieces(Generic[V]):
+    """[lo, hi) cut at the given instants, with a value for each piece, worked out
+    at its start: for looking up something that changes only at those instants
+    (the tariff version, a local hour's period, a usage bucket) once per interval
+    instead of cutting the interval and looking up each part. `find` gives the
+    piece an interval lies in whole; one that crosses an instant is the caller's
+    to cut (rare: an interval of a few minutes, instants an hour apart)."""
+
+    __slots__ = ("_edges", "values")
+
+    def __init__(
+        self,
+        lo: datetime,
+        hi: datetime,
+        instants: Iterable[datetime],
+        value: Callable[[datetime], V],
+    ) -> None:
+        lo, hi = utc(lo), utc(hi)
+        inner = {u for t in instants if lo < (u := utc(t)) < hi}
+        self._edges = sorted({lo, hi} | inner)  # bisected in UTC, as in `Cuts`
+        self.values = [value(t) for t in self._edges[:-1]]
+
+    def find(self, start: datetime, end: datetime) -> int:
+        """The index in `values` of the piece holding all of [start, end) (a
+        zero-length interval: the piece holding start), or -1 if there is none
+        (the interval crosses an instant or lies outside [lo, hi))."""
+        i = bisect_right(self._edges, utc(start)) - 1
+        if i < 0 or i >= len(self.values) or utc(end) > self._edges[i + 1]:
+            return -1
+        return i
