@@ -478,7 +478,7 @@ class Pieces(Generic[V]):
     piece an interval lies in whole; one that crosses an instant is the caller's
     to cut (rare: an interval of a few minutes, instants an hour apart)."""
 
-    __slots__ = ("_edges", "values")
+    __slots__ = ("_edges", "_last", "values")
 
     def __init__(
         self,
@@ -491,12 +491,20 @@ class Pieces(Generic[V]):
         inner = {u for t in instants if lo < (u := utc(t)) < hi}
         self._edges = sorted({lo, hi} | inner)  # bisected in UTC, as in `Cuts`
         self.values = [value(t) for t in self._edges[:-1]]
+        # The piece found last (start, end, index): a series' next interval is
+        # most likely in it too, and two comparisons tell.
+        self._last = (self._edges[0], self._edges[0], -1)
 
     def find(self, start: datetime, end: datetime) -> int:
         """The index in `values` of the piece holding all of [start, end) (a
         zero-length interval: the piece holding start), or -1 if there is none
         (the interval crosses an instant or lies outside [lo, hi))."""
-        i = bisect_right(self._edges, utc(start)) - 1
-        if i < 0 or i >= len(self.values) or utc(end) > self._edges[i + 1]:
+        a, b, i = self._last
+        if a <= start < b and end <= b:
+            return i
+        edges = self._edges
+        i = bisect_right(edges, utc(start)) - 1
+        if i < 0 or i >= len(self.values) or utc(end) > edges[i + 1]:
             return -1
+        self._last = (edges[i], edges[i + 1], i)
         return i
