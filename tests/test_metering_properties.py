@@ -35,12 +35,15 @@ from gateway.core.metering import (
     Cuts,
     Flag,
     Interval,
+    Metered,
     Reading,
     Replacement,
     cap_kwh,
     clip,
+    clip_all,
     counter_modulus,
     meter,
+    meter_reference,
     split_interval,
 )
 
@@ -259,3 +262,114 @@ def test_cuts_split_as_a_list_does(
     else:
         assert inside is not None
         assert (inside.start, inside.end) == (max(iv.start, window[0]), min(iv.end, window[1]))
+
+
+# ------------------------------------------- the fast metering equals the reference
+
+
+def same_metered(got: Metered, want: Metered) -> None:
+    """Equal intervals and gaps, each kWh and excess with the same digits (Decimal's
+    == would take 1.0 for 1.00)."""
+    assert got == want
+    assert [(str(iv.kwh), str(iv.excess_kwh)) for iv in got.intervals] == [
+        (str(iv.kwh), str(iv.excess_kwh)) for iv in want.intervals
+    ]
+
+
+@PROPERTY
+@given(
+    scenarios(),
+    st.sampled_from([timedelta(minutes=10), timedelta(hours=1)]),
+    st.booleans(),
+)
+def test_meter_equals_the_reference_on_scenarios(
+    s: Scenario, max_gap: timedelta, estimate: bool
+) -> None:
+    """Wraps, resets, glitches, over-cap intervals and replacements; with every
+    interval a gap (max_gap 10 min) or none."""
+    args = {
+        "rated_w": RATED_W,
+        "modulus": counter_modulus(s.width, 0.01),
+        "replacements": s.replacements,
+        "max_gap": max_gap,
+        "estimate_gaps": estimate,
+    }
+    same_metered(meter(s.readings, **args), meter_reference(s.readings, **args))  # type: ignore[arg-type]
+
+
+@st.composite
+def rough_series(draw: st.DrawFn) -> tuple[list[Reading], list[Replacement]]:
+    """Any counter series: irregular steps (gaps among them), values that rise by
+    a little or a lot, drop, stand still or jump, some with many digits; maybe
+    replacements between readings."""
+    t = T0 + timedelta(seconds=draw(st.integers(0, 3599)))
+    value = Decimal(draw(st.integers(0, 70_000))) / 100
+    readings = []
+    for _ in range(draw(st.integers(0, 50))):
+        readings.append(Reading(t, value))
+        t += timedelta(seconds=draw(st.sampled_from([1, 60, 840, 900, 3600, 3601, 7200])))
+        step = draw(st.sampled_from(["rise", "rise", "rise", "big", "drop", "zero", "same", "odd"]))
+        if step == "rise":
+            value += Decimal(draw(st.integers(0, 120))) / 100
+        elif step == "big":
+            value += Decimal(draw(st.integers(0, 10**6))) / 100
+        elif step == "drop":
+            value = Decimal(draw(st.integers(0, 70_000))) / 100
+        elif step == "zero":
+            value = Decimal(0)
+        elif step == "odd":
+            value += Decimal(draw(st.integers(1, 10**6))) / Decimal(7)
+    swaps = [
+        Replacement(T0 + timedelta(seconds=at), Decimal(old) / 100, Decimal(new) / 100)
+        for at, old, new in draw(
+            st.lists(
+                st.tuples(st.integers(0, 50 * 3600), st.integers(0, 10**5), st.integers(0, 10**4)),
+                max_size=2,
+            )
+        )
+    ]
+    return readings, swaps
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    rough_series(),
+    st.sampled_from([None, "uint16", "uint32"]),
+    st.sampled_from([0, 2000, 4000, "3999.5"]),
+    st.booleans(),
+)
+def test_meter_equals_the_reference_on_any_series(
+    case: tuple[list[Reading], list[Replacement]],
+    width: str | None,
+    rated: int | str,
+    estimate: bool,
+) -> None:
+    readings, swaps = case
+    args = {
+        "rated_w": Decimal(rated),
+        "modulus": counter_modulus(width, 0.01),
+        "replacements": swaps,
+        "estimate_gaps": estimate,
+    }
+    same_metered(meter(readings, **args), meter_reference(readings, **args))  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rough_series(),
+    st.lists(st.integers(-7200, 60 * 3600), min_size=2, max_size=2),
+)
+def test_clip_all_clips_each_interval(
+    case: tuple[list[Reading], list[Replacement]], window: list[int]
+) -> None:
+    """On a metered series, `clip_all` gives what `clip` of each interval gives,
+    the Nones left out (windows at interval edges, inside one, or empty)."""
+    intervals = meter(case[0], rated_w=4000).intervals
+    edges = [T0 + timedelta(seconds=s) for s in window]
+    edges += [iv.start for iv in intervals[:2]] + [iv.end for iv in intervals[-2:]]
+    for start in edges:
+        for end in edges:
+            want = [p for iv in intervals if (p := clip(iv, start, end)) is not None]
+            got = clip_all(intervals, start, end)
+            assert got == want
+            assert [str(p.kwh) for p in got] == [str(p.kwh) for p in want]

@@ -11,14 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from gateway.core.metering import Flag, Interval
+from gateway.core.metering import Flag, Interval, clip, clip_all
 from gateway.core.tariffs import (
     Clock,
     NoTariff,
     Period,
+    PeriodEnergy,
     PricedPart,
     Tariff,
     TariffDefinition,
+    energy_by_period,
     money,
     month_bounds,
     overlaps,
@@ -276,3 +278,122 @@ def test_clock_gives_the_version_and_period_of_any_instant() -> None:
     assert clock.at(local(2026, 11, 20, 7, 59)) == (v2, Period.VALLEY)
     assert clock.at(local(2026, 12, 1, 9)) == (v2, Period.FLAT)  # past the span: December
     assert clock.at(local(2026, 10, 31, 9)) == (None, None)  # before any version
+
+
+# ------------------------- the kWh by version and period equal the reference's sums
+
+# Season changes of TOU (June -> July, February -> March, December -> January) in
+# Shanghai and UTC, and the DST bases above.
+BILL_BASES = [
+    *BASES,
+    datetime(2026, 6, 30, 14, tzinfo=UTC),
+    datetime(2026, 2, 28, 12, tzinfo=UTC),
+    datetime(2026, 12, 31, 13, tzinfo=UTC),
+]
+ALL_FLAGS = sorted(Flag)
+
+
+@st.composite
+def bill_case(
+    draw: st.DrawFn,
+) -> tuple[list[Interval], list[tuple[datetime, datetime]], list[Tariff], ZoneInfo]:
+    """A metered series as `meter` gives it (in time order, gaps between some
+    intervals, any flags, kWh with few or many digits, some 0), the spans of a
+    lease on it (edges anywhere: mid-interval, on an edge, outside), and versions
+    changing at any second (mid-interval too), maybe with a hole between them."""
+    base = draw(st.sampled_from(BILL_BASES))
+    # Often a second or two off a full hour (of UTC, and of most zones here).
+    t = base + timedelta(
+        seconds=draw(st.sampled_from([0, 1, 2, 3598, 3599]) | st.integers(0, 3599))
+    )
+    intervals = []
+    for _ in range(draw(st.integers(1, 60))):
+        length = draw(
+            st.sampled_from([0, 1, 2, 45, 60, 840, 899, 900, 3599, 3600, 3601, 5400, 7380, 86400])
+        )
+        digits = draw(st.sampled_from(["cents", "cents", "sevenths", "zero", "big"]))
+        raw = draw(st.integers(0, 5000))
+        kwh = {
+            "cents": Decimal(raw) / 100,
+            "sevenths": Decimal(raw) / Decimal(7),
+            "zero": Decimal(0),
+            "big": Decimal(raw) * Decimal("1E+3"),
+        }[digits]
+        flags = frozenset(draw(st.lists(st.sampled_from(ALL_FLAGS), max_size=3)))
+        end = t + timedelta(seconds=length)
+        intervals.append(Interval(t, end, kwh, flags, Decimal(draw(st.integers(0, 3))) / 10))
+        t = end + timedelta(seconds=draw(st.sampled_from([0, 0, 0, 30, 3600, 7200])))
+    span_s = (t - base).total_seconds()
+    cuts = sorted(
+        draw(
+            st.lists(
+                st.integers(-3600, int(span_s) + 3600), min_size=2, max_size=6, unique=True
+            ).filter(lambda xs: len(xs) % 2 == 0)
+        )
+    )
+    spans = [
+        (base + timedelta(seconds=a), base + timedelta(seconds=b))
+        for a, b in zip(cuts[::2], cuts[1::2], strict=True)
+    ]
+    if draw(st.booleans()):  # a span edge on an interval's edge
+        iv = draw(st.sampled_from(intervals))
+        spans[0] = (min(spans[0][0], iv.end), max(spans[0][0], iv.end))
+    change = base + timedelta(seconds=draw(st.integers(-3600, int(span_s) + 3600)))
+    if draw(st.booleans()):  # a change a second or two off an interval's edge
+        iv = draw(st.sampled_from(intervals))
+        change = iv.end + timedelta(seconds=draw(st.integers(-2, 2)))
+    hole = timedelta(seconds=draw(st.sampled_from([0, 0, 1, 1020])))
+    first = tariff(1, base - timedelta(days=60), change)
+    second = tariff(2, change + hole, None, draw(st.sampled_from([TOU, FLAT_VALLEY])))
+    tariffs = draw(st.sampled_from([[first, second], [second, first], [first], [second]]))
+    zone = draw(st.sampled_from(["Asia/Shanghai", "UTC", "Asia/Shanghai", "UTC", *ZONES]))
+    return intervals, spans, tariffs, ZoneInfo(zone)
+
+
+def summed_reference(parts: list[PricedPart]) -> list[tuple[object, ...]]:
+    """The priced parts above 0 summed by (version id, period, estimated) as the
+    bill did before `energy_by_period`: groups in the order they first appear."""
+    groups: dict[tuple[int, Period, bool], list[PricedPart]] = {}
+    for p in parts:
+        if p.kwh > 0:
+            groups.setdefault((p.tariff.id, p.period, p.estimated), []).append(p)
+    return [
+        (
+            group[0].tariff,
+            period,
+            estimated,
+            str(sum((p.kwh for p in group), Decimal(0))),
+            set().union(*(p.flags for p in group)),
+        )
+        for (_, period, estimated), group in groups.items()
+    ]
+
+
+def summed(sums: list[PeriodEnergy]) -> list[tuple[object, ...]]:
+    return [(e.tariff, e.period, e.estimated, str(e.kwh), e.flags) for e in sums]
+
+
+@settings(max_examples=500, deadline=None)
+@given(bill_case())
+def test_energy_by_period_equals_the_reference_parts_summed(
+    case: tuple[list[Interval], list[tuple[datetime, datetime]], list[Tariff], ZoneInfo],
+) -> None:
+    """A lease's intervals (its spans clipped by bisection, as the bill does) summed
+    by version and period: the same sums, digit for digit, as clipping every
+    interval and pricing part by part with the reference; the same instant in
+    `NoTariff` when a part has no version."""
+    intervals, spans, tariffs, tz = case
+    mine_reference = [p for a, b in spans for iv in intervals if (p := clip(iv, a, b)) is not None]
+    mine = [p for a, b in spans for p in clip_all(intervals, a, b)]
+    assert mine == mine_reference
+    assert [str(p.kwh) for p in mine] == [str(p.kwh) for p in mine_reference]
+    want: list[tuple[object, ...]] | datetime
+    try:
+        want = summed_reference(price_intervals_reference(mine_reference, tariffs, tz))
+    except NoTariff as e:
+        want = e.at
+    try:
+        got: list[tuple[object, ...]] | datetime = summed(energy_by_period(mine, tariffs, tz))
+    except NoTariff as e:
+        got = e.at
+    assert got == want

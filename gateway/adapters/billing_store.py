@@ -173,8 +173,7 @@ class BillingStore:
                 mine = [
                     p
                     for s in lease_spans
-                    for iv in usage.intervals
-                    if (p := mt.clip(iv, mt.utc(s.start), mt.utc(s.end or end))) is not None
+                    for p in mt.clip_all(usage.intervals, mt.utc(s.start), mt.utc(s.end or end))
                 ]
                 lines += self._energy_lines(first, tariffs, mine)
                 excess += [
@@ -246,20 +245,15 @@ class BillingStore:
     def _energy_lines(
         self, lease: Span, tariffs: Sequence[tf.Tariff], intervals: Sequence[mt.Interval]
     ) -> list[Row]:
-        parts = tf.price_intervals(intervals, tariffs, self.tz, lease.tariff)
-        groups: dict[tuple[int, tf.Period, bool], list[tf.PricedPart]] = defaultdict(list)
-        for p in parts:
-            if p.kwh > 0:
-                groups[(p.tariff.id, p.period, p.estimated)].append(p)
+        # The kWh of the priced parts (`tf.price_intervals`) above 0 by version,
+        # period and estimated, summed without making the parts.
+        sums = tf.energy_by_period(intervals, tariffs, self.tz, lease.tariff)
         lines = []
-        for (_, period, estimated), group in sorted(
-            groups.items(),
-            key=lambda kv: (kv[1][0].tariff.valid_from, PERIOD_ORDER[kv[0][1]], kv[0][2]),
+        for e in sorted(
+            sums, key=lambda e: (e.tariff.valid_from, PERIOD_ORDER[e.period], e.estimated)
         ):
-            tariff = group[0].tariff
-            kwh = sum((p.kwh for p in group), mt.ZERO)
-            flags: set[str] = set().union(*(p.flags for p in group))
-            price = group[0].price
+            tariff, period, estimated, kwh, flags = e.tariff, e.period, e.estimated, e.kwh, e.flags
+            price = e.price
             lines.append(
                 {
                     "kind": "energy",

@@ -204,7 +204,7 @@ class UsageStore:
             max_gap=MAX_GAP,
             estimate_gaps=estimate_gaps,
         )
-        intervals = [p for iv in metered.intervals if (p := mt.clip(iv, start, end)) is not None]
+        intervals = mt.clip_all(metered.intervals, start, end)
         gaps = [g for gap in metered.gaps if (g := _clip_gap(gap, start, end)) is not None]
         # No data at all at the window's edges (up to now) is a gap too.
         horizon = min(end, utcnow())

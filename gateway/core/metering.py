@@ -25,17 +25,19 @@ gaps out. The rules (docs/decisions-billing.md):
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from functools import lru_cache
 from itertools import pairwise
+from typing import Generic, TypeVar
 
 ZERO = Decimal(0)
 HOUR_S = Decimal(3600)
 GLITCH_RUN = 3  # the longest run of odd readings taken for a glitch
+V = TypeVar("V")
 
 
 class Flag(StrEnum):
@@ -132,10 +134,81 @@ def meter(
     estimate_gaps: bool = False,
     neighbours: int = 4,
 ) -> Metered:
-    """Intervals and gaps of one port's counter series (ordered by ts, distinct ts)."""
+    """Intervals and gaps of one port's counter series (ordered by ts, distinct ts).
+
+    The same intervals and gaps as `meter_reference` (the rules written out once,
+    tested against this): the usual interval (the counter rose by no more than
+    the cap, no gap, glitch or replacement) takes a short path that gives it
+    what the rules would (the delta, no flags), and the cap of each interval
+    length is computed once per series."""
     rated = to_decimal(rated_w)
     swaps = sorted(replacements, key=lambda r: r.at)
-    series, glitched = _drop_glitches(readings, rated, modulus, swaps)
+    limits = _Limits(rated)
+    series, glitched = _drop_glitches(readings, rated, modulus, swaps, limits)
+    intervals: list[Interval] = []
+    gaps: list[Gap] = []
+    to_estimate: list[int] = []
+    for prev, cur in pairwise(series):
+        a, b = prev.value, cur.value
+        duration = cur.ts - prev.ts
+        limit = limits.get(duration) or limits.of(duration)
+        if (
+            b >= a
+            and b - a <= limit
+            and duration <= max_gap
+            and not swaps
+            and not (glitched and cur.ts in glitched)
+        ):
+            intervals.append(Interval(prev.ts, cur.ts, b - a))
+            continue
+        flags: set[Flag] = set()
+        if cur.ts in glitched:
+            flags.add(Flag.GLITCH)
+        delta = _delta(prev, cur, limit, modulus, swaps, flags)
+        if duration > max_gap:
+            gaps.append(Gap(prev.ts, cur.ts))
+            flags.add(Flag.GAP)
+            if Flag.RESET in flags and estimate_gaps:
+                to_estimate.append(len(intervals))
+        excess = ZERO
+        if delta > limit:
+            excess = delta - limit
+            delta = limit
+            flags.add(Flag.CAPPED)
+        intervals.append(Interval(prev.ts, cur.ts, delta, frozenset(flags), excess))
+    for index in to_estimate:
+        intervals[index] = _estimate(intervals, index, rated, neighbours)
+    return Metered(intervals, gaps)
+
+
+class _Limits(dict[timedelta, Decimal]):
+    """`cap_kwh` of one rating by interval length, each computed once (a series has
+    few lengths). `limits.get(d) or limits.of(d)`: a cap of 0 is looked up again."""
+
+    def __init__(self, rated: Decimal) -> None:
+        super().__init__()
+        self._rated = str(rated)  # as `cap_kwh` keys it
+
+    def of(self, duration: timedelta) -> Decimal:
+        limit = self[duration] = _cap(self._rated, duration)
+        return limit
+
+
+def meter_reference(
+    readings: Sequence[Reading],
+    *,
+    rated_w: float | Decimal,
+    modulus: Decimal | None = None,
+    replacements: Sequence[Replacement] = (),
+    max_gap: timedelta = timedelta(hours=1),
+    estimate_gaps: bool = False,
+    neighbours: int = 4,
+) -> Metered:
+    """`meter` reading by reading, every interval through all the rules (slow; the
+    definition the fast one is tested against)."""
+    rated = to_decimal(rated_w)
+    swaps = sorted(replacements, key=lambda r: r.at)
+    series, glitched = _drop_glitches_reference(readings, rated, modulus, swaps)
     intervals: list[Interval] = []
     gaps: list[Gap] = []
     to_estimate: list[int] = []
@@ -179,6 +252,53 @@ def _plausible(prev: Reading, cur: Reading, rated: Decimal, modulus: Decimal | N
 
 
 def _drop_glitches(
+    readings: Sequence[Reading],
+    rated: Decimal,
+    modulus: Decimal | None,
+    swaps: Sequence[Replacement],
+    limits: _Limits,
+) -> tuple[list[Reading], set[datetime]]:
+    """The series without one-off outliers, and the ts of the readings after each
+    (`_drop_glitches_reference` with the plausibility of each reading after the
+    last one kept worked out inline, from the cached caps)."""
+    out: list[Reading] = []
+    glitched: set[datetime] = set()
+    n = len(readings)
+    i = 0
+    while i < n:
+        cur = readings[i]
+        if out:
+            prev = out[-1]
+            a, b = prev.value, cur.value
+            duration = cur.ts - prev.ts
+            limit = limits.get(duration) or limits.of(duration)
+            if b >= a:
+                plausible = b - a <= limit
+            else:
+                plausible = modulus is not None and b + modulus - a <= limit
+            if not plausible:
+                # As in the reference: up to GLITCH_RUN odd readings, then one that
+                # follows prev plausibly but not the odd one before it.
+                for j in range(i + 1, min(n, i + 1 + GLITCH_RUN)):
+                    nxt = readings[j]
+                    if (
+                        _between(swaps, prev.ts, nxt.ts) is None
+                        and _plausible(prev, nxt, rated, modulus)
+                        and not _plausible(readings[j - 1], nxt, rated, modulus)
+                    ):
+                        glitched.add(nxt.ts)
+                        i = j
+                        break
+                else:
+                    out.append(cur)
+                    i += 1
+                continue
+        out.append(cur)
+        i += 1
+    return out, glitched
+
+
+def _drop_glitches_reference(
     readings: Sequence[Reading],
     rated: Decimal,
     modulus: Decimal | None,
@@ -321,3 +441,70 @@ def clip(iv: Interval, start: datetime, end: datetime) -> Interval | None:
         if part.start >= start and part.end <= end:
             return part
     return None  # pragma: no cover - one part always lies inside
+
+
+def clip_all(intervals: Sequence[Interval], start: datetime, end: datetime) -> list[Interval]:
+    """`clip` of each interval of a series in time order (each starting no earlier
+    than the one before ends, as `meter` gives them), the ones outside left out:
+    the first and last inside are found by bisection and only they are cut (those
+    between lie inside whole, and `clip` gives them as they are)."""
+    if not start < end:
+        return []  # an empty window: `clip` gives None for every interval
+    lo = bisect_right(intervals, start, key=_end)  # the first ending after start
+    hi = bisect_left(intervals, end, key=_start)  # the first starting at or after end
+    if lo >= hi:
+        return []
+    inside = list(intervals[lo:hi])
+    for k in {0, len(inside) - 1}:
+        part = clip(inside[k], start, end)
+        assert part is not None  # it ends after start and starts before end
+        inside[k] = part
+    return inside
+
+
+def _start(iv: Interval) -> datetime:
+    return iv.start
+
+
+def _end(iv: Interval) -> datetime:
+    return iv.end
+
+
+class Pieces(Generic[V]):
+    """[lo, hi) cut at the given instants, with a value for each piece, worked out
+    at its start: for looking up something that changes only at those instants
+    (the tariff version, a local hour's period, a usage bucket) once per interval
+    instead of cutting the interval and looking up each part. `find` gives the
+    piece an interval lies in whole; one that crosses an instant is the caller's
+    to cut (rare: an interval of a few minutes, instants an hour apart)."""
+
+    __slots__ = ("_edges", "_last", "values")
+
+    def __init__(
+        self,
+        lo: datetime,
+        hi: datetime,
+        instants: Iterable[datetime],
+        value: Callable[[datetime], V],
+    ) -> None:
+        lo, hi = utc(lo), utc(hi)
+        inner = {u for t in instants if lo < (u := utc(t)) < hi}
+        self._edges = sorted({lo, hi} | inner)  # bisected in UTC, as in `Cuts`
+        self.values = [value(t) for t in self._edges[:-1]]
+        # The piece found last (start, end, index): a series' next interval is
+        # most likely in it too, and two comparisons tell.
+        self._last = (self._edges[0], self._edges[0], -1)
+
+    def find(self, start: datetime, end: datetime) -> int:
+        """The index in `values` of the piece holding all of [start, end) (a
+        zero-length interval: the piece holding start), or -1 if there is none
+        (the interval crosses an instant or lies outside [lo, hi))."""
+        a, b, i = self._last
+        if a <= start < b and end <= b:
+            return i
+        edges = self._edges
+        i = bisect_right(edges, utc(start)) - 1
+        if i < 0 or i >= len(self.values) or utc(end) > edges[i + 1]:
+            return -1
+        self._last = (edges[i], edges[i + 1], i)
+        return i

@@ -168,23 +168,37 @@ def _usage_out(
     bounds = _bucket_bounds(start, end, width, tz)
     # Sorted once, bisected for each interval and part (not scanned: ~750 bounds
     # for a month by day and hour).
-    cuts = mt.Cuts(bounds + tf.hour_bounds(start, end, tz) + [t.valid_from for t in tariffs])
+    instants = bounds + tf.hour_bounds(start, end, tz) + [t.valid_from for t in tariffs]
+    cuts = mt.Cuts(instants)
     buckets: dict[datetime, dict[str, Decimal]] = {}
     estimated: dict[datetime, Decimal] = defaultdict(lambda: mt.ZERO)
     totals: dict[str, Decimal] = defaultdict(lambda: mt.ZERO)
     clock = tf.Clock(tariffs, tz, start, end)
     bounds_utc = [mt.utc(b) for b in bounds]
+
+    def where(at: datetime) -> tuple[str, datetime]:
+        """The period and the bucket of a part starting at `at`."""
+        _, period = clock.at(at)
+        # The last bucket bound at or before the part (bounds are ascending).
+        key = bounds[bisect_right(bounds_utc, mt.utc(at)) - 1] if bounds else start
+        return (period.value if period is not None else "none"), key
+
+    # Both change only at the cuts and where a version ends (no cut there: a part
+    # takes the version at its start).
+    pieces = mt.Pieces(start, end, instants + [t.valid_to for t in tariffs if t.valid_to], where)
     for iv in intervals:
-        for part in mt.split_interval(iv, cuts):
-            _, at = clock.at(part.start)
-            period = at.value if at is not None else "none"
-            # The last bucket bound at or before the part (bounds are ascending).
-            key = bounds[bisect_right(bounds_utc, mt.utc(part.start)) - 1] if bounds else start
+        i = pieces.find(iv.start, iv.end)
+        if i >= 0:  # inside one piece (nearly all): one part, the interval itself
+            parts = [(iv.kwh, pieces.values[i])]
+        else:
+            parts = [(p.kwh, where(p.start)) for p in mt.split_interval(iv, cuts)]
+        is_estimated = mt.Flag.ESTIMATED in iv.flags
+        for kwh, (period, key) in parts:
             slot = buckets.setdefault(key, defaultdict(lambda: mt.ZERO))
-            slot[period] += part.kwh
-            totals[period] += part.kwh
-            if mt.Flag.ESTIMATED in part.flags:
-                estimated[key] += part.kwh
+            slot[period] += kwh
+            totals[period] += kwh
+            if is_estimated:
+                estimated[key] += kwh
     q = Decimal("0.000001")
     return PortUsageOut(
         port_id=usage.port.id,
@@ -305,7 +319,6 @@ def _port_usage_out(
         intervals = [
             p
             for s in mine
-            for iv in usage.intervals
-            if (p := mt.clip(iv, mt.utc(s.start), mt.utc(s.end or end))) is not None
+            for p in mt.clip_all(usage.intervals, mt.utc(s.start), mt.utc(s.end or end))
         ]
     return _usage_out(usage, intervals, tariffs, tenant, start, end, bucket, tz)
