@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     # when no full-power reading is known, and how often the lighting dispatcher
     # re-reads groups and schedules.
     site_timezone: str = "Asia/Shanghai"
+    # The console's map: with no tile server the poles and roads are drawn on a
+    # plain background (works with no internet); a URL template such as
+    # https://tiles.example.net/{z}/{x}/{y}.png adds the operator's own tiles.
+    map_tile_url: str | None = None
+    map_tile_attribution: str = ""
     site_lat: Annotated[float, Field(ge=-90, le=90)] = 39.9042
     site_lon: Annotated[float, Field(ge=-180, le=180)] = 116.4074
     lighting_rated_w: Annotated[float, Field(gt=0)] = 100.0

@@ -35,7 +35,7 @@ Suppress = Callable[[Conn, str], Awaitable[bool]]
 
 COLUMNS = (
     "id, rule_key, fault, severity, pole_id, device_id, metric, state, first_seen, last_seen,"
-    " count, value, message, acknowledged_by, acknowledged_at, cleared_at"
+    " count, value, message, acknowledged_by, acknowledged_at, ack_note, cleared_at"
 )
 
 
@@ -281,12 +281,15 @@ class AlarmStore:
             return await cur.fetchone()
 
     @staticmethod
-    async def acknowledge(conn: Conn, alarm_id: int, by: str) -> Row | None:
+    async def acknowledge(
+        conn: Conn, alarm_id: int, by: str, note: str | None = None
+    ) -> Row | None:
         """active -> acknowledged; None when the alarm is not active."""
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 "UPDATE alarms SET state = 'acknowledged', acknowledged_by = %s,"
-                f" acknowledged_at = now() WHERE id = %s AND state = 'active' RETURNING {COLUMNS}",
-                (by, alarm_id),
+                " acknowledged_at = now(), ack_note = %s"
+                f" WHERE id = %s AND state = 'active' RETURNING {COLUMNS}",
+                (by, note, alarm_id),
             )
             return await cur.fetchone()

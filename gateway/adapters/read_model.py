@@ -72,6 +72,17 @@ class ReadModel:
             {"after": after, "limit": limit, "tenant": tenant, "status": status},
         )
 
+    async def pole_events(self, pole_id: str, *, before: datetime | None, limit: int) -> list[Row]:
+        """A pole's device events, newest first (keyset paging on the event time)."""
+        return await self._all(
+            """
+            SELECT ts, device_id, type, data FROM device_events
+            WHERE pole_id = %(pole)s AND (%(before)s::timestamptz IS NULL OR ts < %(before)s)
+            ORDER BY ts DESC LIMIT %(limit)s
+            """,
+            {"pole": pole_id, "before": before, "limit": limit},
+        )
+
     async def pole(self, pole_id: str, tenant: str | None = None) -> Row | None:
         return await self._one(
             """

@@ -9,7 +9,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from psycopg_pool import PoolTimeout
 
-from gateway import __version__
+from gateway import __version__, console
 from gateway.api.deps import ApiContext
 from gateway.api.routes import (
     alarms,
@@ -113,4 +113,5 @@ def create_app(ctx: ApiContext) -> FastAPI:
     for module in ROUTERS:
         v1.include_router(module.router)
     app.include_router(v1)
+    console.mount(app, ctx.settings)
     return app

@@ -84,6 +84,18 @@ class MetricInfo(BaseModel):
     description: str
 
 
+class CommandArgInfo(BaseModel):
+    type: Literal["number", "integer", "bool"]
+    min: float | None
+    max: float | None
+    description: str
+
+
+class CommandInfo(BaseModel):
+    description: str
+    args: dict[str, CommandArgInfo]
+
+
 class Device(ArchiveRecord):
     id: str
     pole_id: str
@@ -104,6 +116,10 @@ class DeviceDetail(Device):
     last_seen: datetime | None = Field(None, description="Time of the newest stored reading")
     metrics: dict[str, MetricInfo]
     events: list[str]
+    commands: dict[str, CommandInfo] = Field(
+        description="Commands the device accepts (POST /devices/{id}/commands), with their"
+        " arguments"
+    )
 
 
 class LatestValue(BaseModel):

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.adapters.alarm_store import AlarmStore
 from gateway.api.deps import Context
@@ -37,6 +37,7 @@ class Alarm(BaseModel):
     message: str
     acknowledged_by: str | None
     acknowledged_at: datetime | None
+    ack_note: str | None = Field(None, description="What the acknowledger wrote")
     cleared_at: datetime | None
 
     model_config = {
@@ -63,6 +64,14 @@ class Alarm(BaseModel):
             ]
         }
     }
+
+
+class AckBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: str | None = Field(
+        None, max_length=2000, description="What was seen or done (shown with the alarm)"
+    )
 
 
 class AlarmRule(BaseModel):
@@ -233,12 +242,15 @@ async def get_alarm(ctx: Context, _: Staff, alarm_id: int) -> Alarm:
         409: {"description": "The alarm is not active (already acknowledged or cleared)"},
     },
 )
-async def ack_alarm(ctx: Context, principal: Staff, audit: Audit, alarm_id: int) -> Alarm:
+async def ack_alarm(
+    ctx: Context, principal: Staff, audit: Audit, alarm_id: int, body: AckBody | None = None
+) -> Alarm:
     async with ctx.pool.connection() as conn, conn.transaction():
         before = await AlarmStore.get(conn, alarm_id, lock=True)
         if before is None:
             raise not_found("alarm", str(alarm_id))
-        row = await AlarmStore.acknowledge(conn, alarm_id, principal.name)
+        note = body.note if body is not None else None
+        row = await AlarmStore.acknowledge(conn, alarm_id, principal.name, note)
         if row is None:
             raise HTTPException(
                 409,

@@ -13,6 +13,8 @@ from gateway.api.errors import bad_param, not_found
 from gateway.api.schemas import (
     ArchiveStatus,
     Bucket,
+    CommandArgInfo,
+    CommandInfo,
     Device,
     DeviceDetail,
     Latest,
@@ -115,6 +117,15 @@ async def get_device(ctx: Context, device_id: str) -> DeviceDetail:
                 for name, m in profile.metrics.items()
             },
             "events": list(profile.events),
+            "commands": {
+                name: CommandInfo(
+                    description=c.description,
+                    args={
+                        a: CommandArgInfo.model_validate(v.model_dump()) for a, v in c.args.items()
+                    },
+                )
+                for name, c in profile.commands.items()
+            },
         }
     )
 

@@ -14,7 +14,7 @@ from gateway.adapters import archive_store
 from gateway.api.deps import ApiContext, Context
 from gateway.api.errors import bad_param, not_found
 from gateway.api.schemas import ArchiveStatus, Page, Pole
-from gateway.api.security import AnyUser, Audit, AuditTrail, Managers
+from gateway.api.security import AnyUser, Audit, AuditTrail, Managers, Staff
 
 router = APIRouter(prefix="/poles", tags=["poles"])
 
@@ -171,6 +171,38 @@ async def get_pole(ctx: Context, principal: AnyUser, pole_id: str) -> Pole:
     if row is None:
         raise not_found("pole", pole_id)
     return Pole.model_validate(row)
+
+
+class PoleEvent(BaseModel):
+    ts: datetime
+    device_id: str
+    type: str = Field(description="An event type of the device's profile, e.g. door_open")
+    data: dict[str, Any]
+
+
+@router.get(
+    "/{pole_id}/events",
+    summary="Events of the pole's devices (door opened, SOS, impact…), newest first (staff)",
+    responses=NOT_FOUND,
+)
+async def pole_events(
+    ctx: Context,
+    _: Staff,
+    pole_id: str,
+    limit: Limit = 50,
+    after: Annotated[
+        datetime | None, Query(description="Cursor: the `next` of the previous page")
+    ] = None,
+) -> Page[PoleEvent]:
+    if after is not None and after.tzinfo is None:
+        raise bad_param("after", "must carry a UTC offset (e.g. 2026-11-22T10:00:00Z)")
+    if await ctx.reads.pole(pole_id) is None:
+        raise not_found("pole", pole_id)
+    rows = await ctx.reads.pole_events(pole_id, before=after, limit=limit)
+    items = [PoleEvent.model_validate(r) for r in rows]
+    return Page[PoleEvent](
+        items=items, next=items[-1].ts.isoformat() if len(items) == limit else None
+    )
 
 
 @router.post(
