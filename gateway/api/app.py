@@ -30,6 +30,7 @@ from gateway.api.routes import (
     outages,
     overview,
     poles,
+    session,
     tariffs,
     usage,
     work_orders,
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 ROUTERS = (
     auth,
+    session,
     poles,
     devices,
     commands,
