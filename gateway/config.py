@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     }
     workorder_attachment_max_bytes: Annotated[int, Field(ge=1024)] = 5 * 1024 * 1024
     inspection_check_s: Annotated[float, Field(gt=0)] = 300.0
+    # The console's map: an optional tile layer from the operator's own tile
+    # server ("https://tiles.example/{z}/{x}/{y}.png"); without it the console
+    # draws the poles and roads on a plain background (no request leaves the site).
+    map_tile_url: str | None = None
 
     @field_validator("log_level", mode="before")
     @classmethod
