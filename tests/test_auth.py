@@ -74,7 +74,7 @@ POLICY: list[tuple[str, set[Role], set[Role]]] = [
     ("/api/v1/bills", ALL, MANAGERS),
     ("/api/v1/outages", STAFF, MANAGERS),
 ]
-PUBLIC = {"/api/v1/auth/token"}
+PUBLIC = {"/api/v1/auth/token", "/api/v1/auth/session"}
 WRITES = {"POST", "PUT", "PATCH", "DELETE"}
 
 

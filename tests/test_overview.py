@@ -155,3 +155,40 @@ async def test_overview_is_for_staff(api: httpx.AsyncClient, database_url: str) 
     tenant = auth_headers(database_url, "tenant", tenant="tn-telecom")
     assert (await api.get("/api/v1/overview", headers=tenant)).status_code == 403
     assert (await api.get("/api/v1/overview", headers={"Authorization": ""})).status_code == 401
+
+
+async def test_the_site_map_has_every_pole_with_its_worst_state(
+    api: httpx.AsyncClient, database_url: str
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE poles SET road = CASE id WHEN 'P0003' THEN 'Jiefang Rd' ELSE 'Renmin Rd' END,"
+            " lat = 39.9 + length(id) / 1000.0, lon = 116.4"
+        )
+        has_alarms = table_exists(conn, "alarms")
+    r = await api.get("/api/v1/overview/poles")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["roads"] == ["Jiefang Rd", "Renmin Rd"]  # the retired P0009 has none
+    poles = {p["id"]: p for p in body["poles"]}
+    assert list(poles) == ["P0001", "P0002", "P0003"]  # not the retired pole
+    counts = ("devices_total", "devices_offline", "devices_unknown", "lamps_lit", "lamps_total")
+    got = {pid: tuple(p[k] for k in counts) for pid, p in poles.items()}
+    assert got == {
+        "P0001": (4, 1, 0, 1, 1),  # the polled meter is offline; the lamp is on
+        "P0002": (3, 3, 0, 0, 1),  # the pole is offline: so are its devices, the lamp unlit
+        "P0003": (2, 0, 2, 0, 1),  # no presence yet: unknown; the cabinet is retired
+    }
+    p1 = poles["P0001"]
+    assert (p1["name"], p1["road"], p1["status"]) == ("Renmin Rd 1", "Renmin Rd", "in_service")
+    assert p1["lat"] == pytest.approx(39.905)
+    assert p1["lon"] == pytest.approx(116.4)
+    assert poles["P0003"]["status"] == "faulty"
+    worst = {pid: (p["worst_alarm"], p["alarms_active"]) for pid, p in poles.items()}
+    if has_alarms:
+        # critical beats the acknowledged major; the cleared minor does not count
+        assert worst == {"P0001": ("critical", 2), "P0002": ("critical", 1), "P0003": (None, 0)}
+    else:
+        assert set(worst.values()) == {(None, 0)}
+    tenant = auth_headers(database_url, "tenant", tenant="tn-telecom")
+    assert (await api.get("/api/v1/overview/poles", headers=tenant)).status_code == 403

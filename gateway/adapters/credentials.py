@@ -47,7 +47,11 @@ class TokenIssuer:
     ttl: timedelta
     algorithm: str = "HS256"
 
-    def issue(self, principal: Principal, now: datetime | None = None) -> str:
+    def issue(
+        self, principal: Principal, now: datetime | None = None, *, csrf: str | None = None
+    ) -> str:
+        """A signed token for `principal`. A browser session's token (`csrf` given)
+        carries a digest of its CSRF value, so only that value unlocks its writes."""
         now = now or datetime.now(UTC)
         claims: dict[str, object] = {
             "sub": str(principal.user_id),
@@ -58,10 +62,24 @@ class TokenIssuer:
         }
         if principal.tenant_id is not None:
             claims["tenant"] = principal.tenant_id
+        if csrf is not None:
+            claims["csrf"] = csrf_digest(csrf)
         return jwt.encode(claims, self.secret, algorithm=self.algorithm)
 
     def verify(self, token: str) -> Principal:
         """The principal a valid, unexpired token names; InvalidToken otherwise."""
+        return self._verify(token)[0]
+
+    def verify_session(self, token: str) -> tuple[Principal, str]:
+        """The principal of a browser session's token and its CSRF digest;
+        InvalidToken for any other token (a bearer token has no CSRF binding)."""
+        principal, claims = self._verify(token)
+        digest = claims.get("csrf")
+        if not isinstance(digest, str):
+            raise InvalidToken("the session is not valid")
+        return principal, digest
+
+    def _verify(self, token: str) -> tuple[Principal, dict[str, object]]:
         try:
             claims = jwt.decode(
                 token,
@@ -74,7 +92,7 @@ class TokenIssuer:
                 name=str(claims.get("name", "")),
                 role=Role(claims["role"]),
                 tenant_id=claims.get("tenant"),
-            )
+            ), claims
         except jwt.ExpiredSignatureError:
             raise InvalidToken("the token has expired") from None
         except (jwt.InvalidTokenError, ValueError, KeyError):
@@ -103,6 +121,18 @@ def split_api_key(token: str) -> tuple[str, str] | None:
     if not sep or not key_id or not secret:
         return None
     return key_id, secret
+
+
+def new_csrf_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def csrf_digest(csrf: str) -> str:
+    return hashlib.sha256(csrf.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def csrf_matches(digest: str, csrf: str) -> bool:
+    return hmac.compare_digest(digest, csrf_digest(csrf))
 
 
 def secret_digest(secret: str) -> bytes:

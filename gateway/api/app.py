@@ -20,6 +20,7 @@ from gateway.api.routes import (
     billing,
     commands,
     devices,
+    docs,
     emergencies,
     export,
     health,
@@ -30,6 +31,7 @@ from gateway.api.routes import (
     outages,
     overview,
     poles,
+    session,
     tariffs,
     usage,
     work_orders,
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 ROUTERS = (
     auth,
+    session,
     poles,
     devices,
     commands,
@@ -102,6 +105,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
             "the token as `Authorization: Bearer …`. Lists are paginated: pass the `next` "
             "value of a page as `after` for the next one."
         ),
+        # Served by routes/docs.py with assets from this app (no CDN).
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.ctx = ctx
     app.add_exception_handler(psycopg.DataError, _refused_value)
@@ -109,6 +115,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.add_exception_handler(PoolTimeout, _database_unavailable)
     app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
     app.include_router(health.router)
+    app.include_router(docs.router)
+    docs.mount_assets(app)
     v1 = APIRouter(prefix="/api/v1")
     for module in ROUTERS:
         v1.include_router(module.router)

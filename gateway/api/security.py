@@ -1,7 +1,9 @@
 """Authentication and authorisation as FastAPI dependencies.
 
 A caller presents either a JWT from `POST /api/v1/auth/token` or an API key
-(`pgw_…`), as `Authorization: Bearer …` or, for keys, `X-API-Key: …`. Routes
+(`pgw_…`), as `Authorization: Bearer …` or, for keys, `X-API-Key: …`; a browser
+presents the session cookie of `POST /api/v1/auth/session` instead, and for a
+write also the CSRF header that proves the page is ours. Routes
 name the roles they admit with the aliases below (`Staff`, `Managers`, …); a
 route that writes also takes `Audit`, which appends to the audit log in the
 write's own transaction. A tenant's request runs its queries as the tenant
@@ -19,8 +21,9 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 
 from gateway.adapters import audit
-from gateway.adapters.credentials import InvalidToken, split_api_key
+from gateway.adapters.credentials import InvalidToken, csrf_matches, split_api_key
 from gateway.adapters.db import tenant_scope
+from gateway.adapters.users import principal_of
 from gateway.api.deps import ApiContext, Context
 from gateway.core.auth import ADMINS, EVERYONE, MANAGERS, STAFF, Principal, Role
 
@@ -38,6 +41,14 @@ def unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+# The browser session (routes/session.py sets both cookies).
+SESSION_COOKIE = "polegw_session"
+CSRF_COOKIE = "polegw_csrf"
+CSRF_HEADER = "X-CSRF-Token"
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+CSRF_REFUSED = "CSRF token missing or wrong: send the polegw_csrf cookie's value as X-CSRF-Token"
+
+
 async def _principal_of(ctx: ApiContext, credential: str) -> Principal:
     key = split_api_key(credential)
     if key is not None:
@@ -46,9 +57,38 @@ async def _principal_of(ctx: ApiContext, credential: str) -> Principal:
             raise unauthorized("the API key is not valid or has been revoked")
         return principal
     try:
-        return ctx.tokens.verify(credential)
+        principal = ctx.tokens.verify(credential)
     except InvalidToken as exc:
         raise unauthorized(str(exc)) from None
+    return await _current(ctx, principal)
+
+
+async def _session_principal(ctx: ApiContext, request: Request, token: str) -> Principal:
+    """The principal of a session cookie; a write must also carry the CSRF value
+    the session was issued with, as header and cookie (double submit, bound to
+    the session by the digest in its token)."""
+    try:
+        principal, digest = ctx.tokens.verify_session(token)
+    except InvalidToken as exc:
+        raise unauthorized(str(exc).replace("token", "session")) from None
+    if request.method in UNSAFE_METHODS:
+        sent = request.headers.get(CSRF_HEADER)
+        cookie = request.cookies.get(CSRF_COOKIE)
+        if not sent or sent != cookie or not csrf_matches(digest, sent):
+            raise HTTPException(403, detail=CSRF_REFUSED)
+    return await _current(ctx, principal)
+
+
+async def _current(ctx: ApiContext, principal: Principal) -> Principal:
+    """The user a token names as the database has them now: a user disabled or
+    removed since the token was issued is refused at once, and a changed role or
+    tenant applies at once (one primary-key lookup per request)."""
+    row = await ctx.users.get(principal.user_id)
+    if row is None:
+        raise unauthorized("the user no longer exists")
+    if row["disabled"]:
+        raise unauthorized("the user is disabled")
+    return principal_of(row, principal.via)
 
 
 async def authenticated(
@@ -61,9 +101,16 @@ async def authenticated(
     the API pool runs as the tenant (row-level security, migration 0013) until the
     response is sent; staff connections are not scoped."""
     credential = bearer or api_key
-    if not credential:
-        raise unauthorized("authentication required: send a bearer token or an X-API-Key")
-    principal = await _principal_of(ctx, credential)
+    session = request.cookies.get(SESSION_COOKIE)
+    if credential:
+        principal = await _principal_of(ctx, credential)
+    elif session:
+        principal = await _session_principal(ctx, request, session)
+    else:
+        raise unauthorized(
+            "authentication required: send a bearer token or an X-API-Key,"
+            " or log in (POST /api/v1/auth/session)"
+        )
     request.state.principal = principal
     with tenant_scope(tenant_of(principal)):
         yield principal

@@ -56,13 +56,9 @@ def console_headers(settings: Settings) -> dict[str, str]:
 
 
 def mount(app: FastAPI, settings: Settings) -> None:
-    """Serve the console at /console/ and send / there."""
+    """Serve the console at /console/ (routes/docs.py sends / there)."""
     router = APIRouter(include_in_schema=False)
     headers = console_headers(settings)
-
-    @router.get("/")
-    async def root() -> RedirectResponse:
-        return RedirectResponse("/console/", status_code=307)
 
     @router.get("/console")
     async def console_no_slash() -> RedirectResponse:

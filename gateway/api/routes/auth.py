@@ -12,7 +12,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field, model_validator
 
 from gateway.adapters.credentials import hash_password, new_api_key, verify_password
-from gateway.adapters.users import UnknownTenant, UserExists, principal_of
+from gateway.adapters.users import Row, UnknownTenant, UserExists, principal_of
 from gateway.api.deps import Context
 from gateway.api.errors import bad_param, not_found
 from gateway.api.schemas import Page
@@ -94,11 +94,20 @@ class CreatedKey(ApiKey):
 async def login(
     request: Request, ctx: Context, form: Annotated[OAuth2PasswordRequestForm, Depends()]
 ) -> Token:
+    found = await check_login(request, ctx, form.username, form.password)
+    token = ctx.tokens.issue(principal_of(found))
+    return Token(access_token=token, expires_in=int(ctx.tokens.ttl.total_seconds()))
+
+
+async def check_login(request: Request, ctx: Context, username: str, password: str) -> Row:
+    """The enabled user `username` if `password` is theirs; 401 if not, 429 while
+    the user name or the client's address has failed too often (one throttle for
+    every way of logging in)."""
     now = time.monotonic()
     client = request.client.host if request.client else "?"
     per_user = ctx.settings.login_max_failures
     # One address may be a whole office behind NAT: it gets ten users' worth.
-    keys = ((f"user:{form.username}", per_user), (f"addr:{client}", per_user * 10))
+    keys = ((f"user:{username}", per_user), (f"addr:{client}", per_user * 10))
     wait = max(ctx.throttle.retry_after(k, limit, now) for k, limit in keys)
     if wait > 0:
         raise HTTPException(
@@ -110,19 +119,18 @@ async def login(
     # cannot all pass the throttle; a success takes it back below.
     for k, limit in keys:
         ctx.throttle.failed(k, limit, now)
-    found = await ctx.users.credentials(form.username)
-    ok = await anyio.to_thread.run_sync(verify_password, found[1] if found else None, form.password)
+    found = await ctx.users.credentials(username)
+    ok = await anyio.to_thread.run_sync(verify_password, found[1] if found else None, password)
     if not ok or found is None:
         raise HTTPException(
             401, detail="wrong user name or password", headers={"WWW-Authenticate": "Bearer"}
         )
     ctx.throttle.succeeded(keys[0][0])
     ctx.throttle.forgive(keys[1][0])  # the address keeps earlier failures: others may be guessing
-    token = ctx.tokens.issue(principal_of(found[0]))
-    return Token(access_token=token, expires_in=int(ctx.tokens.ttl.total_seconds()))
+    return found[0]
 
 
-@router.get("/auth/me", summary="Who the token or key belongs to")
+@router.get("/auth/me", summary="Who the token, key or browser session belongs to")
 async def me(ctx: Context, principal: AnyUser) -> User:
     row = await ctx.users.get(principal.user_id)
     if row is None:

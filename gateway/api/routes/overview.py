@@ -244,3 +244,108 @@ async def overview(ctx: Context, _: Staff) -> Overview:
         emergencies_open=None if emergencies is None else int(emergencies[0]["n"]),
         energy=Energy(kwh_today=round(float(energy["kwh"]), 3), since=since),
     )
+
+
+# ------------------------------------------------------------------ the site map
+
+# Worst first: the alarm engine's severities (migration 0005's check).
+SEVERITIES = ("critical", "major", "minor", "warning")
+
+
+class PoleOnMap(BaseModel):
+    id: str
+    name: str
+    road: str
+    lat: float | None
+    lon: float | None
+    status: str = Field(description="Archive status (in_service, faulty, under_repair, …)")
+    worst_alarm: str | None = Field(
+        description="Severity of the worst active (not cleared) alarm: critical, major,"
+        " minor or warning; null when none"
+    )
+    alarms_active: int = Field(description="Alarms not cleared (active or acknowledged)")
+    devices_total: int = Field(description="Devices not retired")
+    devices_offline: int
+    devices_unknown: int = Field(description="No presence or poll result yet")
+    lamps_lit: int = Field(description="Lamps whose latest lamp_on is on and that are not offline")
+    lamps_total: int
+
+
+class SiteMap(BaseModel):
+    poles: list[PoleOnMap] = Field(description="Every pole not retired, by id")
+    roads: list[str] = Field(description="The roads of those poles, sorted")
+
+
+# One pass per table, joined on the pole: devices with their state (as in
+# _DEVICES) and, for lamps, their latest lamp_on; alarms not cleared.
+_POLES_ON_MAP = """
+WITH dev AS (
+    SELECT d.pole_id,
+           CASE WHEN d.transport = 'modbus' THEN st.online
+                ELSE CASE pr.state WHEN 'online' THEN true WHEN 'offline' THEN false END
+           END AS online,
+           d.profile = ANY(%(lamps)s) AS lamp,
+           last.value AS lamp_on
+    FROM devices d
+    LEFT JOIN device_state st ON st.device_id = d.id
+    LEFT JOIN pole_presence pr ON pr.pole_id = d.pole_id
+    LEFT JOIN LATERAL (
+        SELECT value FROM telemetry t
+        WHERE d.profile = ANY(%(lamps)s)
+          AND t.device_id = d.id AND t.metric = 'lamp_on' AND t.ts <= now()
+        ORDER BY t.ts DESC LIMIT 1
+    ) last ON true
+    WHERE d.status <> 'retired'
+),
+dev_by_pole AS (
+    SELECT pole_id,
+           count(*) AS devices_total,
+           count(*) FILTER (WHERE online = false) AS devices_offline,
+           count(*) FILTER (WHERE online IS NULL) AS devices_unknown,
+           count(*) FILTER (WHERE lamp) AS lamps_total,
+           count(*) FILTER (WHERE lamp AND lamp_on >= 0.5 AND coalesce(online, true))
+               AS lamps_lit
+    FROM dev GROUP BY pole_id
+)
+SELECT p.id, p.name, p.road, p.lat, p.lon, p.status,
+       coalesce(d.devices_total, 0) AS devices_total,
+       coalesce(d.devices_offline, 0) AS devices_offline,
+       coalesce(d.devices_unknown, 0) AS devices_unknown,
+       coalesce(d.lamps_total, 0) AS lamps_total,
+       coalesce(d.lamps_lit, 0) AS lamps_lit
+FROM poles p LEFT JOIN dev_by_pole d ON d.pole_id = p.id
+WHERE p.status <> 'retired'
+ORDER BY p.id
+"""
+
+# The rank of the worst severity per pole (1 = critical); unknown severities last.
+_ALARMS_BY_POLE = """
+SELECT pole_id, count(*) AS n,
+       min(coalesce(array_position(%(severities)s::text[], severity), 99)) AS worst
+FROM alarms WHERE state <> 'cleared' GROUP BY pole_id
+"""
+
+
+@router.get(
+    "/overview/poles",
+    summary="Every pole for the site map: location, worst alarm, device and lamp counts (staff)",
+)
+async def poles_on_map(ctx: Context, _: Staff) -> SiteMap:
+    async with ctx.pool.connection() as conn, conn.transaction():
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(_POLES_ON_MAP, {"lamps": lamp_profiles(ctx.catalog)})
+            rows = await cur.fetchall()
+        alarms = await _optional(conn, _ALARMS_BY_POLE, {"severities": list(SEVERITIES)}) or []
+    by_pole = {str(a["pole_id"]): a for a in alarms}
+    poles = []
+    for r in rows:
+        a = by_pole.get(str(r["id"]))
+        worst = int(a["worst"]) if a else 0
+        poles.append(
+            PoleOnMap(
+                **r,
+                worst_alarm=SEVERITIES[worst - 1] if 1 <= worst <= len(SEVERITIES) else None,
+                alarms_active=int(a["n"]) if a else 0,
+            )
+        )
+    return SiteMap(poles=poles, roads=sorted({p.road for p in poles if p.road}))
