@@ -14,17 +14,19 @@ export function deviceStateBadge(state, since) {
     since ? h("span", { class: "muted" }, " ", t("device.since", { age: fmtAge(since) })) : null);
 }
 
-export function formatValue(spec, value) {
-  if (typeof value === "boolean") return term("bool", String(value));
+export function formatValue(name, value) {
+  // A switch reads on/off; any other yes/no state (door open, water) reads yes/no.
+  if (typeof value === "boolean") return term(/(^|_)on$/.test(name) ? "bool" : "yesno", String(value));
   return fmtNumber(value);
 }
 
 export function valuesTable(detail, latest) {
+  if (!Object.keys(detail.metrics).length) return h("p", { class: "muted" }, t("device.events_only"));
   const rows = Object.entries(detail.metrics).map(([name, spec]) => {
     const v = latest.values[name];
     return h("tr", { dataset: { metric: name } },
       h("th", { scope: "row" }, metricLabel(name)),
-      h("td", { class: "num" }, v ? formatValue(spec, v.value) : "—", " ", v && spec.unit ? h("span", { class: "unit" }, spec.unit) : null,
+      h("td", { class: "num" }, v ? formatValue(name, v.value) : "—", " ", v && spec.unit ? h("span", { class: "unit" }, spec.unit) : null,
         v && v.quality ? h("span", { class: "badge warn", title: t("device.quality_hint") }, " ", t("device.quality_flag")) : null),
       h("td", { class: "muted", title: v ? fmtDateTime(v.ts, { seconds: true }) : null }, v ? fmtAge(v.ts) : t("device.no_value")));
   });
@@ -97,16 +99,26 @@ export function commandTracker() {
     try {
       const rec = await api.get(`devices/${encodeURIComponent(deviceId)}/commands/${id}`);
       showCommandState(el, rec);
-      if (["succeeded", "failed", "timed_out"].includes(rec.state)) watched.delete(id);
+      if (["succeeded", "failed", "timed_out"].includes(rec.state)) {
+        watched.delete(id);
+        const done = el._onDone;
+        if (done) {
+          done(rec);
+          // The value a write changed is stored by the device's next reading.
+          setTimeout(() => done(rec), 2500);
+        }
+      }
     } catch {
       /* try again at the next event or tick */
     }
   }
   return {
-    track(deviceId) {
+    // track(deviceId, onDone) -> (commandId, statusElement) => void
+    track(deviceId, onDone) {
       return (id, el) => {
         watched.set(id, el);
         el.dataset.device = deviceId;
+        el._onDone = onDone;
       };
     },
     onEvent(ev) {

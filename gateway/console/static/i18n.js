@@ -41,8 +41,10 @@ export function setTimeZone(tz) {
 }
 
 export const language = () => lang;
+// English dates read year-month-day (en-CA), never the US month-first order.
+const intlLocale = () => (lang === "en" ? "en-CA" : lang);
 
-// t("alarm.ack", {id: 3}): the message with {name} placeholders filled in.
+// t(key, {id: 3}): the message with {name} placeholders filled in.
 export function t(key, vars) {
   let s = messages[key];
   if (s === undefined) {
@@ -79,7 +81,7 @@ export function fmtNumber(v, digits) {
 export function fmtDateTime(v, { seconds = false } = {}) {
   if (!v) return "—";
   const d = v instanceof Date ? v : new Date(v);
-  return new Intl.DateTimeFormat(lang, {
+  return new Intl.DateTimeFormat(intlLocale(), {
     timeZone,
     year: "numeric", month: "2-digit", day: "2-digit",
     hour: "2-digit", minute: "2-digit", ...(seconds ? { second: "2-digit" } : {}),
@@ -90,11 +92,11 @@ export function fmtDateTime(v, { seconds = false } = {}) {
 export function fmtDate(v) {
   if (!v) return "—";
   const d = typeof v === "string" && /^\d{4}-\d{2}-\d{2}$/.test(v) ? new Date(`${v}T00:00:00Z`) : new Date(v);
-  return new Intl.DateTimeFormat(lang, { timeZone: typeof v === "string" && v.length === 10 ? "UTC" : timeZone, year: "numeric", month: "2-digit", day: "2-digit" }).format(d);
+  return new Intl.DateTimeFormat(intlLocale(), { timeZone: typeof v === "string" && v.length === 10 ? "UTC" : timeZone, year: "numeric", month: "2-digit", day: "2-digit" }).format(d);
 }
 
 export function fmtTime(d, withDate) {
-  return new Intl.DateTimeFormat(lang, {
+  return new Intl.DateTimeFormat(intlLocale(), {
     timeZone, hour: "2-digit", minute: "2-digit", hour12: false,
     ...(withDate ? { month: "2-digit", day: "2-digit" } : {}),
   }).format(d);

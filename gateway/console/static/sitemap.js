@@ -84,7 +84,7 @@ export class SiteMap {
     }
     for (const [road, pts] of byRoad) {
       if (pts.length < 2) continue;
-      const line = L.polyline(alongRoad(pts), { className: "road", interactive: false, weight: 6 });
+      const line = L.polyline(alongRoad(pts), { color: "#aeb7c0", opacity: 0.9, interactive: false, weight: 6 });
       line.addTo(this.roads);
       line.bindTooltip(road, { permanent: true, direction: "center", className: "road-label" });
     }

@@ -170,7 +170,7 @@ export function render(main, ctx, deviceId) {
       headBox,
       h("div", { class: "grid-2" },
         h("section", { class: "panel" }, h("h2", {}, t("device.latest")), valuesBox,
-          commandControls(detail, tracker.track(deviceId), { canSend: ctx.staff })),
+          commandControls(detail, tracker.track(deviceId, () => refreshValues()), { canSend: ctx.staff })),
         h("section", { class: "panel" }, h("h2", {}, t("device.history")),
           rangePicker(range, (r) => setQuery(r.name === "custom"
             ? { range: "custom", start: new Date(r.start).toISOString(), end: new Date(r.end).toISOString() }

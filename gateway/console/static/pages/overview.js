@@ -54,8 +54,7 @@ export function render(main, ctx) {
   const updated = h("p", { class: "muted small", id: "overview-updated" });
   replace(main, h("section", { class: "page overview" },
     h("h1", {}, t("nav.overview")),
-    emergBox.childElementCount ? null : null,
-    h("section", { class: "panel emergencies-panel", "aria-labelledby": "h-emerg" },
+    h("section", { class: "panel emergencies-panel", id: "emergencies-panel", hidden: true, "aria-labelledby": "h-emerg" },
       h("h2", { id: "h-emerg" }, t("overview.open_emergencies")), emergBox),
     numbersBox,
     h("div", { class: "grid-2" },
@@ -83,6 +82,7 @@ export function render(main, ctx) {
       map.update(poles.poles);
       replace(alarmsBox, alarmList(sortAlarms(alarms.items).slice(0, 20), { compact: true }));
       replace(emergBox, emergencyList(emergencies.items));
+      document.getElementById("emergencies-panel").hidden = emergencies.items.length === 0;
       updated.textContent = t("overview.updated", { at: fmtDateTime(o.at, { seconds: true }) });
     } catch (err) {
       if (!stopped) updated.textContent = `${t("error.generic")} ${err.message}`;

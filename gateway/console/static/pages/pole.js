@@ -133,7 +133,7 @@ export function render(main, ctx, poleId) {
         h("p", {}, state), values, commands));
       refreshDevice(dev.id).then((d) => {
         if (d) {
-          const controls = commandControls(d, tracker.track(dev.id), { canSend: ctx.staff });
+          const controls = commandControls(d, tracker.track(dev.id, () => refreshDevice(dev.id)), { canSend: ctx.staff });
           if (controls) commands.append(controls);
         }
       });
