@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import uvicorn
@@ -14,6 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 from gateway.adapters.command_store import CommandStore
 from gateway.adapters.credentials import TokenIssuer
 from gateway.adapters.db import TenantScopedPool, libpq_url
+from gateway.adapters.events import LiveEvents, TelemetryAnnouncer
 from gateway.adapters.modbus_bus import BusOptions
 from gateway.adapters.mqtt import MqttSubscription
 from gateway.adapters.spool import AsyncSpool, FullPolicy, SpoolError
@@ -74,6 +75,14 @@ def open_spool(settings: Settings) -> AsyncSpool | None:
         )
     except (OSError, SpoolError) as exc:
         raise ConfigError(f"POLEGW_SPOOL_DIR={settings.spool_dir}: {exc}") from exc
+
+
+def _pole_of(registry: RegistrySource) -> Callable[[str], str | None]:
+    def pole_of(device_id: str) -> str | None:
+        device = registry().device(device_id)
+        return device.pole_id if device is not None else None
+
+    return pole_of
 
 
 async def run_gateway(
@@ -151,6 +160,8 @@ async def run_gateway(
         settings=settings, pool=pool, catalog=catalog, registry=registry, dispatcher=dispatcher
     )
     pipeline.on_committed.append(alarms.on_batch)
+    announcer = TelemetryAnnouncer(pool)  # the console's live telemetry events
+    pipeline.on_committed.append(announcer.committed)
     server: ApiServer | None = None
     try:
         async with asyncio.TaskGroup() as tg:
@@ -159,6 +170,7 @@ async def run_gateway(
             polling = tg.create_task(modbus.run(stop), name="modbus-polling")
             state_writer = tg.create_task(states.run(), name="device-state-writer")
             alarm_task = tg.create_task(alarms.run(), name="alarms")
+            tg.create_task(announcer.run(stop), name="telemetry-announcer")
             from gateway.retention import Retention  # data management (docs/decisions-archive.md)
 
             tg.create_task(Retention.from_settings(settings).run(stop), name="retention")
@@ -171,6 +183,10 @@ async def run_gateway(
             lighting = LightingDispatcher.from_settings(settings, pool, registry, dispatcher)
             tg.create_task(lighting.run(stop), name="lighting-dispatcher")
             if api:
+                # Live events end their streams when `stop` is set, so open
+                # streams never hold the server's shutdown.
+                events = LiveEvents(database_url, pole_of=_pole_of(registry))
+                tg.create_task(events.run(stop), name="live-events")
                 ctx = ApiContext(
                     settings=settings,
                     pool=pool,
@@ -181,6 +197,7 @@ async def run_gateway(
                     mqtt_connected=lambda: mqtt.connected,
                     commands=dispatcher,
                     throttle=LoginThrottle(window_s=settings.login_window_s),
+                    events=events,
                 )
                 config = uvicorn.Config(
                     create_app(ctx),

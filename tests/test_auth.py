@@ -37,6 +37,8 @@ ADMIN = {Role.ADMIN}
 POLICY: list[tuple[str, set[Role], set[Role]]] = [
     ("/api/v1/auth/me", ALL, ALL),
     ("/api/v1/api-keys", ALL, ALL),
+    # Every role may open the stream; what it carries depends on the role.
+    ("/api/v1/events", ALL, ALL),
     ("/api/v1/users", ADMIN, ADMIN),
     ("/api/v1/audit", ADMIN, ADMIN),
     ("/api/v1/poles", ALL, MANAGERS),

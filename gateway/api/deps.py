@@ -11,6 +11,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from gateway.adapters.command_store import CommandStore
 from gateway.adapters.credentials import TokenIssuer
+from gateway.adapters.events import LiveEvents
 from gateway.adapters.read_model import ReadModel
 from gateway.adapters.users import UserStore
 from gateway.commands import CommandDispatcher
@@ -36,6 +37,8 @@ class ApiContext:
     # None when this process does not execute commands.
     commands: CommandDispatcher | None = None
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    # The live events of GET /events; None when this process does not listen.
+    events: LiveEvents | None = None
 
     @property
     def reads(self) -> ReadModel:
