@@ -234,7 +234,7 @@ async def test_an_alarm_appears_live_and_is_acknowledged_in_the_browser(env: Env
     await expect(page.locator("#overview-map .pole-marker.state-critical")).to_have_count(1)
 
     # The operator opens the alarm, reads it on a chart and acknowledges it with a note.
-    await item.get_by_role("link").click()
+    await item.get_by_role("link", name="Pole tilt").click()
     detail = page.locator("#alarm-detail")
     await expect(detail.get_by_role("heading")).to_contain_text("Pole tilt")
     await expect(detail.locator("canvas")).to_be_visible()

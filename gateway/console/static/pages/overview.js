@@ -69,27 +69,44 @@ export function render(main, ctx) {
   const map = new SiteMap(mapEl, ctx.config, { onOpen: (id) => ctx.navigate(`#/poles/${encodeURIComponent(id)}`) });
   let stopped = false;
 
-  async function refresh() {
-    try {
-      const [o, poles, alarms, emergencies] = await Promise.all([
-        api.get("overview"),
-        api.get("overview/poles"),
-        api.get("alarms", { state: "active", limit: 200 }),
-        api.get("emergencies", { state: "open", limit: 50 }),
-      ]);
+  // Each part is fetched again only when an event says it changed; readings
+  // (many per second at city scale) only move the numbers, at most every 5 s.
+  const parts = {
+    async numbers() {
+      const o = await api.get("overview");
       if (stopped) return;
       replace(numbersBox, numbers(o));
-      map.update(poles.poles);
-      replace(alarmsBox, alarmList(sortAlarms(alarms.items).slice(0, 20), { compact: true }));
+      updated.textContent = t("overview.updated", { at: fmtDateTime(o.at, { seconds: true }) });
+    },
+    async poles() {
+      const poles = await api.get("overview/poles");
+      if (!stopped) map.update(poles.poles);
+    },
+    async alarms() {
+      const alarms = await api.get("alarms", { state: "active", limit: 200 });
+      if (!stopped) replace(alarmsBox, alarmList(sortAlarms(alarms.items).slice(0, 20), { compact: true }));
+    },
+    async emergencies() {
+      const emergencies = await api.get("emergencies", { state: "open", limit: 50 });
+      if (stopped) return;
       replace(emergBox, emergencyList(emergencies.items));
       document.getElementById("emergencies-panel").hidden = emergencies.items.length === 0;
-      updated.textContent = t("overview.updated", { at: fmtDateTime(o.at, { seconds: true }) });
-    } catch (err) {
-      if (!stopped) updated.textContent = `${t("error.generic")} ${err.message}`;
-    }
-  }
-  const soon = throttle(refresh, 1500);
-  const unsubs = ["alarm", "device", "emergency", "work_order", "telemetry"].map((k) => live.subscribe(k, soon));
+    },
+  };
+  const run = (name) => () => parts[name]().catch((err) => {
+    if (!stopped) updated.textContent = `${t("error.generic")} ${err.message}`;
+  });
+  const soon = Object.fromEntries(Object.keys(parts).map((k) => [k, throttle(run(k), 1500)]));
+  const numbersSlowly = throttle(run("numbers"), 5000);
+  const on = (kind, ...names) => live.subscribe(kind, () => names.forEach((n) => soon[n]()));
+  const unsubs = [
+    on("alarm", "numbers", "poles", "alarms"),
+    on("device", "numbers", "poles"),
+    on("emergency", "numbers", "emergencies"),
+    on("work_order", "numbers"),
+    live.subscribe("telemetry", numbersSlowly),
+  ];
+  const refresh = () => Object.keys(parts).forEach((k) => run(k)());
   refresh();
   // A slow safety net for what no event announces (deadlines passing, ages).
   const timer = setInterval(refresh, 60000);
