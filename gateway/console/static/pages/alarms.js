@@ -4,7 +4,7 @@
 import * as api from "../api.js";
 import { Chart } from "../chart.js";
 import { h, replace, throttle, toast } from "../dom.js";
-import { fmtAge, fmtDateTime, fmtNumber, metricLabel, t, term } from "../i18n.js";
+import { fmtAge, fmtDateTime, fmtNumber, has, metricLabel, t, term } from "../i18n.js";
 import * as live from "../live.js";
 import { fetchSeries } from "../series.js";
 
@@ -16,6 +16,15 @@ export function sortAlarms(items) {
   return [...items].sort((a, b) => (RANK[a.severity] - RANK[b.severity]) || (Date.parse(b.first_seen) - Date.parse(a.first_seen)));
 }
 
+// What is wrong, in words: the fault's name, else the rule's (a threshold rule
+// without a fault of its own is named "threshold:<metric>"), else the message.
+export function faultLabel(a) {
+  if (has(`fault.${a.fault}`)) return t(`fault.${a.fault}`);
+  const rule = (a.rule_key || "").split("/").pop();
+  if (has(`fault.${rule}`)) return t(`fault.${rule}`);
+  return a.message || a.fault;
+}
+
 export function severityBadge(sev) {
   return h("span", { class: `badge sev-${sev}` }, h("span", { class: "glyph", "aria-hidden": "true" }, GLYPH[sev] || "?"), " ", term("severity", sev));
 }
@@ -25,8 +34,8 @@ export function alarmList(items, { compact = false, showPole = true, onSelect } 
   return h("ul", { class: "list alarms" }, items.map((a) => h("li", { class: `alarm state-${a.state}`, dataset: { alarm: a.id } },
     severityBadge(a.severity), " ",
     onSelect
-      ? h("button", { type: "button", class: "link-button", onclick: () => onSelect(a) }, term("fault", a.fault))
-      : h("a", { href: `#/alarms?id=${a.id}` }, term("fault", a.fault)),
+      ? h("button", { type: "button", class: "link-button", onclick: () => onSelect(a) }, faultLabel(a))
+      : h("a", { href: `#/alarms?id=${a.id}` }, faultLabel(a)),
     " ", showPole ? h("a", { href: `#/poles/${encodeURIComponent(a.pole_id)}` }, a.pole_id) : null,
     " ", h("span", { class: "muted" }, a.device_id),
     a.value !== null && a.metric ? h("span", {}, ` · ${metricLabel(a.metric)} ${fmtNumber(a.value)}`) : null,
@@ -161,7 +170,7 @@ export function render(main, ctx) {
       } }, h("label", { for: "ack-note" }, t("alarms.ack_note")), note, h("button", { type: "submit", class: "primary" }, t("alarms.ack")))
       : null;
     replace(detailBox,
-      h("h2", { id: "alarm-detail-h" }, severityBadge(a.severity), " ", term("fault", a.fault), " #", String(a.id)),
+      h("h2", { id: "alarm-detail-h" }, severityBadge(a.severity), " ", faultLabel(a), " #", String(a.id)),
       h("dl", { class: "record" },
         h("dt", {}, t("alarms.state")), h("dd", { id: "alarm-state" }, term("alarmstate", a.state)),
         h("dt", {}, t("alarms.pole")), h("dd", {}, h("a", { href: `#/poles/${encodeURIComponent(a.pole_id)}` }, a.pole_id)),

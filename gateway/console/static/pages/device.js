@@ -168,16 +168,14 @@ export function render(main, ctx, deviceId) {
         h("a", { href: `#/poles/${encodeURIComponent(detail.pole_id)}` }, `${t("pole.title")} ${detail.pole_id}`), " › ", deviceId),
       h("h1", {}, `${deviceId} · ${term("profile", detail.profile)}`),
       headBox,
-      h("div", { class: "grid-2" },
-        h("section", { class: "panel" }, h("h2", {}, t("device.latest")), valuesBox,
-          commandControls(detail, tracker.track(deviceId, () => refreshValues()), { canSend: ctx.staff })),
-        h("section", { class: "panel" }, h("h2", {}, t("device.history")),
-          rangePicker(range, (r) => setQuery(r.name === "custom"
-            ? { range: "custom", start: new Date(r.start).toISOString(), end: new Date(r.end).toISOString() }
-            : { range: r.name, start: null, end: null })),
-          h("p", { class: "muted small" }, `${fmtDateTime(range.start)} – ${fmtDateTime(range.end)}`),
-          picker)),
-      h("section", { class: "panel" }, chartsBox));
+      h("section", { class: "panel" }, h("h2", {}, t("device.history")),
+        rangePicker(range, (r) => setQuery(r.name === "custom"
+          ? { range: "custom", start: new Date(r.start).toISOString(), end: new Date(r.end).toISOString() }
+          : { range: r.name, start: null, end: null })),
+        h("p", { class: "muted small" }, `${fmtDateTime(range.start)} – ${fmtDateTime(range.end)}`),
+        chartsBox, picker),
+      h("section", { class: "panel" }, h("h2", {}, t("device.latest")), valuesBox,
+        commandControls(detail, tracker.track(deviceId, () => refreshValues()), { canSend: ctx.staff })));
     await drawCharts(chartsBox);
   })();
 
