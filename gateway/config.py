@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = None
     # Access tokens are short-lived; machine clients use API keys instead.
     token_ttl_s: Annotated[int, Field(ge=60, le=24 * 3600)] = 900
+    # A browser session (the console) ends after this long without a request; it
+    # is renewed while in use, so a console kept open through a shift stays in.
+    session_idle_s: Annotated[int, Field(ge=300, le=7 * 24 * 3600)] = 8 * 3600
     # Failed logins allowed per user name and per client address in the window.
     login_max_failures: Annotated[int, Field(ge=1)] = 5
     login_window_s: Annotated[float, Field(gt=0)] = 300.0

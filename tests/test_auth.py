@@ -41,6 +41,8 @@ POLICY: list[tuple[str, set[Role], set[Role]]] = [
     ("/api/v1/events", ALL, ALL),
     ("/api/v1/users", ADMIN, ADMIN),
     ("/api/v1/audit", ADMIN, ADMIN),
+    # A pole's device events are the operator's business (door openings, SOS).
+    ("/api/v1/poles/{pole_id}/events", STAFF, STAFF),
     ("/api/v1/poles", ALL, MANAGERS),
     ("/api/v1/devices/{device_id}/commands", STAFF, STAFF),
     ("/api/v1/devices", STAFF, MANAGERS),

@@ -72,7 +72,7 @@ async def test_a_browser_logs_in_reads_and_logs_out(site: Site) -> None:
         body = r.json()
         assert (body["name"], body["role"], body["tenant_id"]) == (user.name, "operator", None)
         expires = datetime.fromisoformat(body["expires_at"])
-        ttl = site.settings.token_ttl_s
+        ttl = site.settings.session_idle_s
         assert abs((expires - datetime.now(UTC)).total_seconds() - ttl) < 30
         cookies = set_cookies(r)
         session = cookies["polegw_session"].lower()
@@ -246,3 +246,40 @@ async def test_a_logged_in_browser_opens_invoices_and_exports_in_a_tab(site: Sit
             assert r.status_code == 200, (path, r.text)
             assert r.headers["content-type"].startswith("text/csv")
             assert r.text.splitlines()[0].startswith(("ts,", "id,")), r.text[:100]
+
+
+async def test_a_session_in_use_is_renewed_and_an_idle_one_ends(site: Site) -> None:
+    user = add_user(site.url, Role.OPERATOR)
+    idle = site.settings.session_idle_s
+    issuer = TokenIssuer(TEST_SECRET, timedelta(seconds=idle))
+    csrf = new_csrf_token()
+    async with browser(site) as client:
+        # Fresh (more than half its idle time left): used as is, no new cookie.
+        client.cookies.set("polegw_session", issuer.issue(user, csrf=csrf))
+        client.cookies.set("polegw_csrf", csrf)
+        r = await client.get("/api/v1/auth/me")
+        assert r.status_code == 200, r.text
+        assert "polegw_session" not in set_cookies(r)
+        # Past half its idle time: the response renews it for a whole idle time.
+        client.cookies.set(
+            "polegw_session", issuer.issue(user, csrf=csrf, ttl=timedelta(seconds=idle // 3))
+        )
+        r = await client.get("/api/v1/auth/me")
+        assert r.status_code == 200, r.text
+        renewed = set_cookies(r)["polegw_session"].lower()
+        assert f"max-age={idle}" in renewed
+        _, _, expires = issuer.verify_session(r.cookies["polegw_session"])
+        assert (expires - datetime.now(UTC)).total_seconds() > idle - 60
+        # The renewed session still unlocks writes with the same CSRF value.
+        r = await client.post(
+            "/api/v1/api-keys", json={"name": "renewed"}, headers={"X-CSRF-Token": csrf}
+        )
+        assert r.status_code == 201, r.text
+        # Idle past its end: gone.
+        client.cookies.clear()
+        client.cookies.set("polegw_csrf", csrf)
+        client.cookies.set(
+            "polegw_session",
+            issuer.issue(user, datetime.now(UTC) - timedelta(seconds=idle + 1), csrf=csrf),
+        )
+        assert (await client.get("/api/v1/auth/me")).status_code == 401

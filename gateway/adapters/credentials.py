@@ -48,7 +48,12 @@ class TokenIssuer:
     algorithm: str = "HS256"
 
     def issue(
-        self, principal: Principal, now: datetime | None = None, *, csrf: str | None = None
+        self,
+        principal: Principal,
+        now: datetime | None = None,
+        *,
+        csrf: str | None = None,
+        ttl: timedelta | None = None,
     ) -> str:
         """A signed token for `principal`. A browser session's token (`csrf` given)
         carries a digest of its CSRF value, so only that value unlocks its writes."""
@@ -58,7 +63,7 @@ class TokenIssuer:
             "name": principal.name,
             "role": principal.role.value,
             "iat": now,
-            "exp": now + self.ttl,
+            "exp": now + (ttl or self.ttl),
         }
         if principal.tenant_id is not None:
             claims["tenant"] = principal.tenant_id
@@ -70,14 +75,15 @@ class TokenIssuer:
         """The principal a valid, unexpired token names; InvalidToken otherwise."""
         return self._verify(token)[0]
 
-    def verify_session(self, token: str) -> tuple[Principal, str]:
-        """The principal of a browser session's token and its CSRF digest;
-        InvalidToken for any other token (a bearer token has no CSRF binding)."""
+    def verify_session(self, token: str) -> tuple[Principal, str, datetime]:
+        """The principal of a browser session's token, its CSRF digest and when it
+        expires; InvalidToken for any other token (a bearer token has no CSRF binding)."""
         principal, claims = self._verify(token)
         digest = claims.get("csrf")
-        if not isinstance(digest, str):
+        exp = claims.get("exp")
+        if not isinstance(digest, str) or not isinstance(exp, int | float):
             raise InvalidToken("the session is not valid")
-        return principal, digest
+        return principal, digest, datetime.fromtimestamp(exp, UTC)
 
     def _verify(self, token: str) -> tuple[Principal, dict[str, object]]:
         try:

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import psycopg
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Request, Response
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 
 from gateway.adapters import audit
@@ -63,20 +64,63 @@ async def _principal_of(ctx: ApiContext, credential: str) -> Principal:
     return await _current(ctx, principal)
 
 
-async def _session_principal(ctx: ApiContext, request: Request, token: str) -> Principal:
+def set_session_cookies(
+    request: Request, response: Response, token: str, csrf: str, max_age: int
+) -> None:
+    """The session cookie (HttpOnly) and the CSRF cookie the console's script reads;
+    Secure when the request came over https (uvicorn's proxy_headers turn a trusted
+    proxy's X-Forwarded-Proto into the scheme)."""
+    secure = request.url.scheme == "https"
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=max_age,
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=secure,
+    )
+    response.set_cookie(
+        CSRF_COOKIE, csrf, max_age=max_age, path="/", samesite="strict", secure=secure
+    )
+
+
+def start_session(
+    request: Request, response: Response, ctx: ApiContext, principal: Principal, csrf: str
+) -> datetime:
+    """Issue a browser session for `principal` bound to `csrf`; when it ends."""
+    idle = timedelta(seconds=ctx.settings.session_idle_s)
+    now = datetime.now(UTC)
+    token = ctx.tokens.issue(principal, now, csrf=csrf, ttl=idle)
+    set_session_cookies(request, response, token, csrf, int(idle.total_seconds()))
+    return now + idle
+
+
+async def _session_principal(
+    ctx: ApiContext, request: Request, response: Response, token: str
+) -> Principal:
     """The principal of a session cookie; a write must also carry the CSRF value
     the session was issued with, as header and cookie (double submit, bound to
-    the session by the digest in its token)."""
+    the session by the digest in its token). A session past half its idle time is
+    renewed on the response, so one in use does not end."""
     try:
-        principal, digest = ctx.tokens.verify_session(token)
+        principal, digest, expires = ctx.tokens.verify_session(token)
     except InvalidToken as exc:
         raise unauthorized(str(exc).replace("token", "session")) from None
+    cookie = request.cookies.get(CSRF_COOKIE)
     if request.method in UNSAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER)
-        cookie = request.cookies.get(CSRF_COOKIE)
         if not sent or sent != cookie or not csrf_matches(digest, sent):
             raise HTTPException(403, detail=CSRF_REFUSED)
-    return await _current(ctx, principal)
+    current = await _current(ctx, principal)
+    left = expires - datetime.now(UTC)
+    if (
+        cookie
+        and csrf_matches(digest, cookie)
+        and left < timedelta(seconds=ctx.settings.session_idle_s / 2)
+    ):
+        start_session(request, response, ctx, current, cookie)
+    return current
 
 
 async def _current(ctx: ApiContext, principal: Principal) -> Principal:
@@ -93,6 +137,7 @@ async def _current(ctx: ApiContext, principal: Principal) -> Principal:
 
 async def authenticated(
     request: Request,
+    response: Response,
     ctx: Context,
     bearer: Annotated[str | None, Depends(_bearer)],
     api_key: Annotated[str | None, Depends(_api_key)],
@@ -105,7 +150,7 @@ async def authenticated(
     if credential:
         principal = await _principal_of(ctx, credential)
     elif session:
-        principal = await _session_principal(ctx, request, session)
+        principal = await _session_principal(ctx, request, response, session)
     else:
         raise unauthorized(
             "authentication required: send a bearer token or an X-API-Key,"

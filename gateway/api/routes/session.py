@@ -10,7 +10,7 @@ another site (or left by another session) does not unlock writes.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
@@ -19,7 +19,7 @@ from gateway.adapters.credentials import new_csrf_token
 from gateway.adapters.users import principal_of
 from gateway.api.deps import Context
 from gateway.api.routes.auth import check_login
-from gateway.api.security import CSRF_COOKIE, SESSION_COOKIE
+from gateway.api.security import CSRF_COOKIE, SESSION_COOKIE, start_session
 from gateway.core.auth import Role
 
 router = APIRouter(tags=["auth"])
@@ -62,29 +62,14 @@ async def open_session(
 ) -> Session:
     found = await check_login(request, ctx, body.username, body.password)
     principal = principal_of(found)
-    now = datetime.now(UTC)
     csrf = new_csrf_token()
-    token = ctx.tokens.issue(principal, now, csrf=csrf)
-    max_age = int(ctx.tokens.ttl.total_seconds())
-    secure = _secure(request)
-    response.set_cookie(
-        SESSION_COOKIE,
-        token,
-        max_age=max_age,
-        path="/",
-        httponly=True,
-        samesite="lax",
-        secure=secure,
-    )
-    response.set_cookie(
-        CSRF_COOKIE, csrf, max_age=max_age, path="/", samesite="strict", secure=secure
-    )
+    expires_at = start_session(request, response, ctx, principal, csrf)
     return Session(
         name=principal.name,
         role=principal.role,
         tenant_id=principal.tenant_id,
         csrf_token=csrf,
-        expires_at=now + ctx.tokens.ttl,
+        expires_at=expires_at,
     )
 
 
