@@ -74,7 +74,8 @@ def main() -> int:
             phone = browser.new_context(viewport=PHONE, locale=lang)  # type: ignore[arg-type]
             page = phone.new_page()
             log_in(page, args.base, "admin", admin)
-            shoot(page, args.base, "#/", "#overview-map .pole-marker", args.out / f"phone-{lang}.png")
+            phone_shot = args.out / f"phone-{lang}.png"
+            shoot(page, args.base, "#/", "#overview-map .pole-marker", phone_shot)
             phone.close()
             tenant = browser.new_context(viewport=DESKTOP, locale=lang)  # type: ignore[arg-type]
             page = tenant.new_page()
