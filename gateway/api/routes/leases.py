@@ -21,7 +21,7 @@ from gateway.api.routes.applications import (
     create_application,
     refused,
 )
-from gateway.api.schemas import Page
+from gateway.api.schemas import Page, RequestBody
 from gateway.api.security import AnyUser, Audit, Staff
 from gateway.core import mounting as mo
 from gateway.core.auth import Principal
@@ -74,13 +74,13 @@ class LeaseHistoryEntry(BaseModel):
     note: str | None
 
 
-class LeaseTransition(BaseModel):
+class LeaseTransition(RequestBody):
     to: mo.LeaseState
     note: str = Field("", max_length=10_000)
 
-    model_config = {
-        "json_schema_extra": {"examples": [{"to": "in_service", "note": "acceptance test passed"}]}
-    }
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"to": "in_service", "note": "acceptance test passed"}]}
+    )
 
 
 CHANGE_EXAMPLE = {k: v for k, v in EXAMPLE.items() if k not in ("poles", "term_start")}
