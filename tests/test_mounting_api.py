@@ -290,8 +290,12 @@ async def test_tenants_see_only_their_own(env: Env) -> None:
     # staff do not apply, and the tenant comes from the caller, never the body
     r = await env.client.post("/applications", json=application(["M2"]), headers=env.operator)
     assert r.status_code == 403
+    # (a tenant_id in the body is refused, naming it: no body field is ignored)
     body = application(["M2"]) | {"tenant_id": "tn-b"}
-    other = await submit(env, body)
+    r = await env.client.post("/applications", json=body, headers=env.tenant_a)
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "tenant_id"]
+    other = await submit(env, application(["M2"]))
     r = await env.client.get(f"/applications/{other}", headers=env.tenant_a)
     assert r.json()["tenant_id"] == "tn-a"
     r = await env.client.get("/leases", headers=env.tenant_b)
