@@ -21,9 +21,12 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from gateway.adapters import mounting_store as ms
+from gateway.adapters.command_store import CommandStore
 from gateway.config import Settings
 from gateway.core.profiles import load_catalog
 from gateway.demo import seed_mounting, with_capacity
+from gateway.service import open_pool
 from simulators.demo_site import demo_site
 from tests.support import add_user, api_client, bearer, prepare_database
 from tests.test_billing_api import (
@@ -210,3 +213,42 @@ async def test_the_demo_dates_its_leases_through_the_lease_transition(
             ]
             assert all(e >= began - timedelta(seconds=5) for _, _, e, _ in history)
             assert {b for *_, b in history} == {"demo"}
+
+
+async def test_a_port_switch_takes_its_commands_outcome_whichever_ends_first(
+    env: Env,
+) -> None:
+    """Issue 16, item 18: the lease recorded only that the switch was sent. A command
+    that ended before the lease was written is taken at the write; one that ends
+    after is copied to the lease when it ends."""
+    opened = open_pool(env.url)
+    await opened.open()
+    store = CommandStore(opened)
+    try:
+        early = await store.create(DEVICE, "switch_port", {"port": 1, "on": True})
+        await store.finished(early["id"], "failed", error="port relay stuck")
+        ask = {"on": True, "at": datetime.now(UTC), "sent": True, "command_id": str(early["id"])}
+        async with opened.connection() as conn, conn.transaction():
+            row = await ms.lease_port_switch(conn, env.lease_id, ask)
+        switch = row["port_switch"]
+        assert (switch["state"], switch["command_error"]) == ("failed", "port relay stuck")
+        assert switch["finished_at"] is not None
+
+        late = await store.create(DEVICE, "switch_port", {"port": 1, "on": False})
+        ask = ask | {"on": False, "command_id": str(late["id"])}
+        async with opened.connection() as conn, conn.transaction():
+            row = await ms.lease_port_switch(conn, env.lease_id, ask)
+        assert (row["port_switch"]["state"], row["port_switch"].get("finished_at")) == (
+            "pending",
+            None,
+        )
+        await store.finished(late["id"], "succeeded")
+        got = (await env.client.get(f"/leases/{env.lease_id}", headers=env.operator)).json()
+        assert got["port_switch"]["command_id"] == str(late["id"])
+        assert (got["port_switch"]["state"], got["port_switch"]["command_error"]) == (
+            "succeeded",
+            None,
+        )
+        assert got["port_switch"]["finished_at"] is not None
+    finally:
+        await opened.close()

@@ -254,6 +254,21 @@ async def test_full_flow_from_application_to_port_switched_on(env: Env) -> None:
     assert payload["command"] == "switch_port"
     assert payload["args"] == {"port": 1, "on": True}
 
+    # How the command ended is on the lease too (issue 16, item 18): no pole answers
+    # here, so it times out after the dispatcher's 0.3 s.
+    for _ in range(100):
+        switch = (await env.client.get(f"/leases/{lease_id}", headers=env.tenant_a)).json()[
+            "port_switch"
+        ]
+        if switch["finished_at"] is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert (switch["state"], switch["command_id"]) == (
+        "timed_out",
+        lease["port_switch"]["command_id"],
+    )
+    assert "no reply" in switch["command_error"]
+
     lease = await lease_to(env, lease_id, "suspended")
     assert lease["port_switch"]["on"] is False
     assert lease["port_switch"]["sent"] is True

@@ -545,6 +545,29 @@ async def lease_transition(
     return before, row
 
 
+async def lease_port_switch(conn: Conn, lease_id: int, switch: dict[str, object]) -> Row:
+    """Keep the port switch asked for a state change on the lease; its command's
+    outcome (state, command_error, finished_at) is added when the command ends
+    (command_store.CommandStore.finished), or here if it already has. The command
+    row is locked first, so an outcome committed at the same moment is not missed."""
+    command_id = switch.get("command_id")
+    if command_id is not None:
+        done = await _one(
+            conn,
+            "SELECT state, error, finished_at FROM device_commands WHERE id = %s FOR SHARE",
+            (command_id,),
+        )
+        if done is not None and done["finished_at"] is not None:
+            switch = switch | {
+                "state": done["state"],
+                "command_error": done["error"],
+                "finished_at": done["finished_at"],
+            }
+        elif done is not None:
+            switch = switch | {"state": done["state"]}
+    return await lease_update(conn, lease_id, {"port_switch": switch})
+
+
 async def lease_history(conn: Conn, lease_id: int) -> list[Row]:
     return await _all(
         conn, "SELECT * FROM lease_history WHERE lease_id = %s ORDER BY since, id", (lease_id,)

@@ -8,6 +8,8 @@ the tenant role may read its own usage flags.
 - `usage_flags` had a row-level policy for polegw_tenant (0013) but no grant, so
   the tenant's own flags were "permission denied"; the policy still limits the
   role to the flags of its own leases.
+- `leases.port_switch` takes the outcome of its switch_port command when it ends
+  (gateway/adapters/command_store.py): an index finds the lease by command id.
 
 Plain SQL, the same on PostgreSQL and TimescaleDB.
 
@@ -36,8 +38,14 @@ def upgrade() -> None:
         " ALTER COLUMN entered_at SET NOT NULL"
     )
     op.execute(f"GRANT SELECT ON usage_flags TO {TENANT_ROLE}")
+    # A command's outcome is copied to the lease whose port switch it is.
+    op.execute(
+        "CREATE INDEX leases_port_switch_command ON leases ((port_switch ->> 'command_id'))"
+        " WHERE port_switch IS NOT NULL"
+    )
 
 
 def downgrade() -> None:
+    op.execute("DROP INDEX leases_port_switch_command")
     op.execute(f"REVOKE SELECT ON usage_flags FROM {TENANT_ROLE}")
     op.execute("ALTER TABLE lease_history DROP COLUMN entered_at")

@@ -23,6 +23,7 @@ from gateway.api.schemas import Page, RequestBody
 from gateway.api.security import AnyUser, Audit, Managers
 from gateway.config import Settings
 from gateway.core import invoice
+from gateway.core import metering as mt
 from gateway.core import tariffs as tf
 from gateway.core.auth import Principal
 
@@ -66,7 +67,7 @@ class BillLine(BaseModel):
     )
     amount: Decimal = Field(description="CNY, rounded once to 0.01 (credits: negative)")
     estimated: bool
-    flags: list[str]
+    flags: list[mt.Flag] = Field(description=mt.FLAGS_DOC)
 
 
 class Bill(BaseModel):

@@ -6,7 +6,7 @@ through the tracked device-command path, after the state change commits."""
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, HTTPException, Query
@@ -29,6 +29,8 @@ from gateway.core.auth import Principal
 
 router = APIRouter(prefix="/leases", tags=["leases"])
 
+CommandState = Literal["pending", "sent", "succeeded", "failed", "timed_out"]
+
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size")]
 After = Annotated[int | None, Query(ge=0, description="Cursor: the `next` of the previous page")]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such lease"}}
@@ -41,7 +43,12 @@ class PortSwitch(BaseModel):
     command_id: str | None = Field(None, description="Follow it at /devices/{meter}/commands")
     meter_device_id: str | None = None
     port_no: int | None = None
-    error: str | None = None
+    error: str | None = Field(None, description="Why the command could not be sent")
+    state: CommandState | None = Field(
+        None, description="The command's state, final once finished_at is set"
+    )
+    command_error: str | None = Field(None, description="Why the command failed or timed out")
+    finished_at: datetime | None = Field(None, description="When the command ended")
 
 
 class Lease(BaseModel):
@@ -151,8 +158,8 @@ async def switch_port(ctx: ApiContext, lease: dict[str, Any], on: bool) -> dict[
             else:
                 out |= {"sent": True, "command_id": str(record["id"])}
     async with ctx.pool.connection() as conn, conn.transaction():
-        await ms.lease_update(conn, lease["id"], {"port_switch": out})
-    return out
+        row = await ms.lease_port_switch(conn, lease["id"], out)
+    return dict(row["port_switch"])
 
 
 @router.get("", summary="List leases (tenants: their own)")

@@ -117,7 +117,7 @@ class UsageFlag(BaseModel):
     start: datetime
     end: datetime
     kwh: Decimal
-    flags: list[str]
+    flags: list[mt.Flag] = Field(description=mt.FLAGS_DOC)
     excess_kwh: Decimal = Field(description="Above rated power x time: not billed, for review")
 
 
