@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -25,6 +26,7 @@ from gateway.adapters import mounting_store as ms
 from gateway.adapters.command_store import CommandStore
 from gateway.config import Settings
 from gateway.core.profiles import load_catalog
+from gateway.core.tariffs import money
 from gateway.demo import seed_mounting, with_capacity
 from gateway.service import open_pool
 from simulators.demo_site import demo_site
@@ -252,3 +254,35 @@ async def test_a_port_switch_takes_its_commands_outcome_whichever_ends_first(
         assert got["port_switch"]["finished_at"] is not None
     finally:
         await opened.close()
+
+
+async def test_bill_numbers_come_quantised(env: Env) -> None:
+    """Issue 16, item 17: a day's rent of 450 / 31 read 14.51612903225806451612903226,
+    and float readings gave energy like 115.819999. December's bill (the lease is in
+    service since 11-03): the unit price to 4 decimals, kWh to 1 Wh, money to the fen;
+    the amounts still from the exact price."""
+    last_ts, last = readings()[-1]
+    more, value = [], last
+    for k in range(1, 4):
+        value = value + 0.1 + 0.2  # float steps: 0.30000000000000004 each
+        more.append((last_ts + timedelta(minutes=15 * k), value))
+    store_readings(env.url, more)
+    r = await env.client.post(
+        "/bills/generate", json={"month": "2026-12", "tenant": TENANT}, headers=env.operator
+    )
+    assert r.status_code == 200, r.text
+    (generated,) = r.json()
+    bill = (await env.client.get(f"/bills/{generated['bill']['id']}", headers=env.operator)).json()
+    rent = [ln for ln in bill["lines"] if ln["kind"] == "rent"]
+    assert rent
+    assert {ln["unit_price"] for ln in rent} == {"14.5161"}
+    for ln in rent:
+        days = Decimal(ln["quantity"])
+        assert ln["amount"] == str(money(Decimal(450) / 31 * days))
+    energy = [ln for ln in bill["lines"] if ln["kind"] == "energy"]
+    assert energy
+    assert all(Decimal(ln["quantity"]).as_tuple().exponent == -3 for ln in energy), energy
+    assert bill["energy_kwh"] == "0.900", bill["energy_kwh"]
+    r = await env.client.get(f"/bills/{bill['id']}/lines.csv", headers=env.operator)
+    assert "14.5161," in r.text
+    assert "14.51612" not in r.text

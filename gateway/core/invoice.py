@@ -18,6 +18,8 @@ from html import escape
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from gateway.core.tariffs import unit_price
+
 CSV_COLUMNS = (
     "bill_id",
     "bill_kind",
@@ -91,7 +93,8 @@ def lines_csv(bill: Mapping[str, Any]) -> str:
             "month": bill["month"],
             "line": n,
         }
-        writer.writerow([_cell(head[c] if c in head else ln.get(c)) for c in CSV_COLUMNS])
+        shown = {**ln, "unit_price": unit_price(Decimal(ln["unit_price"]))}
+        writer.writerow([_cell(head[c] if c in head else shown.get(c)) for c in CSV_COLUMNS])
     total = {
         "bill_id": bill["id"],
         "bill_kind": bill["kind"],

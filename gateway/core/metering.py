@@ -35,6 +35,10 @@ from itertools import pairwise
 from typing import Generic, TypeVar
 
 ZERO = Decimal(0)
+# kWh as shown and billed (usage, bill lines): 1 Wh, as fine as the finest port
+# meter register (0.01 kWh in the shipped profiles). Below it a split interval's
+# share or a float reading's noise (115.819999) is no energy anyone measured.
+KWH = Decimal("0.001")
 HOUR_S = Decimal(3600)
 GLITCH_RUN = 3  # the longest run of odd readings taken for a glitch
 V = TypeVar("V")

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import HTMLResponse, Response
 from psycopg import AsyncConnection
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from gateway.adapters.billing_store import BillConflict, BillingStore, dumps
 from gateway.api.deps import ApiContext, Context
@@ -61,9 +61,10 @@ class BillLine(BaseModel):
         " (credit), 1 (correction)"
     )
     unit: str
-    unit_price: Decimal = Field(
+    unit_price: Annotated[Decimal, AfterValidator(tf.unit_price)] = Field(
         description="CNY per kWh, per day (monthly / days in month), per hour (credit:"
-        " share x monthly / (days x 24), negative), or per item"
+        " share x monthly / (days x 24), negative), or per item; shown to 4 decimals (the"
+        " amount is computed from the exact price)"
     )
     amount: Decimal = Field(description="CNY, rounded once to 0.01 (credits: negative)")
     estimated: bool

@@ -200,7 +200,7 @@ def _usage_out(
             totals[period] += kwh
             if is_estimated:
                 estimated[key] += kwh
-    q = Decimal("0.000001")
+    q = mt.KWH
     return PortUsageOut(
         port_id=usage.port.id,
         tenant_id=tenant_id,
