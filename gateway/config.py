@@ -9,6 +9,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.core.maintenance import DEFAULT_DEADLINES, deadline_table
 from gateway.errors import ConfigError
 
 
@@ -104,13 +105,9 @@ class Settings(BaseSettings):
     # days worked (调休) as YYYY-MM-DD in site_timezone, the alarm -> priority
     # policy ("fault:<fault>" or "severity:<level>": priority | "none"), the
     # largest attachment, and how often inspection plans are checked.
-    workorder_deadlines: dict[str, str] = {
-        "urgent.respond": "1h",
-        "urgent.resolve": "24h",
-        "serious.resolve": "3wd",
-        "general.resolve": "24h",
-        "single_lamp_out.resolve": "2wd",
-    }
+    # POLEGW_WORKORDER_DEADLINES is merged over these defaults (a key given replaces
+    # that key only; "" removes a limit); an unknown key or a bad span is refused.
+    workorder_deadlines: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_DEADLINES))
     workorder_holidays: list[str] = []
     workorder_workdays: list[str] = []
     workorder_auto_open: dict[str, str] = {
@@ -127,6 +124,13 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, v: object) -> object:
         return v.upper() if isinstance(v, str) else v
+
+    @field_validator("workorder_deadlines")
+    @classmethod
+    def _deadlines(cls, v: dict[str, str]) -> dict[str, str]:
+        merged = {**DEFAULT_DEADLINES, **v}
+        deadline_table(merged)  # raises ValueError naming the key or span at fault
+        return merged
 
     @field_validator("mqtt_topic_prefix")
     @classmethod

@@ -377,6 +377,7 @@ async def _lease(
                 "rates": {"tariff": DEMO_TARIFF},
             },
             by="demo",
+            since=since - timedelta(days=3),  # approved before installation began
         )
         decision = {
             "by": None,
@@ -397,16 +398,21 @@ async def _lease(
             await ms.application_history_add(
                 conn, app["id"], by=None, from_state=frm, to_state=to, note="polegw demo"
             )
+        # Taken along through the lease route's own store function, back-dated with
+        # its effective times (checked, and kept beside the time they were entered).
+        tz = since.tzinfo
+        assert tz is not None
         for days, state in ((2, "installing"), (1, "acceptance_test"), (0, "in_service")):
-            await ms.lease_history_add(
+            await ms.lease_transition(
                 conn,
                 lease["id"],
-                state,
+                mo.LeaseState(state),
                 by="demo",
+                role=SYSTEM.role,
                 note="dated back by polegw demo",
-                since=since - timedelta(days=days),
+                effective_at=since - timedelta(days=days),
+                tz=tz,
             )
-        await ms.lease_update(conn, lease["id"], {"state": mo.LeaseState.IN_SERVICE.value})
     return "made"
 
 

@@ -210,9 +210,10 @@ async def test_rule_overrides(
     key = "cabinet-monitor/over_temperature"
     put = await api.put(f"/api/v1/alarms/rules/{key}", json={"above": 65, "severity": "critical"})
     assert put.status_code == 200, put.text
+    # the clear level it did not give stays the profile's (issue 16, item 9)
     assert (put.json()["limit"], put.json()["clear"], put.json()["severity"]) == (
         65,
-        60,
+        55,
         "critical",
     )
     listed = {r["key"]: r for r in (await api.get("/api/v1/alarms/rules")).json()}
@@ -222,6 +223,9 @@ async def test_rule_overrides(
         "severity": "critical",
     }
 
+    unfit = await api.put(f"/api/v1/alarms/rules/{key}", json={"above": 50})
+    assert unfit.status_code == 422
+    assert unfit.json()["detail"][0]["loc"] == ["body", "clear_below"]
     bad = await api.put(f"/api/v1/alarms/rules/{key}", json={"clear_below": 70})
     assert bad.status_code == 422
     assert bad.json()["detail"][0]["loc"] == ["body", "clear_below"]

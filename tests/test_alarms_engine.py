@@ -202,8 +202,8 @@ def test_prime_lets_a_restarted_engine_clear() -> None:
 
 def test_overrides_and_disabled_rules() -> None:
     e = engine({"env-station/pm25_high": {"above": 100, "for_s": 0}})
-    # the profile's 15 ug/m3 hysteresis is kept: clears below 85
-    assert kinds(feed(e, "env", "pm25_ugm3", [90, 101, 86, 84])) == [".", "R", "U", "C"]
+    # the profile's clear level (60) is kept: 86 and 61 do not clear it, 59 does
+    assert kinds(feed(e, "env", "pm25_ugm3", [90, 101, 86, 61, 59])) == [".", "R", "U", "U", "C"]
     off = engine({"cabinet-monitor/smoke": {"enabled": False}})
     assert off.readings([Reading(T0, "cab", "smoke_detected", 1.0)], DEVICES.get, T0) == []
     # Disabling a rule clears its alarms that are on.
@@ -233,13 +233,25 @@ def test_bad_overrides_name_the_field(key: str, override: dict[str, object], fie
     assert caught.value.field == field
 
 
-def test_override_of_threshold_keeps_the_hysteresis() -> None:
-    rule = apply_override(CATALOG, "cabinet-monitor/over_temperature", {"above": 40})
-    assert (rule.limit, rule.clear) == (40, 35)  # the profile's 5 degree gap is kept
+def test_override_keeps_the_fields_it_does_not_give() -> None:
+    """Issue 16, item 9: `{"above": 71}` moved noise_high's clear level to 68 where the
+    profile says 67; a field left out keeps the profile's value."""
+    rule = apply_override(CATALOG, "env-station/noise_high", {"above": 71})
+    assert (rule.limit, rule.clear, rule.for_s, rule.severity) == (71, 67, 300, "warning")
+    rule = apply_override(CATALOG, "cabinet-monitor/over_temperature", {"above": 65})
+    assert (rule.limit, rule.clear) == (65, 55)
     rule = apply_override(
         CATALOG, "cabinet-monitor/over_temperature", {"above": 40, "clear_below": 39}
     )
     assert (rule.limit, rule.clear) == (40, 39)
+    # hysteresis given replaces the profile's clear level (not both)
+    rule = apply_override(CATALOG, "cabinet-monitor/over_temperature", {"hysteresis": 2})
+    assert (rule.limit, rule.clear) == (60, 58)
+    # a new limit the profile's clear level no longer fits: said, naming the clear level
+    with pytest.raises(OverrideProblem) as caught:
+        apply_override(CATALOG, "cabinet-monitor/over_temperature", {"above": 40})
+    assert caught.value.field == "clear_below"
+    assert "(55) is above the new above (40)" in str(caught.value)
     with pytest.raises(KeyError):
         apply_override(CATALOG, "cabinet-monitor/nope", {})
 

@@ -308,12 +308,15 @@ async def test_csv_and_html_exports_for_the_tenant_only(env: Env) -> None:
     assert f"invoice-{bid}-2026-11.csv" in r.headers["content-disposition"]
     rows = list(csv.DictReader(io.StringIO(r.text)))
     assert [(x["kind"], x["quantity"], x["unit_price"], x["amount"]) for x in rows] == [
-        ("rent", "30", "10", "300.00")
+        ("rent", "30", "10.0000", "300.00"),  # a unit price to 4 decimals (issue 16)
+        ("total", "", "", "300.00"),  # the last row: the bill's total (issue 16, item 18)
     ]
+    assert (rows[-1]["line"], rows[-1]["label"], rows[-1]["bill_id"]) == ("", "Total", str(bid))
     assert rows[0]["bill_id"] == str(bid)
     assert rows[0]["tenant_id"] == TENANT
     r = await env.client.get(f"/bills/{note['id']}/lines.csv", headers=env.tenant)
-    (row,) = list(csv.DictReader(io.StringIO(r.text)))
+    row, total = list(csv.DictReader(io.StringIO(r.text)))
+    assert (total["kind"], total["amount"]) == ("total", "-1.00")
     assert row["label"] == '\'=HYPERLINK("http://evil")'  # not a formula in a spreadsheet
     assert row["amount"] == "-1.00"  # numbers stay numbers
 

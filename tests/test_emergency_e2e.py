@@ -96,6 +96,19 @@ async def test_sos_event_opens_an_emergency_and_lights_go_full(
         assert alarm["state"] == "active"
         assert alarm["device_id"] == "P0001-sos"
 
+        # The work order the same alarm opened is linked to the emergency too (issue 16).
+        orders = (await api.get("/api/v1/work-orders", params={"pole": "P0001"})).json()
+        by_alarm = [o["id"] for o in orders["items"] if o["alarm_id"] == alarm["id"]]
+        assert len(by_alarm) == 1, orders
+        assert detail["work_order_ids"] == by_alarm
+
+        # The gateway's own doing is audited with its own role, not as an admin.
+        made = (await api.get("/api/v1/audit", params={"resource": "emergency"})).json()
+        assert [(e["actor"], e["actor_role"]) for e in made["items"]][-1] == (
+            "system (gateway)",
+            "system",
+        )
+
         # The protective commands are tracked records; no pole answers, so they time out.
         sent = commands(db, "P0001-lamp")
         assert {(c["command"], orjson.dumps(c["args"])) for c in sent} == {

@@ -247,3 +247,44 @@ def test_checklist_problems() -> None:
 )
 def test_sniff_content_type(head: bytes, kind: str | None) -> None:
     assert mt.sniff_content_type(head) == kind
+
+
+def test_deadlines_setting_is_merged_over_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16, item 10: giving only the urgent limits left serious orders with none."""
+    from gateway.adapters.work_orders import MaintenanceRules
+    from gateway.config import Settings
+
+    monkeypatch.setenv(
+        "POLEGW_WORKORDER_DEADLINES", '{"urgent.respond": "2h", "urgent.resolve": "24h"}'
+    )
+    settings = Settings(database_url="postgresql://unused/")
+    assert settings.workorder_deadlines == {**mt.DEFAULT_DEADLINES, "urgent.respond": "2h"}
+    table = MaintenanceRules.from_settings(settings).deadlines
+    assert table[mt.Priority.URGENT].respond == mt.Span(2, "h")
+    assert table[mt.Priority.SERIOUS].resolve == mt.Span(3, "wd")
+    # "" removes one default limit, and only that one
+    monkeypatch.setenv("POLEGW_WORKORDER_DEADLINES", '{"serious.resolve": ""}')
+    table = MaintenanceRules.from_settings(Settings(database_url="postgresql://unused/")).deadlines
+    assert table[mt.Priority.SERIOUS].resolve is None
+    assert table[mt.Priority.URGENT].respond == mt.Span(1, "h")
+
+
+@pytest.mark.parametrize(
+    ("given", "named"),
+    [
+        ('{"urgnt.respond": "2h"}', "'urgnt.respond': unknown priority 'urgnt' (one of"),
+        ('{"urgent.respnd": "2h"}', "'urgent.respnd': must end in .respond or .resolve"),
+        ('{"urgent.respond": "2 hours"}', "'urgent.respond': not a time limit: '2 hours'"),
+    ],
+)
+def test_deadlines_setting_refuses_bad_keys_naming_them(
+    monkeypatch: pytest.MonkeyPatch, given: str, named: str
+) -> None:
+    from pydantic import ValidationError
+
+    from gateway.config import Settings
+
+    monkeypatch.setenv("POLEGW_WORKORDER_DEADLINES", given)
+    with pytest.raises(ValidationError, match="workorder_deadlines") as caught:
+        Settings(database_url="postgresql://unused/")
+    assert named in str(caught.value)

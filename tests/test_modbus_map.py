@@ -137,6 +137,24 @@ def test_scale_and_offset_apply_to_the_raw_value(
     assert decode_point(point(table="input", address=0, **spec), registers) == pytest.approx(value)
 
 
+@pytest.mark.parametrize(
+    ("spec", "registers", "shown"),
+    [
+        # 2516767 x 0.01 is 25167.670000000002 as a float product (issue 16, item 17)
+        ({"type": "uint32", "scale": 0.01}, [0x0026, 0x671F], "25167.67"),
+        ({"type": "uint16", "scale": 0.1, "offset": -40}, [653], "25.3"),  # 25.299999999999997
+        ({"type": "uint16", "scale": 0.001}, [1234], "1.234"),
+        ({"type": "int16", "scale": 10}, [7], "70.0"),
+    ],
+)
+def test_a_scaled_register_reads_at_the_scales_resolution(
+    spec: dict[str, Any], registers: list[int], shown: str
+) -> None:
+    """The value is the decimal the register means, not a float product's noise: its
+    repr (what the API and the database get) has the scale's decimals."""
+    assert repr(decode_point(point(table="input", address=0, **spec), registers)) == shown
+
+
 def test_bools_come_from_coils_discrete_inputs_and_register_bits() -> None:
     the_map = modbus_map(
         {

@@ -254,6 +254,21 @@ async def test_full_flow_from_application_to_port_switched_on(env: Env) -> None:
     assert payload["command"] == "switch_port"
     assert payload["args"] == {"port": 1, "on": True}
 
+    # How the command ended is on the lease too (issue 16, item 18): no pole answers
+    # here, so it times out after the dispatcher's 0.3 s.
+    for _ in range(100):
+        switch = (await env.client.get(f"/leases/{lease_id}", headers=env.tenant_a)).json()[
+            "port_switch"
+        ]
+        if switch["finished_at"] is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert (switch["state"], switch["command_id"]) == (
+        "timed_out",
+        lease["port_switch"]["command_id"],
+    )
+    assert "no reply" in switch["command_error"]
+
     lease = await lease_to(env, lease_id, "suspended")
     assert lease["port_switch"]["on"] is False
     assert lease["port_switch"]["sent"] is True
@@ -290,8 +305,12 @@ async def test_tenants_see_only_their_own(env: Env) -> None:
     # staff do not apply, and the tenant comes from the caller, never the body
     r = await env.client.post("/applications", json=application(["M2"]), headers=env.operator)
     assert r.status_code == 403
+    # (a tenant_id in the body is refused, naming it: no body field is ignored)
     body = application(["M2"]) | {"tenant_id": "tn-b"}
-    other = await submit(env, body)
+    r = await env.client.post("/applications", json=body, headers=env.tenant_a)
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "tenant_id"]
+    other = await submit(env, application(["M2"]))
     r = await env.client.get(f"/applications/{other}", headers=env.tenant_a)
     assert r.json()["tenant_id"] == "tn-a"
     r = await env.client.get("/leases", headers=env.tenant_b)

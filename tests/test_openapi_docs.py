@@ -55,3 +55,38 @@ def test_the_api_declares_its_security_schemes() -> None:
     token = doc["paths"]["/api/v1/auth/token"]["post"]
     assert "security" not in token  # the one route that needs no credentials
     assert doc["paths"]["/api/v1/poles"]["get"]["security"]
+
+
+def test_every_metering_flag_is_listed() -> None:
+    """Issue 16, item 18: `wrapped` was in no list of flags. The API's schemas of usage
+    flags and bill lines enumerate them all, and the README names each."""
+    from pathlib import Path
+
+    from gateway.core.metering import Flag
+
+    schemas = openapi()["components"]["schemas"]
+    for name in ("UsageFlag", "BillLine"):
+        flags = resolve(openapi(), schemas[name]["properties"]["flags"]["items"])
+        assert set(flags["enum"]) == {f.value for f in Flag}, name
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert all(f"`{f.value}`" in readme for f in Flag)
+
+
+def test_readme_api_examples_carry_credentials() -> None:
+    """Issue 16, item 18: the README's command example had no credentials and answered
+    401 as written. Every curl of an /api/v1 route but the login sends some."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    # one command per entry: join continued lines
+    commands = re.sub(r"\\\n\s*", " ", readme).splitlines()
+    calls = [c for c in commands if "curl" in c and "/api/v1/" in c]
+    assert len(calls) >= 3
+    bare = [
+        c
+        for c in calls
+        if "/api/v1/auth/token" not in c and "Authorization: Bearer" not in c
+        if "X-API-Key" not in c
+    ]
+    assert not bare, f"README examples that would answer 401: {bare}"

@@ -617,6 +617,7 @@ READABLE = {
     "tariffs",
     "telemetry_15m",
     "tenants",
+    "usage_flags",  # its own flags (migration 0016: the policy of 0013 had no grant)
     "users",
 }
 
@@ -751,12 +752,14 @@ def test_sql_as_the_role_with_its_own_grants(env: Env) -> None:
         assert rows == [(env.a.bill, A)]
         rows = conn.execute("SELECT tenant_id FROM users").fetchall()
         assert {r[0] for r in rows} == {A}
+        # Its own usage flags, as the README says (issue 16, item 18), and no others.
+        rows = conn.execute("SELECT port_id, lease_id FROM usage_flags").fetchall()
+        assert rows == [(env.a.port, env.a.lease)]
         # Secrets and other tables' data are not readable at all.
         denied: tuple[LiteralString, ...] = (
             "SELECT password_hash FROM users",
             "SELECT secret_sha256 FROM api_keys",
             "SELECT * FROM audit_log",
-            "SELECT * FROM usage_flags",
             "SELECT * FROM telemetry",
         )
         for query in denied:

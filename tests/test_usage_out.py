@@ -58,7 +58,7 @@ def usage_out_reference(
             totals[period] += part.kwh
             if mt.Flag.ESTIMATED in part.flags:
                 estimated[key] += part.kwh
-    q = Decimal("0.000001")
+    q = mt.KWH  # kWh as shown (issue 16, item 17)
     return PortUsageOut(
         port_id=usage.port.id,
         tenant_id=tenant_id,

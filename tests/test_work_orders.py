@@ -15,6 +15,7 @@ import pytest
 from fastapi.routing import APIRoute
 from psycopg_pool import AsyncConnectionPool
 
+from gateway.adapters import emergency_store
 from gateway.adapters.work_orders import (
     MaintenanceRules,
     WorkOrderPolicy,
@@ -378,3 +379,47 @@ def test_rules_from_settings() -> None:
     assert due.response_due == datetime(2026, 11, 23, 3, tzinfo=UTC)
     with pytest.raises(ValueError, match="not a priority"):
         MaintenanceRules.from_settings(Settings(workorder_auto_open={"severity:major": "soon"}))
+
+
+@pytest.mark.parametrize("work_order_first", [True, False])
+async def test_an_emergency_links_the_work_order_its_alarm_opened(
+    env: Env, work_order_first: bool
+) -> None:
+    """Issue 16, item 8: an SOS alarm opened an emergency and a work order, but the
+    emergency listed no work order. Both listeners run in the alarm's transaction;
+    whichever runs second links them, through the alarm. A later alarm of the same
+    fault, noted on the same order and joining the same emergency, links nothing new."""
+    kind = "sos_call" if work_order_first else "flooding"
+    fault = f"{kind}_{secrets.token_hex(3)}"
+    at = datetime.now(UTC)
+    first, again = (alarm(env, fault=fault, severity="critical", pole="P0003", at=at) for _ in "12")
+
+    async def emergency(event: AlarmEvent) -> int:
+        async with env.pool.connection() as conn, conn.transaction():
+            eid, _ = await emergency_store.open_or_join(
+                conn,
+                type=kind,
+                pole_id="P0003",
+                title="test",
+                text="test",
+                by="system",
+                alarm_id=event.alarm_id,
+            )
+        return eid
+
+    for event in (first, again):
+        if work_order_first:
+            await raise_alarm(env, event)
+            eid = await emergency(event)
+        else:
+            eid = await emergency(event)
+            await raise_alarm(env, event)
+    orders = (
+        await env.client.get("/work-orders", params={"pole": "P0003"}, headers=env.operator)
+    ).json()["items"]
+    (order,) = [o for o in orders if o["fault"] == fault]
+    async with env.pool.connection() as conn:
+        detail = await emergency_store.detail(conn, eid)
+    assert detail is not None
+    assert detail["alarm_ids"] == [first.alarm_id, again.alarm_id]
+    assert detail["work_order_ids"] == [order["id"]]

@@ -39,7 +39,7 @@ async def append(
         " VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::jsonb)",
         (
             actor.name if actor.via == "token" else f"{actor.name} ({actor.via})",
-            actor.role.value,
+            actor.audit_role,
             action,
             resource,
             str(resource_id),

@@ -31,7 +31,7 @@ from gateway.core.profiles import ProfileCatalog
 
 Row = dict[str, Any]
 
-KWH = Decimal("0.000001")
+KWH = mt.KWH
 HOURS = Decimal("0.000001")
 PERIOD_ORDER = {p: i for i, p in enumerate(tf.Period)}
 

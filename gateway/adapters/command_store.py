@@ -13,6 +13,17 @@ Row = dict[str, Any]
 
 _COLUMNS = "id, device_id, command, args, state, error, result, created_at, sent_at, finished_at"
 
+# A lease's port switch (leases.port_switch, written by the lease route with the
+# command id) takes the outcome of its command when the command ends.
+# mounting_store.lease_port_switch takes it if the command ended first.
+_OUTCOME_TO_LEASES = (
+    "UPDATE leases l SET port_switch = l.port_switch || jsonb_build_object("
+    "'state', d.state, 'command_error', d.error, 'finished_at', d.finished_at)"
+    " FROM device_commands d"
+    " WHERE l.port_switch ->> 'command_id' = d.id::text AND d.finished_at IS NOT NULL"
+    " AND l.port_switch ->> 'finished_at' IS NULL"
+)
+
 
 class CommandStore:
     def __init__(self, pool: AsyncConnectionPool) -> None:
@@ -40,7 +51,7 @@ class CommandStore:
     async def finished(
         self, command_id: uuid.UUID, state: str, *, error: str | None = None, result: object = None
     ) -> None:
-        async with self._pool.connection() as conn:
+        async with self._pool.connection() as conn, conn.transaction():
             await conn.execute(
                 "UPDATE device_commands SET state = %s, error = %s, result = %s::jsonb,"
                 " finished_at = now() WHERE id = %s",
@@ -51,6 +62,7 @@ class CommandStore:
                     command_id,
                 ),
             )
+            await conn.execute(_OUTCOME_TO_LEASES + " AND d.id = %s", (command_id,))
 
     async def get(self, device_id: str, command_id: uuid.UUID) -> Row | None:
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
@@ -72,10 +84,11 @@ class CommandStore:
 
     async def abandon_unfinished(self) -> int:
         """At start-up: commands a previous process did not finish are failed, with why."""
-        async with self._pool.connection() as conn:
+        async with self._pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "UPDATE device_commands SET state = 'failed', finished_at = now(),"
                 " error = 'the gateway restarted before the command finished'"
                 " WHERE state IN ('pending', 'sent')"
             )
+            await conn.execute(_OUTCOME_TO_LEASES)
             return cur.rowcount

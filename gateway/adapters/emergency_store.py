@@ -70,6 +70,7 @@ async def open_or_join(
     eid = int(row["id"])
     await add_entry(conn, eid, "raised", by, text, {"alarm_id": alarm_id})
     await link_alarm(conn, eid, alarm_id)
+    await link_work_orders_of_alarm(conn, eid, alarm_id)
     return eid, bool(row["inserted"])
 
 
@@ -100,6 +101,29 @@ async def link_work_order(conn: Conn, eid: int, work_order_id: int) -> None:
         "INSERT INTO emergency_work_orders (emergency_id, work_order_id) VALUES (%s, %s)"
         " ON CONFLICT DO NOTHING",
         (eid, work_order_id),
+    )
+
+
+async def link_work_orders_of_alarm(conn: Conn, eid: int, alarm_id: int) -> None:
+    """Link the emergency to the work orders the same alarm opened or joined (when the
+    work-order listener ran first); `link_alarm_work_order` is the other half."""
+    await conn.execute(
+        "INSERT INTO emergency_work_orders (emergency_id, work_order_id)"
+        " SELECT %s, id FROM work_orders WHERE alarm_id = %s"
+        " UNION SELECT %s, work_order_id FROM work_order_notes WHERE alarm_id = %s"
+        " ON CONFLICT DO NOTHING",
+        (eid, alarm_id, eid, alarm_id),
+    )
+
+
+async def link_alarm_work_order(conn: Conn, alarm_id: int, work_order_id: int) -> None:
+    """Link a work order that an alarm opened (or joined) to the emergencies the same
+    alarm opened or joined (when the emergency listener ran first)."""
+    await conn.execute(
+        "INSERT INTO emergency_work_orders (emergency_id, work_order_id)"
+        " SELECT emergency_id, %s FROM emergency_alarms WHERE alarm_id = %s"
+        " ON CONFLICT DO NOTHING",
+        (work_order_id, alarm_id),
     )
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from decimal import Decimal
+from functools import lru_cache
 from typing import Final
 
 from pymodbus.client.mixin import ModbusClientMixin
@@ -62,11 +64,27 @@ def _raw_number(registers: Sequence[int], point: ModbusPoint) -> int | float:
     return raw
 
 
+@lru_cache(maxsize=1024)
+def _places(scale: float, offset: float) -> int | None:
+    """The decimal places of raw * scale + offset for an integer raw: those of the
+    scale and offset as written (0.01 -> 2). None when they have too many to mean a
+    resolution (a scale of 1/3): the value is left as computed."""
+    places = max(0, *(-int(Decimal(repr(x)).as_tuple().exponent) for x in (scale, offset)))
+    return places if places <= 12 else None
+
+
 def _scaled(raw: int | float, point: ModbusPoint) -> float:
     # Unscaled integers stay exact (a 64-bit counter is not rounded to a float here).
     if point.scale == 1 and point.offset == 0:
         return raw
-    return raw * point.scale + point.offset
+    value = raw * point.scale + point.offset
+    if isinstance(raw, int):
+        # An integer register has the scale's resolution: 2516767 x 0.01 is 25167.67,
+        # not the float product 25167.670000000002.
+        places = _places(point.scale, point.offset)
+        if places is not None:
+            return round(value, places)
+    return value
 
 
 class BlockDecoder:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 import orjson
@@ -18,6 +18,7 @@ from psycopg.rows import dict_row
 from psycopg.sql import SQL, Identifier
 
 from gateway.core import mounting as mo
+from gateway.core.auth import Role
 
 Row = dict[str, Any]
 Conn = psycopg.AsyncConnection[Any]
@@ -449,7 +450,9 @@ async def lease_list(
     )
 
 
-async def lease_insert(conn: Conn, values: dict[str, object], *, by: str) -> Row:
+async def lease_insert(
+    conn: Conn, values: dict[str, object], *, by: str, since: datetime | None = None
+) -> Row:
     cols = list(values)
     query = SQL("INSERT INTO leases ({}) VALUES ({}) RETURNING *").format(
         SQL(", ").join(Identifier(c) for c in cols),
@@ -460,7 +463,9 @@ async def lease_insert(conn: Conn, values: dict[str, object], *, by: str) -> Row
     ]
     row = await _one(conn, query, params)
     assert row is not None
-    await lease_history_add(conn, row["id"], row["state"], by=by, note="created by approval")
+    await lease_history_add(
+        conn, row["id"], row["state"], by=by, note="created by approval", since=since
+    )
     return row
 
 
@@ -496,6 +501,71 @@ async def lease_history_add(
         " VALUES (%s, %s, %s, %s, coalesce(%s, now()))",
         (lease_id, state, by, note, since),
     )
+
+
+async def lease_transition(
+    conn: Conn,
+    lease_id: int,
+    to: mo.LeaseState,
+    *,
+    by: str,
+    role: Role,
+    note: str,
+    effective_at: datetime | None,
+    tz: tzinfo,
+) -> tuple[Row, Row] | None:
+    """Move the lease to `to`, in effect from `effective_at` (now when None), entered
+    now by `by`: the state, the history row (effective and entry time, who) and, on
+    first entering service without a term start, `starts_on`. Returns the lease
+    before and after, or None if there is no such lease. Raises mo.TransitionRefused
+    (the move is not allowed to `role`) or mo.EffectiveTimeRefused (the time is in
+    the future or before the previous transition). Billing reads the history's
+    effective times, so a transition entered late bills its past days."""
+    before = await lease_get(conn, lease_id, lock=True)
+    if before is None:
+        return None
+    mo.check_lease_transition(mo.LeaseState(before["state"]), to, role)
+    last = await _one(
+        conn,
+        "SELECT now() AS now, (SELECT since FROM lease_history WHERE lease_id = %s"
+        " ORDER BY since DESC, id DESC LIMIT 1) AS previous",
+        (lease_id,),
+    )
+    assert last is not None
+    effective: datetime = last["now"]
+    if effective_at is not None:
+        mo.check_effective_at(effective_at, previous=last["previous"], now=last["now"])
+        effective = effective_at
+    values: dict[str, object] = {"state": to.value}
+    starts_on = mo.starts_on_for(to, before["starts_on"], effective, tz)
+    if starts_on != before["starts_on"]:
+        values["starts_on"] = starts_on
+    row = await lease_update(conn, lease_id, values)
+    await lease_history_add(conn, lease_id, to.value, by=by, note=note, since=effective)
+    return before, row
+
+
+async def lease_port_switch(conn: Conn, lease_id: int, switch: dict[str, object]) -> Row:
+    """Keep the port switch asked for a state change on the lease; its command's
+    outcome (state, command_error, finished_at) is added when the command ends
+    (command_store.CommandStore.finished), or here if it already has. The command
+    row is locked first, so an outcome committed at the same moment is not missed."""
+    command_id = switch.get("command_id")
+    if command_id is not None:
+        done = await _one(
+            conn,
+            "SELECT state, error, finished_at FROM device_commands WHERE id = %s FOR SHARE",
+            (command_id,),
+        )
+        if done is not None and done["finished_at"] is not None:
+            switch = switch | {
+                "state": done["state"],
+                "command_error": done["error"],
+                "finished_at": done["finished_at"],
+            }
+        elif done is not None:
+            switch = switch | {"state": done["state"]}
+    return await lease_update(conn, lease_id, {"port_switch": switch})
 
 
 async def lease_history(conn: Conn, lease_id: int) -> list[Row]:

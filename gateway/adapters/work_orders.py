@@ -14,7 +14,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from gateway.adapters import audit
+from gateway.adapters import audit, emergency_store
 from gateway.config import Settings
 from gateway.core import maintenance as mt
 from gateway.core.auth import SYSTEM
@@ -334,6 +334,8 @@ class WorkOrderPolicy:
                 return
             order_id, text = order_id_, f"alarm #{alarm.alarm_id} raised again: {alarm.message}"
         await _system_note(conn, order_id, text, alarm.alarm_id)
+        # The emergency this alarm opened (if any, and if it was made first) links it.
+        await emergency_store.link_alarm_work_order(conn, alarm.alarm_id, order_id)
 
     async def alarm_cleared(self, conn: psycopg.AsyncConnection[Any], alarm: AlarmEvent) -> None:
         order_id = await _unfinished_order(conn, alarm.pole_id, alarm.fault)

@@ -5,9 +5,19 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 T = TypeVar("T")
+
+
+class RequestBody(BaseModel):
+    """The base of every JSON request body: a field the API does not know is refused.
+
+    A client that sends `"at"` where the route takes `"effective_at"` must learn it at once
+    (422 naming the field), not believe the server took it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class Page(BaseModel, Generic[T]):

@@ -292,14 +292,24 @@ def apply_override(
         if f in override:
             raise OverrideProblem(f, "applies to offline rules only")
     data = spec.model_dump(exclude_none=True) | dict(override)
-    # A new threshold keeps the profile's hysteresis (the gap to its clear level)
-    # unless a clear level or hysteresis is given with it.
+    # Fields left out keep the profile's value, a clear level included: a new
+    # threshold does not move it. A clear level and a hysteresis are two ways of
+    # saying one thing, so the one given replaces the profile's other.
     for limit, clear in (("above", "clear_below"), ("below", "clear_above")):
-        if limit in override and clear not in override and "hysteresis" not in override:
-            old_limit, old_clear = getattr(spec, limit), getattr(spec, clear)
+        if "hysteresis" in override and clear not in override:
             data.pop(clear, None)
-            if old_limit is not None and old_clear is not None:
-                data["hysteresis"] = abs(old_limit - old_clear)
+        if clear in override and "hysteresis" not in override:
+            data.pop("hysteresis", None)
+        kept, new_limit = data.get(clear), override.get(limit)
+        if clear in override or "hysteresis" in override or kept is None or new_limit is None:
+            continue
+        if (kept > new_limit) if limit == "above" else (kept < new_limit):
+            side = "above" if limit == "above" else "below"
+            raise OverrideProblem(
+                clear,
+                f"the profile's {clear} ({kept:g}) is {side} the new {limit} ({new_limit:g}):"
+                f" give {clear} (or hysteresis) with it",
+            )
     data = {k: v for k, v in data.items() if v is not None}
     try:
         merged = RuleSpec.model_validate(data)

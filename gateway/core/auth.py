@@ -33,6 +33,13 @@ class Principal:
     role: Role
     tenant_id: str | None = None  # set exactly when role is tenant
     via: str = "token"  # "token" or "api_key:<id>"
+    system: bool = False  # the gateway itself, acting on its own (see SYSTEM)
+
+    @property
+    def audit_role(self) -> str:
+        """The role the audit log records: the gateway's own actions say `system`, so
+        they are never mistaken for an administrator's."""
+        return SYSTEM_ROLE if self.system else self.role.value
 
     @property
     def is_staff(self) -> bool:
@@ -40,8 +47,11 @@ class Principal:
 
 
 # The actor of what the gateway does on its own (automatic work orders,
-# emergency actions), as the audit log records it.
-SYSTEM = Principal(0, "system", Role.ADMIN, via="gateway")
+# emergency actions). It acts with an administrator's rights, but it is no user
+# (no user can have role "system": users.role is constrained to Role), and the
+# audit log records its role as SYSTEM_ROLE.
+SYSTEM_ROLE = "system"
+SYSTEM = Principal(0, "system", Role.ADMIN, via="gateway", system=True)
 
 
 @dataclass(slots=True)

@@ -18,6 +18,8 @@ from html import escape
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from gateway.core.tariffs import unit_price
+
 CSV_COLUMNS = (
     "bill_id",
     "bill_kind",
@@ -78,7 +80,8 @@ def _cell(value: object) -> object:
 
 
 def lines_csv(bill: Mapping[str, Any]) -> str:
-    """One row per line of the bill, in order, with the bill's identity on each."""
+    """One row per line of the bill, in order, with the bill's identity on each, then
+    a last row of kind `total` with the bill's total amount (and no line number)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
@@ -90,7 +93,18 @@ def lines_csv(bill: Mapping[str, Any]) -> str:
             "month": bill["month"],
             "line": n,
         }
-        writer.writerow([_cell(head[c] if c in head else ln.get(c)) for c in CSV_COLUMNS])
+        shown = {**ln, "unit_price": unit_price(Decimal(ln["unit_price"]))}
+        writer.writerow([_cell(head[c] if c in head else shown.get(c)) for c in CSV_COLUMNS])
+    total = {
+        "bill_id": bill["id"],
+        "bill_kind": bill["kind"],
+        "tenant_id": bill["tenant_id"],
+        "month": bill["month"],
+        "kind": "total",
+        "label": "Total",
+        "amount": Decimal(bill["total_amount"]).quantize(Decimal("0.01")),
+    }
+    writer.writerow([_cell(total.get(c)) for c in CSV_COLUMNS])
     return out.getvalue()
 
 

@@ -122,10 +122,16 @@ def deadline_table(config: Mapping[str, str]) -> dict[Priority, Limits]:
         try:
             priority = Priority(name)
         except ValueError:
-            raise ValueError(f"deadline {key!r}: unknown priority {name!r}") from None
+            known = ", ".join(p.value for p in Priority)
+            raise ValueError(
+                f"deadline {key!r}: unknown priority {name!r} (one of {known})"
+            ) from None
         if which not in ("respond", "resolve"):
             raise ValueError(f"deadline {key!r}: must end in .respond or .resolve")
-        span = Span.parse(value) if value.strip() else None
+        try:
+            span = Span.parse(value) if value.strip() else None
+        except ValueError as exc:
+            raise ValueError(f"deadline {key!r}: {exc}") from None
         (respond if which == "respond" else resolve)[priority] = span
     return {p: Limits(respond[p], resolve[p]) for p in Priority}
 

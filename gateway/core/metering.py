@@ -35,12 +35,18 @@ from itertools import pairwise
 from typing import Generic, TypeVar
 
 ZERO = Decimal(0)
+# kWh as shown and billed (usage, bill lines): 1 Wh, as fine as the finest port
+# meter register (0.01 kWh in the shipped profiles). Below it a split interval's
+# share or a float reading's noise (115.819999) is no energy anyone measured.
+KWH = Decimal("0.001")
 HOUR_S = Decimal(3600)
 GLITCH_RUN = 3  # the longest run of odd readings taken for a glitch
 V = TypeVar("V")
 
 
 class Flag(StrEnum):
+    """What happened to an interval's counter delta (FLAG_MEANINGS says each in words)."""
+
     WRAPPED = "wrapped"
     RESET = "reset"
     GLITCH = "glitch"
@@ -48,6 +54,18 @@ class Flag(StrEnum):
     CAPPED = "capped"
     GAP = "gap"
     ESTIMATED = "estimated"
+
+
+FLAG_MEANINGS: dict[Flag, str] = {
+    Flag.WRAPPED: "the counter rolled over its maximum (the delta counts across it)",
+    Flag.RESET: "the meter restarted from 0 (the delta is the new value)",
+    Flag.GLITCH: "a one-off odd reading was dropped",
+    Flag.REPLACED: "the meter was replaced (old and new counters both counted)",
+    Flag.CAPPED: "above rated power x time: capped, the excess not billed (excess_kwh)",
+    Flag.GAP: "readings further apart than the gap limit",
+    Flag.ESTIMATED: "energy across a gap with a reset, estimated from the neighbours",
+}
+FLAGS_DOC = "; ".join(f"`{f.value}`: {text}" for f, text in FLAG_MEANINGS.items())
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date, datetime, tzinfo
 from enum import StrEnum
 from typing import TypeVar
 
@@ -319,6 +320,35 @@ class TransitionRefused(Exception):
         super().__init__(message)
         self.reason = reason  # "illegal" (409) or "forbidden" (403)
         self.message = message
+
+
+class EffectiveTimeRefused(ValueError):
+    """An effective time a lease transition cannot have; the message says why."""
+
+
+def check_effective_at(effective: datetime, *, previous: datetime | None, now: datetime) -> None:
+    """A transition entered after the fact takes effect at `effective`: not in the
+    future (`now`), and not before the lease's previous transition (its history
+    stays in order, and a state never lasts a negative time)."""
+    if effective > now:
+        raise EffectiveTimeRefused(
+            f"{effective.isoformat()} is in the future (now is {now.isoformat()})"
+        )
+    if previous is not None and effective < previous:
+        raise EffectiveTimeRefused(
+            f"{effective.isoformat()} is before the lease's previous transition"
+            f" ({previous.isoformat()})"
+        )
+
+
+def starts_on_for(
+    to: LeaseState, starts_on: date | None, effective: datetime, tz: tzinfo
+) -> date | None:
+    """A lease with no term start (one not made from an application's term) starts on
+    the local day it first goes into service; a term start it has is kept."""
+    if starts_on is None and to is LeaseState.IN_SERVICE:
+        return effective.astimezone(tz).date()
+    return starts_on
 
 
 def allowed_moves(moves: Mapping[tuple[S, S], frozenset[Role]], current: S) -> list[S]:

@@ -28,12 +28,21 @@ from gateway.core.alarms import EMERGENCY_TYPES
 from gateway.core.metering import ZERO, Cuts, Flag, Interval, Pieces, split_interval, utc
 
 CENT = Decimal("0.01")
+# A unit price as shown (API, CSV, invoice): 4 decimals, so a day's rent of
+# 450 / 31 reads 14.5161, not 14.51612903225806451612903226. Amounts are computed
+# from the exact price and rounded once to the fen (`money`).
+UNIT_PRICE = Decimal("0.0001")
 Money = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=6)]
 
 
 def money(amount: Decimal) -> Decimal:
     """Round to the fen (0.01 CNY), half up: done once, on a bill line."""
     return amount.quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def unit_price(price: Decimal) -> Decimal:
+    """A unit price as shown, to UNIT_PRICE, half up."""
+    return price.quantize(UNIT_PRICE, rounding=ROUND_HALF_UP)
 
 
 class Period(StrEnum):

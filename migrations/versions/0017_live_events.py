@@ -11,7 +11,7 @@ telemetry writer adds `telemetry` notices itself). Row-level triggers are fine:
 these tables change a few times a second at most.
 
 Revision ID: 0017
-Revises: 0015 (the lead chains it after 0016)
+Revises: 0016
 Create Date: 2026-12-05
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0017"
-down_revision = "0015"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.adapters.alarm_store import AlarmStore
 from gateway.api.deps import Context
 from gateway.api.errors import bad_param, not_found
-from gateway.api.schemas import Page
+from gateway.api.schemas import Page, RequestBody
 from gateway.api.security import Audit, Managers, Staff
 from gateway.core.alarms import OverrideProblem, Rule, apply_override, compile_rules
 
@@ -40,8 +40,8 @@ class Alarm(BaseModel):
     ack_note: str | None = Field(None, description="What the acknowledger wrote")
     cleared_at: datetime | None
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [
                 {
                     "id": 17,
@@ -63,12 +63,10 @@ class Alarm(BaseModel):
                 }
             ]
         }
-    }
+    )
 
 
-class AckBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class AckBody(RequestBody):
     note: str | None = Field(
         None, max_length=2000, description="What was seen or done (shown with the alarm)"
     )
@@ -94,7 +92,7 @@ class AlarmRule(BaseModel):
     override: dict[str, Any] | None = Field(None, description="The site's override, if any")
 
 
-class RuleOverride(BaseModel):
+class RuleOverride(RequestBody):
     """What a site changes of a rule; fields left out keep the profile's value."""
 
     enabled: bool | None = None
@@ -109,13 +107,13 @@ class RuleOverride(BaseModel):
     after_intervals: int | None = Field(None, ge=1, description="offline rules")
     interval_s: float | None = Field(None, gt=0, description="offline rules (MQTT devices)")
 
-    model_config = {
-        "allow_inf_nan": False,  # 1e999 parses as inf: a limit must be a number
-        "extra": "forbid",
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        allow_inf_nan=False,
+        extra="forbid",
+        json_schema_extra={
             "examples": [{"above": 65, "clear_below": 58, "for_s": 120, "severity": "critical"}]
         },
-    }
+    )
 
 
 def _rule_out(rule: Rule, override: dict[str, Any] | None) -> AlarmRule:

@@ -10,12 +10,12 @@ from typing import Annotated, Any, Literal, Self
 
 import psycopg
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.adapters import mounting_store as ms
 from gateway.api.deps import Context
 from gateway.api.errors import bad_param, not_found
-from gateway.api.schemas import Page
+from gateway.api.schemas import Page, RequestBody
 from gateway.api.security import AnyUser, Audit, AuditTrail, Managers, Staff
 from gateway.core import mounting as mo
 from gateway.core.auth import Principal
@@ -28,13 +28,13 @@ Supply = Literal["AC", "DC"]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such application"}}
 
 
-class Dimensions(BaseModel):
+class Dimensions(RequestBody):
     width_mm: float = Field(gt=0)
     height_mm: float = Field(gt=0)
     depth_mm: float = Field(gt=0)
 
 
-class DeviceItem(BaseModel):
+class DeviceItem(RequestBody):
     type: str = Field(min_length=1, max_length=100, description="e.g. 5G micro station")
     model: str = Field("", max_length=100)
     quantity: int = Field(1, ge=1, le=100, description="On each target pole")
@@ -44,18 +44,18 @@ class DeviceItem(BaseModel):
     power_w: float = Field(0, ge=0, le=1_000_000)
 
 
-class TargetPole(BaseModel):
+class TargetPole(RequestBody):
     pole_id: str = Field(max_length=64)
     slots: list[str] = Field(default_factory=list, max_length=20, description="Preferred slots")
 
 
-class AttachmentRef(BaseModel):
+class AttachmentRef(RequestBody):
     name: str = Field(min_length=1, max_length=200)
     url: str = Field(min_length=1, max_length=2000, description="Where the document is kept")
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
 
-class Equipment(BaseModel):
+class Equipment(RequestBody):
     """What is to be mounted (the same on each target pole)."""
 
     devices: list[DeviceItem] = Field(min_length=1, max_length=50)
@@ -98,7 +98,7 @@ class NewApplication(Equipment):
     term_end: date | None = None
     poles: list[TargetPole] = Field(min_length=1, max_length=200)
 
-    model_config = {"json_schema_extra": {"examples": [EXAMPLE]}}
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE]})
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -135,18 +135,18 @@ class Application(BaseModel):
     updated_at: datetime
 
 
-class Transition(BaseModel):
+class Transition(RequestBody):
     to: mo.ApplicationState
     reasons: list[str] = Field(
         default_factory=list, max_length=50, description="Required to return or reject"
     )
     note: str = Field("", max_length=10_000)
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [{"to": "returned", "reasons": ["the wind area of the antenna is missing"]}]
         }
-    }
+    )
 
 
 class HistoryEntry(BaseModel):
@@ -189,13 +189,13 @@ class Review(BaseModel):
     approvable: bool
 
 
-class Override(BaseModel):
+class Override(RequestBody):
     pole_id: str = Field(max_length=64)
     check: str = Field(description=f"One of: {', '.join(mo.CHECK_NAMES)}")
     reason: str = Field(min_length=1, max_length=2000)
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [
                 {
                     "pole_id": "P0001",
@@ -204,7 +204,7 @@ class Override(BaseModel):
                 }
             ]
         }
-    }
+    )
 
 
 class OverrideRecord(BaseModel):
@@ -217,14 +217,14 @@ class OverrideRecord(BaseModel):
     at: datetime
 
 
-class PoleAssignment(BaseModel):
+class PoleAssignment(RequestBody):
     pole_id: str = Field(max_length=64)
     slot_id: str | None = Field(None, max_length=64)
     compartment_id: str | None = Field(None, max_length=64)
     port_id: str | None = Field(None, max_length=64)
 
 
-class Approval(BaseModel):
+class Approval(RequestBody):
     assignments: list[PoleAssignment] = Field(
         default_factory=list,
         description="Per pole; a pole left out gets the review's suggested assignment",
@@ -237,8 +237,8 @@ class Approval(BaseModel):
     )
     note: str = Field("", max_length=10_000)
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [
                 {
                     "assignments": [
@@ -253,7 +253,7 @@ class Approval(BaseModel):
                 }
             ]
         }
-    }
+    )
 
 
 class Approved(BaseModel):

@@ -9,13 +9,13 @@ from typing import Annotated
 import anyio
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.security import OAuth2PasswordRequestForm
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.adapters.credentials import hash_password, new_api_key, verify_password
 from gateway.adapters.users import Row, UnknownTenant, UserExists, principal_of
 from gateway.api.deps import Context
 from gateway.api.errors import bad_param, not_found
-from gateway.api.schemas import Page
+from gateway.api.schemas import Page, RequestBody
 from gateway.api.security import Admin, AnyUser, Audit
 from gateway.core.auth import Role
 
@@ -37,7 +37,7 @@ class User(BaseModel):
     created_at: datetime
 
 
-class NewUser(BaseModel):
+class NewUser(RequestBody):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[\w.@-]+$")
     role: Role
     tenant_id: str | None = Field(None, max_length=64, description="Required for role tenant")
@@ -49,26 +49,26 @@ class NewUser(BaseModel):
             raise ValueError("tenant_id is required for role tenant and not allowed otherwise")
         return self
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [
                 {"name": "li.wei", "role": "maintainer", "password": "correct horse battery"}
             ]
         }
-    }
+    )
 
 
-class UserPatch(BaseModel):
+class UserPatch(RequestBody):
     disabled: bool
 
-    model_config = {"json_schema_extra": {"examples": [{"disabled": True}]}}
+    model_config = ConfigDict(json_schema_extra={"examples": [{"disabled": True}]})
 
 
-class NewKey(BaseModel):
+class NewKey(RequestBody):
     name: str = Field(min_length=1, max_length=100, description="What the key is for")
     user_id: int | None = Field(None, description="Admins may create a key for another user")
 
-    model_config = {"json_schema_extra": {"examples": [{"name": "SCADA export"}]}}
+    model_config = ConfigDict(json_schema_extra={"examples": [{"name": "SCADA export"}]})
 
 
 class ApiKey(BaseModel):

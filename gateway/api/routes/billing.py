@@ -14,15 +14,16 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import HTMLResponse, Response
 from psycopg import AsyncConnection
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from gateway.adapters.billing_store import BillConflict, BillingStore, dumps
 from gateway.api.deps import ApiContext, Context
 from gateway.api.errors import not_found
-from gateway.api.schemas import Page
+from gateway.api.schemas import Page, RequestBody
 from gateway.api.security import AnyUser, Audit, Managers
 from gateway.config import Settings
 from gateway.core import invoice
+from gateway.core import metering as mt
 from gateway.core import tariffs as tf
 from gateway.core.auth import Principal
 
@@ -60,13 +61,14 @@ class BillLine(BaseModel):
         " (credit), 1 (correction)"
     )
     unit: str
-    unit_price: Decimal = Field(
+    unit_price: Annotated[Decimal, AfterValidator(tf.unit_price)] = Field(
         description="CNY per kWh, per day (monthly / days in month), per hour (credit:"
-        " share x monthly / (days x 24), negative), or per item"
+        " share x monthly / (days x 24), negative), or per item; shown to 4 decimals (the"
+        " amount is computed from the exact price)"
     )
     amount: Decimal = Field(description="CNY, rounded once to 0.01 (credits: negative)")
     estimated: bool
-    flags: list[str]
+    flags: list[mt.Flag] = Field(description=mt.FLAGS_DOC)
 
 
 class Bill(BaseModel):
@@ -101,11 +103,13 @@ class BillWithLines(Bill):
     credit_notes: list[int] = Field(description="Credit notes correcting this invoice")
 
 
-class GenerateBills(BaseModel):
+class GenerateBills(RequestBody):
     month: str = Field(pattern=MONTH.pattern, description="YYYY-MM in the site's time zone")
     tenant: str | None = Field(None, max_length=64, description="Only this tenant")
 
-    model_config = {"json_schema_extra": {"examples": [{"month": "2026-11", "tenant": None}]}}
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"month": "2026-11", "tenant": None}]}
+    )
 
 
 class Generated(BaseModel):
@@ -113,35 +117,35 @@ class Generated(BaseModel):
     outcome: Literal["created", "replaced", "issued, unchanged"]
 
 
-class Payment(BaseModel):
+class Payment(RequestBody):
     paid_on: date = Field(description="The day the money arrived (or a credit note was settled)")
     reference: str = Field(min_length=1, max_length=200, description="Bank or receipt reference")
 
-    model_config = {
-        "json_schema_extra": {
-            "examples": [{"paid_on": "2026-12-10", "reference": "ICBC 8812-0457"}]
-        }
-    }
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"paid_on": "2026-12-10", "reference": "ICBC 8812-0457"}]}
+    )
 
 
-class Voiding(BaseModel):
+class Voiding(RequestBody):
     reason: str = Field(min_length=1, max_length=1000)
 
-    model_config = {"json_schema_extra": {"examples": [{"reason": "issued to the wrong tenant"}]}}
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"reason": "issued to the wrong tenant"}]}
+    )
 
 
-class CorrectionLine(BaseModel):
+class CorrectionLine(RequestBody):
     label: str = Field(min_length=1, max_length=500)
     amount: Decimal = Field(lt=0, max_digits=14, decimal_places=2, description="CNY, negative")
     lease_id: int | None = Field(None, description="A lease billed on the invoice")
 
 
-class NewCreditNote(BaseModel):
+class NewCreditNote(RequestBody):
     reason: str = Field(min_length=1, max_length=1000)
     lines: list[CorrectionLine] = Field(min_length=1, max_length=200)
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [
                 {
                     "reason": "port 1 meter over-read on 11-25, confirmed on site",
@@ -151,7 +155,7 @@ class NewCreditNote(BaseModel):
                 }
             ]
         }
-    }
+    )
 
 
 def _may_see(principal: Principal, row: dict[str, Any]) -> bool:

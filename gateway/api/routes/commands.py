@@ -7,11 +7,11 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.api.deps import Context
 from gateway.api.errors import bad_param, not_found
-from gateway.api.schemas import Page
+from gateway.api.schemas import Page, RequestBody
 from gateway.api.security import Audit, require
 from gateway.core.auth import STAFF
 
@@ -19,13 +19,13 @@ router = APIRouter(prefix="/devices", tags=["commands"], dependencies=[Depends(r
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such device or command"}}
 
 
-class CommandRequest(BaseModel):
+class CommandRequest(RequestBody):
     command: str = Field(max_length=64, description="A command of the device's profile")
     args: dict[str, Any] = Field(default_factory=dict)
 
-    model_config = {
-        "json_schema_extra": {"examples": [{"command": "set_dim", "args": {"pct": 40}}]}
-    }
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"command": "set_dim", "args": {"pct": 40}}]}
+    )
 
 
 class CommandRecord(BaseModel):

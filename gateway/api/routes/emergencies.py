@@ -7,13 +7,13 @@ from typing import Annotated, Any, Literal
 
 import psycopg
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.adapters import emergency_store as store
 from gateway.adapters.alarm_store import AlarmStore
 from gateway.api.deps import Context
 from gateway.api.errors import bad_param, not_found
-from gateway.api.schemas import Page
+from gateway.api.schemas import Page, RequestBody
 from gateway.api.security import Audit, Managers, Staff
 from gateway.core.alarms import EmergencyType
 from gateway.core.emergencies import DEFAULT_ACTIONS, next_state
@@ -52,8 +52,8 @@ class EmergencyDetail(Emergency):
     alarm_ids: list[int]
     work_order_ids: list[int]
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [
                 {
                     "id": 3,
@@ -82,10 +82,10 @@ class EmergencyDetail(Emergency):
                 }
             ]
         }
-    }
+    )
 
 
-class NewEmergency(BaseModel):
+class NewEmergency(RequestBody):
     type: EmergencyType
     title: str = Field(min_length=1, max_length=200)
     description: str = Field("", max_length=5000)
@@ -94,8 +94,8 @@ class NewEmergency(BaseModel):
         True, description="Issue the type's protective actions on the pole's devices"
     )
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [
                 {
                     "type": "severe_weather",
@@ -105,37 +105,39 @@ class NewEmergency(BaseModel):
                 }
             ]
         }
-    }
+    )
 
 
-class NewEntry(BaseModel):
+class NewEntry(RequestBody):
     kind: Literal["dispatched", "action", "note"]
     text: str = Field(min_length=1, max_length=5000)
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [{"kind": "dispatched", "text": "Crew 2 (Li Wei) sent, ETA 20 min"}]
         }
-    }
+    )
 
 
-class Resolve(BaseModel):
+class Resolve(RequestBody):
     text: str = Field(min_length=1, max_length=5000, description="How it was resolved")
 
-    model_config = {"json_schema_extra": {"examples": [{"text": "Caller assisted; button reset"}]}}
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"text": "Caller assisted; button reset"}]}
+    )
 
 
-class Close(BaseModel):
+class Close(RequestBody):
     report: str = Field(min_length=1, max_length=20000, description="The closing report")
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [{"report": "Cause: pedestrian fall. Response 12 min. No damage."}]
         }
-    }
+    )
 
 
-class Links(BaseModel):
+class Links(RequestBody):
     alarm_ids: list[int] = Field(default_factory=list)
     work_order_ids: list[int] = Field(default_factory=list)
 
@@ -145,7 +147,9 @@ class Links(BaseModel):
             raise ValueError("give alarm_ids or work_order_ids")
         return self
 
-    model_config = {"json_schema_extra": {"examples": [{"alarm_ids": [12], "work_order_ids": [7]}]}}
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"alarm_ids": [12], "work_order_ids": [7]}]}
+    )
 
 
 class Plan(BaseModel):
@@ -158,14 +162,14 @@ class Plan(BaseModel):
     created_at: datetime
 
 
-class NewPlan(BaseModel):
+class NewPlan(RequestBody):
     type: EmergencyType
     title: str = Field(min_length=1, max_length=200)
     body: str = Field(min_length=1, max_length=100_000, description="The plan's text")
     version: str = Field("1", max_length=32)
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [
                 {
                     "type": "flooding",
@@ -175,7 +179,7 @@ class NewPlan(BaseModel):
                 }
             ]
         }
-    }
+    )
 
 
 class Drill(BaseModel):
@@ -190,7 +194,7 @@ class Drill(BaseModel):
     created_at: datetime
 
 
-class NewDrill(BaseModel):
+class NewDrill(RequestBody):
     type: EmergencyType
     plan_id: int | None = None
     held_at: datetime
@@ -198,8 +202,8 @@ class NewDrill(BaseModel):
     participants: list[str] = Field(default_factory=list, max_length=200)
     report: str = Field("", max_length=20000)
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [
                 {
                     "type": "sos_call",
@@ -211,7 +215,7 @@ class NewDrill(BaseModel):
                 }
             ]
         }
-    }
+    )
 
 
 def _aware(name: str, value: datetime | None, where: str = "query") -> None:

@@ -7,13 +7,13 @@ from datetime import date, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.adapters.inspection_store import InspectionStore
 from gateway.adapters.work_orders import WorkOrderStore
 from gateway.api.deps import ApiContext, Context
 from gateway.api.errors import bad_param, not_found
-from gateway.api.schemas import Page
+from gateway.api.schemas import Page, RequestBody
 from gateway.api.security import Audit, Managers, Staff
 from gateway.core import maintenance as mt
 
@@ -42,7 +42,7 @@ class Plan(BaseModel):
     updated_at: datetime
 
 
-class _Scope(BaseModel):
+class _Scope(RequestBody):
     @model_validator(mode="after")
     def _one_scope(self) -> Any:
         pole_ids, road = getattr(self, "pole_ids", None), getattr(self, "road", None)
@@ -67,8 +67,8 @@ class NewPlan(_Scope):
     checklist: Checklist = Field(min_length=1)
     priority: mt.Priority = mt.Priority.GENERAL
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [
                 {
                     "name": "Renmin Rd monthly",
@@ -79,7 +79,7 @@ class NewPlan(_Scope):
                 }
             ]
         }
-    }
+    )
 
 
 class PlanPatch(_Scope):
@@ -90,10 +90,10 @@ class PlanPatch(_Scope):
     priority: mt.Priority | None = None
     active: bool | None = None
 
-    model_config = {"json_schema_extra": {"examples": [{"active": False}]}}
+    model_config = ConfigDict(json_schema_extra={"examples": [{"active": False}]})
 
 
-class ItemResult(BaseModel):
+class ItemResult(RequestBody):
     ok: bool
     note: str = Field("", max_length=2000)
 
@@ -110,14 +110,14 @@ class Record(BaseModel):
     at: datetime
 
 
-class NewRecord(BaseModel):
+class NewRecord(RequestBody):
     work_order_id: int
     pole_id: str = Field(min_length=1, max_length=64)
     results: dict[str, ItemResult]
     note: str = Field("", max_length=10_000)
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [
                 {
                     "work_order_id": 12,
@@ -130,7 +130,7 @@ class NewRecord(BaseModel):
                 }
             ]
         }
-    }
+    )
 
 
 def _plan(row: dict[str, Any]) -> Plan:

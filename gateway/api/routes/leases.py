@@ -6,14 +6,15 @@ through the tracked device-command path, after the state change commits."""
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from gateway.adapters import mounting_store as ms
 from gateway.api.deps import ApiContext, Context
-from gateway.api.errors import not_found
+from gateway.api.errors import bad_param, not_found
 from gateway.api.routes.applications import (
     EXAMPLE,
     Application,
@@ -21,12 +22,14 @@ from gateway.api.routes.applications import (
     create_application,
     refused,
 )
-from gateway.api.schemas import Page
+from gateway.api.schemas import Page, RequestBody
 from gateway.api.security import AnyUser, Audit, Staff
 from gateway.core import mounting as mo
 from gateway.core.auth import Principal
 
 router = APIRouter(prefix="/leases", tags=["leases"])
+
+CommandState = Literal["pending", "sent", "succeeded", "failed", "timed_out"]
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size")]
 After = Annotated[int | None, Query(ge=0, description="Cursor: the `next` of the previous page")]
@@ -40,7 +43,12 @@ class PortSwitch(BaseModel):
     command_id: str | None = Field(None, description="Follow it at /devices/{meter}/commands")
     meter_device_id: str | None = None
     port_no: int | None = None
-    error: str | None = None
+    error: str | None = Field(None, description="Why the command could not be sent")
+    state: CommandState | None = Field(
+        None, description="The command's state, final once finished_at is set"
+    )
+    command_error: str | None = Field(None, description="Why the command failed or timed out")
+    finished_at: datetime | None = Field(None, description="When the command ended")
 
 
 class Lease(BaseModel):
@@ -69,18 +77,33 @@ class Lease(BaseModel):
 class LeaseHistoryEntry(BaseModel):
     id: int
     state: mo.LeaseState
-    since: datetime
-    by: str
+    since: datetime = Field(description="When the state took effect (billing counts from it)")
+    entered_at: datetime = Field(description="When the transition was entered")
+    by: str = Field(description="Who entered it")
     note: str | None
 
 
-class LeaseTransition(BaseModel):
+class LeaseTransition(RequestBody):
     to: mo.LeaseState
     note: str = Field("", max_length=10_000)
+    effective_at: AwareDatetime | None = Field(
+        None,
+        description="When the move took effect, if earlier than now (RFC 3339 with offset):"
+        " not in the future, not before the lease's previous transition. The history keeps"
+        " it beside when it was entered and by whom; rent and energy count from it.",
+    )
 
-    model_config = {
-        "json_schema_extra": {"examples": [{"to": "in_service", "note": "acceptance test passed"}]}
-    }
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "to": "in_service",
+                    "note": "acceptance test passed",
+                    "effective_at": "2026-12-10T09:00:00+08:00",
+                }
+            ]
+        }
+    )
 
 
 CHANGE_EXAMPLE = {k: v for k, v in EXAMPLE.items() if k not in ("poles", "term_start")}
@@ -135,8 +158,8 @@ async def switch_port(ctx: ApiContext, lease: dict[str, Any], on: bool) -> dict[
             else:
                 out |= {"sent": True, "command_id": str(record["id"])}
     async with ctx.pool.connection() as conn, conn.transaction():
-        await ms.lease_update(conn, lease["id"], {"port_switch": out})
-    return out
+        row = await ms.lease_port_switch(conn, lease["id"], out)
+    return dict(row["port_switch"])
 
 
 @router.get("", summary="List leases (tenants: their own)")
@@ -190,20 +213,29 @@ async def transition(
     ctx: Context, principal: Staff, audit: Audit, lease_id: int, body: LeaseTransition
 ) -> Lease:
     async with ctx.pool.connection() as conn, conn.transaction():
-        before = await ms.lease_get(conn, lease_id, lock=True)
-        if before is None:
-            raise not_found("lease", str(lease_id))
-        current = mo.LeaseState(before["state"])
         try:
-            mo.check_lease_transition(current, body.to, principal.role)
+            moved = await ms.lease_transition(
+                conn,
+                lease_id,
+                body.to,
+                by=principal.name,
+                role=principal.role,
+                note=body.note,
+                effective_at=body.effective_at,
+                tz=ZoneInfo(ctx.settings.site_timezone),
+            )
         except mo.TransitionRefused as exc:
-            allowed = mo.allowed_moves(mo.LEASE_MOVES, current)
-            raise refused(exc, current.value, body.to.value, allowed) from None
-        row = await ms.lease_update(conn, lease_id, {"state": body.to.value})
-        await ms.lease_history_add(conn, lease_id, body.to.value, by=principal.name, note=body.note)
-        await audit.record(
-            conn, "transition", "lease", lease_id, before=_dump(before), after=_dump(row)
-        )
+            lease = await ms.lease_get(conn, lease_id)
+            assert lease is not None  # refused, so found (and locked)
+            allowed = mo.allowed_moves(mo.LEASE_MOVES, mo.LeaseState(lease["state"]))
+            raise refused(exc, lease["state"], body.to.value, allowed) from None
+        except mo.EffectiveTimeRefused as exc:
+            raise bad_param("effective_at", str(exc), where="body") from None
+        if moved is None:
+            raise not_found("lease", str(lease_id))
+        before, row = moved
+        after = _dump(row) | {"effective_at": body.effective_at}
+        await audit.record(conn, "transition", "lease", lease_id, before=_dump(before), after=after)
     wanted = mo.port_switch_for(body.to)
     if wanted is not None:
         switched = await switch_port(ctx, row, wanted)

@@ -10,12 +10,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Self
 
 from fastapi import APIRouter, HTTPException, Query, Response
-from pydantic import AwareDatetime, BaseModel, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from gateway.adapters.lighting_store import LightingStore
 from gateway.api.deps import ApiContext, Context
 from gateway.api.errors import bad_param, not_found
-from gateway.api.schemas import Page
+from gateway.api.schemas import Page, RequestBody
 from gateway.api.security import Audit, Managers, Staff
 from gateway.core.lighting import LOOKBACK, Level, Schedule, energy, plan_steps
 from gateway.lighting import LAMP_COMMANDS, SiteDefaults, build_plan
@@ -29,7 +29,7 @@ MAX_SAMPLE_GAP = timedelta(hours=1)
 MAX_ENERGY_RANGE = timedelta(days=400)
 
 
-class GroupBody(BaseModel):
+class GroupBody(RequestBody):
     name: str = Field(min_length=1, max_length=200)
     road: str | None = Field(
         None, min_length=1, max_length=200, description="Every lamp on a pole of this road"
@@ -43,22 +43,22 @@ class GroupBody(BaseModel):
             raise ValueError("name a road, or list poles or devices")
         return self
 
-    model_config = {
-        "json_schema_extra": {"examples": [{"name": "Renmin Rd (all lamps)", "road": "Renmin Rd"}]}
-    }
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"name": "Renmin Rd (all lamps)", "road": "Renmin Rd"}]}
+    )
 
 
 class NewGroup(GroupBody):
     id: str = Field(pattern=GROUP_ID)
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [
                 {"id": "renmin-rd", "name": "Renmin Rd", "road": "Renmin Rd"},
                 {"id": "square", "name": "Station square", "poles": ["P0001", "P0002"]},
             ]
         }
-    }
+    )
 
 
 class Group(BaseModel):
@@ -89,16 +89,16 @@ class GroupSchedule(BaseModel):
     )
 
 
-class OverrideBody(BaseModel):
+class OverrideBody(RequestBody):
     level: Level
     until: AwareDatetime = Field(description="When the schedule takes over again")
     reason: str = Field("", max_length=500)
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [{"level": 100, "until": "2026-11-23T06:00:00+08:00", "reason": "event"}]
         }
-    }
+    )
 
 
 class OverrideRecord(BaseModel):

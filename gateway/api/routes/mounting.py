@@ -9,12 +9,12 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import psycopg
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.adapters import mounting_store as ms
 from gateway.api.deps import Context
 from gateway.api.errors import bad_param, not_found
-from gateway.api.schemas import Page
+from gateway.api.schemas import Page, RequestBody
 from gateway.api.security import AnyUser, Audit, Managers, Staff
 from gateway.core.site import ID_PATTERN
 
@@ -50,7 +50,7 @@ class Slot(BaseModel):
     created_at: datetime
 
 
-class SlotPatch(BaseModel):
+class SlotPatch(RequestBody):
     position: str | None = Field(None, min_length=1, max_length=64)
     slot_type: str | None = Field(None, min_length=1, max_length=64)
     height_min_m: float | None = Field(None, ge=0, le=100)
@@ -61,10 +61,12 @@ class SlotPatch(BaseModel):
     supply: Supply | None = None
     voltage_v: float | None = Field(None, gt=0)
 
-    model_config = {"json_schema_extra": {"examples": [{"max_load_kg": 30, "max_power_w": 600}]}}
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"max_load_kg": 30, "max_power_w": 600}]}
+    )
 
 
-class NewSlot(BaseModel):
+class NewSlot(RequestBody):
     id: Ident
     pole_id: str = Field(max_length=64)
     position: str = Field(min_length=1, max_length=64, description="e.g. top, arm-east, mid")
@@ -77,8 +79,8 @@ class NewSlot(BaseModel):
     supply: Supply = "AC"
     voltage_v: float | None = Field(None, gt=0)
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [
                 {
                     "id": "P0001-top",
@@ -94,7 +96,7 @@ class NewSlot(BaseModel):
                 }
             ]
         }
-    }
+    )
 
 
 class Compartment(BaseModel):
@@ -105,24 +107,24 @@ class Compartment(BaseModel):
     created_at: datetime
 
 
-class NewCompartment(BaseModel):
+class NewCompartment(RequestBody):
     id: Ident
     pole_id: str = Field(max_length=64)
     name: str = Field(min_length=1, max_length=64)
     units: int = Field(ge=1, le=100, description="Rack units (or positions)")
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [{"id": "P0001-cab-a", "pole_id": "P0001", "name": "A", "units": 4}]
         }
-    }
+    )
 
 
-class CompartmentPatch(BaseModel):
+class CompartmentPatch(RequestBody):
     name: str | None = Field(None, min_length=1, max_length=64)
     units: int | None = Field(None, ge=1, le=100)
 
-    model_config = {"json_schema_extra": {"examples": [{"units": 6}]}}
+    model_config = ConfigDict(json_schema_extra={"examples": [{"units": 6}]})
 
 
 class Port(BaseModel):
@@ -135,7 +137,7 @@ class Port(BaseModel):
     created_at: datetime
 
 
-class NewPort(BaseModel):
+class NewPort(RequestBody):
     id: Ident
     pole_id: str = Field(max_length=64)
     meter_device_id: str = Field(
@@ -145,8 +147,8 @@ class NewPort(BaseModel):
     rated_w: float = Field(gt=0)
     supply: Supply = "AC"
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [
                 {
                     "id": "P0001-port1",
@@ -157,14 +159,14 @@ class NewPort(BaseModel):
                 }
             ]
         }
-    }
+    )
 
 
-class PortPatch(BaseModel):
+class PortPatch(RequestBody):
     rated_w: float | None = Field(None, gt=0)
     supply: Supply | None = None
 
-    model_config = {"json_schema_extra": {"examples": [{"rated_w": 1500}]}}
+    model_config = ConfigDict(json_schema_extra={"examples": [{"rated_w": 1500}]})
 
 
 class Capacity(BaseModel):
@@ -174,16 +176,16 @@ class Capacity(BaseModel):
     power_budget_w: float | None
 
 
-class CapacityPut(BaseModel):
+class CapacityPut(RequestBody):
     max_load_kg: float | None = Field(None, gt=0, description="Null: not checked")
     max_wind_area_m2: float | None = Field(None, gt=0)
     power_budget_w: float | None = Field(None, gt=0)
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [{"max_load_kg": 120, "max_wind_area_m2": 2.0, "power_budget_w": 3000}]
         }
-    }
+    )
 
 
 class Tenant(BaseModel):
@@ -192,13 +194,13 @@ class Tenant(BaseModel):
     created_at: datetime
 
 
-class NewTenant(BaseModel):
+class NewTenant(RequestBody):
     id: Ident
     name: str = Field(min_length=1, max_length=200)
 
-    model_config = {
-        "json_schema_extra": {"examples": [{"id": "tn-telecom", "name": "City Telecom"}]}
-    }
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"id": "tn-telecom", "name": "City Telecom"}]}
+    )
 
 
 # --------------------------------------------------------------------------- helpers

@@ -8,13 +8,13 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from gateway.adapters import outage_store as store
 from gateway.adapters.billing_store import dumps
 from gateway.api.deps import Context
 from gateway.api.errors import bad_param, not_found
-from gateway.api.schemas import Page
+from gateway.api.schemas import Page, RequestBody
 from gateway.api.security import Audit, Managers, Staff
 
 router = APIRouter(prefix="/outages", tags=["billing"])
@@ -39,7 +39,7 @@ class Outage(BaseModel):
     updated_at: datetime
 
 
-class NewOutage(BaseModel):
+class NewOutage(RequestBody):
     pole_id: str = Field(min_length=1, max_length=64)
     port_id: str | None = Field(None, max_length=64, description="Only this port on the pole")
     slot_id: str | None = Field(None, max_length=64, description="Only this slot on the pole")
@@ -52,8 +52,8 @@ class NewOutage(BaseModel):
     end: AwareDatetime | None = Field(None, description="Exclusive; null: still going on")
     description: str = Field("", max_length=2000)
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [
                 {
                     "pole_id": "P0001",
@@ -66,15 +66,17 @@ class NewOutage(BaseModel):
                 }
             ]
         }
-    }
+    )
 
 
-class OutageChange(BaseModel):
+class OutageChange(RequestBody):
     end: AwareDatetime | None = Field(None, description="Exclusive; null: still going on")
     cause: str | None = Field(None, pattern=CAUSE)
     description: str | None = Field(None, max_length=2000)
 
-    model_config = {"json_schema_extra": {"examples": [{"end": "2026-11-18T13:15:00+08:00"}]}}
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"end": "2026-11-18T13:15:00+08:00"}]}
+    )
 
 
 @router.get("", summary="Outages, newest first, by pole and time (staff)")

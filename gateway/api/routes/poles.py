@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from gateway.adapters import archive_store
 from gateway.api.deps import ApiContext, Context
 from gateway.api.errors import bad_param, not_found
-from gateway.api.schemas import ArchiveStatus, Page, Pole
+from gateway.api.schemas import ArchiveStatus, Page, Pole, RequestBody
 from gateway.api.security import AnyUser, Audit, AuditTrail, Managers, Staff
 
 router = APIRouter(prefix="/poles", tags=["poles"])
@@ -28,7 +28,7 @@ Text = Annotated[str, Field(max_length=200)]
 LongText = Annotated[str, Field(max_length=4000)]
 
 
-class ArchiveFields(BaseModel):
+class ArchiveFields(RequestBody):
     """Archive fields a manager may set; omitted fields stay as they are, null clears."""
 
     model_config = ConfigDict(extra="forbid")
@@ -106,7 +106,7 @@ class NewPole(PolePatch):
     )
 
 
-class Takeover(BaseModel):
+class Takeover(RequestBody):
     """The operator accepts the pole from its builder (接管)."""
 
     model_config = ConfigDict(

@@ -13,25 +13,26 @@ from __future__ import annotations
 from datetime import datetime
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.adapters.credentials import new_csrf_token
 from gateway.adapters.users import principal_of
 from gateway.api.deps import Context
 from gateway.api.routes.auth import check_login
+from gateway.api.schemas import RequestBody
 from gateway.api.security import CSRF_COOKIE, SESSION_COOKIE, start_session
 from gateway.core.auth import Role
 
 router = APIRouter(tags=["auth"])
 
 
-class SessionLogin(BaseModel):
+class SessionLogin(RequestBody):
     username: str = Field(min_length=1, max_length=200)
     password: str = Field(min_length=1, max_length=200)
 
-    model_config = {
-        "json_schema_extra": {"examples": [{"username": "li.wei", "password": "correct horse"}]}
-    }
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"username": "li.wei", "password": "correct horse"}]}
+    )
 
 
 class Session(BaseModel):

@@ -8,13 +8,13 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from gateway.adapters.billing_store import dumps
 from gateway.adapters.tariff_store import TariffEnded, TariffOverlap, TariffStore
 from gateway.api.deps import ApiContext, Context
 from gateway.api.errors import bad_param, not_found
-from gateway.api.schemas import Page
+from gateway.api.schemas import Page, RequestBody
 from gateway.api.security import Audit, Managers, Staff
 from gateway.core import tariffs as tf
 
@@ -56,7 +56,7 @@ def _store(ctx: ApiContext) -> TariffStore:
     return TariffStore(ctx.pool)
 
 
-class NewTariff(BaseModel):
+class NewTariff(RequestBody):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
     valid_from: AwareDatetime
     valid_to: AwareDatetime | None = Field(None, description="Exclusive; null: open-ended")
@@ -65,8 +65,8 @@ class NewTariff(BaseModel):
     )
     definition: tf.TariffDefinition
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [
                 {
                     "name": "default",
@@ -77,7 +77,7 @@ class NewTariff(BaseModel):
                 }
             ]
         }
-    }
+    )
 
 
 class TariffOut(BaseModel):
@@ -148,10 +148,12 @@ async def create_tariff(ctx: Context, _: Managers, audit: Audit, body: NewTariff
     return TariffOut.model_validate(row)
 
 
-class TariffEnd(BaseModel):
+class TariffEnd(RequestBody):
     valid_to: AwareDatetime = Field(description="Exclusive: the next version may start here")
 
-    model_config = {"json_schema_extra": {"examples": [{"valid_to": "2027-01-01T00:00:00+08:00"}]}}
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"valid_to": "2027-01-01T00:00:00+08:00"}]}
+    )
 
 
 @router.post(

@@ -12,13 +12,14 @@ from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from gateway.adapters.billing_store import dumps
 from gateway.adapters.tariff_store import TariffStore
 from gateway.adapters.usage_store import PortUsage, Span, UsageStore
 from gateway.api.deps import ApiContext, Context
 from gateway.api.errors import bad_param, not_found
+from gateway.api.schemas import RequestBody
 from gateway.api.security import AnyUser, Audit, Managers
 from gateway.core import metering as mt
 from gateway.core import tariffs as tf
@@ -36,14 +37,14 @@ def _store(ctx: ApiContext) -> UsageStore:
 # ---------------------------------------------------------------------- meter replacements
 
 
-class NewReplacement(BaseModel):
+class NewReplacement(RequestBody):
     replaced_at: AwareDatetime
     old_final_kwh: Decimal = Field(ge=0, max_digits=16, decimal_places=4)
     new_first_kwh: Decimal = Field(ge=0, max_digits=16, decimal_places=4)
     note: str | None = Field(None, max_length=1000)
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [
                 {
                     "replaced_at": "2026-11-20T10:30:00+08:00",
@@ -53,7 +54,7 @@ class NewReplacement(BaseModel):
                 }
             ]
         }
-    }
+    )
 
 
 class Replacement(BaseModel):
@@ -116,7 +117,7 @@ class UsageFlag(BaseModel):
     start: datetime
     end: datetime
     kwh: Decimal
-    flags: list[str]
+    flags: list[mt.Flag] = Field(description=mt.FLAGS_DOC)
     excess_kwh: Decimal = Field(description="Above rated power x time: not billed, for review")
 
 
@@ -199,7 +200,7 @@ def _usage_out(
             totals[period] += kwh
             if is_estimated:
                 estimated[key] += kwh
-    q = Decimal("0.000001")
+    q = mt.KWH
     return PortUsageOut(
         port_id=usage.port.id,
         tenant_id=tenant_id,

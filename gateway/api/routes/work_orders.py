@@ -11,7 +11,7 @@ from urllib.parse import quote
 import psycopg
 from fastapi import APIRouter, HTTPException, Query, UploadFile
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.adapters.work_orders import (
     MaintenanceRules,
@@ -22,7 +22,7 @@ from gateway.adapters.work_orders import (
 )
 from gateway.api.deps import ApiContext, Context
 from gateway.api.errors import bad_param, not_found
-from gateway.api.schemas import Page
+from gateway.api.schemas import Page, RequestBody
 from gateway.api.security import Audit, Managers, Staff
 from gateway.core import maintenance as mt
 from gateway.core.auth import MANAGERS, Principal
@@ -33,7 +33,7 @@ Limit = Annotated[int, Query(ge=1, le=1000, description="Page size")]
 After = Annotated[int | None, Query(ge=0, description="Cursor: the `next` of the previous page")]
 
 
-class SparePart(BaseModel):
+class SparePart(RequestBody):
     part: str = Field(min_length=1, max_length=200)
     qty: float = Field(gt=0, allow_inf_nan=False)
     unit: str = Field("pcs", max_length=20)
@@ -70,7 +70,7 @@ class WorkOrder(BaseModel):
     overdue: bool = Field(description="Either deadline missed (never for cancelled orders)")
 
 
-class NewWorkOrder(BaseModel):
+class NewWorkOrder(RequestBody):
     title: str = Field(min_length=1, max_length=200)
     description: str = Field("", max_length=10_000)
     pole_id: str = Field(min_length=1, max_length=64)
@@ -83,8 +83,8 @@ class NewWorkOrder(BaseModel):
     priority: mt.Priority
     assignee: int | None = Field(None, description="Assign at once (a staff user id)")
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [
                 {
                     "title": "Lamp flickers",
@@ -96,10 +96,10 @@ class NewWorkOrder(BaseModel):
                 }
             ]
         }
-    }
+    )
 
 
-class WorkOrderPatch(BaseModel):
+class WorkOrderPatch(RequestBody):
     title: str | None = Field(None, min_length=1, max_length=200)
     description: str | None = Field(None, max_length=10_000)
     priority: mt.Priority | None = Field(
@@ -107,14 +107,14 @@ class WorkOrderPatch(BaseModel):
     )
     spare_parts: list[SparePart] | None = None
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [{"spare_parts": [{"part": "LED driver 100 W", "qty": 1, "unit": "pcs"}]}]
         }
-    }
+    )
 
 
-class Transition(BaseModel):
+class Transition(RequestBody):
     to: mt.State
     assignee: int | None = Field(None, description="Required when moving to assigned")
     note: str = Field("", max_length=10_000, description="Goes on the timeline")
@@ -123,13 +123,13 @@ class Transition(BaseModel):
     )
     spare_parts: list[SparePart] | None = Field(None, description="Replaces the list")
 
-    model_config = {"json_schema_extra": {"examples": [{"to": "assigned", "assignee": 7}]}}
+    model_config = ConfigDict(json_schema_extra={"examples": [{"to": "assigned", "assignee": 7}]})
 
 
-class NewNote(BaseModel):
+class NewNote(RequestBody):
     text: str = Field(min_length=1, max_length=10_000)
 
-    model_config = {"json_schema_extra": {"examples": [{"text": "Cabinet fuse replaced"}]}}
+    model_config = ConfigDict(json_schema_extra={"examples": [{"text": "Cabinet fuse replaced"}]})
 
 
 class Note(BaseModel):
