@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Body, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.adapters.alarm_store import AlarmStore
@@ -66,10 +66,15 @@ class Alarm(BaseModel):
     )
 
 
+ACK_EXAMPLE: dict[str, Any] = {"note": "checked on site: the door was left open"}
+
+
 class AckBody(RequestBody):
     note: str | None = Field(
         None, max_length=2000, description="What was seen or done (shown with the alarm)"
     )
+
+    model_config = ConfigDict(json_schema_extra={"examples": [ACK_EXAMPLE]})
 
 
 class AlarmRule(BaseModel):
@@ -241,7 +246,11 @@ async def get_alarm(ctx: Context, _: Staff, alarm_id: int) -> Alarm:
     },
 )
 async def ack_alarm(
-    ctx: Context, principal: Staff, audit: Audit, alarm_id: int, body: AckBody | None = None
+    ctx: Context,
+    principal: Staff,
+    audit: Audit,
+    alarm_id: int,
+    body: Annotated[AckBody | None, Body(examples=[ACK_EXAMPLE])] = None,
 ) -> Alarm:
     async with ctx.pool.connection() as conn, conn.transaction():
         before = await AlarmStore.get(conn, alarm_id, lock=True)
