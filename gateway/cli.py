@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from pydantic import ValidationError
 
+from gateway.cli_errors import EXIT_USER, check_database, database_errors, run_until_signal
 from gateway.config import Settings
 from gateway.errors import ConfigError, SourceFileError
 
@@ -25,6 +24,10 @@ site_app = typer.Typer(help="Load the site: poles, devices and tenants.", no_arg
 app.add_typer(site_app, name="site")
 user_app = typer.Typer(help="Manage the API's users.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
+
+
+# The shortest telemetry interval the simulators take (0 or less would never wait).
+MIN_INTERVAL_S = 0.1
 
 
 def setup_logging(level: str) -> None:
@@ -48,34 +51,14 @@ def settings_or_exit() -> Settings:
         raise typer.Exit(2) from None
 
 
-def fail(message: str, code: int = 2) -> typer.Exit:
+def plural(n: int, noun: str) -> str:
+    """ "1 tenant", "2 tenants"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def fail(message: str, code: int = EXIT_USER) -> typer.Exit:
     typer.echo(f"polegw: {message}", err=True)
     return typer.Exit(code)
-
-
-def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run `main(stop)`; the first Ctrl-C/SIGTERM sets `stop`, a second one aborts."""
-
-    async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-
-        def on_signal() -> None:
-            if stop.is_set() and task is not None:
-                task.cancel()
-            stop.set()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal)
-        await main(stop)
-
-    try:
-        asyncio.run(runner())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        raise typer.Exit(130) from None
-    except ConfigError as exc:
-        raise fail(str(exc)) from None
 
 
 @app.command()
@@ -102,11 +85,12 @@ def migrate(
     setup_logging(settings.log_level)
     try:
         url = settings.require_database_url()
-        if downgrade:
-            m.downgrade(url, revision)
-        else:
-            m.upgrade(url, revision)
-        typer.echo(f"database at revision {m.current(url) or 'base'}")
+        with database_errors(url):
+            if downgrade:
+                m.downgrade(url, revision)
+            else:
+                m.upgrade(url, revision)
+            typer.echo(f"database at revision {m.current(url) or 'base'}")
     except ConfigError as exc:
         raise fail(str(exc)) from None
 
@@ -135,12 +119,14 @@ def site_import(
     devices = sum(len(p.devices) for p in site.poles)
     if dry_run:
         typer.echo(
-            f"{file}: valid: {len(site.tenants)} tenants,"
-            f" {len(site.poles)} poles, {devices} devices"
+            f"{file}: valid: {plural(len(site.tenants), 'tenant')},"
+            f" {plural(len(site.poles), 'pole')}, {plural(devices, 'device')}"
         )
         return
     try:
-        counts = asyncio.run(import_site(settings.require_database_url(), site))
+        url = settings.require_database_url()
+        with database_errors(url):
+            counts = asyncio.run(import_site(url, site))
     except ConfigError as exc:
         raise fail(str(exc)) from None
     typer.echo(f"{file}: {counts}")
@@ -180,6 +166,7 @@ def user_add(
     setup_logging(settings.log_level)
 
     async def add() -> None:
+        await check_database(settings.require_database_url())
         pool = open_pool(settings.require_database_url())
         await pool.open()
         try:
@@ -188,7 +175,8 @@ def user_add(
             await pool.close()
 
     try:
-        asyncio.run(add())
+        with database_errors(settings.database_url):
+            asyncio.run(add())
     except ConfigError as exc:
         raise fail(str(exc)) from None
     except UserExists:
@@ -208,7 +196,9 @@ def simulate(
     poles: Annotated[
         int, typer.Option(min=1, max=9999, help="Without --site: this many demo poles")
     ] = 20,
-    interval: Annotated[float, typer.Option(help="Seconds between telemetry messages")] = 5.0,
+    interval: Annotated[
+        float, typer.Option(min=MIN_INTERVAL_S, help="Seconds between telemetry messages")
+    ] = 5.0,
     seed: Annotated[int, typer.Option(help="Random seed")] = 1,
     modbus_port: Annotated[
         int,
@@ -274,7 +264,8 @@ def demo(
         Path, typer.Option(help="Where the embedded database keeps its data")
     ] = Path(".polegw-demo"),
     interval: Annotated[
-        float, typer.Option(help="Seconds between simulated telemetry messages")
+        float,
+        typer.Option(min=MIN_INTERVAL_S, help="Seconds between simulated telemetry messages"),
     ] = 5.0,
     embedded_broker: Annotated[
         bool, typer.Option(help="Start the embedded broker even if one listens on port 1883")
@@ -289,9 +280,18 @@ def demo(
             help="Port of the first road's simulated Modbus converter; the next roads' follow",
         ),
     ] = 15020,
+    use_database_anyway: Annotated[
+        bool,
+        typer.Option(
+            "--use-database-anyway",
+            help="Let the demo write its site, users, leases and bills into the database"
+            " POLEGW_DATABASE_URL names even though it is not a demo database",
+        ),
+    ] = False,
 ) -> None:
     """Start everything on one machine: broker, database, simulators, gateway and API."""
     from gateway.demo import run_demo
+    from gateway.embedded.postgres import kill_running
 
     settings = settings_or_exit()
     setup_logging(settings.log_level)
@@ -309,7 +309,9 @@ def demo(
             interval_s=interval,
             embedded_broker_only=embedded_broker,
             modbus_base_port=modbus_port,
-        )
+            use_database_anyway=use_database_anyway,
+        ),
+        on_hard_exit=kill_running,
     )
 
 
@@ -344,6 +346,7 @@ def bills_generate(
     setup_logging(settings.log_level)
 
     async def generate() -> list[tuple[dict[str, object], str]]:
+        await check_database(settings.require_database_url())
         pool = open_pool(settings.require_database_url())
         await pool.open()
         try:
