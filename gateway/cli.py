@@ -210,6 +210,24 @@ def simulate(
             help="Without --site: the first road's Modbus port (the next roads' follow)",
         ),
     ] = 15020,
+    modbus_local_base: Annotated[
+        int | None,
+        typer.Option(
+            "--modbus-local-base",
+            metavar="PORT",
+            min=1,
+            max=65535,
+            help="With --site: serve the site's Modbus devices on local ports instead of"
+            " their addresses, each distinct host:port on PORT, PORT+1, … (printed)",
+        ),
+    ] = None,
+    modbus_local_host: Annotated[
+        str,
+        typer.Option(
+            "--modbus-local-host",
+            help="With --modbus-local-base: the address they listen on (0.0.0.0 in a container)",
+        ),
+    ] = "127.0.0.1",
 ) -> None:
     """Run simulated poles: MQTT edge controllers against the broker at POLEGW_MQTT_URL,
     and the site's Modbus devices on their endpoints."""
@@ -217,6 +235,8 @@ def simulate(
     from gateway.core.site import parse_site
     from gateway.demo import modbus_endpoints, run_simulators
     from simulators.demo_site import demo_site
+    from simulators.local_ports import map_to_local
+    from simulators.modbus_devices import MODBUS_MODELS
 
     settings = settings_or_exit()
     setup_logging(settings.log_level)
@@ -234,10 +254,24 @@ def simulate(
         except OSError as exc:
             raise fail(f"{site_file}: cannot read: {exc}") from None
     else:
+        if modbus_local_base is not None:
+            raise fail("--modbus-local-base: only with --site (the demo site uses --modbus-port)")
         try:
             site = demo_site(poles, modbus_base_port=modbus_port)
         except ValueError as exc:
             raise fail(f"--modbus-port {modbus_port}: {exc}") from None
+    try:
+        local = map_to_local(
+            site, catalog, MODBUS_MODELS, base_port=modbus_local_base, host=modbus_local_host
+        )
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    site = local.site
+    for device_id, why in local.left_out.items():
+        typer.echo(f"not simulated: Modbus device {device_id} ({why})")
+    if local.moved:
+        typer.echo("Modbus endpoints served on local ports:")
+        typer.echo("\n".join(local.mapping_lines()))
     buses = modbus_endpoints(site)
     modbus = f" and Modbus devices on {len(buses)} buses" if buses else ""
     typer.echo(
@@ -253,6 +287,7 @@ def simulate(
             prefix=settings.mqtt_topic_prefix,
             interval_s=interval,
             seed=seed,
+            other_ports="--modbus-port" if site_file is None else "--modbus-local-base",
         )
     )
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import logging
 import secrets
@@ -479,18 +480,26 @@ def modbus_endpoints(site: SiteSpec) -> list[tuple[str, int]]:
     return sorted(found, key=lambda e: (e[1], e[0]))
 
 
-def check_ports_free(endpoints: list[tuple[str, int]]) -> None:
-    """Refuse, naming the port, when a simulated bus could not listen where it must."""
+def check_ports_free(
+    endpoints: list[tuple[str, int]], *, other_ports: str = "--modbus-port"
+) -> None:
+    """Refuse, naming the port and what to do, when a simulated bus could not listen
+    where it must. `other_ports`: the option that moves the buses elsewhere."""
     for host, port in endpoints:
-        with socket.socket() as probe:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's servers
             try:
                 probe.bind((host, port))
             except OSError as exc:
+                why = {
+                    errno.EADDRNOTAVAIL: f"{host} is not an address of this machine",
+                    errno.EACCES: f"port {port} needs root",
+                    errno.EADDRINUSE: "the port is in use (another polegw demo or simulate?)",
+                }.get(exc.errno or 0, exc.strerror or str(exc))
                 raise ConfigError(
-                    f"cannot simulate the Modbus devices on {host}:{port}: {exc.strerror or exc}"
-                    " (another polegw demo or simulate running?); pick other ports with"
-                    " --modbus-port"
+                    f"cannot simulate the Modbus devices on {host}:{port}: {why};"
+                    f" serve them on other local ports with {other_ports} PORT"
                 ) from None
 
 
@@ -556,10 +565,11 @@ async def run_simulators(
     prefix: str = "poles",
     interval_s: float = 5.0,
     seed: int = 1,
+    other_ports: str = "--modbus-port",
 ) -> None:
     """The site's simulated Modbus devices, then its MQTT poles, until `stop` is set."""
     catalog = catalog if catalog is not None else load_catalog()
-    check_ports_free(modbus_endpoints(site))
+    check_ports_free(modbus_endpoints(site), other_ports=other_ports)
     with config_errors_bare():
         async with asyncio.TaskGroup() as tg:
             await start_modbus_devices(tg, site, catalog, stop, seed=seed)
