@@ -17,7 +17,7 @@ from gateway.adapters.command_store import CommandStore
 from gateway.adapters.credentials import TokenIssuer
 from gateway.adapters.db import TenantScopedPool, libpq_url
 from gateway.adapters.modbus_bus import BusOptions
-from gateway.adapters.mqtt import MqttSubscription
+from gateway.adapters.mqtt import MqttSubscription, client_id_lock
 from gateway.adapters.spool import AsyncSpool, FullPolicy, SpoolError
 from gateway.adapters.telemetry_writer import TelemetryWriter
 from gateway.alarming import build_alarm_runner
@@ -119,6 +119,8 @@ async def run_gateway(
     """
     database_url = settings.require_database_url()
     secret = settings.require_secret_key() if api else ""  # fail before starting anything
+    with client_id_lock(settings):  # held by MqttSubscription.run; checked here, early
+        pass
     tokens = TokenIssuer(secret, timedelta(seconds=settings.token_ttl_s))
     catalog = catalog or load_catalog(settings.profiles_dir)
     metrics = metrics or Metrics()
