@@ -25,6 +25,7 @@ import sqlalchemy.exc
 from gateway.adapters.db import redacted
 from gateway.errors import (
     ConfigError,
+    DatabaseUnreachable,
     EmbeddedServiceError,
     SourceFileError,
     StorageUnavailable,
@@ -45,10 +46,6 @@ EXIT_UNEXPECTED = 1
 EXIT_INTERRUPTED = 130
 
 
-class DatabaseUnreachable(ConfigError):
-    """The database named by the settings could not be reached or refused us."""
-
-
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0].strip()
@@ -61,17 +58,15 @@ def database_errors(database_url: str | None) -> Iterator[None]:
     where = f" at {redacted(database_url)}" if database_url else ""
     try:
         yield
-    except sqlalchemy.exc.OperationalError as exc:
-        cause = exc.orig if exc.orig is not None else exc
-        raise DatabaseUnreachable(
-            f"cannot use the database{where} (POLEGW_DATABASE_URL): {first_line(cause)}"
-        ) from None
-    except (psycopg.OperationalError, psycopg.errors.InsufficientPrivilege) as exc:
-        raise DatabaseUnreachable(
-            f"cannot use the database{where} (POLEGW_DATABASE_URL): {first_line(exc)}"
-        ) from None
-    except psycopg.Error as exc:
-        raise DatabaseUnreachable(f"database{where}: {first_line(exc)}") from None
+    except (sqlalchemy.exc.DBAPIError, psycopg.Error) as exc:
+        cause: BaseException = exc
+        if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig is not None:
+            cause = exc.orig
+        if isinstance(cause, psycopg.OperationalError | psycopg.errors.InsufficientPrivilege):
+            raise DatabaseUnreachable(
+                f"cannot use the database{where} (POLEGW_DATABASE_URL): {first_line(cause)}"
+            ) from None
+        raise DatabaseUnreachable(f"database{where}: {first_line(cause)}") from None
 
 
 async def check_database(database_url: str) -> None:
