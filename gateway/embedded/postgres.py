@@ -210,7 +210,7 @@ class _Postgres:
                     f"to reach {needed}; choose a folder outside it or `chmod o+x {blocked}`"
                 )
         if not (data_dir / "PG_VERSION").exists():
-            _initdb(data_dir, bin_dir, run_as)
+            _initdb(data_dir, bin_dir, run_as, abort)
         _check_version(data_dir, bin_dir)
         run_as.give(data_dir)
         _clear_stale_lock(data_dir)
@@ -317,22 +317,34 @@ def kill_running() -> None:
         server.kill()
 
 
-def _run_pg(argv: list[str], run_as: RunAs) -> None:
-    result = subprocess.run(
+def _run_pg(argv: list[str], run_as: RunAs, abort: threading.Event | None = None) -> None:
+    """Run a PostgreSQL tool to its end, or until `abort` is set (then stop it)."""
+    with subprocess.Popen(
         [*run_as.prefix, *argv],
         stdin=subprocess.DEVNULL,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         cwd="/",
         env={**os.environ, "LC_ALL": "C"},
-        check=False,
         **run_as.popen_kwargs(),
-    )
-    if result.returncode != 0:
-        output = (result.stdout + result.stderr).decode(errors="replace").strip()
-        raise EmbeddedServiceError(f"{Path(argv[0]).name} failed ({result.returncode}):\n{output}")
+    ) as proc:
+        while True:
+            try:
+                output, _ = proc.communicate(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                if abort is not None and abort.is_set():
+                    proc.kill()
+                    proc.communicate()
+                    raise EmbeddedServiceError(f"{Path(argv[0]).name} interrupted") from None
+    if proc.returncode != 0:
+        text = output.decode(errors="replace").strip()
+        raise EmbeddedServiceError(f"{Path(argv[0]).name} failed ({proc.returncode}):\n{text}")
 
 
-def _initdb(data_dir: Path, bin_dir: Path, run_as: RunAs) -> None:
+def _initdb(
+    data_dir: Path, bin_dir: Path, run_as: RunAs, abort: threading.Event | None = None
+) -> None:
     """Create the cluster in a scratch folder and rename it into place, so that a run
     killed during initdb never leaves a half-made cluster behind."""
     if data_dir.exists():
@@ -368,6 +380,7 @@ def _initdb(data_dir: Path, bin_dir: Path, run_as: RunAs) -> None:
                 "--no-instructions",
             ],
             run_as,
+            abort,
         )
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
