@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from pydantic import ValidationError
 
+from gateway.cli_errors import EXIT_USER, check_database, database_errors, run_until_signal
 from gateway.config import Settings
 from gateway.errors import ConfigError, SourceFileError
 
@@ -25,6 +24,10 @@ site_app = typer.Typer(help="Load the site: poles, devices and tenants.", no_arg
 app.add_typer(site_app, name="site")
 user_app = typer.Typer(help="Manage the API's users.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
+
+
+# The shortest telemetry interval the simulators take (0 or less would never wait).
+MIN_INTERVAL_S = 0.1
 
 
 def setup_logging(level: str) -> None:
@@ -48,34 +51,14 @@ def settings_or_exit() -> Settings:
         raise typer.Exit(2) from None
 
 
-def fail(message: str, code: int = 2) -> typer.Exit:
+def plural(n: int, noun: str) -> str:
+    """ "1 tenant", "2 tenants"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def fail(message: str, code: int = EXIT_USER) -> typer.Exit:
     typer.echo(f"polegw: {message}", err=True)
     return typer.Exit(code)
-
-
-def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run `main(stop)`; the first Ctrl-C/SIGTERM sets `stop`, a second one aborts."""
-
-    async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-
-        def on_signal() -> None:
-            if stop.is_set() and task is not None:
-                task.cancel()
-            stop.set()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal)
-        await main(stop)
-
-    try:
-        asyncio.run(runner())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        raise typer.Exit(130) from None
-    except ConfigError as exc:
-        raise fail(str(exc)) from None
 
 
 @app.command()
@@ -102,11 +85,12 @@ def migrate(
     setup_logging(settings.log_level)
     try:
         url = settings.require_database_url()
-        if downgrade:
-            m.downgrade(url, revision)
-        else:
-            m.upgrade(url, revision)
-        typer.echo(f"database at revision {m.current(url) or 'base'}")
+        with database_errors(url):
+            if downgrade:
+                m.downgrade(url, revision)
+            else:
+                m.upgrade(url, revision)
+            typer.echo(f"database at revision {m.current(url) or 'base'}")
     except ConfigError as exc:
         raise fail(str(exc)) from None
 
@@ -135,12 +119,14 @@ def site_import(
     devices = sum(len(p.devices) for p in site.poles)
     if dry_run:
         typer.echo(
-            f"{file}: valid: {len(site.tenants)} tenants,"
-            f" {len(site.poles)} poles, {devices} devices"
+            f"{file}: valid: {plural(len(site.tenants), 'tenant')},"
+            f" {plural(len(site.poles), 'pole')}, {plural(devices, 'device')}"
         )
         return
     try:
-        counts = asyncio.run(import_site(settings.require_database_url(), site))
+        url = settings.require_database_url()
+        with database_errors(url):
+            counts = asyncio.run(import_site(url, site))
     except ConfigError as exc:
         raise fail(str(exc)) from None
     typer.echo(f"{file}: {counts}")
@@ -180,6 +166,7 @@ def user_add(
     setup_logging(settings.log_level)
 
     async def add() -> None:
+        await check_database(settings.require_database_url())
         pool = open_pool(settings.require_database_url())
         await pool.open()
         try:
@@ -188,7 +175,8 @@ def user_add(
             await pool.close()
 
     try:
-        asyncio.run(add())
+        with database_errors(settings.database_url):
+            asyncio.run(add())
     except ConfigError as exc:
         raise fail(str(exc)) from None
     except UserExists:
@@ -208,7 +196,9 @@ def simulate(
     poles: Annotated[
         int, typer.Option(min=1, max=9999, help="Without --site: this many demo poles")
     ] = 20,
-    interval: Annotated[float, typer.Option(help="Seconds between telemetry messages")] = 5.0,
+    interval: Annotated[
+        float, typer.Option(min=MIN_INTERVAL_S, help="Seconds between telemetry messages")
+    ] = 5.0,
     seed: Annotated[int, typer.Option(help="Random seed")] = 1,
     modbus_port: Annotated[
         int,
@@ -220,6 +210,24 @@ def simulate(
             help="Without --site: the first road's Modbus port (the next roads' follow)",
         ),
     ] = 15020,
+    modbus_local_base: Annotated[
+        int | None,
+        typer.Option(
+            "--modbus-local-base",
+            metavar="PORT",
+            min=1,
+            max=65535,
+            help="With --site: serve the site's Modbus devices on local ports instead of"
+            " their addresses, each distinct host:port on PORT, PORT+1, … (printed)",
+        ),
+    ] = None,
+    modbus_local_host: Annotated[
+        str,
+        typer.Option(
+            "--modbus-local-host",
+            help="With --modbus-local-base: the address they listen on (0.0.0.0 in a container)",
+        ),
+    ] = "127.0.0.1",
 ) -> None:
     """Run simulated poles: MQTT edge controllers against the broker at POLEGW_MQTT_URL,
     and the site's Modbus devices on their endpoints."""
@@ -227,6 +235,8 @@ def simulate(
     from gateway.core.site import parse_site
     from gateway.demo import modbus_endpoints, run_simulators
     from simulators.demo_site import demo_site
+    from simulators.local_ports import map_to_local
+    from simulators.modbus_devices import MODBUS_MODELS
 
     settings = settings_or_exit()
     setup_logging(settings.log_level)
@@ -244,10 +254,24 @@ def simulate(
         except OSError as exc:
             raise fail(f"{site_file}: cannot read: {exc}") from None
     else:
+        if modbus_local_base is not None:
+            raise fail("--modbus-local-base: only with --site (the demo site uses --modbus-port)")
         try:
             site = demo_site(poles, modbus_base_port=modbus_port)
         except ValueError as exc:
             raise fail(f"--modbus-port {modbus_port}: {exc}") from None
+    try:
+        local = map_to_local(
+            site, catalog, MODBUS_MODELS, base_port=modbus_local_base, host=modbus_local_host
+        )
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    site = local.site
+    for device_id, why in local.left_out.items():
+        typer.echo(f"not simulated: Modbus device {device_id} ({why})")
+    if local.moved:
+        typer.echo("Modbus endpoints served on local ports:")
+        typer.echo("\n".join(local.mapping_lines()))
     buses = modbus_endpoints(site)
     modbus = f" and Modbus devices on {len(buses)} buses" if buses else ""
     typer.echo(
@@ -263,6 +287,7 @@ def simulate(
             prefix=settings.mqtt_topic_prefix,
             interval_s=interval,
             seed=seed,
+            other_ports="--modbus-port" if site_file is None else "--modbus-local-base",
         )
     )
 
@@ -274,7 +299,8 @@ def demo(
         Path, typer.Option(help="Where the embedded database keeps its data")
     ] = Path(".polegw-demo"),
     interval: Annotated[
-        float, typer.Option(help="Seconds between simulated telemetry messages")
+        float,
+        typer.Option(min=MIN_INTERVAL_S, help="Seconds between simulated telemetry messages"),
     ] = 5.0,
     embedded_broker: Annotated[
         bool, typer.Option(help="Start the embedded broker even if one listens on port 1883")
@@ -289,9 +315,18 @@ def demo(
             help="Port of the first road's simulated Modbus converter; the next roads' follow",
         ),
     ] = 15020,
+    use_database_anyway: Annotated[
+        bool,
+        typer.Option(
+            "--use-database-anyway",
+            help="Let the demo write its site, users, leases and bills into the database"
+            " POLEGW_DATABASE_URL names even though it is not a demo database",
+        ),
+    ] = False,
 ) -> None:
     """Start everything on one machine: broker, database, simulators, gateway and API."""
     from gateway.demo import run_demo
+    from gateway.embedded.postgres import kill_running
 
     settings = settings_or_exit()
     setup_logging(settings.log_level)
@@ -309,7 +344,9 @@ def demo(
             interval_s=interval,
             embedded_broker_only=embedded_broker,
             modbus_base_port=modbus_port,
-        )
+            use_database_anyway=use_database_anyway,
+        ),
+        on_hard_exit=kill_running,
     )
 
 
@@ -344,6 +381,7 @@ def bills_generate(
     setup_logging(settings.log_level)
 
     async def generate() -> list[tuple[dict[str, object], str]]:
+        await check_database(settings.require_database_url())
         pool = open_pool(settings.require_database_url())
         await pool.open()
         try:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import logging
 import secrets
@@ -67,6 +68,7 @@ from gateway.core.site import (
     SlotSpec,
 )
 from gateway.core.tariffs import NoTariff
+from gateway.demo_database import claim_database
 from gateway.errors import ConfigError
 from gateway.service import open_pool, run_gateway
 from simulators.demo_site import MODBUS_BASE_PORT, demo_site
@@ -484,18 +486,26 @@ def modbus_endpoints(site: SiteSpec) -> list[tuple[str, int]]:
     return sorted(found, key=lambda e: (e[1], e[0]))
 
 
-def check_ports_free(endpoints: list[tuple[str, int]]) -> None:
-    """Refuse, naming the port, when a simulated bus could not listen where it must."""
+def check_ports_free(
+    endpoints: list[tuple[str, int]], *, other_ports: str = "--modbus-port"
+) -> None:
+    """Refuse, naming the port and what to do, when a simulated bus could not listen
+    where it must. `other_ports`: the option that moves the buses elsewhere."""
     for host, port in endpoints:
-        with socket.socket() as probe:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's servers
             try:
                 probe.bind((host, port))
             except OSError as exc:
+                why = {
+                    errno.EADDRNOTAVAIL: f"{host} is not an address of this machine",
+                    errno.EACCES: f"port {port} needs root",
+                    errno.EADDRINUSE: "the port is in use (another polegw demo or simulate?)",
+                }.get(exc.errno or 0, exc.strerror or str(exc))
                 raise ConfigError(
-                    f"cannot simulate the Modbus devices on {host}:{port}: {exc.strerror or exc}"
-                    " (another polegw demo or simulate running?); pick other ports with"
-                    " --modbus-port"
+                    f"cannot simulate the Modbus devices on {host}:{port}: {why};"
+                    f" serve them on other local ports with {other_ports} PORT"
                 ) from None
 
 
@@ -561,10 +571,11 @@ async def run_simulators(
     prefix: str = "poles",
     interval_s: float = 5.0,
     seed: int = 1,
+    other_ports: str = "--modbus-port",
 ) -> None:
     """The site's simulated Modbus devices, then its MQTT poles, until `stop` is set."""
     catalog = catalog if catalog is not None else load_catalog()
-    check_ports_free(modbus_endpoints(site))
+    check_ports_free(modbus_endpoints(site), other_ports=other_ports)
     with config_errors_bare():
         async with asyncio.TaskGroup() as tg:
             await start_modbus_devices(tg, site, catalog, stop, seed=seed)
@@ -591,8 +602,55 @@ async def run_demo(
     interval_s: float,
     embedded_broker_only: bool = False,
     modbus_base_port: int = MODBUS_BASE_PORT,
+    use_database_anyway: bool = False,
 ) -> None:
-    """`data_dir` must exist (the CLI creates it)."""
+    """`data_dir` must exist (the CLI creates it). Setting `stop` while the demo is
+    still starting ends the start-up at once (what was started is stopped again)."""
+    started = asyncio.Event()
+    body = asyncio.create_task(
+        _run_demo(
+            settings,
+            stop,
+            started,
+            poles=poles,
+            data_dir=data_dir,
+            interval_s=interval_s,
+            embedded_broker_only=embedded_broker_only,
+            modbus_base_port=modbus_base_port,
+            use_database_anyway=use_database_anyway,
+        ),
+        name="demo",
+    )
+
+    async def cancel_start_up() -> None:
+        await stop.wait()
+        if not started.is_set():
+            body.cancel()
+
+    watcher = asyncio.create_task(cancel_start_up(), name="demo-start-up-watch")
+    try:
+        await body
+    except asyncio.CancelledError:
+        this = asyncio.current_task()
+        if this is not None and this.cancelling():
+            raise  # cancelled from outside, not by `stop`
+        _say("polegw demo stopped during start-up.")
+    finally:
+        watcher.cancel()
+
+
+async def _run_demo(
+    settings: Settings,
+    stop: asyncio.Event,
+    started: asyncio.Event,
+    *,
+    poles: int,
+    data_dir: Path,
+    interval_s: float,
+    embedded_broker_only: bool,
+    modbus_base_port: int,
+    use_database_anyway: bool,
+) -> None:
     from gateway.embedded import embedded_broker, embedded_postgres, port_is_open
 
     try:
@@ -606,13 +664,17 @@ async def run_demo(
         update: dict[str, object] = {}
         if settings.database_url:
             database_url = settings.database_url
-            _say(f"database: {redacted(database_url)} (POLEGW_DATABASE_URL)")
+            claim = await claim_database(database_url, ours=False, anyway=use_database_anyway)
+            _say(f"database: {redacted(database_url)} (POLEGW_DATABASE_URL: {claim})")
+            session_tag = database_url
         else:
             _say(f"database: starting embedded PostgreSQL, data in {data_dir}")
             database_url = await stack.enter_async_context(
                 embedded_postgres(data_dir / "postgres", port=free_port())
             )
+            await claim_database(database_url, ours=True)
             update["database_url"] = database_url
+            session_tag = str(data_dir)  # the embedded server's port changes at every run
 
         if "mqtt_url" in settings.model_fields_set:
             mqtt_url = settings.mqtt_url
@@ -628,18 +690,19 @@ async def run_demo(
         if port_is_open(settings.api_host, settings.api_port):
             update["api_port"] = free_port(settings.api_host)
             _say(f"port {settings.api_port} is taken; the API uses {update['api_port']}")
-        if "mqtt_client_id" not in settings.model_fields_set:
-            # One persistent session per demo database: two demos on one
-            # broker must not take each other's session over.
-            tag = hashlib.sha256(database_url.encode()).hexdigest()[:10]
-            update["mqtt_client_id"] = f"polegw-demo-{tag}"
+        # One persistent session per demo database, never POLEGW_MQTT_CLIENT_ID (that
+        # is the production gateway's): two demos, or a demo and a gateway, on one
+        # broker must not take each other's session over.
+        tag = hashlib.sha256(session_tag.encode()).hexdigest()[:10]
+        update["mqtt_client_id"] = f"polegw-demo-{tag}"
         if settings.secret_key is None:
             update["secret_key"] = SecretStr(_demo_secret(data_dir / "secret-key"))
         if "spool_dir" not in settings.model_fields_set:
             update["spool_dir"] = data_dir / "spool"  # beside the demo's data, not in the cwd
         settings = settings.model_copy(update=update)
 
-        await asyncio.to_thread(migrate.upgrade, database_url)
+        with demoted_to_debug("alembic"):  # 16 INFO lines the demo's user has no use for
+            await asyncio.to_thread(migrate.upgrade, database_url)
         counts = await import_site(database_url, site)
         _say(f"demo site: {len(site.poles)} poles ({counts})")
         login = await _demo_admin(database_url, data_dir / "admin-password")
@@ -657,6 +720,7 @@ async def run_demo(
         )
 
         subscribed = asyncio.Event()
+        started.set()  # from here on, `stop` stops the demo the orderly way
         with config_errors_bare():
             async with asyncio.TaskGroup() as tg:
                 await start_modbus_devices(tg, site, catalog, stop)
@@ -674,6 +738,35 @@ async def run_demo(
                         seeded,
                     )
     _say("polegw demo stopped.")
+
+
+class _DemoteToDebug(logging.Filter):
+    """Log the records of one logger (and its children) at DEBUG: shown only when
+    the root logger logs DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.filter_name(record):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+    def filter_name(self, record: logging.LogRecord) -> bool:
+        return super().filter(record)  # logging.Filter(name) matches name and children
+
+
+@contextlib.contextmanager
+def demoted_to_debug(name: str) -> Iterator[None]:
+    """While inside, the records of logger `name` and its children are logged at
+    DEBUG by the root logger's handlers."""
+    demote = _DemoteToDebug(name)
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(demote)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(demote)
 
 
 def _demo_secret(path: Path) -> str:

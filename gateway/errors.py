@@ -51,3 +51,7 @@ class StorageUnavailable(PolegwError):
 
 class EmbeddedServiceError(PolegwError):
     """An embedded broker or database (polegw demo) could not be started."""
+
+
+class DatabaseUnreachable(ConfigError):
+    """The database named by POLEGW_DATABASE_URL cannot be reached or refuses us."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 
@@ -16,7 +18,7 @@ from gateway.adapters.credentials import TokenIssuer
 from gateway.adapters.db import TenantScopedPool, libpq_url
 from gateway.adapters.events import LiveEvents, TelemetryAnnouncer
 from gateway.adapters.modbus_bus import BusOptions
-from gateway.adapters.mqtt import MqttSubscription
+from gateway.adapters.mqtt import MqttSubscription, client_id_lock
 from gateway.adapters.spool import AsyncSpool, FullPolicy, SpoolError
 from gateway.adapters.telemetry_writer import TelemetryWriter
 from gateway.alarming import build_alarm_runner
@@ -36,11 +38,36 @@ log = logging.getLogger(__name__)
 
 
 class ApiServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the supervisor owns SIGINT/SIGTERM."""
+    """uvicorn without its own signal handling: the supervisor owns SIGINT/SIGTERM.
+
+    It binds its socket itself: uvicorn answers a port in use with sys.exit(1)
+    from inside a task, which no supervisor can report as one line."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        if sockets is None:
+            sockets = [listening_socket(self.config.host, self.config.port)]
+        try:
+            await super().serve(sockets)
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port, or a ConfigError naming the settings to change."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise ConfigError(
+            f"the API cannot listen on {host}:{port}:"
+            f" {os.strerror(exc.errno) if exc.errno else exc}"
+            " (another polegw running? choose POLEGW_API_PORT or POLEGW_API_HOST)"
+        ) from None
 
 
 def open_pool(database_url: str) -> AsyncConnectionPool:
@@ -101,6 +128,8 @@ async def run_gateway(
     """
     database_url = settings.require_database_url()
     secret = settings.require_secret_key() if api else ""  # fail before starting anything
+    with client_id_lock(settings):  # held by MqttSubscription.run; checked here, early
+        pass
     tokens = TokenIssuer(secret, timedelta(seconds=settings.token_ttl_s))
     catalog = catalog or load_catalog(settings.profiles_dir)
     metrics = metrics or Metrics()

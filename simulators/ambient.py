@@ -177,8 +177,17 @@ class Ambient:
         return clamp(0.1 + 0.45 * day + 0.45 * max(bump(h, 8.0, 1.0), bump(h, 18.0, 1.3)), 0, 1)
 
     def grid_v(self, t: float) -> float:
-        evening = 3.0 * bump(self.local_hour(t), 20.0, 2.0)  # the feeder sags under evening load
-        return 229.0 - evening + 2.5 * self.noise.smooth("grid", t, 600)
+        """The supply voltage at the site's poles: lower under the day's and the
+        evening's load, higher in the small hours, wandering over minutes, and never
+        still from one reading to the next (other loads switch on the feeder)."""
+        h = self.local_hour(t)
+        load = 1.5 * bump(h, 11.0, 3.0) + 3.0 * bump(h, 20.0, 2.0)
+        light = 1.5 * bump(h, 3.5, 2.0)  # little load at night: the voltage rises
+        drift = 2.5 * self.noise.smooth("grid", t, 600)
+        flicker = 0.6 * self.noise.smooth("flicker", t, 4) + 0.3 * self.noise.smooth(
+            "ripple", t, 1.3
+        )
+        return 229.0 - load + light + drift + flicker
 
     def wind_ms(self, t: float, sun: float) -> float:
         """Wind speed; `sun` is the sine of the sun's elevation (sunshine stirs the air)."""

@@ -1,6 +1,8 @@
 """Simulated poles' edge controllers publishing over MQTT (DESIGN.md section 5).
 
-Each pole gets its own connection (client id `polegw-sim-{pole_id}`) with a will
+Each pole gets its own connection (client id `polegw-sim-{pole_id}-{run}`, where
+`run` is random per `run_poles`, so two simulators, a demo and a test run on one
+broker never take each other's sessions over) with a will
 that marks it offline, announces itself online (retained), then publishes one
 telemetry batch per interval and its events as they happen, all at QoS 1. Poles
 start staggered across the interval. A dropped connection is retried with a
@@ -21,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -111,6 +114,16 @@ async def _wait(
     return stop.is_set()
 
 
+def new_run_tag() -> str:
+    """A random tag for one simulator run's client ids."""
+    return secrets.token_hex(3)
+
+
+def sim_client_id(pole_id: str, run_tag: str) -> str:
+    """The MQTT client id of a simulated pole in one run."""
+    return f"polegw-sim-{pole_id}-{run_tag}"
+
+
 class CommandReply(TypedDict):
     id: str
     ok: bool
@@ -129,10 +142,13 @@ class EdgeController:
         interval_s: float,
         rng: random.Random,
         profiles: Mapping[str, Profile] | None = None,
+        run_tag: str | None = None,
     ) -> None:
         """`profiles` (device id -> profile) says which commands each device takes;
-        a device without one takes none."""
+        a device without one takes none. `run_tag` makes the MQTT client id unique to
+        this run (default: random)."""
         self.model = model
+        self.client_id = sim_client_id(model.pole_id, run_tag or new_run_tag())
         self.broker = broker
         self.interval_s = interval_s
         self.rng = rng
@@ -153,7 +169,7 @@ class EdgeController:
             b.port,
             username=b.username,
             password=b.password,
-            identifier=f"polegw-sim-{self.model.pole_id}",
+            identifier=self.client_id,
             will=aiomqtt.Will(self.status_topic, _json({"state": "offline"}), qos=1, retain=True),
             tls_context=ssl.create_default_context() if b.tls else None,
             keepalive=max(10, int(self.interval_s * 3)),
@@ -336,12 +352,14 @@ async def run_poles(
     models = site_models(
         site, seed=seed, config=config, transport=only_transport, models=MODBUS_MODELS
     )
+    run_tag = new_run_tag()
     log.info(
-        "simulating %d poles against %s:%d every %g s",
+        "simulating %d poles against %s:%d every %g s (client ids polegw-sim-…-%s)",
         len(models),
         broker.host,
         broker.port,
         interval_s,
+        run_tag,
     )
     async with asyncio.TaskGroup() as tg:
         for i, model in enumerate(models):
@@ -356,6 +374,7 @@ async def run_poles(
                     for d in model.devices
                     if d.device_id in profiles
                 },
+                run_tag=run_tag,
             )
             tg.create_task(
                 pole.run(stop, start_delay_s=interval_s * i / len(models)),

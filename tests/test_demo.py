@@ -213,6 +213,12 @@ def test_demo_twice_on_embedded_services(tmp_path: Path) -> None:
     port = free_port()
     modbus_port = free_ports(ROADS)
     first = run_demo_once(data_dir, port, modbus_port, tmp_path / "first.log")
+    # An empty database: everything created, nothing "updated" (issue 16 item 19).
+    assert re.search(r"demo site: 3 poles \(\d+ created, 0 updated, 0 unchanged\)", first["log"])
+    # Before the banner: no Alembic INFO lines, no TimescaleDB warning.
+    assert "alembic" not in first["log"], first["log"]
+    assert "timescaledb" not in first["log"].lower(), first["log"]
+    assert "POLEGW_DATABASE_URL" not in first["log"]  # the embedded database, marked as the demo's
     assert first["lamp"], "no live MQTT values within 15 s:\n" + str(first["log"])
     assert first["meter"], "no live Modbus meter values within 15 s:\n" + str(first["log"])
     assert first["poles"] == ["P0001", "P0002", "P0003"]
@@ -234,3 +240,46 @@ def test_demo_twice_on_embedded_services(tmp_path: Path) -> None:
         datetime.fromisoformat(b["generated_at"]) > datetime.fromisoformat(generated[b["id"]])
         for b in second["bills"]
     )
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_start_up_stops_at_once(tmp_path: Path) -> None:
+    """Issue 16 item 19: Ctrl-C while the embedded database starts took 6-8 s (the
+    start-up ran to its end first). Now it stops what was started, and says so."""
+    data_dir = tmp_path / "demo"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLEGW_")}
+    env["POLEGW_API_PORT"] = str(free_port())
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "demo",
+            "--embedded-broker",
+            "--poles",
+            "2",
+            "--data-dir",
+            str(data_dir),
+            "--modbus-port",
+            str(free_ports(ROADS)),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("database: starting embedded PostgreSQL"), line
+    time.sleep(0.3)  # initdb or the server's start is under way
+    interrupted = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    took = time.monotonic() - interrupted
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out
+    assert "polegw demo stopped during start-up." in out
+    assert "polegw demo is running" not in out
+    assert took < 4, f"took {took:.1f} s:\n{out}"
+    # The embedded PostgreSQL was stopped: no server left behind holding the folder.
+    assert not (data_dir / "postgres" / "postmaster.pid").exists()

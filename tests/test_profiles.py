@@ -217,8 +217,22 @@ BROKEN = [
     # (id, old text, new text, line, field, fragment of the message)
     ("bad-kind", "    kind: gauge", "    kind: gage", 7, "metrics.power_w.kind", "'gauge'"),
     ("min-above-max", "    min: 0", "    min: 2000", 5, "metrics.power_w", "min (2000"),
-    ("unknown-metric-key", "    unit: W", "    units: W", 6, "metrics.power_w.units", "Extra"),
-    ("unknown-top-key", "description:", "colour: red\ndescription:", 2, "colour", "Extra"),
+    (
+        "unknown-metric-key",
+        "    unit: W",
+        "    units: W",
+        6,
+        "metrics.power_w.units",
+        "did you mean 'unit'?",
+    ),
+    (
+        "unknown-top-key",
+        "description:",
+        "colour: red\ndescription:",
+        2,
+        "colour",
+        "unknown field 'colour' (allowed: ",
+    ),
     (
         "bool-not-state",
         "{kind: state, type: bool}",

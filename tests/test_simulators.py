@@ -629,3 +629,89 @@ async def test_poles_answer_commands_over_the_broker(mqtt_url: str, topic_prefix
     assert unknown["ok"] is False
     assert "unknown command 'self_destruct'" in str(unknown["error"])
     assert all(dim == 30 for t, dim in dims if t > answered)
+
+
+def test_the_supply_voltage_moves_between_readings_even_with_the_lamp_off() -> None:
+    """Issue 16: 230.3 V on every read in daytime. Readings 5 s apart differ (other
+    loads switch on the feeder) by small steps; the day's load lowers the voltage."""
+    (model,) = site_models(demo_site(1), seed=1, config=SimConfig())
+    lamp = next(d for d in model.devices if d.device_id.endswith("-lamp"))
+    noon = datetime(2026, 12, 5, 12, tzinfo=UTC) - CST
+    volts = []
+    for i in range(24):
+        values = lamp.sample((noon + timedelta(seconds=5 * i)).timestamp())
+        assert values["lamp_on"] is False
+        volts.append(float(values["voltage_v"]))
+    assert len(set(volts)) >= 6, volts
+    assert all(abs(b - a) < 2.0 for a, b in itertools.pairwise(volts)), volts
+    assert all(220 < v < 240 for v in volts)
+
+    def mean_at(hour: int) -> float:
+        start = datetime(2026, 12, 5, hour, tzinfo=UTC) - CST
+        vs = [
+            float(lamp.sample((start + timedelta(minutes=m)).timestamp())["voltage_v"])
+            for m in range(0, 60, 2)
+        ]
+        return sum(vs) / len(vs)
+
+    assert mean_at(3) > mean_at(20) + 2  # light load in the small hours, the evening sag
+
+
+def test_each_simulator_run_has_its_own_client_ids() -> None:
+    (model,) = site_models(demo_site(1), seed=1, config=SimConfig())
+    broker = parse_mqtt_url("mqtt://127.0.0.1:1883")
+    ids = {
+        EdgeController(model, broker, prefix="poles", interval_s=1, rng=random.Random(1)).client_id
+        for _ in range(2)
+    }
+    assert len(ids) == 2
+    assert all(i.startswith(f"polegw-sim-{model.pole_id}-") for i in ids)
+
+
+async def test_two_simulators_of_one_site_on_one_broker_keep_their_sessions(
+    mqtt_url: str, topic_prefix: str
+) -> None:
+    """Two runs of one site (two demos, a demo and `polegw simulate`…): neither takes
+    the other's session over, so each pole comes online once per run and publishes
+    on time."""
+    site = tagged(demo_site(1), topic_prefix.split("/")[0])
+    broker = parse_mqtt_url(mqtt_url)
+    online = 0
+    telemetry = 0
+    stop = asyncio.Event()
+    try:
+        async with _client(broker) as listener:
+            await listener.subscribe(f"{topic_prefix}/#", qos=1)
+
+            async def listen() -> None:
+                nonlocal online, telemetry
+                async for message in listener.messages:
+                    kind = message.topic.value.rsplit("/", 1)[1]
+                    if kind == "telemetry":
+                        telemetry += 1
+                    elif kind == "status" and isinstance(message.payload, bytes):
+                        online += orjson.loads(message.payload)["state"] == "online"
+
+            listening = asyncio.create_task(listen(), name="test-listener")
+            runs = [
+                asyncio.create_task(
+                    run_poles(site, mqtt_url, prefix=topic_prefix, interval_s=0.2, stop=stop),
+                    name=f"test-run-{n}",
+                )
+                for n in range(2)
+            ]
+            await asyncio.sleep(3)
+            stop.set()
+            async with asyncio.timeout(10):
+                await asyncio.gather(*runs)
+            await asyncio.sleep(0.3)
+            listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listening
+    finally:
+        stop.set()
+        async with _client(broker) as cleaner:
+            for pole in site.poles:
+                await cleaner.publish(f"{topic_prefix}/{pole.id}/status", b"", qos=1, retain=True)
+    assert online == 2
+    assert telemetry >= 2 * 10

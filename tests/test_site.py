@@ -76,9 +76,36 @@ def test_several_poles_parse(catalog: ProfileCatalog) -> None:
     assert site.poles[1].location is None
 
 
-def test_empty_file_is_an_empty_site(catalog: ProfileCatalog) -> None:
-    site = parse_site("", "site.yaml", catalog)
-    assert (site.tenants, site.poles) == ([], [])
+@pytest.mark.parametrize("text", ["", "# nothing yet\n", "tenants: []\npoles: []\n"])
+def test_a_site_with_nothing_in_it_is_refused(catalog: ProfileCatalog, text: str) -> None:
+    """An empty file is a mistake (the wrong file, a failed copy), not "0 created"."""
+    error = site_error(text, catalog)
+    assert "no tenants and no poles" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            "    height_m: 10",
+            "    heigth_m: 10",
+            "unknown field 'heigth_m' (did you mean 'height_m'?)",
+        ),
+        (
+            "unit: 1}",
+            "unti: 1}",
+            "unknown field 'unti' (did you mean 'unit'?)",
+        ),
+        ("tenants:", "tenant:", "unknown field 'tenant' (did you mean 'tenants'?)"),
+        ("    road:", "    zzz:", "unknown field 'zzz' (allowed: "),
+    ],
+    ids=["pole", "modbus", "top", "nothing-close"],
+)
+def test_a_misspelt_field_names_the_field_meant(
+    catalog: ProfileCatalog, old: str, new: str, message: str
+) -> None:
+    error = site_error(EXAMPLE.replace(old, new, 1), catalog)
+    assert message in str(error), str(error)
 
 
 BROKEN = [
@@ -134,8 +161,8 @@ BROKEN = [
     ),
     ("bad-lat", "lat: 31.2304", "lat: 91.5", 7, "poles[0].location.lat", "less than or equal"),
     ("lat-not-number", "lat: 31.2304", "lat: north", 7, "poles[0].location.lat", "number"),
-    ("unknown-pole-key", "    road:", "    raod:", 9, "poles[0].raod", "Extra inputs"),
-    ("unknown-top-key", "tenants:", "tenant:", 1, "tenant", "Extra inputs"),
+    ("unknown-pole-key", "    road:", "    raod:", 9, "poles[0].raod", "did you mean 'road'?"),
+    ("unknown-top-key", "tenants:", "tenant:", 1, "tenant", "unknown field 'tenant'"),
     (
         "bad-modbus-port",
         "port: 15020",

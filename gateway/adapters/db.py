@@ -23,7 +23,11 @@ def libpq_url(url: str) -> str:
     parts = urlsplit(url)
     scheme = parts.scheme.split("+", 1)[0]
     if scheme not in ("postgresql", "postgres"):
-        raise ConfigError(f"database URL must start with postgresql://, got {parts.scheme}://")
+        # Never echo the URL: it may hold a password.
+        got = f"it starts with {parts.scheme}://" if parts.scheme else "it has no scheme"
+        raise ConfigError(
+            f"the database URL must look like postgresql://user:password@host:5432/dbname ({got})"
+        )
     return urlunsplit(("postgresql", *parts[1:]))
 
 

@@ -113,6 +113,16 @@ class BusOptions:
         return self.slow_poll_s if self.slow_poll_s is not None else 2 * self.timeout_s
 
 
+def _raise_if_cancel_swallowed() -> None:
+    """Re-raise a cancellation that a library under a poll swallowed. pymodbus's
+    request (asyncio.wait_for on Python 3.11) can turn the cancel that arrives with
+    its own time-out into "no response", and a cancel is delivered once: the bus
+    would then poll for ever, and the gateway around it never stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class ModbusBus:
     def __init__(
         self,
@@ -195,6 +205,7 @@ class ModbusBus:
                     due += missed * device.interval_s
                 if health.quarantined_until <= now:
                     await self._poll(device, health)
+                    _raise_if_cancel_swallowed()
                 heapq.heappush(
                     heap, (max(due + device.interval_s, health.quarantined_until), i, device)
                 )

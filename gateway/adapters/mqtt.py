@@ -12,19 +12,27 @@ place polegw reaches into aiomqtt.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import hashlib
 import logging
+import os
 import ssl
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.backoff import Backoff
 from gateway.config import MqttEndpoint, Settings
+from gateway.errors import ConfigError
 from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -77,6 +85,41 @@ def _require_qos1(granted: object, topics: list[str]) -> None:
         raise SubscriptionRefused(
             f"the broker did not grant QoS 1 on {bad or topics} (got {codes})"
         )
+
+
+SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: another client took the client id
+
+
+@contextlib.contextmanager
+def client_id_lock(settings: Settings) -> Iterator[None]:
+    """Hold this machine's lock on (broker, client id) while inside; a ConfigError
+    naming the setting when another process holds it. Where the lock file cannot
+    be made (a read-only or foreign temp folder) nothing is checked."""
+    endpoint = MqttEndpoint(settings.mqtt_url)
+    key = f"{endpoint.host}:{endpoint.port}/{settings.mqtt_client_id}"
+    name = f"polegw-mqtt-{hashlib.sha256(key.encode()).hexdigest()[:16]}.lock"
+    path = Path(tempfile.gettempdir()) / name
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        log.debug("no client id lock at %s: %s", path, exc)
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise ConfigError(
+                f"MQTT client id {settings.mqtt_client_id!r} on {endpoint.host}:{endpoint.port}"
+                f" is in use by another polegw on this machine (pid {holder}), which would"
+                " take the session over: give each its own POLEGW_MQTT_CLIENT_ID"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def make_client(settings: Settings, *, client_id: str, clean: bool) -> aiomqtt.Client:
@@ -183,13 +226,43 @@ class MqttSubscription:
         paho_client.manual_ack_set(True)
         paho_client.on_message = on_message
 
+        def on_disconnect(
+            _client: paho.Client,
+            userdata: object,
+            flags: paho.DisconnectFlags,
+            reason_code: ReasonCode,
+            properties: Properties | None = None,
+        ) -> None:
+            # aiomqtt reports the loss without the reason; this one the operator must see.
+            if reason_code.value == SESSION_TAKEN_OVER:
+                log.error(
+                    "another MQTT client connected with this gateway's client id %r and took"
+                    " its session over: give every gateway its own POLEGW_MQTT_CLIENT_ID"
+                    " (replicas share the work with POLEGW_MQTT_SHARE_GROUP)",
+                    self._settings.mqtt_client_id,
+                )
+            client._on_disconnect(_client, userdata, flags, reason_code, properties)
+
+        paho_client.on_disconnect = on_disconnect
+
     async def run(
         self,
         deliver: Callable[[Inbound], None],
         stop: asyncio.Event,
         drain: Callable[[], Awaitable[object]],
     ) -> None:
-        """Deliver messages until `stop` is set; then `drain` (commit and ack), disconnect."""
+        """Deliver messages until `stop` is set; then `drain` (commit and ack), disconnect.
+        Refuses (ConfigError) when another polegw on this machine uses the same client
+        id on the same broker: the two would take the session from each other."""
+        with client_id_lock(self._settings):
+            await self._run(deliver, stop, drain)
+
+    async def _run(
+        self,
+        deliver: Callable[[Inbound], None],
+        stop: asyncio.Event,
+        drain: Callable[[], Awaitable[object]],
+    ) -> None:
         backoff = Backoff()
         topics = ingest_topics(self._settings.mqtt_topic_prefix)
         first = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 import orjson
 import psycopg
@@ -17,8 +18,13 @@ from gateway.core.site import ModbusEndpoint, SiteSpec
 log = logging.getLogger(__name__)
 
 
+Outcome = Literal["created", "updated", "unchanged"]
+
+
 @dataclass(frozen=True, slots=True)
 class ImportCounts:
+    """Rows of the site's records (tenants, poles, devices, slots, compartments, ports)."""
+
     created: int
     updated: int
     unchanged: int
@@ -107,24 +113,27 @@ async def import_site(database_url: str, site: SiteSpec) -> ImportCounts:
 
     async def run(
         cur: psycopg.AsyncCursor[tuple[object, ...]], sql: str, args: tuple[object, ...]
-    ) -> None:
+    ) -> Outcome:
         nonlocal created, updated, unchanged
         await cur.execute(sql, args)
         row = await cur.fetchone()
         if row is None:
             unchanged += 1
-        elif row[0]:
+            return "unchanged"
+        if row[0]:
             created += 1
-        else:
-            updated += 1
+            return "created"
+        updated += 1
+        return "updated"
 
     conn = await psycopg.AsyncConnection.connect(libpq_url(database_url))
     async with conn, conn.transaction(), conn.cursor() as cur:
         for t in site.tenants:
             await run(cur, _TENANT, (t.id, t.name))
+        poles: dict[str, Outcome] = {}
         for p in site.poles:
             loc = p.location
-            await run(
+            poles[p.id] = await run(
                 cur,
                 _POLE,
                 (
@@ -145,7 +154,10 @@ async def import_site(database_url: str, site: SiteSpec) -> ImportCounts:
                 c = p.capacity
                 budget = (c.max_load_kg, c.max_wind_area_m2, c.power_budget_w)
                 await cur.execute(_BUDGET, (*budget, p.id, *budget))
-                if await cur.fetchone() is not None:
+                # The budget is part of the pole's row: a pole created or updated
+                # by this import is counted once, an unchanged one becomes updated.
+                if await cur.fetchone() is not None and poles[p.id] == "unchanged":
+                    unchanged -= 1
                     updated += 1
             for sl in p.slots:
                 await run(

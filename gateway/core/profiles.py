@@ -316,7 +316,7 @@ def parse_profile(text: str, filename: str) -> Profile:
 def _problems(exc: ValidationError, filename: str, lines: LineMap) -> list[SourceProblem]:
     """pydantic's errors as problems; a FieldProblems error is spread to its fields."""
     problems: list[SourceProblem] = []
-    plain = problems_from_validation(exc, filename, lines)
+    plain = problems_from_validation(exc, filename, lines, model=Profile)
     for err, problem in zip(exc.errors(include_url=False), plain, strict=True):
         placed = err.get("ctx", {}).get("error")
         if not isinstance(placed, FieldProblems):

@@ -259,14 +259,20 @@ def parse_site(text: str, filename: str, catalog: ProfileCatalog) -> SiteSpec:
         data, lines = load_yaml(text, filename)
     except YamlSyntaxError as exc:
         raise SiteError([exc.problem]) from None
-    if data is None:
-        data = {}
+    if data is None or data == {}:
+        raise SiteError(
+            [
+                SourceProblem(
+                    filename, None, "", "the file is empty: no tenants and no poles to import"
+                )
+            ]
+        )
     site: SiteSpec | None = None
     problems: list[SourceProblem] = []
     try:
         site = SiteSpec.model_validate(data)
     except ValidationError as exc:
-        problems += problems_from_validation(exc, filename, lines)
+        problems += problems_from_validation(exc, filename, lines, model=SiteSpec)
     problems += [
         SourceProblem(filename, lines.line_of(loc), _fmt(loc), msg)
         for loc, msg in _cross_references(data, catalog)
@@ -274,4 +280,6 @@ def parse_site(text: str, filename: str, catalog: ProfileCatalog) -> SiteSpec:
     if problems or site is None:
         problems.sort(key=lambda p: p.line or 0)
         raise SiteError(problems)
+    if not site.tenants and not site.poles:
+        raise SiteError([SourceProblem(filename, None, "", "no tenants and no poles to import")])
     return site

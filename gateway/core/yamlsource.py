@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
+import types
+import typing
 from collections.abc import Sequence
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from gateway.errors import SourceProblem
 
@@ -87,9 +90,15 @@ def format_loc(loc: Sequence[str | int]) -> str:
 
 
 def problems_from_validation(
-    exc: ValidationError, filename: str, lines: LineMap, prefix: Path = ()
+    exc: ValidationError,
+    filename: str,
+    lines: LineMap,
+    prefix: Path = (),
+    *,
+    model: type[BaseModel] | None = None,
 ) -> list[SourceProblem]:
-    """Turn pydantic's errors into file/line/field problems."""
+    """Turn pydantic's errors into file/line/field problems. With the `model` that was
+    validated, an unknown field names the field probably meant."""
     problems = []
     for err in exc.errors(include_url=False):
         # pydantic puts model-validator errors at the model's loc; tagged-union
@@ -97,5 +106,62 @@ def problems_from_validation(
         loc = tuple(p for p in err["loc"] if isinstance(p, int | str))
         full = (*prefix, *loc)
         msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden" and loc and model is not None:
+            msg = unknown_field(str(loc[-1]), fields_at(model, loc[:-1]))
         problems.append(SourceProblem(filename, lines.line_of(full), format_loc(full), msg))
     return problems
+
+
+def unknown_field(name: str, known: Sequence[str]) -> str:
+    """ "unknown field 'heigth_m' (did you mean 'height_m'?)", or the fields allowed."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if close:
+        return f"unknown field {name!r} (did you mean {close[0]!r}?)"
+    if known:
+        return f"unknown field {name!r} (allowed: {', '.join(sorted(known))})"
+    return f"unknown field {name!r}"
+
+
+def _alternatives(annotation: object) -> list[object]:
+    """The types a value of `annotation` may have: through Annotated, Optional and unions."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _alternatives(args[0])
+    if origin is typing.Union or origin is types.UnionType:
+        return [alt for a in args for alt in _alternatives(a)]
+    return [annotation]
+
+
+def _step(annotation: object, part: str | int) -> list[object]:
+    """The types found one step (a field, a list index, a dict key) inside `annotation`."""
+    out: list[object] = []
+    for alt in _alternatives(annotation):
+        origin = typing.get_origin(alt)
+        args = typing.get_args(alt)
+        if isinstance(alt, type) and issubclass(alt, BaseModel) and isinstance(part, str):
+            field = alt.model_fields.get(part)
+            if field is not None:
+                out.append(field.annotation)
+        elif origin in (list, tuple, set, frozenset, Sequence) and isinstance(part, int) and args:
+            out.append(args[0])
+        elif origin is dict and isinstance(part, str) and args:
+            out.append(args[-1])
+    return out
+
+
+def fields_at(model: type[BaseModel], loc: Path) -> list[str]:
+    """The field names of the model(s) found at `loc` inside `model`; [] when the
+    path leads to no model."""
+    current: list[object] = [model]
+    for part in loc:
+        current = [found for ann in current for found in _step(ann, part)]
+    names: list[str] = []
+    for ann in current:
+        for alt in _alternatives(ann):
+            if isinstance(alt, type) and issubclass(alt, BaseModel):
+                for name, field in alt.model_fields.items():
+                    shown = field.alias or name
+                    if shown not in names:
+                        names.append(shown)
+    return names

@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -56,11 +57,13 @@ async def embedded_postgres(data_dir: Path, port: int = 5433) -> AsyncIterator[s
 
     Yields a postgresql:// URL for the database `polegw`; stops the server on exit.
     """
-    starting = asyncio.ensure_future(asyncio.to_thread(_Postgres.start, data_dir, port))
+    abort = threading.Event()
+    starting = asyncio.ensure_future(asyncio.to_thread(_Postgres.start, data_dir, port, abort))
     try:
         server = await asyncio.shield(starting)
     except asyncio.CancelledError:
-        # Ctrl-C while starting: let the start finish, then stop what it started.
+        # Ctrl-C while starting: cut the wait for the server short, stop what started.
+        abort.set()
         with contextlib.suppress(Exception):
             await asyncio.to_thread((await starting).stop)
         raise
@@ -170,7 +173,7 @@ class _Postgres:
         return f"postgresql://{_PG_USER}:{_PG_PASSWORD}@{_PG_HOST}:{self._port}/{database}"
 
     @classmethod
-    def start(cls, data_dir: Path, port: int) -> _Postgres:
+    def start(cls, data_dir: Path, port: int, abort: threading.Event | None = None) -> _Postgres:
         data_dir = data_dir.resolve()
         bin_dir = _bin_dir()
         run_as = runas.run_as()
@@ -185,14 +188,20 @@ class _Postgres:
                 f"{data_dir} is in use by another running polegw (lock {lock_path})"
             ) from None
         try:
-            return cls._start_locked(data_dir, port, bin_dir, run_as, lock)
+            return cls._start_locked(data_dir, port, bin_dir, run_as, lock, abort)
         except BaseException:
             os.close(lock)
             raise
 
     @classmethod
     def _start_locked(
-        cls, data_dir: Path, port: int, bin_dir: Path, run_as: RunAs, lock: int
+        cls,
+        data_dir: Path,
+        port: int,
+        bin_dir: Path,
+        run_as: RunAs,
+        lock: int,
+        abort: threading.Event | None,
     ) -> _Postgres:
         for needed in (data_dir, bin_dir):
             if (blocked := unreachable_parent(needed, run_as)) is not None:
@@ -201,7 +210,7 @@ class _Postgres:
                     f"to reach {needed}; choose a folder outside it or `chmod o+x {blocked}`"
                 )
         if not (data_dir / "PG_VERSION").exists():
-            _initdb(data_dir, bin_dir, run_as)
+            _initdb(data_dir, bin_dir, run_as, abort)
         _check_version(data_dir, bin_dir)
         run_as.give(data_dir)
         _clear_stale_lock(data_dir)
@@ -232,20 +241,24 @@ class _Postgres:
                 **run_as.popen_kwargs(),
             )
         server = cls(proc, lock, port, log_path)
+        _RUNNING.add(server)
         try:
-            server._wait_ready(data_dir)
+            server._wait_ready(data_dir, abort or threading.Event())
         except BaseException:
             server._terminate()
+            _RUNNING.discard(server)
             raise
         log.info(
             "embedded PostgreSQL (pid %d) on %s:%d, data in %s", proc.pid, _PG_HOST, port, data_dir
         )
         return server
 
-    def _wait_ready(self, data_dir: Path) -> None:
+    def _wait_ready(self, data_dir: Path, abort: threading.Event) -> None:
         deadline = time.monotonic() + _START_TIMEOUT_S
         pidfile = data_dir / "postmaster.pid"
         while time.monotonic() < deadline:
+            if abort.is_set():
+                raise EmbeddedServiceError("PostgreSQL start-up interrupted")
             if self._proc.poll() is not None:
                 raise EmbeddedServiceError(
                     f"PostgreSQL exited with code {self._proc.returncode}; "
@@ -284,25 +297,54 @@ class _Postgres:
             self._terminate()
             log.info("embedded PostgreSQL stopped")
         finally:
+            _RUNNING.discard(self)
             os.close(self._lock)
 
+    def kill(self) -> None:
+        """Immediate shutdown (SIGQUIT), without waiting: for a process exiting at once."""
+        with contextlib.suppress(ProcessLookupError, OSError):
+            self._proc.send_signal(signal.SIGQUIT)
 
-def _run_pg(argv: list[str], run_as: RunAs) -> None:
-    result = subprocess.run(
+
+# The servers this process runs, for `kill_running` (a process that must exit at
+# once still stops its PostgreSQL, which runs in a session of its own).
+_RUNNING: set[_Postgres] = set()
+
+
+def kill_running() -> None:
+    """Tell every embedded PostgreSQL this process started to shut down immediately."""
+    for server in list(_RUNNING):
+        server.kill()
+
+
+def _run_pg(argv: list[str], run_as: RunAs, abort: threading.Event | None = None) -> None:
+    """Run a PostgreSQL tool to its end, or until `abort` is set (then stop it)."""
+    with subprocess.Popen(
         [*run_as.prefix, *argv],
         stdin=subprocess.DEVNULL,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         cwd="/",
         env={**os.environ, "LC_ALL": "C"},
-        check=False,
         **run_as.popen_kwargs(),
-    )
-    if result.returncode != 0:
-        output = (result.stdout + result.stderr).decode(errors="replace").strip()
-        raise EmbeddedServiceError(f"{Path(argv[0]).name} failed ({result.returncode}):\n{output}")
+    ) as proc:
+        while True:
+            try:
+                output, _ = proc.communicate(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                if abort is not None and abort.is_set():
+                    proc.kill()
+                    proc.communicate()
+                    raise EmbeddedServiceError(f"{Path(argv[0]).name} interrupted") from None
+    if proc.returncode != 0:
+        text = output.decode(errors="replace").strip()
+        raise EmbeddedServiceError(f"{Path(argv[0]).name} failed ({proc.returncode}):\n{text}")
 
 
-def _initdb(data_dir: Path, bin_dir: Path, run_as: RunAs) -> None:
+def _initdb(
+    data_dir: Path, bin_dir: Path, run_as: RunAs, abort: threading.Event | None = None
+) -> None:
     """Create the cluster in a scratch folder and rename it into place, so that a run
     killed during initdb never leaves a half-made cluster behind."""
     if data_dir.exists():
@@ -338,6 +380,7 @@ def _initdb(data_dir: Path, bin_dir: Path, run_as: RunAs) -> None:
                 "--no-instructions",
             ],
             run_as,
+            abort,
         )
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
