@@ -13,7 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from gateway.adapters.command_store import CommandStore
 from gateway.adapters.credentials import TokenIssuer
-from gateway.adapters.db import TenantScopedPool, libpq_url
+from gateway.adapters.db import DatabaseHealth, TenantScopedPool, libpq_url
 from gateway.adapters.modbus_bus import BusOptions
 from gateway.adapters.mqtt import MqttSubscription
 from gateway.adapters.spool import AsyncSpool, FullPolicy, SpoolError
@@ -113,6 +113,7 @@ async def run_gateway(
         spool_after_s=settings.spool_after_s,
     )
     pool = open_pool(database_url)
+    database = DatabaseHealth(database_url)
     command_store = CommandStore(pool)
     replies: list[CommandDispatcher] = []  # the dispatcher needs mqtt, mqtt routes replies to it
     mqtt = MqttSubscription(
@@ -154,6 +155,7 @@ async def run_gateway(
     server: ApiServer | None = None
     try:
         async with asyncio.TaskGroup() as tg:
+            tg.create_task(database.run(stop), name="database-probe")
             commit = tg.create_task(pipeline.run(), name="ingest-commit")
             refresh = tg.create_task(registry.refresh_forever(), name="registry-refresh")
             polling = tg.create_task(modbus.run(stop), name="modbus-polling")
@@ -181,6 +183,7 @@ async def run_gateway(
                     mqtt_connected=lambda: mqtt.connected,
                     commands=dispatcher,
                     throttle=LoginThrottle(window_s=settings.login_window_s),
+                    database=database,
                 )
                 config = uvicorn.Config(
                     create_app(ctx),
