@@ -33,6 +33,10 @@ from gateway.registry_source import RegistrySource
 
 log = logging.getLogger(__name__)
 
+# The last known registry, beside the spool (RegistrySource): a gateway started
+# while the database is down starts from it.
+REGISTRY_CACHE = "registry.json"
+
 
 class ApiServer(uvicorn.Server):
     """uvicorn without its own signal handling: the supervisor owns SIGINT/SIGTERM."""
@@ -95,9 +99,16 @@ async def run_gateway(
     tokens = TokenIssuer(secret, timedelta(seconds=settings.token_ttl_s))
     catalog = catalog or load_catalog(settings.profiles_dir)
     metrics = metrics or Metrics()
-    registry = RegistrySource(database_url, catalog, metrics, every_s=settings.registry_refresh_s)
-    if not await registry.load_with_retry(stop):
-        return
+    registry = RegistrySource(
+        database_url,
+        catalog,
+        metrics,
+        every_s=settings.registry_refresh_s,
+        cache=settings.spool_dir / REGISTRY_CACHE,
+    )
+    # From the database, else from the copy beside the spool; with neither the
+    # API starts anyway and ingest waits for the database (below).
+    have_registry = await registry.start()
     writer = TelemetryWriter(database_url)
     spool = open_spool(settings)
     pipeline = IngestPipeline(
@@ -145,9 +156,6 @@ async def run_gateway(
     )
     replies.append(dispatcher)
     await pool.open(wait=False)
-    abandoned = await command_store.abandon_unfinished()
-    if abandoned:
-        log.warning("%d commands left unfinished by the last run are marked failed", abandoned)
     alarms = build_alarm_runner(  # docs/decisions-alarms.md
         settings=settings, pool=pool, catalog=catalog, registry=registry, dispatcher=dispatcher
     )
@@ -156,9 +164,9 @@ async def run_gateway(
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(database.run(stop), name="database-probe")
+            # Before any command of this run can be recorded: commands need the database.
+            tg.create_task(command_store.abandon_unfinished_when_reachable(stop), name="commands")
             commit = tg.create_task(pipeline.run(), name="ingest-commit")
-            refresh = tg.create_task(registry.refresh_forever(), name="registry-refresh")
-            polling = tg.create_task(modbus.run(stop), name="modbus-polling")
             state_writer = tg.create_task(states.run(), name="device-state-writer")
             alarm_task = tg.create_task(alarms.run(), name="alarms")
             from gateway.retention import Retention  # data management (docs/decisions-archive.md)
@@ -197,19 +205,28 @@ async def run_gateway(
                 )
                 server = ApiServer(config)
                 tg.create_task(server.serve(), name="api")
-            ingest = tg.create_task(
-                mqtt.run(pipeline.offer, stop, pipeline.drain), name="mqtt-ingest"
-            )
+            polling: asyncio.Task[None] | None = None
+            ingest: asyncio.Task[None] | None = None
+            refresh: asyncio.Task[None] | None = None
+            if have_registry or await registry.load_with_retry(stop):
+                refresh = tg.create_task(registry.refresh_forever(), name="registry-refresh")
+                polling = tg.create_task(modbus.run(stop), name="modbus-polling")
+                ingest = tg.create_task(
+                    mqtt.run(pipeline.offer, stop, pipeline.drain), name="mqtt-ingest"
+                )
             await stop.wait()
             log.info("stopping: draining ingest")
-            await polling
-            await ingest  # drains and disconnects
+            if polling is not None:
+                await polling
+            if ingest is not None:
+                await ingest  # drains and disconnects
             await pipeline.drain()  # whatever the last polls delivered meanwhile
             await alarms.flush()  # the last batches' alarms
             alarm_task.cancel()
             commit.cancel()
             state_writer.cancel()
-            refresh.cancel()
+            if refresh is not None:
+                refresh.cancel()
             if server is not None:
                 server.should_exit = True
     finally:

@@ -2,16 +2,12 @@
 fail, /readyz and every /api/v1 request answer 503 at once (not after the pool's
 5 s), /healthz stays instant, and all answer 200 again once the database is back.
 
-The outage is a TCP gate in front of the test's PostgreSQL: closed, it cuts the
-open connections and refuses new ones, as a stopped server would."""
+The outage is a TCP gate in front of the test's PostgreSQL (tests/faults.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from psycopg_pool import AsyncConnectionPool
@@ -19,74 +15,15 @@ from psycopg_pool import AsyncConnectionPool
 from gateway.adapters.db import DatabaseHealth
 from gateway.api.app import create_app
 from gateway.service import open_pool
+from tests.faults import gated
 from tests.support import (
     TEST_PASSWORD,
     add_user,
     api_context,
     bearer,
     eventually,
-    free_port,
     gateway_settings,
 )
-
-
-class TcpGate:
-    """A TCP forwarder on 127.0.0.1:`port` to `host`:`target`; `close()` cuts every
-    connection and stops listening, `open()` listens again on the same port."""
-
-    def __init__(self, host: str, target: int) -> None:
-        self.host, self.target = host, target
-        self.port = free_port()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def open(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
-
-    async def close(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for w in list(self._writers):
-            w.transport.abort()
-        self._writers.clear()
-        await self._server.wait_closed()
-        self._server = None
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(self.host, self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, ConnectionError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers -= {writer, up_writer}
-
-
-def through(url: str, port: int) -> str:
-    parts = urlsplit(url)
-    user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-    return urlunsplit((parts.scheme, f"{user}127.0.0.1:{port}", *parts[2:]))
-
-
-@contextlib.asynccontextmanager
-async def gated(database_url: str) -> AsyncIterator[tuple[TcpGate, str]]:
-    parts = urlsplit(database_url)
-    gate = TcpGate(parts.hostname or "127.0.0.1", parts.port or 5432)
-    await gate.open()
-    try:
-        yield gate, through(database_url, gate.port)
-    finally:
-        if gate._server is not None:
-            await gate.close()
 
 
 async def timed(
