@@ -29,6 +29,7 @@ from gateway.errors import ConfigError
 from gateway.ingest import IngestPipeline
 from gateway.metrics import Metrics
 from gateway.modbus_polling import ModbusPolling, StateStore
+from gateway.presence import MqttPresence
 from gateway.registry_source import RegistrySource
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,8 @@ async def run_gateway(
         settings=settings, pool=pool, catalog=catalog, registry=registry, dispatcher=dispatcher
     )
     pipeline.on_committed.append(alarms.on_batch)
+    presence = MqttPresence(registry, states)  # MQTT devices' state from data and status
+    pipeline.on_committed.append(presence.on_batch)
     server: ApiServer | None = None
     try:
         async with asyncio.TaskGroup() as tg:
@@ -168,6 +171,7 @@ async def run_gateway(
             tg.create_task(command_store.abandon_unfinished_when_reachable(stop), name="commands")
             commit = tg.create_task(pipeline.run(), name="ingest-commit")
             state_writer = tg.create_task(states.run(), name="device-state-writer")
+            tg.create_task(presence.run(stop), name="mqtt-presence")
             alarm_task = tg.create_task(alarms.run(), name="alarms")
             from gateway.retention import Retention  # data management (docs/decisions-archive.md)
 
