@@ -183,6 +183,7 @@ async def run_gateway(
             from gateway.lighting import LightingDispatcher  # docs/decisions-lighting.md
 
             lighting = LightingDispatcher.from_settings(settings, pool, registry, dispatcher)
+            states.on_online.append(lighting.poke)  # a lamp that is back gets its level
             tg.create_task(lighting.run(stop), name="lighting-dispatcher")
             if api:
                 ctx = ApiContext(
