@@ -1,4 +1,5 @@
-"""Issue 16 item 11: a lamp offline at a lighting step gets the step's level when
+"""Issue 16 item 11: a protective action to an offline lamp is retried until it
+succeeds, and a lamp offline at a lighting step gets the step's level when
 it comes back in the middle of the night (desired state, reconciled on return),
 for a polled (Modbus) lamp, whose command is refused at once while it is offline,
 and a publishing (MQTT) lamp, whose command times out while its pole is away.
@@ -13,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.adapters.command_store import CommandStore
@@ -25,6 +27,13 @@ from gateway.lighting import LightingDispatcher, SiteDefaults
 from gateway.modbus_polling import StateStore
 from gateway.registry_source import RegistrySource
 from tests.support import eventually
+from tests.test_emergency_actions import (
+    Running,
+    all_in,
+    fast,
+    open_emergency,
+    until_settled,
+)
 from tests.test_lighting_api import LAT, LON, ROAD, _setup_group, local
 
 MODBUS_LAMP, MQTT_LAMP = "P1-lamp", "P2-lamp"
@@ -188,3 +197,54 @@ async def test_a_lamp_offline_at_a_step_gets_its_level_when_it_returns_mid_night
             await asyncio.wait_for(loop, 5)
         writer.cancel()
         await commands.close()
+
+
+async def test_a_protective_action_to_an_offline_lamp_is_retried_until_it_succeeds(
+    database_url: str, pool: AsyncConnectionPool, registry: RegistrySource
+) -> None:
+    """A command to an offline Modbus device is refused at once; an emergency's
+    protective action meets that as a failed attempt and is retried with back-off
+    (docs/decisions.md "Protective actions: stored with the emergency, issued by a
+    retry loop") until the lamp answers again."""
+    lamps = Lamps()
+    refusals = [3]  # the first three writes meet an offline lamp
+
+    async def write(device_id: str, write: ModbusWrite) -> float | bool | None:
+        if refusals[0] > 0:
+            refusals[0] -= 1
+            raise PollFailed(
+                "offline", "the device is offline (not answering polls)", reconnect=False
+            )
+        lamps.writes.append((write.point, write.value))
+        return write.value
+
+    lamps.write = write  # type: ignore[method-assign]
+    d = CommandDispatcher(
+        store=CommandStore(pool),
+        bus_for=lamps.bus_for,  # type: ignore[arg-type]
+        publish=lamps.publish,
+        prefix="t/poles",
+        timeout_s=0.3,
+    )
+
+    def tried() -> list[tuple[int, str, str]]:
+        """seq, command, state of every command to the Modbus lamp."""
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute(
+                "SELECT seq, command, state, error FROM device_commands WHERE device_id = %s",
+                (MODBUS_LAMP,),
+            ).fetchall()
+        return [(int(q), str(c), f"{s}: {e}" if e else str(s)) for q, c, s, e in rows]
+
+    before = max((q for q, _, _ in tried()), default=0)  # the other test's commands
+    eid = await open_emergency(pool, registry, d, "P1")
+    async with Running(fast(pool, registry, d), d):
+        rows = await until_settled(pool, eid, all_in("succeeded", "failed"))
+    assert {(a["device_id"], a["command"], a["state"]) for a in rows} == {
+        (MODBUS_LAMP, "switch_on", "succeeded"),
+        (MODBUS_LAMP, "set_dim", "succeeded"),
+    }
+    assert sum(a["attempts"] for a in rows) == 5  # 3 refused + 2 that went through
+    assert sorted(lamps.writes, key=str) == sorted([("lamp_on", True), ("dim_pct", 100)], key=str)
+    now = sorted(state for q, _, state in tried() if q > before)
+    assert now == ["failed: the device is offline (not answering polls)"] * 3 + ["succeeded"] * 2
