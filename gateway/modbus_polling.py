@@ -52,7 +52,8 @@ def _fingerprint(registry: Registry) -> frozenset[tuple[str, object, str]]:
 
 
 class StateStore:
-    """Writes polled devices' online/offline changes from one task, on one pooled
+    """Writes devices' online/offline changes (polled devices' from their polls,
+    publishing devices' from gateway/presence.py) from one task, on one pooled
     connection, coalescing per device: a burst (every device coming online at
     start-up) is one batch, not one database session per device, and polling
     never waits on the database."""
