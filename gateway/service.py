@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
 
 import uvicorn
@@ -79,6 +79,23 @@ def open_spool(settings: Settings) -> AsyncSpool | None:
         )
     except (OSError, SpoolError) as exc:
         raise ConfigError(f"POLEGW_SPOOL_DIR={settings.spool_dir}: {exc}") from exc
+
+
+async def cancel_all(tasks: Iterable[asyncio.Task[None] | None]) -> None:
+    """Cancel the tasks and wait for them, cancelling again those still running a
+    second later: on Python 3.11 a cancellation that arrives as an awaited
+    `wait_for` completes (psycopg_pool's getconn, when the database has just come
+    back) is lost, and a task that lost it would hold shutdown for ever."""
+    pending = {t for t in tasks if t is not None}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+        if pending:
+            log.warning(
+                "stopping: %s did not stop when cancelled; again",
+                sorted(t.get_name() for t in pending),
+            )
 
 
 async def run_gateway(
@@ -227,13 +244,9 @@ async def run_gateway(
                 await ingest  # drains and disconnects
             await pipeline.drain()  # whatever the last polls delivered meanwhile
             await alarms.flush()  # the last batches' alarms
-            alarm_task.cancel()
-            commit.cancel()
-            state_writer.cancel()
-            if refresh is not None:
-                refresh.cancel()
             if server is not None:
                 server.should_exit = True
+            await cancel_all([alarm_task, commit, state_writer, refresh])
     finally:
         await dispatcher.close()
         await writer.close()

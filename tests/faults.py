@@ -491,7 +491,8 @@ class TcpGate:
     """A TCP forwarder on 127.0.0.1:`port` to `host`:`target`, for an outage of a
     server the test shares with others (the PostgreSQL of the test run):
     `close()` cuts every connection and stops listening, as a stopped server
-    would; `open()` listens again on the same port."""
+    would; `open()` listens again on the same port; `stall()` accepts and never
+    answers."""
 
     def __init__(self, host: str, target: int) -> None:
         self.host, self.target = host, target
@@ -504,7 +505,22 @@ class TcpGate:
         return self._server is not None
 
     async def open(self) -> None:
+        if self._server is not None:
+            await self.close()
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+
+    async def stall(self) -> None:
+        """Cut every connection, then accept new ones and never answer (a server
+        that hangs, or a network that drops packets)."""
+        if self._server is not None:
+            await self.close()
+        self._server = await asyncio.start_server(self._hold, "127.0.0.1", self.port)
+
+    async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        with contextlib.suppress(OSError, ConnectionError):
+            await reader.read()
+        self._writers.discard(writer)
 
     async def close(self) -> None:
         assert self._server is not None

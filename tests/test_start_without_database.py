@@ -18,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from gateway.core.profiles import load_catalog
 from gateway.metrics import Metrics
 from gateway.registry_source import RegistrySource
-from gateway.service import REGISTRY_CACHE, run_gateway
+from gateway.service import REGISTRY_CACHE, cancel_all, run_gateway
 from tests.faults import gated
 from tests.support import count, eventually, gateway_settings, publish, stream, wait_for_port
 
@@ -79,3 +79,23 @@ async def test_a_damaged_cache_is_refused_with_a_reason(
         assert not await source.start()
         assert not source.loaded
         assert f"the registry cache {cache} cannot be read" in caplog.text
+
+
+async def test_shutdown_cancels_again_a_task_that_lost_its_cancellation() -> None:
+    """On Python 3.11 a cancellation racing a completing wait_for is lost (the
+    alarm runner then waited for ever in its TaskGroup at shutdown)."""
+    lost = asyncio.Event()
+
+    async def loses_one_cancellation() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            lost.set()  # swallowed, as the lost one was
+        await asyncio.sleep(3600)
+
+    task = asyncio.create_task(loses_one_cancellation())
+    await asyncio.sleep(0)
+    async with asyncio.timeout(5):
+        await cancel_all([task, None])
+    assert lost.is_set()
+    assert task.cancelled()

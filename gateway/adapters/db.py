@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -151,6 +152,9 @@ class DatabaseHealth:
         self._every_s = every_s
         self._timeout_s = timeout_s
         self._conn: psycopg.AsyncConnection[TupleRow] | None = None
+        self._lock = asyncio.Lock()  # one probe at a time on the one connection
+        self._inflight: asyncio.Task[bool] | None = None  # a probe a request started
+        self._recheck_started = -math.inf  # monotonic start of `_inflight`
         self._wake = asyncio.Event()
         self.up = True  # until the first probe says otherwise: requests find out themselves
         self.detail = ""  # why the database is down (the probe's last error)
@@ -160,8 +164,36 @@ class DatabaseHealth:
         """A request failed for want of the database: probe now."""
         self._wake.set()
 
+    async def recheck(self, *, wait_s: float = 0.3) -> bool:
+        """For a request while the circuit is open: the verdict of a probe that
+        started after the request arrived, so the first request after the
+        database is back is served. Concurrent requests share one probe (one at
+        a time), and none waits more than `wait_s` (a database that does not
+        answer at all must not make requests hang)."""
+        if self.up:
+            return True
+        asked = time.monotonic()
+        try:
+            async with asyncio.timeout(wait_s):
+                while True:
+                    task = self._inflight
+                    if task is None or task.done():
+                        self._recheck_started = time.monotonic()
+                        task = asyncio.create_task(self.probe(), name="database-recheck")
+                        self._inflight = task
+                    fresh = self._recheck_started >= asked
+                    up = await asyncio.shield(task)
+                    if up or fresh:
+                        return up
+        except TimeoutError:
+            return self.up
+
     async def probe(self) -> bool:
         """One probe; updates `up` and `detail` and returns `up`."""
+        async with self._lock:
+            return await self._probe()
+
+    async def _probe(self) -> bool:
         try:
             async with asyncio.timeout(self._timeout_s):
                 if self._conn is None or self._conn.closed:
@@ -215,4 +247,8 @@ class DatabaseHealth:
                     for w in waiters:
                         w.cancel()
         finally:
+            if self._inflight is not None and not self._inflight.done():
+                self._inflight.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._inflight
             await self._drop()

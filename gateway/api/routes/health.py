@@ -27,7 +27,7 @@ async def readyz(ctx: Context) -> JSONResponse:
     checks: dict[str, str] = {}
     if ctx.database is not None:
         # The probe's verdict, at once: never the pool's 5 s wait during an outage.
-        up = ctx.database.up
+        up = ctx.database.up or await ctx.database.recheck()
         checks["database"] = "ok" if up else f"unreachable: {ctx.database.detail[:200]}"
     else:
         try:
