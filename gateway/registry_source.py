@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 
 
+def _why(exc: Exception) -> str:
+    """The first line of an error's message (psycopg's run to several)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 class RegistrySource:
     """Holds the current Registry; `refresh_forever` reloads it every few seconds.
 
@@ -86,7 +92,7 @@ class RegistrySource:
         try:
             await self.load()
         except psycopg.OperationalError as exc:
-            why = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreachable"
+            why = _why(exc)
         else:
             return True
         rows, missing = await asyncio.to_thread(self._read_cache)
@@ -169,16 +175,19 @@ class RegistrySource:
     async def load_with_retry(self, stop: asyncio.Event) -> bool:
         """Wait for the database rather than ingest with an empty registry.
         False when `stop` was set first."""
-        backoff = Backoff(first=0.5, cap=10)
+        cap_s = 10.0
+        backoff = Backoff(first=0.5, cap=cap_s)
         while not stop.is_set():
             try:
                 await self.load()
             except psycopg.OperationalError as exc:
                 delay = backoff.next_delay()
-                log.warning(
-                    "registry: database unreachable (%s); retrying in %.1fs",
-                    str(exc).strip(),
-                    delay,
+                # Once at WARNING (the outage may last hours), then at DEBUG.
+                log.log(
+                    logging.WARNING if backoff.failures == 1 else logging.DEBUG,
+                    "registry: database unreachable (%s); retrying every %.0fs at most",
+                    _why(exc),
+                    cap_s,
                 )
                 try:
                     async with asyncio.timeout(delay):
@@ -186,6 +195,8 @@ class RegistrySource:
                 except TimeoutError:
                     pass
             else:
+                if backoff.failures:
+                    log.info("registry loaded from the database; ingest starts")
                 return True
         return False
 
