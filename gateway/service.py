@@ -184,7 +184,7 @@ async def run_gateway(
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(database.run(stop), name="database-probe")
-            # Before any command of this run can be recorded: commands need the database.
+            # Commands the last run left unfinished are failed once the database answers.
             tg.create_task(command_store.abandon_unfinished_when_reachable(stop), name="commands")
             commit = tg.create_task(pipeline.run(), name="ingest-commit")
             state_writer = tg.create_task(states.run(), name="device-state-writer")
