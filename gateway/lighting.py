@@ -19,6 +19,13 @@ Restarts neither skip nor repeat a step:
    supersedes it). The lamps may then get one level command twice -- level
    commands are idempotent -- but the level is never skipped.
 
+A lamp that missed the current step (offline at the step instant: its
+commands failed or timed out) gets the step's level when it is online again:
+each tick reconciles the newest step of every group, and `poke()` (called when
+a device comes back online) makes that tick come at once. A lamp is tried at
+most RECONCILE_TRIES times per step, so one that is online but refuses the
+command is not sent it for ever.
+
 The loop sleeps until the next step instant, or at most `reload_s` to pick up
 groups, schedules and overrides changed through the API (or `poke()`).
 """
@@ -55,6 +62,8 @@ from gateway.core.registry import DeviceRef, Registry
 log = logging.getLogger(__name__)
 
 LAMP_COMMANDS = ("set_dim", "switch_off")
+# Times one command of a step is sent to one lamp, the first time included.
+RECONCILE_TRIES = 5
 
 
 class Submitter(Protocol):
@@ -188,6 +197,7 @@ class LightingDispatcher:
                 log.error("lighting: group %s has an unusable schedule: %s", row["id"], exc)
                 continue
             await self._group(row["id"], plan, now)
+            await self._reconcile(row["id"])
             nxt = next_step(plan, now, horizon=timedelta(days=2))
             if nxt is not None and (upcoming is None or nxt.instant < upcoming):
                 upcoming = nxt.instant
@@ -214,6 +224,47 @@ class LightingDispatcher:
             step = StepAt(last["instant"], int(last["level"]), last["source"])
             await self._issue(group_id, step, previous)
 
+    async def _reconcile(self, group_id: str) -> None:
+        """Send the newest step's level again to the lamps that missed it and are
+        back online."""
+        recent = await self._store.last_dispatches(group_id, 1)
+        if not recent or recent[0]["issued_at"] is None:
+            return
+        step = recent[0]
+        ids = [str(c) for c in step["commands"] or ()]
+        back = await self._store.lamps_to_reconcile(ids, RECONCILE_TRIES)
+        registry = self._registry()
+        sent: list[str] = []
+        for lamp_id in back:
+            lamp = registry.device(lamp_id)
+            if lamp is None or not is_lamp(lamp):
+                continue
+            # From an unknown level: switch on first (when the level is not 0).
+            sent += await self._send(lamp, int(step["level"]), None)
+            log.info(
+                "lighting: lamp %s missed step %s of group %s; it is back, sending level %d",
+                lamp_id,
+                step["instant"].isoformat(),
+                group_id,
+                step["level"],
+            )
+        if sent:
+            await self._store.add_commands(group_id, step["instant"], sent)
+
+    async def _send(self, lamp: DeviceRef, level: int, previous: int | None) -> list[str]:
+        ids: list[str] = []
+        for name, args in lamp_commands(level, previous):
+            command = lamp.profile.commands.get(name)
+            if command is None:
+                continue  # e.g. a switch-only controller has no set_dim
+            checked = command.check_args(args)
+            if not isinstance(checked, dict):
+                log.error("lighting: %s refuses %s %s: %s", lamp.id, name, args, checked)
+                continue
+            record = await self._commands.submit(lamp, name, checked)
+            ids.append(str(record["id"]))
+        return ids
+
     async def _issue(self, group_id: str, step: StepAt, previous: int | None) -> None:
         registry = self._registry()
         lamps = [
@@ -223,16 +274,7 @@ class LightingDispatcher:
         ]
         ids: list[str] = []
         for lamp in lamps:
-            for name, args in lamp_commands(step.level, previous):
-                command = lamp.profile.commands.get(name)
-                if command is None:
-                    continue  # e.g. a switch-only controller has no set_dim
-                checked = command.check_args(args)
-                if not isinstance(checked, dict):
-                    log.error("lighting: %s refuses %s %s: %s", lamp.id, name, args, checked)
-                    continue
-                record = await self._commands.submit(lamp, name, checked)
-                ids.append(str(record["id"]))
+            ids += await self._send(lamp, step.level, previous)
         await self._store.issued(group_id, step.instant, ids)
         log.info(
             "lighting: group %s step %s (%s) -> level %d: %d commands to %d lamps",

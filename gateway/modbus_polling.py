@@ -52,7 +52,8 @@ def _fingerprint(registry: Registry) -> frozenset[tuple[str, object, str]]:
 
 
 class StateStore:
-    """Writes polled devices' online/offline changes from one task, on one pooled
+    """Writes devices' online/offline changes (polled devices' from their polls,
+    publishing devices' from gateway/presence.py) from one task, on one pooled
     connection, coalescing per device: a burst (every device coming online at
     start-up) is one batch, not one database session per device, and polling
     never waits on the database."""
@@ -61,6 +62,9 @@ class StateStore:
         self._pool = pool
         self._pending: dict[str, tuple[bool, datetime, str | None]] = {}
         self._wake = asyncio.Event()
+        # Called once a batch in which devices came online is recorded (the
+        # lighting dispatcher sends a returning lamp the level it missed).
+        self.on_online: list[Callable[[], None]] = []
 
     def __call__(self, device_id: str, online: bool, since: datetime, detail: str | None) -> None:
         self._pending[device_id] = (online, since, detail)  # the latest state wins
@@ -86,6 +90,9 @@ class StateStore:
             try:
                 await self._write(batch)
                 backoff.reset()
+                if any(online for online, _, _ in batch.values()):
+                    for listener in self.on_online:
+                        listener()
             except (psycopg.Error, PoolTimeout) as exc:
                 log.warning("could not record %d device state changes: %s", len(batch), exc)
                 for device_id, state in batch.items():  # newer changes win over retries

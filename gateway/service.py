@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 
 import uvicorn
@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from gateway.adapters.command_store import CommandStore
 from gateway.adapters.credentials import TokenIssuer
-from gateway.adapters.db import TenantScopedPool, libpq_url
+from gateway.adapters.db import DatabaseHealth, TenantScopedPool, libpq_url
 from gateway.adapters.events import LiveEvents, TelemetryAnnouncer
 from gateway.adapters.modbus_bus import BusOptions
 from gateway.adapters.mqtt import MqttSubscription, client_id_lock
@@ -32,9 +32,14 @@ from gateway.errors import ConfigError
 from gateway.ingest import IngestPipeline
 from gateway.metrics import Metrics
 from gateway.modbus_polling import ModbusPolling, StateStore
+from gateway.presence import MqttPresence
 from gateway.registry_source import RegistrySource
 
 log = logging.getLogger(__name__)
+
+# The last known registry, beside the spool (RegistrySource): a gateway started
+# while the database is down starts from it.
+REGISTRY_CACHE = "registry.json"
 
 
 class ApiServer(uvicorn.Server):
@@ -112,6 +117,23 @@ def _pole_of(registry: RegistrySource) -> Callable[[str], str | None]:
     return pole_of
 
 
+async def cancel_all(tasks: Iterable[asyncio.Task[None] | None]) -> None:
+    """Cancel the tasks and wait for them, cancelling again those still running a
+    second later: on Python 3.11 a cancellation that arrives as an awaited
+    `wait_for` completes (psycopg_pool's getconn, when the database has just come
+    back) is lost, and a task that lost it would hold shutdown for ever."""
+    pending = {t for t in tasks if t is not None}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+        if pending:
+            log.warning(
+                "stopping: %s did not stop when cancelled; again",
+                sorted(t.get_name() for t in pending),
+            )
+
+
 async def run_gateway(
     settings: Settings,
     stop: asyncio.Event,
@@ -133,9 +155,16 @@ async def run_gateway(
     tokens = TokenIssuer(secret, timedelta(seconds=settings.token_ttl_s))
     catalog = catalog or load_catalog(settings.profiles_dir)
     metrics = metrics or Metrics()
-    registry = RegistrySource(database_url, catalog, metrics, every_s=settings.registry_refresh_s)
-    if not await registry.load_with_retry(stop):
-        return
+    registry = RegistrySource(
+        database_url,
+        catalog,
+        metrics,
+        every_s=settings.registry_refresh_s,
+        cache=settings.spool_dir / REGISTRY_CACHE,
+    )
+    # From the database, else from the copy beside the spool; with neither the
+    # API starts anyway and ingest waits for the database (below).
+    have_registry = await registry.start()
     writer = TelemetryWriter(database_url)
     spool = open_spool(settings)
     pipeline = IngestPipeline(
@@ -151,6 +180,7 @@ async def run_gateway(
         spool_after_s=settings.spool_after_s,
     )
     pool = open_pool(database_url)
+    database = DatabaseHealth(database_url)
     command_store = CommandStore(pool)
     replies: list[CommandDispatcher] = []  # the dispatcher needs mqtt, mqtt routes replies to it
     mqtt = MqttSubscription(
@@ -182,22 +212,23 @@ async def run_gateway(
     )
     replies.append(dispatcher)
     await pool.open(wait=False)
-    abandoned = await command_store.abandon_unfinished()
-    if abandoned:
-        log.warning("%d commands left unfinished by the last run are marked failed", abandoned)
     alarms = build_alarm_runner(  # docs/decisions-alarms.md
         settings=settings, pool=pool, catalog=catalog, registry=registry, dispatcher=dispatcher
     )
     pipeline.on_committed.append(alarms.on_batch)
     announcer = TelemetryAnnouncer(pool)  # the console's live telemetry events
     pipeline.on_committed.append(announcer.committed)
+    presence = MqttPresence(registry, states)  # MQTT devices' state from data and status
+    pipeline.on_committed.append(presence.on_batch)
     server: ApiServer | None = None
     try:
         async with asyncio.TaskGroup() as tg:
+            tg.create_task(database.run(stop), name="database-probe")
+            # Commands the last run left unfinished are failed once the database answers.
+            tg.create_task(command_store.abandon_unfinished_when_reachable(stop), name="commands")
             commit = tg.create_task(pipeline.run(), name="ingest-commit")
-            refresh = tg.create_task(registry.refresh_forever(), name="registry-refresh")
-            polling = tg.create_task(modbus.run(stop), name="modbus-polling")
             state_writer = tg.create_task(states.run(), name="device-state-writer")
+            tg.create_task(presence.run(stop), name="mqtt-presence")
             alarm_task = tg.create_task(alarms.run(), name="alarms")
             tg.create_task(announcer.run(stop), name="telemetry-announcer")
             from gateway.retention import Retention  # data management (docs/decisions-archive.md)
@@ -210,6 +241,7 @@ async def run_gateway(
             from gateway.lighting import LightingDispatcher  # docs/decisions-lighting.md
 
             lighting = LightingDispatcher.from_settings(settings, pool, registry, dispatcher)
+            states.on_online.append(lighting.poke)  # a lamp that is back gets its level
             tg.create_task(lighting.run(stop), name="lighting-dispatcher")
             if api:
                 # Live events end their streams when `stop` is set, so open
@@ -227,6 +259,7 @@ async def run_gateway(
                     commands=dispatcher,
                     throttle=LoginThrottle(window_s=settings.login_window_s),
                     events=events,
+                    database=database,
                 )
                 config = uvicorn.Config(
                     create_app(ctx),
@@ -240,21 +273,26 @@ async def run_gateway(
                 )
                 server = ApiServer(config)
                 tg.create_task(server.serve(), name="api")
-            ingest = tg.create_task(
-                mqtt.run(pipeline.offer, stop, pipeline.drain), name="mqtt-ingest"
-            )
+            polling: asyncio.Task[None] | None = None
+            ingest: asyncio.Task[None] | None = None
+            refresh: asyncio.Task[None] | None = None
+            if have_registry or await registry.load_with_retry(stop):
+                refresh = tg.create_task(registry.refresh_forever(), name="registry-refresh")
+                polling = tg.create_task(modbus.run(stop), name="modbus-polling")
+                ingest = tg.create_task(
+                    mqtt.run(pipeline.offer, stop, pipeline.drain), name="mqtt-ingest"
+                )
             await stop.wait()
             log.info("stopping: draining ingest")
-            await polling
-            await ingest  # drains and disconnects
+            if polling is not None:
+                await polling
+            if ingest is not None:
+                await ingest  # drains and disconnects
             await pipeline.drain()  # whatever the last polls delivered meanwhile
             await alarms.flush()  # the last batches' alarms
-            alarm_task.cancel()
-            commit.cancel()
-            state_writer.cancel()
-            refresh.cancel()
             if server is not None:
                 server.should_exit = True
+            await cancel_all([alarm_task, commit, state_writer, refresh])
     finally:
         await dispatcher.close()
         await writer.close()

@@ -9,6 +9,8 @@ stream outside CI, e.g. `POLEGW_FAULT_SCALE=20 scripts/test tests/test_fault_bro
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import os
 import secrets
@@ -19,11 +21,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import orjson
@@ -482,3 +485,87 @@ class AckedPublisher:
                     return True
             time.sleep(0.05)
         return False
+
+
+class TcpGate:
+    """A TCP forwarder on 127.0.0.1:`port` to `host`:`target`, for an outage of a
+    server the test shares with others (the PostgreSQL of the test run):
+    `close()` cuts every connection and stops listening, as a stopped server
+    would; `open()` listens again on the same port; `stall()` accepts and never
+    answers."""
+
+    def __init__(self, host: str, target: int) -> None:
+        self.host, self.target = host, target
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def is_open(self) -> bool:
+        return self._server is not None
+
+    async def open(self) -> None:
+        if self._server is not None:
+            await self.close()
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+
+    async def stall(self) -> None:
+        """Cut every connection, then accept new ones and never answer (a server
+        that hangs, or a network that drops packets)."""
+        if self._server is not None:
+            await self.close()
+        self._server = await asyncio.start_server(self._hold, "127.0.0.1", self.port)
+
+    async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        with contextlib.suppress(OSError, ConnectionError):
+            await reader.read()
+        self._writers.discard(writer)
+
+    async def close(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for w in list(self._writers):
+            w.transport.abort()
+        self._writers.clear()
+        await self._server.wait_closed()
+        self._server = None
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(self.host, self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, ConnectionError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers -= {writer, up_writer}
+
+
+def through(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    return urlunsplit((parts.scheme, f"{user}127.0.0.1:{port}", *parts[2:]))
+
+
+@contextlib.asynccontextmanager
+async def gated(database_url: str, *, opened: bool = True) -> AsyncIterator[tuple[TcpGate, str]]:
+    """A TcpGate in front of `database_url`'s server (open, unless `opened` is
+    False), and the URL of the same database through it."""
+    parts = urlsplit(database_url)
+    gate = TcpGate(parts.hostname or "127.0.0.1", parts.port or 5432)
+    if opened:
+        await gate.open()
+    try:
+        yield gate, through(database_url, gate.port)
+    finally:
+        if gate.is_open:
+            await gate.close()

@@ -250,3 +250,62 @@ def test_a_full_spool_applies_its_policy_and_counts_exactly(
             assert len(lost) == dropped
             assert max(r[2] for r in lost) < min(r[2] for r in rows)
         assert gw.metric("polegw_spool_readings") == 0
+
+
+def test_a_gateway_restarted_during_an_outage_starts_from_its_cached_registry(
+    private_pg: PrivatePostgres, fault_db: str, mqtt_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """Issue 16 item 3: SIGKILL the gateway during an outage and start it again while
+    the database is still down: it starts from the registry it cached beside its
+    spool, is healthy at once (readyz names the database), spools what arrives, and
+    after the database returns nothing is lost or duplicated."""
+    messages = stream(topic_prefix, scaled(int(RATE * 20)))
+    spool = tmp_path / "spool"
+    env = gateway_env(fault_db, mqtt_url, topic_prefix, SPOOL_DIR=str(spool))
+    with GatewayProcess(env, tmp_path / "gateway.log") as gw:
+        gw.wait_ready()
+        assert (spool / "registry.json").exists(), gw.tail()
+        with AckedPublisher(mqtt_url) as pub:
+            sender = threading.Thread(
+                target=pub.publish_all, args=(messages,), kwargs={"rate": RATE}
+            )
+            sender.start()
+            time.sleep(3)
+            private_pg.crash()
+            time.sleep(3)
+            gw.kill()  # SIGKILL during the outage
+            gw.start()  # the database is still down
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    if httpx.get(f"{gw.api}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, f"not healthy during the outage\n{gw.tail()}"
+                time.sleep(0.1)
+            ready = httpx.get(f"{gw.api}/readyz", timeout=2)
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["database"].startswith("unreachable"), ready.text
+            deadline = time.monotonic() + 15
+            while gw.metric("polegw_spool_appended_readings_total") == 0:  # this process's
+                assert time.monotonic() < deadline, (
+                    f"the restarted gateway spools nothing\n{gw.tail()}"
+                )
+                time.sleep(0.2)
+            assert "starting with the registry cached in" in gw.tail(10**6)
+            time.sleep(2)
+            private_pg.start()
+            sender.join()
+            assert pub.wait_all_acked(60)
+        wait_stored(fault_db, len(messages) * READINGS_PER_MESSAGE, gw, within_s=120)
+        time.sleep(1)
+        rows = stored(fault_db)
+        assert len(rows) == len(messages) * READINGS_PER_MESSAGE  # nothing duplicated
+        assert set(rows) == readings_of(messages)  # nothing lost, values included
+        deadline = time.monotonic() + 10
+        while gw.metric("polegw_spool_readings") != 0:
+            assert time.monotonic() < deadline, gw.tail()
+            time.sleep(0.2)
+        assert httpx.get(f"{gw.api}/readyz", timeout=5).status_code == 200
+    assert "Traceback" not in gw.tail(10**7)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -213,3 +214,56 @@ async def test_the_recorded_state_seeds_the_bus(
     assert rec.polls["L02"]
     assert rec.states == [("L02", True)]
     assert bus.known_online() == {"L01": True, "L02": True, "L03": False}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def test_a_dead_device_logs_once_per_failure_run_not_per_poll(
+    ten_lamps: tuple[ModbusSimulator, list[DeviceSpec]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 16 item 12: pymodbus's own "No response received" (ERROR) and
+    "Failed to connect" (WARNING) lines, one per failed poll, are demoted to DEBUG;
+    the bus's one line per run of failures and one on recovery remain."""
+    caplog.set_level(logging.INFO)
+    sim, specs = ten_lamps
+    sim.set_fault("L03", Fault.NO_ANSWER)
+    rec = Recorder()
+    answering = bus_for(sim, specs, "socket", rec)
+    # A bus where nothing listens at all: every connection attempt fails.
+    dead = ModbusBus(
+        BusAddress("127.0.0.1", _free_port(), "socket"),
+        [
+            PolledDevice.of(
+                DeviceRef("X1", "P1", CATALOG["lamp-controller"], "modbus", None), 1, 0.3
+            )
+        ],
+        deliver=rec.deliver,
+        on_state=rec.on_state,
+        metrics=Metrics(),
+        options=BusOptions(
+            timeout_s=0.2, offline_after=2, reconnect_first_s=0.1, reconnect_cap_s=0.2
+        ),
+    )
+    await asyncio.gather(run_for(answering, 3.0), run_for(dead, 3.0))
+    assert sim.requests["L03"] >= 3  # it failed over and over
+    noisy = [
+        r for r in caplog.records if r.name.startswith("pymodbus") and r.levelno > logging.DEBUG
+    ]
+    assert noisy == [], [r.getMessage() for r in noisy]
+    about_l03 = [r.getMessage() for r in caplog.records if "L03" in r.getMessage()]
+    assert len(about_l03) == 2, about_l03  # the first failure, then "offline"
+    unreachable = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(unreachable) == 1, [r.getMessage() for r in unreachable]
+
+    caplog.clear()
+    sim.set_fault("L03", None)
+    await run_for(answering, 2.5)
+    back = [r.getMessage() for r in caplog.records if "L03" in r.getMessage()]
+    assert back == ["Modbus device L03 back online"], back

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from typing import Any
 
 import orjson
+import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from gateway.backoff import Backoff
+
+log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
 
@@ -28,16 +35,21 @@ _OUTCOME_TO_LEASES = (
 class CommandStore:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self._pool = pool
+        # Commands this store recorded before `abandon_unfinished` ran (the database
+        # may come back in between): they are this run's, not the last run's.
+        self._mine: set[uuid.UUID] | None = set()
 
     async def create(self, device_id: str, command: str, args: dict[str, object]) -> Row:
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 f"INSERT INTO device_commands (id, device_id, command, args, state)"
                 f" VALUES (%s, %s, %s, %s::jsonb, 'pending') RETURNING {_COLUMNS}",
-                (uuid.uuid4(), device_id, command, orjson.dumps(args).decode()),
+                (command_id := uuid.uuid4(), device_id, command, orjson.dumps(args).decode()),
             )
             row = await cur.fetchone()
             assert row is not None
+            if self._mine is not None:
+                self._mine.add(command_id)
             return row
 
     async def sent(self, command_id: uuid.UUID) -> None:
@@ -82,13 +94,36 @@ class CommandStore:
             )
             return await cur.fetchall()
 
+    async def abandon_unfinished_when_reachable(self, stop: asyncio.Event) -> None:
+        """At start-up, `abandon_unfinished` as soon as the database answers (the
+        gateway starts while it is down too). Commands this run records once the
+        database is back, before this has run, are left alone."""
+        backoff = Backoff(first=0.5, cap=10.0)
+        while not stop.is_set():
+            try:
+                abandoned = await self.abandon_unfinished()
+            except (psycopg.OperationalError, PoolTimeout):
+                try:
+                    async with asyncio.timeout(backoff.next_delay()):
+                        await stop.wait()
+                except TimeoutError:
+                    pass
+                continue
+            if abandoned:
+                log.warning(
+                    "%d commands left unfinished by the last run are marked failed", abandoned
+                )
+            return
+
     async def abandon_unfinished(self) -> int:
         """At start-up: commands a previous process did not finish are failed, with why."""
         async with self._pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "UPDATE device_commands SET state = 'failed', finished_at = now(),"
                 " error = 'the gateway restarted before the command finished'"
-                " WHERE state IN ('pending', 'sent')"
+                " WHERE state IN ('pending', 'sent') AND NOT id = ANY(%s)",
+                (list(self._mine or ()),),
             )
             await conn.execute(_OUTCOME_TO_LEASES)
+            self._mine = None
             return cur.rowcount

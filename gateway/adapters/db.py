@@ -3,6 +3,11 @@ a tenant's connections for row-level security."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import math
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -16,6 +21,8 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def libpq_url(url: str) -> str:
@@ -128,3 +135,124 @@ class TenantScopedPool(AsyncConnectionPool[Conn]):
         if conn in self._scoped:
             await _outside_transaction(conn, _UNSCOPE)
             self._scoped.discard(conn)
+
+
+# --------------------------------------------------------------------------- health
+#
+# A circuit in front of the database (issue 16): while PostgreSQL is down, every
+# request that needs it would wait the pool's timeout (5 s) before its 503. Once
+# the probe has seen the database fail, the API answers 503 at once instead, and
+# the probe closes the circuit again within `every_s` of the database's return.
+
+
+class DatabaseHealth:
+    """Whether the database answers, known without waiting: a probe on a
+    connection of its own (never one of the pool's, which may all be busy) runs
+    `SELECT 1` every `every_s` seconds, and at once when `suspect()` is called
+    (a request just failed for want of the database)."""
+
+    def __init__(self, database_url: str, *, every_s: float = 1.0, timeout_s: float = 2.0) -> None:
+        self._url = libpq_url(database_url)
+        self._every_s = every_s
+        self._timeout_s = timeout_s
+        self._conn: psycopg.AsyncConnection[TupleRow] | None = None
+        self._lock = asyncio.Lock()  # one probe at a time on the one connection
+        self._inflight: asyncio.Task[bool] | None = None  # a probe a request started
+        self._recheck_started = -math.inf  # monotonic start of `_inflight`
+        self._wake = asyncio.Event()
+        self.up = True  # until the first probe says otherwise: requests find out themselves
+        self.detail = ""  # why the database is down (the probe's last error)
+        self.changed = asyncio.Event()  # set on every change of `up` (for waiters)
+
+    def suspect(self) -> None:
+        """A request failed for want of the database: probe now."""
+        self._wake.set()
+
+    async def recheck(self, *, wait_s: float = 0.3) -> bool:
+        """For a request while the circuit is open: the verdict of a probe that
+        started after the request arrived, so the first request after the
+        database is back is served. Concurrent requests share one probe (one at
+        a time), and none waits more than `wait_s` (a database that does not
+        answer at all must not make requests hang)."""
+        if self.up:
+            return True
+        asked = time.monotonic()
+        try:
+            async with asyncio.timeout(wait_s):
+                while True:
+                    task = self._inflight
+                    if task is None or task.done():
+                        self._recheck_started = time.monotonic()
+                        task = asyncio.create_task(self.probe(), name="database-recheck")
+                        self._inflight = task
+                    fresh = self._recheck_started >= asked
+                    up = await asyncio.shield(task)
+                    if up or fresh:
+                        return up
+        except TimeoutError:
+            return self.up
+
+    async def probe(self) -> bool:
+        """One probe; updates `up` and `detail` and returns `up`."""
+        async with self._lock:
+            return await self._probe()
+
+    async def _probe(self) -> bool:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                if self._conn is None or self._conn.closed:
+                    self._conn = await psycopg.AsyncConnection.connect(
+                        self._url,
+                        autocommit=True,
+                        application_name="polegw-health",
+                        connect_timeout=max(2, math.ceil(self._timeout_s)),
+                    )
+                await self._conn.execute("SELECT 1")
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            await self._drop()
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            self._set(False, why if not isinstance(exc, TimeoutError) else "no answer in time")
+        else:
+            self._set(True, "")
+        return self.up
+
+    def _set(self, up: bool, detail: str) -> None:
+        if up != self.up:
+            if up:
+                log.info("database reachable again; API requests are served again")
+            else:
+                log.error("database unreachable (%s); API requests answer 503 at once", detail)
+            self.changed.set()
+            self.changed = asyncio.Event()
+        self.up = up
+        self.detail = detail
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error, OSError):
+                await conn.close()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Probe until `stop` is set."""
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                await self.probe()
+                waiters = {
+                    asyncio.ensure_future(stop.wait()),
+                    asyncio.ensure_future(self._wake.wait()),
+                }
+                try:
+                    await asyncio.wait(
+                        waiters, timeout=self._every_s, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    for w in waiters:
+                        w.cancel()
+        finally:
+            if self._inflight is not None and not self._inflight.done():
+                self._inflight.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._inflight
+            await self._drop()

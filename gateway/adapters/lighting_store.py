@@ -298,6 +298,51 @@ class LightingStore:
                 (orjson.dumps(commands).decode(), group_id, instant),
             )
 
+    async def lamps_to_reconcile(self, command_ids: Sequence[str], max_tries: int) -> list[str]:
+        """Of the lamps a step's commands went to: those whose newest command of
+        some name failed or timed out, none is still under way, that name was
+        tried at most `max_tries` times for the step, and that are online now
+        (polled: their polls; publishing: their recorded state, else their
+        pole's presence)."""
+        if not command_ids:
+            return []
+        rows = await self._all(
+            """
+            WITH cmds AS (
+                SELECT c.device_id, c.command, c.state,
+                       row_number() OVER w AS newest,
+                       count(*) OVER (PARTITION BY c.device_id, c.command) AS tries
+                FROM device_commands c WHERE c.id = ANY(%(ids)s::uuid[])
+                WINDOW w AS (PARTITION BY c.device_id, c.command ORDER BY c.seq DESC)
+            ),
+            lamps AS (
+                SELECT device_id,
+                       bool_or(state IN ('failed', 'timed_out') AND tries <= %(max)s) AS failed,
+                       bool_or(state IN ('pending', 'sent')) AS under_way
+                FROM cmds WHERE newest = 1 GROUP BY device_id
+            )
+            SELECT l.device_id FROM lamps l
+            JOIN devices d ON d.id = l.device_id
+            LEFT JOIN device_state st ON st.device_id = d.id
+            LEFT JOIN pole_presence pr ON pr.pole_id = d.pole_id
+            WHERE l.failed AND NOT l.under_way
+              AND CASE WHEN d.transport = 'modbus' THEN st.online
+                       ELSE coalesce(st.online, pr.state = 'online') END
+            ORDER BY l.device_id
+            """,
+            {"ids": list(command_ids), "max": max_tries},
+        )
+        return [str(r["device_id"]) for r in rows]
+
+    async def add_commands(self, group_id: str, instant: datetime, commands: list[str]) -> None:
+        """More commands for a step (a lamp that came back got the step's level)."""
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "UPDATE lighting_dispatches SET commands = coalesce(commands, '[]'::jsonb)"
+                " || %s::jsonb WHERE group_id = %s AND instant = %s",
+                (orjson.dumps(commands).decode(), group_id, instant),
+            )
+
     # ------------------------------------------------------------------ energy
 
     async def energy(

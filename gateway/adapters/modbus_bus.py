@@ -36,6 +36,31 @@ from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+# The logger pymodbus writes everything to (pymodbus.logging.Log).
+PYMODBUS_LOGGER = "pymodbus.logging"
+
+
+class PymodbusDemoted(logging.Filter):
+    """pymodbus logs every failed exchange itself, at ERROR ("No response received
+    after 0 retries") and WARNING ("Failed to connect", "Repeating...."): one line
+    per failed poll of a dead device. The bus says the same once per run of
+    failures and once on recovery (`_failed`, `_succeeded`, `_connected`), so
+    pymodbus's own records are demoted to DEBUG and kept only when the gateway
+    logs at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno = logging.DEBUG
+        record.levelname = logging.getLevelName(logging.DEBUG)
+        return logging.getLogger("gateway").isEnabledFor(logging.DEBUG)
+
+
+def demote_pymodbus_logging() -> None:
+    """Install PymodbusDemoted on pymodbus's logger (once; idempotent)."""
+    logger = logging.getLogger(PYMODBUS_LOGGER)
+    if not any(isinstance(f, PymodbusDemoted) for f in logger.filters):
+        logger.addFilter(PymodbusDemoted())
+
+
 Deliver = Callable[[Decoded], Awaitable[None]]
 # Records a device's state change; must not block (the scheduler calls it inline).
 StateChange = Callable[[str, bool, datetime, str | None], None]
@@ -154,6 +179,7 @@ class ModbusBus:
         self._lock = asyncio.Lock()  # one request at a time; a write waits for a whole poll
         self._stopped = False
         self._label = str(address)
+        demote_pymodbus_logging()
 
     @property
     def device_count(self) -> int:

@@ -184,16 +184,39 @@ async def import_site(database_url: str, site: SiteSpec) -> ImportCounts:
     return ImportCounts(created, updated, unchanged)
 
 
-async def load_registry(
-    conn: psycopg.AsyncConnection[tuple[object, ...]], catalog: ProfileCatalog
-) -> Registry:
-    """The registry as stored; devices with a profile this gateway lacks are skipped."""
+@dataclass(frozen=True, slots=True)
+class SiteRows:
+    """What the run-time registry is built from, as stored (JSON-able: the
+    gateway caches it beside its spool, see RegistrySource)."""
+
+    poles: list[str]
+    # id, pole_id, profile, transport, modbus (the endpoint as stored, or None)
+    devices: list[dict[str, object]]
+
+
+async def fetch_site_rows(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> SiteRows:
     poles = [str(r[0]) for r in await (await conn.execute("SELECT id FROM poles")).fetchall()]
-    devices = []
     rows = await (
         await conn.execute("SELECT id, pole_id, profile, transport, modbus FROM devices")
     ).fetchall()
-    for device_id, pole_id, profile, transport, modbus in rows:
+    devices: list[dict[str, object]] = [
+        {
+            "id": str(device_id),
+            "pole_id": str(pole_id),
+            "profile": str(profile),
+            "transport": str(transport),
+            "modbus": modbus,
+        }
+        for device_id, pole_id, profile, transport, modbus in rows
+    ]
+    return SiteRows(sorted(poles), sorted(devices, key=lambda d: str(d["id"])))
+
+
+def registry_from_rows(rows: SiteRows, catalog: ProfileCatalog) -> Registry:
+    """The registry of `rows`; devices with a profile this gateway lacks are skipped."""
+    devices = []
+    for row in rows.devices:
+        device_id, profile, modbus = row["id"], row["profile"], row["modbus"]
         spec = catalog.get(str(profile))
         try:
             endpoint = ModbusEndpoint.model_validate(modbus) if modbus is not None else None
@@ -205,5 +228,14 @@ async def load_registry(
                 "device %s has unknown profile %r; its data will be refused", device_id, profile
             )
             continue
-        devices.append(DeviceRef(str(device_id), str(pole_id), spec, str(transport), endpoint))
-    return Registry(poles, devices)
+        devices.append(
+            DeviceRef(str(device_id), str(row["pole_id"]), spec, str(row["transport"]), endpoint)
+        )
+    return Registry(rows.poles, devices)
+
+
+async def load_registry(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], catalog: ProfileCatalog
+) -> Registry:
+    """The registry as stored; devices with a profile this gateway lacks are skipped."""
+    return registry_from_rows(await fetch_site_rows(conn), catalog)

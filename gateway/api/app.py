@@ -8,8 +8,10 @@ import psycopg
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from psycopg_pool import PoolTimeout
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import __version__, console
+from gateway.adapters.db import DatabaseHealth
 from gateway.api.deps import ApiContext
 from gateway.api.routes import (
     alarms,
@@ -88,12 +90,42 @@ async def _refused_value(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
+UNAVAILABLE = {"detail": "the database is unavailable; try again shortly"}
+
+
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     """No connection to the database (down, restarting, pool exhausted): a 503 the
     client may retry, not a 500. Data already accepted is not affected."""
     log.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc)
-    body = {"detail": "the database is unavailable; try again shortly"}
-    return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+    ctx: ApiContext = request.app.state.ctx
+    if ctx.database is not None:
+        ctx.database.suspect()  # the probe confirms (or not) and opens the circuit
+    return JSONResponse(UNAVAILABLE, status_code=503, headers={"Retry-After": "5"})
+
+
+class DatabaseCircuit:
+    """While the database probe says the database is down, a request under
+    /api/v1 (every one of them reads or writes the database, login included) is
+    answered 503 at once instead of waiting the pool's timeout (after a fresh
+    probe of at most 0.3 s, shared by concurrent requests, so that the first
+    request after the database is back is served). /healthz,
+    /readyz, /metrics and the documentation never wait on it."""
+
+    def __init__(self, app: ASGIApp, health: DatabaseHealth) -> None:
+        self._app = app
+        self._health = health
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and not self._health.up
+            and str(scope.get("path", "")).startswith("/api/v1/")
+            and not await self._health.recheck()
+        ):
+            response = JSONResponse(UNAVAILABLE, status_code=503, headers={"Retry-After": "5"})
+            await response(scope, receive, send)
+            return
+        await self._app(scope, receive, send)
 
 
 def create_app(ctx: ApiContext) -> FastAPI:
@@ -116,6 +148,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.add_exception_handler(psycopg.IntegrityError, _refused_value)
     app.add_exception_handler(PoolTimeout, _database_unavailable)
     app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
+    if ctx.database is not None:
+        app.add_middleware(DatabaseCircuit, health=ctx.database)
     app.include_router(health.router)
     app.include_router(docs.router)
     docs.mount_assets(app)

@@ -11,6 +11,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from gateway.adapters.command_store import CommandStore
 from gateway.adapters.credentials import TokenIssuer
+from gateway.adapters.db import DatabaseHealth
 from gateway.adapters.events import LiveEvents
 from gateway.adapters.read_model import ReadModel
 from gateway.adapters.users import UserStore
@@ -39,6 +40,9 @@ class ApiContext:
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
     # The live events of GET /events; None when this process does not listen.
     events: LiveEvents | None = None
+    # The database circuit (a probe's verdict): while it says down, requests that
+    # need the database answer 503 at once. None: no circuit, requests try.
+    database: DatabaseHealth | None = None
 
     @property
     def reads(self) -> ReadModel:

@@ -117,10 +117,12 @@ class Device(ArchiveRecord):
 class DeviceDetail(Device):
     state: Literal["online", "offline", "unknown"] = Field(
         description="Polled devices: from their polls (offline after repeated failures);"
-        " MQTT devices: their pole's presence"
+        " MQTT devices: online when they send data or their pole reports online, offline"
+        " when their pole reports offline or after their profile's report interval x"
+        " after_intervals without data"
     )
     state_since: datetime | None
-    state_detail: str | None = Field(None, description="Why a polled device is offline")
+    state_detail: str | None = Field(None, description="Why the device is offline")
     pole_presence: str | None
     pole_presence_since: datetime | None
     last_seen: datetime | None = Field(None, description="Time of the newest stored reading")

@@ -33,6 +33,12 @@ class Registry:
     def device(self, device_id: str) -> DeviceRef | None:
         return self._devices.get(device_id)
 
+    def devices_on(self, pole_id: str) -> list[DeviceRef]:
+        """The devices mounted on a pole, in id order."""
+        return sorted(
+            (d for d in self._devices.values() if d.pole_id == pole_id), key=lambda d: d.id
+        )
+
     def polled_devices(self) -> list[DeviceRef]:
         """Devices the gateway polls over Modbus, in id order."""
         return sorted(

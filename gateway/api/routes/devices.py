@@ -98,8 +98,11 @@ async def get_device(ctx: Context, device_id: str) -> DeviceDetail:
     row, profile = await _device_and_profile(ctx, device_id)
     latest = await ctx.reads.latest(device_id, list(profile.metrics))
     state: object
-    if row["transport"] == "modbus":
-        online = row["polled_online"]
+    # Polled devices: their polls. MQTT devices: their data and their pole's status
+    # (gateway/core/presence.py), recorded as polled devices' are; before anything
+    # is recorded, their pole's presence.
+    online = row["polled_online"]
+    if online is not None or row["transport"] == "modbus":
         state = "unknown" if online is None else ("online" if online else "offline")
         since, detail = row["polled_since"], row["polled_detail"]
     else:

@@ -104,14 +104,16 @@ def energy_counters(catalog: ProfileCatalog) -> tuple[list[str], list[str]]:
 _POLES = "SELECT status, count(*) AS n FROM poles GROUP BY status"
 
 # A polled (Modbus) device's state comes from its polls; an MQTT device's from
-# its pole's presence (DESIGN.md section 5).
+# the data it sends and its pole's status (gateway/core/presence.py), recorded
+# in device_state, else (nothing recorded yet) from its pole's presence.
 _DEVICES = """
 SELECT count(*) AS total,
        count(*) FILTER (WHERE s.online) AS online,
        count(*) FILTER (WHERE s.online = false) AS offline
 FROM (
     SELECT CASE WHEN d.transport = 'modbus' THEN st.online
-                ELSE CASE pr.state WHEN 'online' THEN true WHEN 'offline' THEN false END
+                ELSE coalesce(st.online,
+                              CASE pr.state WHEN 'online' THEN true WHEN 'offline' THEN false END)
            END AS online
     FROM devices d
     LEFT JOIN device_state st ON st.device_id = d.id
@@ -123,7 +125,8 @@ FROM (
 _LAMPS = """
 SELECT count(*) AS total,
        count(*) FILTER (WHERE last.value >= 0.5 AND coalesce(
-           CASE WHEN d.transport = 'modbus' THEN st.online ELSE pr.state <> 'offline' END,
+           CASE WHEN d.transport = 'modbus' THEN st.online
+                ELSE coalesce(st.online, pr.state <> 'offline') END,
            true)) AS lit
 FROM devices d
 LEFT JOIN device_state st ON st.device_id = d.id
