@@ -26,7 +26,9 @@ from gateway.adapters.events import (
     telemetry_notices,
 )
 from tests.support import (
+    TEST_PASSWORD,
     RunningGateway,
+    add_user,
     auth_headers,
     gateway,
     gateway_settings,
@@ -68,6 +70,15 @@ class Stream:
         finally:
             self.ended.set()
 
+    async def started(self) -> None:
+        """Wait for the first line: it says how long to wait before reconnecting (the
+        server subscribed the stream before sending it)."""
+        for _ in range(250):
+            if self.lines:
+                break
+            await asyncio.sleep(0.02)
+        assert self.lines[:1] == ["retry: 3000"]
+
     async def expect(
         self, name: str, match: Callable[[dict[str, Any]], bool], within: float = WITHIN_S
     ) -> dict[str, Any]:
@@ -96,11 +107,7 @@ async def stream(gw: RunningGateway, headers: dict[str, str]) -> AsyncIterator[S
         s = Stream(response)
         reader = asyncio.create_task(s.read())
         try:
-            for _ in range(100):  # the first line says how long to wait before reconnecting
-                if s.lines:
-                    break
-                await asyncio.sleep(0.02)
-            assert s.lines[0] == "retry: 3000"
+            await s.started()
             yield s
         finally:
             reader.cancel()
@@ -242,6 +249,33 @@ async def test_a_tenant_gets_no_staff_events_and_strangers_nothing(gw: RunningGa
     async with httpx.AsyncClient(base_url=gw.api) as client:
         r = await client.get("/api/v1/events")
         assert r.status_code == 401
+
+
+async def test_a_browser_streams_with_its_session_cookie_alone(gw: RunningGateway) -> None:
+    url = gw.settings.require_database_url()
+    user = add_user(url, "maintainer")
+    async with httpx.AsyncClient(base_url=gw.api, timeout=30) as browser:
+        r = await browser.post(
+            "/api/v1/auth/session", json={"username": user.name, "password": TEST_PASSWORD}
+        )
+        assert r.status_code == 200, r.text
+        async with browser.stream("GET", "/api/v1/events") as response:
+            assert response.status_code == 200
+            s = Stream(response)
+            reader = asyncio.create_task(s.read())
+            try:
+                await s.started()
+                sql(
+                    url,
+                    "INSERT INTO emergencies (type, title, pole_id, opened_by) VALUES"
+                    " ('fire_smoke', 'smoke', 'P0003', 'op')",
+                )
+                got = await s.expect("emergency", lambda d: d["pole_id"] == "P0003")
+                assert got["state"] == "open"
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
 
 
 async def test_streams_end_when_the_listener_loses_the_database_and_events_resume(
