@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 
 import uvicorn
@@ -14,7 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 from gateway.adapters.command_store import CommandStore
 from gateway.adapters.credentials import TokenIssuer
 from gateway.adapters.db import TenantScopedPool, libpq_url
-from gateway.adapters.events import LiveEvents, TelemetryAnnouncer
+from gateway.adapters.events import LiveEvents, TelemetryAnnouncer, poles_from
 from gateway.adapters.modbus_bus import BusOptions
 from gateway.adapters.mqtt import MqttSubscription
 from gateway.adapters.spool import AsyncSpool, FullPolicy, SpoolError
@@ -75,14 +75,6 @@ def open_spool(settings: Settings) -> AsyncSpool | None:
         )
     except (OSError, SpoolError) as exc:
         raise ConfigError(f"POLEGW_SPOOL_DIR={settings.spool_dir}: {exc}") from exc
-
-
-def _pole_of(registry: RegistrySource) -> Callable[[str], str | None]:
-    def pole_of(device_id: str) -> str | None:
-        device = registry().device(device_id)
-        return device.pole_id if device is not None else None
-
-    return pole_of
 
 
 async def run_gateway(
@@ -185,7 +177,7 @@ async def run_gateway(
             if api:
                 # Live events end their streams when `stop` is set, so open
                 # streams never hold the server's shutdown.
-                events = LiveEvents(database_url, pole_of=_pole_of(registry))
+                events = LiveEvents(database_url, pole_of=poles_from(registry))
                 tg.create_task(events.run(stop), name="live-events")
                 ctx = ApiContext(
                     settings=settings,

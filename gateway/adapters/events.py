@@ -30,6 +30,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from gateway.adapters.db import libpq_url
 from gateway.backoff import Backoff
 from gateway.core.readings import Batch
+from gateway.core.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,16 @@ class TelemetryAnnouncer:
                     await stop.wait()
             except TimeoutError:
                 pass
+
+
+def poles_from(registry: Callable[[], Registry]) -> Callable[[str], str | None]:
+    """A device's pole, from the gateway's current registry (None: not known)."""
+
+    def pole_of(device_id: str) -> str | None:
+        device = registry().device(device_id)
+        return device.pole_id if device is not None else None
+
+    return pole_of
 
 
 class StreamEnded(Exception):
