@@ -17,6 +17,7 @@ import httpx
 import orjson
 import psycopg
 import pytest
+import uvicorn
 
 from gateway.adapters.events import (
     MAX_PAYLOAD,
@@ -25,16 +26,20 @@ from gateway.adapters.events import (
     StreamEnded,
     telemetry_notices,
 )
+from gateway.api.app import create_app
 from tests.support import (
     TEST_PASSWORD,
     RunningGateway,
     add_user,
+    api_context,
     auth_headers,
     gateway,
     gateway_settings,
+    opened_pool,
     prepare_database,
     publish,
     telemetry_message,
+    wait_for_port,
 )
 
 WITHIN_S = 5.0
@@ -362,3 +367,37 @@ async def test_a_stream_that_falls_behind_is_ended_and_others_go_on() -> None:
         await fast.next(0.1)
     with pytest.raises(StreamEnded):
         await hub.subscribe(lambda e: True).next(0.1)
+
+
+async def test_a_client_that_goes_away_gives_its_stream_back(database_url: str) -> None:
+    """The stream's subscription is released once the client is gone (at the next
+    event or keepalive the server writes), so the hub never keeps dead streams."""
+    await prepare_database(database_url)
+    settings = gateway_settings(database_url, "mqtt://127.0.0.1:1", "unused")
+    hub = LiveEvents(database_url, pole_of=lambda d: None)
+    async with opened_pool(database_url) as pool:
+        app = create_app(api_context(settings, pool, events=hub))
+        config = uvicorn.Config(app, port=settings.api_port, log_config=None, lifespan="off")
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        try:
+            await wait_for_port(settings.api_port)
+            headers = auth_headers(database_url, "operator")
+            base = f"http://127.0.0.1:{settings.api_port}"
+            for _ in range(3):
+                async with (
+                    httpx.AsyncClient(base_url=base, headers=headers) as client,
+                    client.stream("GET", "/api/v1/events") as response,
+                ):
+                    assert response.status_code == 200
+                    async for line in response.aiter_lines():
+                        assert line == "retry: 3000"
+                        break
+            async with asyncio.timeout(WITHIN_S):
+                while hub.streams:
+                    hub.publish(LiveEvent("alarm", {"id": 0}))  # a write notices the client left
+                    await asyncio.sleep(0.05)
+        finally:
+            hub.close()
+            server.should_exit = True
+            await serving

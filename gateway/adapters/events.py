@@ -201,6 +201,11 @@ class LiveEvents:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def streams(self) -> int:
+        """Streams open now."""
+        return len(self._subscriptions)
+
     def subscribe(self, visible: Callable[[LiveEvent], bool]) -> Subscription:
         subscription = Subscription(visible, self._queue_size)
         if self._closed:
