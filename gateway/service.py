@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
 
 import uvicorn
@@ -16,7 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 from gateway.adapters.command_store import CommandStore
 from gateway.adapters.credentials import TokenIssuer
 from gateway.adapters.db import DatabaseHealth, TenantScopedPool, libpq_url
-from gateway.adapters.events import LiveEvents, TelemetryAnnouncer
+from gateway.adapters.events import LiveEvents, TelemetryAnnouncer, poles_from
 from gateway.adapters.modbus_bus import BusOptions
 from gateway.adapters.mqtt import MqttSubscription, client_id_lock
 from gateway.adapters.spool import AsyncSpool, FullPolicy, SpoolError
@@ -107,14 +107,6 @@ def open_spool(settings: Settings) -> AsyncSpool | None:
         )
     except (OSError, SpoolError) as exc:
         raise ConfigError(f"POLEGW_SPOOL_DIR={settings.spool_dir}: {exc}") from exc
-
-
-def _pole_of(registry: RegistrySource) -> Callable[[str], str | None]:
-    def pole_of(device_id: str) -> str | None:
-        device = registry().device(device_id)
-        return device.pole_id if device is not None else None
-
-    return pole_of
 
 
 async def cancel_all(tasks: Iterable[asyncio.Task[None] | None]) -> None:
@@ -246,7 +238,7 @@ async def run_gateway(
             if api:
                 # Live events end their streams when `stop` is set, so open
                 # streams never hold the server's shutdown.
-                events = LiveEvents(database_url, pole_of=_pole_of(registry))
+                events = LiveEvents(database_url, pole_of=poles_from(registry))
                 tg.create_task(events.run(stop), name="live-events")
                 ctx = ApiContext(
                     settings=settings,

@@ -17,6 +17,7 @@ import httpx
 import orjson
 import psycopg
 import pytest
+import uvicorn
 
 from gateway.adapters.events import (
     MAX_PAYLOAD,
@@ -25,14 +26,20 @@ from gateway.adapters.events import (
     StreamEnded,
     telemetry_notices,
 )
+from gateway.api.app import create_app
 from tests.support import (
+    TEST_PASSWORD,
     RunningGateway,
+    add_user,
+    api_context,
     auth_headers,
     gateway,
     gateway_settings,
+    opened_pool,
     prepare_database,
     publish,
     telemetry_message,
+    wait_for_port,
 )
 
 WITHIN_S = 5.0
@@ -68,6 +75,15 @@ class Stream:
         finally:
             self.ended.set()
 
+    async def started(self) -> None:
+        """Wait for the first line: it says how long to wait before reconnecting (the
+        server subscribed the stream before sending it)."""
+        for _ in range(250):
+            if self.lines:
+                break
+            await asyncio.sleep(0.02)
+        assert self.lines[:1] == ["retry: 3000"]
+
     async def expect(
         self, name: str, match: Callable[[dict[str, Any]], bool], within: float = WITHIN_S
     ) -> dict[str, Any]:
@@ -96,11 +112,7 @@ async def stream(gw: RunningGateway, headers: dict[str, str]) -> AsyncIterator[S
         s = Stream(response)
         reader = asyncio.create_task(s.read())
         try:
-            for _ in range(100):  # the first line says how long to wait before reconnecting
-                if s.lines:
-                    break
-                await asyncio.sleep(0.02)
-            assert s.lines[0] == "retry: 3000"
+            await s.started()
             yield s
         finally:
             reader.cancel()
@@ -244,6 +256,33 @@ async def test_a_tenant_gets_no_staff_events_and_strangers_nothing(gw: RunningGa
         assert r.status_code == 401
 
 
+async def test_a_browser_streams_with_its_session_cookie_alone(gw: RunningGateway) -> None:
+    url = gw.settings.require_database_url()
+    user = add_user(url, "maintainer")
+    async with httpx.AsyncClient(base_url=gw.api, timeout=30) as browser:
+        r = await browser.post(
+            "/api/v1/auth/session", json={"username": user.name, "password": TEST_PASSWORD}
+        )
+        assert r.status_code == 200, r.text
+        async with browser.stream("GET", "/api/v1/events") as response:
+            assert response.status_code == 200
+            s = Stream(response)
+            reader = asyncio.create_task(s.read())
+            try:
+                await s.started()
+                sql(
+                    url,
+                    "INSERT INTO emergencies (type, title, pole_id, opened_by) VALUES"
+                    " ('fire_smoke', 'smoke', 'P0003', 'op')",
+                )
+                got = await s.expect("emergency", lambda d: d["pole_id"] == "P0003")
+                assert got["state"] == "open"
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+
+
 async def test_streams_end_when_the_listener_loses_the_database_and_events_resume(
     gw: RunningGateway,
 ) -> None:
@@ -328,3 +367,37 @@ async def test_a_stream_that_falls_behind_is_ended_and_others_go_on() -> None:
         await fast.next(0.1)
     with pytest.raises(StreamEnded):
         await hub.subscribe(lambda e: True).next(0.1)
+
+
+async def test_a_client_that_goes_away_gives_its_stream_back(database_url: str) -> None:
+    """The stream's subscription is released once the client is gone (at the next
+    event or keepalive the server writes), so the hub never keeps dead streams."""
+    await prepare_database(database_url)
+    settings = gateway_settings(database_url, "mqtt://127.0.0.1:1", "unused")
+    hub = LiveEvents(database_url, pole_of=lambda d: None)
+    async with opened_pool(database_url) as pool:
+        app = create_app(api_context(settings, pool, events=hub))
+        config = uvicorn.Config(app, port=settings.api_port, log_config=None, lifespan="off")
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        try:
+            await wait_for_port(settings.api_port)
+            headers = auth_headers(database_url, "operator")
+            base = f"http://127.0.0.1:{settings.api_port}"
+            for _ in range(3):
+                async with (
+                    httpx.AsyncClient(base_url=base, headers=headers) as client,
+                    client.stream("GET", "/api/v1/events") as response,
+                ):
+                    assert response.status_code == 200
+                    async for line in response.aiter_lines():
+                        assert line == "retry: 3000"
+                        break
+            async with asyncio.timeout(WITHIN_S):
+                while hub.streams:
+                    hub.publish(LiveEvent("alarm", {"id": 0}))  # a write notices the client left
+                    await asyncio.sleep(0.05)
+        finally:
+            hub.close()
+            server.should_exit = True
+            await serving

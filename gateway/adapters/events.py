@@ -30,6 +30,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from gateway.adapters.db import libpq_url
 from gateway.backoff import Backoff
 from gateway.core.readings import Batch
+from gateway.core.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,16 @@ class TelemetryAnnouncer:
                 pass
 
 
+def poles_from(registry: Callable[[], Registry]) -> Callable[[str], str | None]:
+    """A device's pole, from the gateway's current registry (None: not known)."""
+
+    def pole_of(device_id: str) -> str | None:
+        device = registry().device(device_id)
+        return device.pole_id if device is not None else None
+
+    return pole_of
+
+
 class StreamEnded(Exception):
     """The stream is over (it fell behind, the listener reconnected, or the server stops)."""
 
@@ -189,6 +200,11 @@ class LiveEvents:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def streams(self) -> int:
+        """Streams open now."""
+        return len(self._subscriptions)
 
     def subscribe(self, visible: Callable[[LiveEvent], bool]) -> Subscription:
         subscription = Subscription(visible, self._queue_size)

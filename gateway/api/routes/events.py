@@ -23,7 +23,6 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import StreamingResponse
-from fastapi.sse import format_sse_event
 
 from gateway.adapters.events import LiveEvent, LiveEvents, StreamEnded
 from gateway.api.deps import Context
@@ -33,7 +32,8 @@ from gateway.core.auth import Principal
 router = APIRouter(tags=["events"])
 
 KEEPALIVE_S = 15.0
-RETRY_MS = 3000
+RETRY = b"retry: 3000\n\n"  # EventSource waits 3 s before reconnecting
+KEEPALIVE = b": keepalive\n\n"
 EVENT_STREAM: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {"text/event-stream": {}},
@@ -50,17 +50,19 @@ def visible_to(principal: Principal) -> Callable[[LiveEvent], bool]:
     return lambda event: False
 
 
+def _sse(event: LiveEvent) -> bytes:
+    return b"event: %s\ndata: %s\n\n" % (event.name.encode(), orjson.dumps(event.data))
+
+
 async def _stream(hub: LiveEvents, visible: Callable[[LiveEvent], bool]) -> AsyncIterator[bytes]:
     # Subscribed when the response starts, so a client gone before never leaks one.
     subscription = hub.subscribe(visible)
     try:
-        yield format_sse_event(retry=RETRY_MS)
+        yield RETRY
         while True:
             event = await subscription.next(KEEPALIVE_S)
-            if event is None:
-                yield format_sse_event(comment="keepalive")
-            else:
-                yield format_sse_event(event=event.name, data_str=orjson.dumps(event.data).decode())
+            # orjson writes no newline, so the data is one `data:` line.
+            yield KEEPALIVE if event is None else _sse(event)
     except StreamEnded:
         return
     finally:
