@@ -15,6 +15,7 @@ from gateway.adapters.db import DatabaseHealth
 from gateway.adapters.events import LiveEvents
 from gateway.adapters.read_model import ReadModel
 from gateway.adapters.users import UserStore
+from gateway.api.cache import StaleWhileRevalidate
 from gateway.commands import CommandDispatcher
 from gateway.config import Settings
 from gateway.core.auth import LoginThrottle
@@ -43,6 +44,11 @@ class ApiContext:
     # The database circuit (a probe's verdict): while it says down, requests that
     # need the database answer 503 at once. None: no circuit, requests try.
     database: DatabaseHealth | None = None
+    # The dashboard's kWh today: a scan of the day's counter readings (seconds at
+    # city scale), so computed at most every 30 s and served from the last result.
+    kwh_today: StaleWhileRevalidate[float] = field(
+        default_factory=lambda: StaleWhileRevalidate[float](max_age_s=30.0)
+    )
 
     @property
     def reads(self) -> ReadModel:

@@ -48,6 +48,10 @@ class Energy(BaseModel):
         " local midnight; a counter's baseline is its last reading before midnight"
     )
     since: datetime = Field(description="Local midnight (POLEGW_SITE_TIMEZONE)")
+    as_of: datetime = Field(
+        description="When the figure was computed: it is recomputed at most every 30 s"
+        " (a scan of the day's readings), in the background while the last one is served"
+    )
 
 
 class Overview(BaseModel):
@@ -79,7 +83,11 @@ class Overview(BaseModel):
                     "alarms_active": {"critical": 1, "major": 2},
                     "work_orders": {"open": 4, "overdue": 1},
                     "emergencies_open": 0,
-                    "energy": {"kwh_today": 123.4, "since": "2026-11-21T16:00:00Z"},
+                    "energy": {
+                        "kwh_today": 123.4,
+                        "since": "2026-11-21T16:00:00Z",
+                        "as_of": "2026-11-22T09:59:50Z",
+                    },
                 }
             ]
         }
@@ -223,14 +231,20 @@ async def overview(ctx: Context, _: Staff) -> Overview:
             d = await c.fetchone()
             await c.execute(_LAMPS, {"now": now, "profiles": lamp_profiles(ctx.catalog)})
             lamps = await c.fetchone()
-            await c.execute(_ENERGY, args)
-            energy = await c.fetchone()
         assert d is not None
         assert lamps is not None
-        assert energy is not None
         alarms = await _optional(conn, _ALARMS, args)
         orders = await _optional(conn, _WORK_ORDERS, args)
         emergencies = await _optional(conn, _EMERGENCIES, args)
+
+    async def energy_since_midnight() -> float:
+        async with ctx.pool.connection() as conn, conn.cursor(row_factory=dict_row) as c:
+            await c.execute(_ENERGY, args)
+            row = await c.fetchone()
+        assert row is not None
+        return round(float(row["kwh"]), 3)
+
+    kwh, age = await ctx.kwh_today.get(since, energy_since_midnight)
     return Overview(
         at=now,
         poles=sum(n for s, n in by_status.items() if s != "retired"),
@@ -245,7 +259,7 @@ async def overview(ctx: Context, _: Staff) -> Overview:
         alarms_active=None if alarms is None else {str(r["severity"]): int(r["n"]) for r in alarms},
         work_orders=None if orders is None else WorkOrderCounts(**orders[0]),
         emergencies_open=None if emergencies is None else int(emergencies[0]["n"]),
-        energy=Energy(kwh_today=round(float(energy["kwh"]), 3), since=since),
+        energy=Energy(kwh_today=kwh, since=since, as_of=now - timedelta(seconds=age)),
     )
 
 
