@@ -843,14 +843,14 @@ async def _gateway_and_poles(
     buses = ", ".join(f"{h}:{p}" for h, p in modbus_endpoints(site))
     _say(
         "\npolegw demo is running. Ctrl-C stops it.\n"
-        f"  log in:          {login}\n"
-        f"                   (in {api}/docs: Authorize; or POST {api}/api/v1/auth/token)\n"
+        f"  console:         {api}/console/\n"
+        f"  log in:          {login}  (operator; in the console, or POST {api}/api/v1/auth/token)\n"
+        f"  tenant users:    {', '.join(seeded.users)}  (tenants' leases and bills in the console)\n"
         f"  API docs:        {api}/docs\n"
         f"  poles:           {api}/api/v1/poles\n"
         f"  latest values:   {api}/api/v1/devices/{first.devices[0].id}/latest\n"
         + meter
-        + f"  tenant users:    {', '.join(seeded.users)}\n"
-        f"  leases:          {api}/api/v1/leases\n"
+        + f"  leases:          {api}/api/v1/leases\n"
         f"  bills:           {api}/api/v1/bills?month={seeded.month} (drafts, made again at"
         " each start;\n"
         f"                   one with its lines: {api}/api/v1/bills/{{id}})\n"

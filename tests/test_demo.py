@@ -161,6 +161,12 @@ def run_demo_once(data_dir: Path, port: int, modbus_port: int, log: Path) -> dic
                 f"http://127.0.0.1:{port}/api/v1/poles", headers=headers, timeout=2
             ).json()
             seen = mounting(port, headers, log)
+            # The banner's console address serves the console.
+            console = re.search(r"console: +(\S+)", log.read_text())
+            assert console, log.read_text()
+            page = httpx.get(console[1], timeout=5)
+            assert page.status_code == 200
+            assert '<script type="module" src="/console/static/app.js">' in page.text
         finally:
             proc.send_signal(signal.SIGINT)
             code = proc.wait(timeout=30)
