@@ -844,8 +844,8 @@ async def _gateway_and_poles(
     _say(
         "\npolegw demo is running. Ctrl-C stops it.\n"
         f"  console:         {api}/console/\n"
-        f"  log in:          {login}  (operator; in the console, or POST {api}/api/v1/auth/token)\n"
-        f"  tenant users:    {', '.join(seeded.users)}  (tenants' leases and bills in the console)\n"
+        f"  log in:          {login}  (the operator: console, or POST {api}/api/v1/auth/token)\n"
+        f"  tenant users:    {', '.join(seeded.users)}  (their leases and bills)\n"
         f"  API docs:        {api}/docs\n"
         f"  poles:           {api}/api/v1/poles\n"
         f"  latest values:   {api}/api/v1/devices/{first.devices[0].id}/latest\n"
