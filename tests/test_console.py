@@ -358,12 +358,27 @@ async def test_a_disabled_user_is_sent_back_to_the_login_page(env: Env) -> None:
 PAGES = ("#/", "#/map", "#/alarms?state=", "#/poles/P0001", f"#/devices/{LAMP}")
 
 
+def areas() -> list[str]:
+    """The areas i18n.js loads (AREAS = [...])."""
+    found = re.search(r"AREAS = \[([^\]]*)\]", (STATIC / "i18n.js").read_text("utf-8"))
+    assert found, "i18n.js lists no AREAS"
+    return re.findall(r'"([\w-]+)"', found[1])
+
+
 def catalogue(lang: str) -> dict[str, str]:
-    data: dict[str, str] = json.loads((STATIC / "i18n" / f"{lang}.json").read_text("utf-8"))
-    return data
+    merged: dict[str, str] = {}
+    for area in areas():
+        part: dict[str, str] = json.loads(
+            (STATIC / "i18n" / f"{area}.{lang}.json").read_text("utf-8")
+        )
+        assert not set(part) & set(merged), f"{area}.{lang}: keys of another area"
+        merged |= part
+    return merged
 
 
 def test_the_catalogues_have_the_same_keys_and_cover_the_code() -> None:
+    files = {p.name for p in (STATIC / "i18n").glob("*.json")}
+    assert files == {f"{a}.{lang}.json" for a in areas() for lang in ("en", "zh-CN")}
     en, zh = catalogue("en"), catalogue("zh-CN")
     assert set(en) == set(zh)
     assert [k for k, v in zh.items() if not v.strip()] == []

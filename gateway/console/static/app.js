@@ -14,8 +14,17 @@ import * as sitemap from "./pages/map.js";
 import * as tenant from "./pages/tenant.js";
 
 const STAFF = new Set(["admin", "operator", "maintainer"]);
+// Who may see a page: the roles the API admits to what the page is for.
+const WHO = {
+  any: () => true,
+  staff: (role) => STAFF.has(role),
+  managers: (role) => role === "admin" || role === "operator",
+  admin: (role) => role === "admin",
+  tenant: (role) => role === "tenant",
+};
 
-// [pattern, page, who may see it, menu label key or null]
+// [pattern, page, who may see it (a key of WHO), menu label key or null]. A page
+// module exports render(main, ctx, ...captures) -> cleanup function or null.
 const ROUTES = [
   [/^\/$/, overview, "staff", "nav.overview"],
   [/^\/map$/, sitemap, "staff", "nav.map"],
@@ -29,8 +38,7 @@ const ROUTES = [
 const state = { me: null, config: {}, cleanup: null };
 
 function allowed(who) {
-  if (!state.me) return false;
-  return who === "any" || (who === "staff" && STAFF.has(state.me.role));
+  return Boolean(state.me) && WHO[who](state.me.role);
 }
 
 function home() {
@@ -94,7 +102,11 @@ async function render() {
     const m = re.exec(path);
     if (!m) continue;
     if (!allowed(who)) break; // a page this role may not see does not exist for it
-    const ctx = { me: state.me, config: state.config, query, navigate, staff: STAFF.has(state.me.role) };
+    const role = state.me.role;
+    const ctx = {
+      me: state.me, config: state.config, query, navigate,
+      staff: STAFF.has(role), manager: WHO.managers(role), admin: WHO.admin(role),
+    };
     state.cleanup = page.render(main, ctx, ...m.slice(1).map(decodeURIComponent)) || null;
     return;
   }

@@ -1,4 +1,5 @@
-// Catalogues (static/i18n/{lang}.json) and locale-aware formatting.
+// Catalogues (static/i18n/{area}.{lang}.json, one pair per area of the console)
+// and locale-aware formatting.
 // Every word a person reads comes from a catalogue through t(); numbers, dates
 // and ages are formatted with Intl for the chosen language in the site's time zone.
 
@@ -21,10 +22,17 @@ export function pickLanguage() {
   return "zh-CN";
 }
 
+// The areas whose catalogues are loaded; an area's pages add their words in its own
+// pair of files, so areas are translated (and reviewed) independently.
+export const AREAS = ["console"];
+
 async function load(l) {
-  const res = await fetch(`/console/static/i18n/${l}.json`, { credentials: "same-origin" });
-  if (!res.ok) throw new Error(`catalogue ${l}: ${res.status}`);
-  return res.json();
+  const parts = await Promise.all(AREAS.map(async (area) => {
+    const res = await fetch(`/console/static/i18n/${area}.${l}.json`, { credentials: "same-origin" });
+    if (!res.ok) throw new Error(`catalogue ${area}.${l}: ${res.status}`);
+    return res.json();
+  }));
+  return Object.assign({}, ...parts);
 }
 
 export async function setLanguage(l, { remember = false } = {}) {
