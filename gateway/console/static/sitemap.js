@@ -88,6 +88,12 @@ export class SiteMap {
       line.addTo(this.roads);
       line.bindTooltip(road, { permanent: true, direction: "center", className: "road-label" });
     }
+    // Fit the view before the markers are placed, without animation: fitting
+    // after them moved every marker three times (zoom animation, then reset).
+    if (!this.fitted && shown.length) {
+      this.map.fitBounds(L.latLngBounds(shown.map((p) => [p.lat, p.lon])), { padding: [20, 20], animate: false });
+      this.fitted = true;
+    }
     const keep = new Set();
     for (const p of shown) {
       keep.add(p.id);
@@ -116,10 +122,6 @@ export class SiteMap {
         m.remove();
         this.markers.delete(id);
       }
-    }
-    if (!this.fitted && shown.length) {
-      this.map.fitBounds(L.latLngBounds(shown.map((p) => [p.lat, p.lon])), { padding: [20, 20] });
-      this.fitted = true;
     }
   }
 
