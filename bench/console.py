@@ -355,6 +355,15 @@ def offline_poles(url: str) -> set[str]:
     return {str(r[0]) for r in rows}
 
 
+def raised_alarms(url: str) -> int:
+    """Alarms the gateway raised (the set-up's are named bench-...)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM alarms WHERE rule_key NOT LIKE 'bench-%'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 # --------------------------------------------------------------------------- the gateway
 
 
@@ -434,15 +443,29 @@ def running_gateway(db_url: str, mqtt_url: str, prefix: str, workdir: Path) -> I
 # --------------------------------------------------------------------------- readings
 
 
+LEAN_DEG = 20.0  # over pole-tilt's critical rule (15 degrees for 10 s)
+
+
 class Publisher:
     """Every pole's telemetry batch once per `interval_s`, the poles staggered over
-    the interval, from one paho client, paced to the schedule."""
+    the interval, from one paho client, paced to the schedule. From the start of
+    each interval `leaning` more poles report a tilt of LEAN_DEG, so that the
+    gateway's own rules raise alarms while the page is watched."""
 
-    def __init__(self, mqtt_url: str, prefix: str, models: list[PoleModel], interval_s: float):
+    def __init__(
+        self,
+        mqtt_url: str,
+        prefix: str,
+        models: list[PoleModel],
+        interval_s: float,
+        leaning: int,
+    ) -> None:
         self.endpoint = MqttEndpoint(mqtt_url)
         self.prefix = prefix
         self.models = models
         self.interval_s = interval_s
+        self.leaning = leaning
+        self.leaning_ids: set[str] = set()
         self.sent = 0
         self.max_late_s = 0.0
         self.cpu_s = 0.0
@@ -462,6 +485,7 @@ class Publisher:
             step = self.interval_s / len(self.models)
             total = int(duration_s / step)
             seqs = [0] * len(self.models)
+            rng = random.Random(15)
             start = time.monotonic()
             infos = []
             for n in range(total):
@@ -472,9 +496,19 @@ class Publisher:
                 else:
                     self.max_late_s = max(self.max_late_s, -delay)
                 i = n % len(self.models)
+                if i == 0:
+                    candidates = [
+                        m.pole_id for m in self.models if m.pole_id not in self.leaning_ids
+                    ]
+                    self.leaning_ids.update(
+                        rng.sample(candidates, min(self.leaning, len(candidates)))
+                    )
                 seqs[i] += 1
                 model = self.models[i]
                 message = build_telemetry(model, datetime.now(UTC), seqs[i])
+                tilt = message["devices"].get(f"{model.pole_id}-tilt")
+                if tilt is not None and model.pole_id in self.leaning_ids:
+                    tilt["tilt_deg"] = LEAN_DEG
                 topic = f"{self.prefix}/{model.pole_id}/telemetry"
                 infos.append(client.publish(topic, orjson.dumps(message), qos=1))
             for info in infos:
@@ -750,7 +784,7 @@ async def measure(
             t0 = await page.evaluate(START_WINDOW)
             await asyncio.sleep(args.idle)
             idle = await page.evaluate(END_WINDOW, t0)
-            publisher = Publisher(args.mqtt_url, prefix, publishing, args.interval)
+            publisher = Publisher(args.mqtt_url, prefix, publishing, args.interval, args.leaning)
             stored0 = await asyncio.to_thread(gw.metric, "polegw_readings_stored_total")
             t0 = await page.evaluate(START_WINDOW)
             wall0 = time.monotonic()
@@ -758,6 +792,7 @@ async def measure(
             published_s = time.monotonic() - wall0
             busy = await page.evaluate(END_WINDOW, t0)
             stored1 = await asyncio.to_thread(gw.metric, "polegw_readings_stored_total")
+            raised = await asyncio.to_thread(raised_alarms, db_url)
             await ctx.close()
 
             # (c) the bare reference page, in the same browser.
@@ -803,7 +838,7 @@ async def measure(
 
     return Results(
         markers, cold, warm, reference, (width, height), idle, busy, publisher,
-        published_s, stored1 - stored0, len(publishing), errors,
+        published_s, stored1 - stored0, len(publishing), raised, errors,
     )  # fmt: skip
 
 
@@ -820,6 +855,7 @@ class Results:
     published_s: float
     stored: float
     publishing: int
+    raised: int
     errors: list[str]
 
 
@@ -850,7 +886,8 @@ def report(r: Results, args: argparse.Namespace) -> None:
     rate = pub.sent / r.published_s if r.published_s else 0.0
     say(f"    published {pub.sent:,} messages in {r.published_s:.1f} s ({rate:.0f}/s, publisher"
         f" at most {pub.max_late_s * 1000:.0f} ms late, {pub.cpu_s:.1f} s CPU); gateway stored"
-        f" {r.stored:,.0f} readings ({r.stored / r.published_s:,.0f}/s)")  # fmt: skip
+        f" {r.stored:,.0f} readings ({r.stored / r.published_s:,.0f}/s) and raised"
+        f" {r.raised} alarms ({pub.leaning} more poles leaning each interval)")  # fmt: skip
     if r.errors:
         say(f"page errors: {r.errors[:5]}")
     verdict = "meets" if median([x.interactive_ms for x in cold]) < 2000 else "MISSES"
@@ -882,12 +919,20 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=5.0, help="s between a pole's batches")
     parser.add_argument("--duration", type=float, default=30.0, help="s of readings")
     parser.add_argument("--idle", type=float, default=10.0, help="s of baseline without readings")
+    parser.add_argument(
+        "--leaning",
+        type=int,
+        default=1,
+        help="poles that start to lean (a critical alarm) in each interval of readings",
+    )
     parser.add_argument("--trace", help="write a Chrome trace of one more cold load here")
     parser.add_argument("--json", help="write the raw figures here")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     args = parser.parse_args()
     if args.poles < 1 or args.loads < 1:
         parser.error("--poles and --loads must be at least 1")
+    if args.leaning < 0:
+        parser.error("--leaning cannot be negative")
     if args.interval <= 0 or args.duration <= 0 or args.idle <= 0:
         parser.error("--interval, --duration and --idle must be positive")
     if not Path(args.chromium).exists():
