@@ -880,8 +880,8 @@ def report(r: Results, args: argparse.Namespace) -> None:
     say()
     say(f"(b) overview open while readings arrive ({r.publishing:,} poles"
         f" every {args.interval:g} s):")  # fmt: skip
-    print_window("idle, no readings", r.idle, args.idle)
-    print_window("readings arriving", r.busy, args.duration)
+    idle = print_window("idle, no readings", r.idle, args.idle)
+    busy = print_window("readings arriving", r.busy, args.duration)
     pub = r.publisher
     rate = pub.sent / r.published_s if r.published_s else 0.0
     say(f"    published {pub.sent:,} messages in {r.published_s:.1f} s ({rate:.0f}/s, publisher"
@@ -891,6 +891,26 @@ def report(r: Results, args: argparse.Namespace) -> None:
     if r.errors:
         say(f"page errors: {r.errors[:5]}")
     verdict = "meets" if median([x.interactive_ms for x in cold]) < 2000 else "MISSES"
+    say()
+
+    def med(loads: list[Load], field: str) -> str:
+        return f"{median([float(getattr(x, field)) for x in loads]):.0f}"
+
+    summary = [
+        ("interactive, cold cache, median ms", med(cold, "interactive_ms"),
+         med(reference, "interactive_ms")),
+        ("interactive, warm cache, median ms", med(warm, "interactive_ms"), ""),
+        ("long tasks per cold load, median ms", med(cold, "longtask_ms"),
+         med(reference, "longtask_ms")),
+        ("frames/s idle / with readings", f"{idle['fps']:.1f} / {busy['fps']:.1f}", ""),
+        ("long tasks with readings (n, ms)",
+         f"{busy['longtasks']:.0f}, {busy['longtask_ms']:.0f}", ""),
+        ("longest frame gap with readings, ms", f"{busy['worst_gap']:.0f}", ""),
+        ("API requests with readings (n, KiB)", f"{busy['requests']:.0f}, {busy['kib']:.0f}", ""),
+    ]  # fmt: skip
+    say(f"{'':<40} {'console':>14} {'reference':>10}")
+    for label, console, ref in summary:
+        say(f"{label:<40} {console:>14} {ref:>10}")
     say()
     say(f"verdict: {verdict} the 2 s target (median cold load).")
     say(f"at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load average {os.getloadavg()}")

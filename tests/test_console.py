@@ -245,6 +245,9 @@ async def test_an_alarm_appears_live_and_is_acknowledged_in_the_browser(env: Env
     page = await log_in(ctx, env.operator)
     await expect(page.locator("#overview-alarms")).to_contain_text("No alarm")
     navigations = await page.evaluate("performance.getEntriesByType('navigation').length")
+    # The map's elements are kept across live refreshes, not made again.
+    road_label = await page.locator("#overview-map .road-label").first.element_handle()
+    marker = await page.locator("#overview-map .pole-marker[data-pole='P0001']").element_handle()
     # The pole leans 20° for 12 s of reading time: the critical tilt rule (10 s) fires.
     now = datetime.now(UTC)
     messages = [
@@ -267,6 +270,10 @@ async def test_an_alarm_appears_live_and_is_acknowledged_in_the_browser(env: Env
     # No reload: the same document is still there.
     assert await page.evaluate("performance.getEntriesByType('navigation').length") == navigations
     await expect(page.locator("#overview-map .pole-marker.state-critical")).to_have_count(1)
+    assert await marker.evaluate("e => e.isConnected && e.classList.contains('state-critical')")
+    assert await marker.get_attribute("title") == "P0001 Renmin Rd 1 · Renmin Rd · Critical alarm"
+    await asyncio.sleep(0.5)  # Leaflet removes a closed label after a 200 ms fade
+    assert await road_label.evaluate("e => e.isConnected")
 
     # The operator opens the alarm, reads it on a chart and acknowledges it with a note.
     await item.get_by_role("link", name="Pole tilt").click()

@@ -167,6 +167,27 @@ export class SiteMap {
   update(poles, { filter = () => true } = {}) {
     const L = window.L;
     const shown = poles.filter((p) => p.lat !== null && p.lon !== null && filter(p));
+    this.drawRoads(shown);
+    // Fit the view before the markers are placed, and without animation, so
+    // that each is placed once.
+    if (!this.fitted && shown.length) {
+      this.map.fitBounds(L.latLngBounds(shown.map((p) => [p.lat, p.lon])), { padding: [20, 20], animate: false });
+      this.fitted = true;
+    }
+    this.poles.set(shown.map((p) => {
+      const state = poleState(p);
+      return { id: p.id, lat: p.lat, lon: p.lon, state, label: `${p.id} ${p.name} · ${p.road} · ${t(`polestate.${state}`)}` };
+    }));
+  }
+
+  // The roads, drawn again only when the poles shown or where they stand changed
+  // (a live refresh after an alarm changes states, not roads): each road label
+  // measures itself, a forced layout with 2,000 markers on the page.
+  drawRoads(shown) {
+    const L = window.L;
+    const key = shown.map((p) => `${p.road}|${p.lat}|${p.lon}`).join(";");
+    if (key === this.roadsKey) return;
+    this.roadsKey = key;
     this.roads.clearLayers();
     const byRoad = new Map();
     for (const p of shown) {
@@ -179,16 +200,6 @@ export class SiteMap {
       line.addTo(this.roads);
       line.bindTooltip(road, { permanent: true, direction: "center", className: "road-label" });
     }
-    // Fit the view before the markers are placed, and without animation, so
-    // that each is placed once.
-    if (!this.fitted && shown.length) {
-      this.map.fitBounds(L.latLngBounds(shown.map((p) => [p.lat, p.lon])), { padding: [20, 20], animate: false });
-      this.fitted = true;
-    }
-    this.poles.set(shown.map((p) => {
-      const state = poleState(p);
-      return { id: p.id, lat: p.lat, lon: p.lon, state, label: `${p.id} ${p.name} · ${p.road} · ${t(`polestate.${state}`)}` };
-    }));
   }
 
   refit() {
