@@ -29,7 +29,7 @@ export function legend() {
 }
 
 // All the poles' markers as one Leaflet layer of plain elements (buttons named
-// by their title), built in one batch: Leaflet's L.marker costs ~0.3 ms each
+// by their title), built in one batch: Leaflet's L.marker cost ~0.35 ms each
 // (events, z-index, a 3D transform that makes each marker a compositing layer),
 // which at 2,000 poles was most of the overview's time to interactive
 // (bench/console.py). Markers are positioned with a 2D transform once per view,
@@ -39,7 +39,7 @@ function poleLayer(onOpen) {
   const L = window.L;
   const Layer = L.Layer.extend({
     initialize() {
-      this.items = new Map(); // id -> { el, lat, lon, state }
+      this.items = new Map(); // pole id -> { el, glyph, lat, lon, state, label, moved }
     },
     onAdd(map) {
       this.el = L.DomUtil.create("div", "pole-layer leaflet-zoom-hide", this.getPane("markerPane"));
