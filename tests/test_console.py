@@ -205,11 +205,49 @@ async def test_operator_sees_the_overview_with_the_sites_poles(env: Env) -> None
     await ctx.close()
 
 
+async def marker_centre(page: Page, pole: str) -> tuple[float, float]:
+    box = await page.locator(f"#overview-map .pole-marker[data-pole='{pole}']").bounding_box()
+    assert box is not None
+    return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+
+async def test_the_map_follows_the_zoom_and_a_keyboard_opens_a_pole(env: Env) -> None:
+    ctx = await new_context(env)
+    page = await log_in(ctx, env.operator)
+    states = "All well|Alarm|Critical alarm|Device offline|Not in service"
+    marker = page.get_by_role(
+        "button", name=re.compile(rf"^P0003 Tianfu Ave 3 · Tianfu Ave · ({states})$")
+    )
+    await expect(marker).to_have_count(1)
+    # The markers are placed again when the zoom ends: one step in doubles the
+    # distance between two poles on the screen.
+    (x1, y1), (x3, y3) = await marker_centre(page, "P0001"), await marker_centre(page, "P0003")
+    before = ((x3 - x1) ** 2 + (y3 - y1) ** 2) ** 0.5
+    await page.locator("#overview-map").get_by_role("button", name="Zoom in").click()
+    after = before
+    for _ in range(50):
+        await asyncio.sleep(0.1)
+        (x1, y1), (x3, y3) = await marker_centre(page, "P0001"), await marker_centre(page, "P0003")
+        after = ((x3 - x1) ** 2 + (y3 - y1) ** 2) ** 0.5
+        if abs(after / before - 2) < 0.05:
+            break
+    assert after / before == pytest.approx(2, rel=0.05)
+    # Tab to a pole and press Enter: its page opens.
+    await marker.focus()
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_role("heading", name=re.compile("Pole P0003"))).to_be_visible()
+    assert page.errors == []  # type: ignore[attr-defined]
+    await ctx.close()
+
+
 async def test_an_alarm_appears_live_and_is_acknowledged_in_the_browser(env: Env) -> None:
     ctx = await new_context(env)
     page = await log_in(ctx, env.operator)
     await expect(page.locator("#overview-alarms")).to_contain_text("No alarm")
     navigations = await page.evaluate("performance.getEntriesByType('navigation').length")
+    # The map's elements are kept across live refreshes, not made again.
+    road_label = await page.locator("#overview-map .road-label").first.element_handle()
+    marker = await page.locator("#overview-map .pole-marker[data-pole='P0001']").element_handle()
     # The pole leans 20° for 12 s of reading time: the critical tilt rule (10 s) fires.
     now = datetime.now(UTC)
     messages = [
@@ -232,6 +270,10 @@ async def test_an_alarm_appears_live_and_is_acknowledged_in_the_browser(env: Env
     # No reload: the same document is still there.
     assert await page.evaluate("performance.getEntriesByType('navigation').length") == navigations
     await expect(page.locator("#overview-map .pole-marker.state-critical")).to_have_count(1)
+    assert await marker.evaluate("e => e.isConnected && e.classList.contains('state-critical')")
+    assert await marker.get_attribute("title") == "P0001 Renmin Rd 1 · Renmin Rd · Critical alarm"
+    await asyncio.sleep(0.5)  # Leaflet removes a closed label after a 200 ms fade
+    assert await road_label.evaluate("e => e.isConnected")
 
     # The operator opens the alarm, reads it on a chart and acknowledges it with a note.
     await item.get_by_role("link", name="Pole tilt").click()
