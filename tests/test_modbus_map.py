@@ -751,7 +751,7 @@ BROKEN = [
         "unused:\n  points:\n",
         9,
         "unused",
-        "Extra",
+        "unknown field 'unused'",
     ),
 ]
 
