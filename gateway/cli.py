@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from gateway.cli_broker import broker_app, pole_app
 from gateway.config import Settings
 from gateway.errors import ConfigError, SourceFileError
 
@@ -25,6 +26,8 @@ site_app = typer.Typer(help="Load the site: poles, devices and tenants.", no_arg
 app.add_typer(site_app, name="site")
 user_app = typer.Typer(help="Manage the API's users.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
+app.add_typer(pole_app, name="pole")
+app.add_typer(broker_app, name="broker")
 
 
 def setup_logging(level: str) -> None:
@@ -43,8 +46,12 @@ def settings_or_exit() -> Settings:
     except ValidationError as exc:
         # Name the variable and the problem; never echo the value (it may hold a password).
         for err in exc.errors(include_url=False, include_input=False):
+            msg = err["msg"].removeprefix("Value error, ")
+            if not err["loc"]:  # a rule across settings names them itself
+                typer.echo(f"polegw: {msg}", err=True)
+                continue
             name = "POLEGW_" + "_".join(str(p) for p in err["loc"]).upper()
-            typer.echo(f"polegw: {name}: {err['msg'].removeprefix('Value error, ')}", err=True)
+            typer.echo(f"polegw: {name}: {msg}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -225,8 +232,14 @@ def simulate(
     and the site's Modbus devices on their endpoints."""
     from gateway.core.profiles import load_catalog
     from gateway.core.site import parse_site
-    from gateway.demo import modbus_endpoints, run_simulators
+    from gateway.demo import (
+        check_ports_free,
+        config_errors_bare,
+        modbus_endpoints,
+        start_modbus_devices,
+    )
     from simulators.demo_site import demo_site
+    from simulators.mqtt_poles import run_poles
 
     settings = settings_or_exit()
     setup_logging(settings.log_level)
@@ -254,17 +267,29 @@ def simulate(
         f"simulating {len(site.poles)} poles on {settings.mqtt_url}"
         f" every {interval:g}s{modbus}; Ctrl-C stops"
     )
-    run_until_signal(
-        lambda stop: run_simulators(
-            site,
-            settings.mqtt_url,
-            stop,
-            catalog=catalog,
-            prefix=settings.mqtt_topic_prefix,
-            interval_s=interval,
-            seed=seed,
-        )
-    )
+    tls_files = (settings.mqtt_ca_file, settings.mqtt_cert_file, settings.mqtt_key_file)
+
+    async def simulators(stop: asyncio.Event) -> None:
+        # As gateway.demo.run_simulators, with the TLS files of POLEGW_MQTT_*_FILE.
+        check_ports_free(buses)
+        with config_errors_bare():
+            async with asyncio.TaskGroup() as tg:
+                await start_modbus_devices(tg, site, catalog, stop, seed=seed)
+                tg.create_task(
+                    run_poles(
+                        site,
+                        settings.mqtt_url,
+                        prefix=settings.mqtt_topic_prefix,
+                        interval_s=interval,
+                        seed=seed,
+                        stop=stop,
+                        catalog=catalog,
+                        tls_files=tls_files,
+                    ),
+                    name="mqtt-poles",
+                )
+
+    run_until_signal(simulators)
 
 
 @app.command()

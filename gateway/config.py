@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.errors import ConfigError
@@ -26,6 +26,18 @@ class Settings(BaseSettings):
     mqtt_receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 2000
     mqtt_session_expiry_s: Annotated[int, Field(ge=0)] = 7 * 24 * 3600
     mqtt_keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    # TLS (mqtts://): the CA that signed the broker's certificate (unset: the
+    # system's CAs), and a client certificate and key for brokers that ask for one
+    # (a pole's CN is its id; the listener uses it as the user name).
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
+    # Defence in depth behind the broker's ACL: messages a pole may send per
+    # second on average, and in one burst (a pole uploading its backlog after an
+    # outage). Beyond that its messages are dead-lettered (reason rate_limited)
+    # and counted, so one pole cannot crowd out the others. 0 turns it off.
+    mqtt_pole_rate_per_s: Annotated[float, Field(ge=0)] = 20.0
+    mqtt_pole_burst: Annotated[int, Field(ge=1)] = 2000
     api_host: str = "127.0.0.1"
     api_port: Annotated[int, Field(ge=0, le=65535)] = 8000
     # Signs the API's access tokens. No default: `polegw run` refuses to serve
@@ -144,6 +156,21 @@ class Settings(BaseSettings):
         except (ConfigError, ValueError) as exc:  # ValueError: a port that is not a number
             raise ValueError(str(exc)) from None
         return v
+
+    @field_validator("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file")
+    @classmethod
+    def _readable(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"{v}: no such file")
+        return v
+
+    @model_validator(mode="after")
+    def _client_cert_pair(self) -> Settings:
+        if (self.mqtt_cert_file is None) != (self.mqtt_key_file is None):
+            raise ValueError(
+                "POLEGW_MQTT_CERT_FILE and POLEGW_MQTT_KEY_FILE go together: set both or neither"
+            )
+        return self
 
     @field_validator("database_url")
     @classmethod

@@ -1,0 +1,395 @@
+"""Device identity on a real Mosquitto started with the files `polegw broker config`
+writes: anonymous and wrong secrets refused, a pole confined to its own topics (end
+to end through the gateway), revoke and rotate applied by SIGHUP, TLS with the
+site's private CA and with client certificates."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from typer.testing import CliRunner
+
+from gateway.cli import app
+from gateway.core.broker_access import mosquitto_hash, mosquitto_verify
+from gateway.core.site import PoleSpec, SiteSpec
+from tests.faults import PrivateMosquitto, free_port
+from tests.support import (
+    count,
+    eventually,
+    gateway,
+    gateway_settings,
+    prepare_database_sync,
+    small_site,
+    telemetry_message,
+)
+
+PREFIX = "poles"
+runner = CliRunner()
+
+
+def cli(database_url: str, *args: str) -> str:
+    """Run `polegw …`; returns standard output, fails the test on a non-zero exit."""
+    env = {"POLEGW_DATABASE_URL": database_url, "POLEGW_MQTT_TOPIC_PREFIX": PREFIX}
+    result = runner.invoke(app, list(args), env=env)
+    assert result.exit_code == 0, f"polegw {' '.join(args)}: {result.output}"
+    return result.stdout
+
+
+class SecuredMosquitto(PrivateMosquitto):
+    """A private Mosquitto whose only security is the generated configuration; its
+    plain listener (`port`) is on loopback, the TLS ones come from polegw.conf."""
+
+    def __init__(self, directory: Path, conf_dir: Path) -> None:
+        super().__init__(directory, persistence=False)
+        self.conf_dir = conf_dir
+
+    def _config(self) -> Path:
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            f"include_dir {self.conf_dir}",
+            "persistence false",
+            f"log_dest file {self.log}",
+            "log_type all",
+        ]
+        if os.geteuid() == 0:
+            lines.append("user root")
+        conf = self.directory / "mosquitto.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        return conf
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto re-reads its configuration, password and ACL files."""
+        assert self._proc is not None
+        mark = self.log.read_text(errors="replace").count("Reloading config")
+        self._proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while self.log.read_text(errors="replace").count("Reloading config") <= mark:
+            assert time.monotonic() < deadline, self.tail()
+            time.sleep(0.02)
+        time.sleep(0.2)  # the reload runs in the broker's loop after the log line
+
+
+@dataclass
+class Site:
+    database_url: str
+    out: Path
+    certs: Path
+    broker: SecuredMosquitto
+    tls_port: int
+    x509_port: int
+    secrets: dict[str, str]
+
+    def rewrite_and_reload(self) -> None:
+        cli(
+            self.database_url, "broker", "config", "--out", str(self.out),
+            "--tls-port", str(self.tls_port), "--x509-port", str(self.x509_port),
+        )  # fmt: skip
+        self.broker.reload()
+
+
+def site_spec() -> SiteSpec:
+    base = small_site()  # P0001..P0003 with devices
+    return SiteSpec(
+        tenants=base.tenants, poles=[*base.poles, PoleSpec(id="P0004"), PoleSpec(id="P0005")]
+    )
+
+
+@pytest.fixture(scope="module")
+def site(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    prepare_database_sync(database_url, site_spec())
+    root = tmp_path_factory.mktemp("broker")
+    out, certs = root / "polegw", root / "polegw" / "certs"
+    keys: dict[str, str] = {}
+    for pole in ("P0001", "P0002", "P0004", "P0005"):
+        keys[pole] = cli(database_url, "pole", "credentials", "issue", pole).strip()
+    for service in ("gateway", "monitor"):
+        secret_file = root / f"{service}.secret"
+        cli(
+            database_url,
+            "broker",
+            "credentials",
+            "issue",
+            service,
+            "--secret-file",
+            str(secret_file),
+        )
+        keys[f"polegw-{service}"] = secret_file.read_text().strip()
+    cli(
+        database_url, "broker", "certs", "--out", str(certs),
+        "--server-name", "localhost", "--server-name", "127.0.0.1", "--pole", "P0003",
+    )  # fmt: skip
+    broker = SecuredMosquitto(root / "mosquitto", out)
+    s = Site(database_url, out, certs, broker, free_port(), free_port(), keys)
+    cli(
+        database_url, "broker", "config", "--out", str(out),
+        "--tls-port", str(s.tls_port), "--x509-port", str(s.x509_port),
+    )  # fmt: skip
+    with broker:
+        yield s
+
+
+# ------------------------------------------------------------------ MQTT helpers
+
+
+class Client:
+    """A paho MQTT 5 client that records CONNACK, disconnections and messages."""
+
+    def __init__(self, user: str | None, password: str | None = None) -> None:
+        self.paho = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"sec-{user}-{secrets.token_hex(3)}",
+            protocol=paho.MQTTv5,
+        )
+        if user is not None:
+            self.paho.username_pw_set(user, password)
+        self.connack: object = None
+        self.connected = threading.Event()
+        self.disconnected = threading.Event()
+        self.messages: list[tuple[str, bytes]] = []
+        self.paho.on_connect = self._on_connect
+        self.paho.on_disconnect = lambda *_a: self.disconnected.set()
+        self.paho.on_message = lambda _c, _u, m: self.messages.append((m.topic, bytes(m.payload)))
+
+    def _on_connect(self, _c: object, _u: object, _f: object, rc: object, _p: object) -> None:
+        self.connack = rc
+        self.connected.set()
+
+    def connect(self, port: int, tls: ssl.SSLContext | None = None) -> object:
+        """Connect and wait for CONNACK; returns its reason code (0 = accepted)."""
+        if tls is not None:
+            self.paho.tls_set_context(tls)
+        self.paho.connect("127.0.0.1", port)
+        self.paho.loop_start()
+        assert self.connected.wait(10), "no CONNACK"
+        return getattr(self.connack, "value", self.connack)
+
+    def publish(self, topic: str, payload: bytes) -> int:
+        info = self.paho.publish(topic, payload, qos=1)
+        info.wait_for_publish(10)
+        return info.rc
+
+    def subscribe(self, topic: str) -> list[int]:
+        got: list[int] = []
+        done = threading.Event()
+
+        def on_subscribe(
+            _c: paho.Client, _u: object, _m: int, codes: list[ReasonCode], _p: Properties
+        ) -> None:
+            got.extend(int(c.value) for c in codes)
+            done.set()
+
+        self.paho.on_subscribe = on_subscribe
+        self.paho.subscribe(topic, qos=1)
+        assert done.wait(10), "no SUBACK"
+        return got
+
+    def close(self) -> None:
+        self.paho.disconnect()
+        self.paho.loop_stop()
+
+
+def ca_context(site: Site, client: str | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(site.certs / "ca.crt"))
+    if client is not None:
+        ctx.load_cert_chain(
+            site.certs / "clients" / f"{client}.crt", site.certs / "clients" / f"{client}.key"
+        )
+    return ctx
+
+
+# MQTT 5 reason codes of a refused login: "bad user name or password" (134) or,
+# as Mosquitto 2.0 answers a wrong password, "not authorized" (135).
+REFUSED = (134, 135)
+
+
+# ------------------------------------------------------------------ the tests
+
+
+def test_our_hash_is_mosquittos_format() -> None:
+    """mosquitto_passwd's own `$7$` hash verifies with ours, and ours with the broker
+    (every connection test below logs in with hashes we wrote)."""
+    tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    if not Path(tool).exists():
+        pytest.skip("mosquitto_passwd is not installed; the broker tests cover the format")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        f = Path(d) / "pw"
+        subprocess.run([tool, "-c", "-b", str(f), "alice", "s3cret-value"], check=True)
+        stored = f.read_text().strip().split(":", 1)[1]
+    assert stored.startswith("$7$101$")
+    assert mosquitto_verify(stored, "s3cret-value")
+    assert not mosquitto_verify(stored, "s3cret-valuf")
+    ours = mosquitto_hash("s3cret-value")
+    assert ours.split("$")[:3] == stored.split("$")[:3]
+    assert len(ours) == len(stored)
+
+
+def test_anonymous_and_wrong_secret_are_refused(site: Site) -> None:
+    anon = Client(None)
+    assert anon.connect(site.broker.port) in REFUSED
+    anon.close()
+    wrong = Client("P0001", site.secrets["P0001"][:-1] + "x")
+    assert wrong.connect(site.broker.port) in REFUSED
+    wrong.close()
+    right = Client("P0001", site.secrets["P0001"])
+    assert right.connect(site.broker.port) == 0
+    right.close()
+
+
+def test_a_pole_cannot_read_another_poles_commands(site: Site) -> None:
+    gw = Client("polegw-gateway", site.secrets["polegw-gateway"])
+    a = Client("P0001", site.secrets["P0001"])
+    b = Client("P0002", site.secrets["P0002"])
+    try:
+        for c in (gw, a, b):
+            assert c.connect(site.broker.port) == 0
+        assert a.subscribe(f"{PREFIX}/P0001/commands/+") == [1]
+        # Mosquitto 2.0 may grant the subscription; the ACL is applied to every
+        # message it would deliver, so B receives nothing of A's.
+        b.subscribe(f"{PREFIX}/P0001/commands/+")
+        b.subscribe(f"{PREFIX}/+/commands/+")
+        b.subscribe(f"{PREFIX}/#")
+        assert gw.publish(f"{PREFIX}/P0001/commands/P0001-lamp", b'{"id":"1"}') == 0
+        deadline = time.monotonic() + 5
+        while not a.messages and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert a.messages == [(f"{PREFIX}/P0001/commands/P0001-lamp", b'{"id":"1"}')]
+        time.sleep(0.2)
+        assert b.messages == []
+        # A pole cannot command another, nor itself.
+        assert a.subscribe(f"{PREFIX}/P0001/commands/+") == [1]
+        a.messages.clear()
+        a.publish(f"{PREFIX}/P0001/commands/P0001-lamp", b'{"id":"2"}')
+        time.sleep(0.3)
+        assert a.messages == []
+    finally:
+        for c in (gw, a, b):
+            c.close()
+
+
+def test_the_monitor_reads_and_cannot_publish(site: Site) -> None:
+    mon = Client("polegw-monitor", site.secrets["polegw-monitor"])
+    pole = Client("P0001", site.secrets["P0001"])
+    try:
+        assert mon.connect(site.broker.port) == 0
+        assert pole.connect(site.broker.port) == 0
+        assert mon.subscribe(f"{PREFIX}/#") == [1]
+        pole.publish(f"{PREFIX}/P0001/events", b"{}")
+        deadline = time.monotonic() + 5
+        while not mon.messages and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert mon.messages == [(f"{PREFIX}/P0001/events", b"{}")]
+        mon.messages.clear()
+        mon.publish(f"{PREFIX}/P0001/status", b"{}")  # refused by the broker: not delivered
+        time.sleep(0.3)
+        assert mon.messages == []
+    finally:
+        mon.close()
+        pole.close()
+
+
+def test_revoked_pole_is_refused_and_the_others_stay_connected(site: Site) -> None:
+    stays = Client("P0001", site.secrets["P0001"])
+    revoked = Client("P0004", site.secrets["P0004"])
+    try:
+        assert stays.connect(site.broker.port) == 0
+        assert revoked.connect(site.broker.port) == 0
+        cli(site.database_url, "pole", "credentials", "revoke", "P0004")
+        site.rewrite_and_reload()
+        again = Client("P0004", site.secrets["P0004"])
+        assert again.connect(site.broker.port) in REFUSED
+        again.close()
+        assert not stays.disconnected.is_set()
+        assert stays.publish(f"{PREFIX}/P0001/events", b"{}") == 0
+        # Mosquitto also cuts the revoked pole's open connection at the reload.
+        assert revoked.disconnected.wait(5)
+    finally:
+        stays.close()
+        revoked.close()
+
+
+def test_rotated_secret_works_and_the_old_one_does_not(site: Site) -> None:
+    old = site.secrets["P0005"]
+    new = cli(site.database_url, "pole", "credentials", "rotate", "P0005").strip()
+    assert new != old
+    site.rewrite_and_reload()
+    refused = Client("P0005", old)
+    assert refused.connect(site.broker.port) in REFUSED
+    refused.close()
+    accepted = Client("P0005", new)
+    assert accepted.connect(site.broker.port) == 0
+    accepted.close()
+
+
+def test_tls_needs_the_sites_ca(site: Site) -> None:
+    bare = Client("P0001", site.secrets["P0001"])
+    with pytest.raises(ssl.SSLCertVerificationError):
+        bare.connect(site.tls_port, ssl.create_default_context())
+    bare.paho.loop_stop()
+    # The x509 listener refuses a client without a certificate (under TLS 1.3 the
+    # broker closes the connection after the handshake: no CONNACK ever comes).
+    nocert = Client("P0001", site.secrets["P0001"])
+    nocert.paho.tls_set_context(ca_context(site))
+    try:
+        nocert.paho.connect("127.0.0.1", site.x509_port)
+        nocert.paho.loop_start()
+        assert not nocert.connected.wait(2) or nocert.connack != 0
+    except (ssl.SSLError, OSError):
+        pass
+    finally:
+        nocert.paho.loop_stop()
+
+
+def _telemetry(pole: str, seq: int) -> bytes:
+    return telemetry_message(
+        pole, datetime.now(UTC) - timedelta(minutes=1) + timedelta(seconds=seq), seq
+    )
+
+
+async def test_gateway_over_mqtts_stores_own_readings_and_never_a_forgery(site: Site) -> None:
+    """End to end: the gateway logs in over TLS with the site's CA; pole A's forged
+    message for pole B is dropped by the broker and nothing is stored for B; a pole
+    with a client certificate (no password) publishes its own readings."""
+    url = f"mqtts://polegw-gateway:{site.secrets['polegw-gateway']}@localhost:{site.tls_port}"
+    settings = gateway_settings(site.database_url, url, PREFIX, mqtt_ca_file=site.certs / "ca.crt")
+    a = Client("P0001", site.secrets["P0001"])
+    cert_pole = Client("P0003")  # no password: the certificate is its identity
+    lamp_rows = (
+        "SELECT count(*) FROM telemetry t JOIN devices d ON d.id = t.device_id WHERE d.pole_id = %s"
+    )
+    async with gateway(settings):
+        assert a.connect(site.tls_port, ca_context(site)) == 0
+        assert cert_pole.connect(site.x509_port, ca_context(site, "P0003")) == 0
+        try:
+            a.publish(f"{PREFIX}/P0002/telemetry", _telemetry("P0002", 1))  # forged
+            a.publish(f"{PREFIX}/P0001/telemetry", _telemetry("P0001", 2))  # after it
+            cert_pole.publish(f"{PREFIX}/P0003/telemetry", _telemetry("P0003", 3))
+            await eventually(
+                lambda: (
+                    count(site.database_url, lamp_rows, "P0001") == 8
+                    and count(site.database_url, lamp_rows, "P0003") == 8
+                ),
+                what="P0001's and P0003's readings",
+            )
+            assert count(site.database_url, lamp_rows, "P0002") == 0
+            assert count(site.database_url, "SELECT count(*) FROM dead_letters") == 0
+        finally:
+            a.close()
+            cert_pole.close()
