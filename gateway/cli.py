@@ -151,6 +151,29 @@ def site_import(
     except ConfigError as exc:
         raise fail(str(exc)) from None
     typer.echo(f"{file}: {counts}")
+    provisioning_hint([p.id for p in site.poles], settings.require_database_url())
+
+
+def provisioning_hint(pole_ids: list[str], database_url: str) -> None:
+    """Say which poles cannot log in to the broker yet, and how to provision them."""
+    import psycopg
+
+    from gateway.adapters.mqtt_credentials import CredentialStore
+
+    try:
+        missing = CredentialStore(database_url).poles_without_credential(pole_ids)
+    except psycopg.Error as exc:
+        typer.echo(f"polegw: could not check the poles' MQTT credentials: {exc}", err=True)
+        return
+    if not missing:
+        return
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    typer.echo(
+        f"{len(missing)} poles have no MQTT credential yet ({shown}). Provision each with"
+        " `polegw pole credentials issue POLE_ID` (the secret goes to the pole's edge"
+        " controller) or a client certificate (`polegw broker certs --out DIR --pole POLE_ID`),"
+        " then `polegw broker config --out DIR` and reload the broker (SIGHUP)."
+    )
 
 
 @user_app.command("add")

@@ -26,6 +26,7 @@ from gateway.commands import CommandDispatcher
 from gateway.config import Settings
 from gateway.core.auth import LoginThrottle
 from gateway.core.profiles import ProfileCatalog, load_catalog
+from gateway.core.rate_limit import TokenBuckets
 from gateway.errors import ConfigError
 from gateway.ingest import IngestPipeline
 from gateway.metrics import Metrics
@@ -120,6 +121,11 @@ async def run_gateway(
         clock_max_age=timedelta(seconds=settings.clock_max_age_s),
         spool=spool,
         spool_after_s=settings.spool_after_s,
+        pole_limit=(
+            TokenBuckets(settings.mqtt_pole_rate_per_s, settings.mqtt_pole_burst)
+            if settings.mqtt_pole_rate_per_s > 0
+            else None
+        ),
     )
     pool = open_pool(database_url)
     command_store = CommandStore(pool)

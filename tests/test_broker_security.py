@@ -393,3 +393,13 @@ async def test_gateway_over_mqtts_stores_own_readings_and_never_a_forgery(site: 
         finally:
             a.close()
             cert_pole.close()
+
+
+def test_site_import_says_how_to_provision_new_poles(site: Site, tmp_path: Path) -> None:
+    yaml = tmp_path / "site.yaml"
+    yaml.write_text("poles:\n  - id: P0009\n  - id: P0001\n")
+    out = cli(site.database_url, "site", "import", str(yaml))
+    assert "1 poles have no MQTT credential yet (P0009)" in out
+    assert "polegw pole credentials issue POLE_ID" in out
+    cli(site.database_url, "pole", "credentials", "issue", "P0009")
+    assert "no MQTT credential" not in cli(site.database_url, "site", "import", str(yaml))
