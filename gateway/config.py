@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import unquote, urlsplit
@@ -48,6 +49,18 @@ class Settings(BaseSettings):
     # A browser session (the console) ends after this long without a request; it
     # is renewed while in use, so a console kept open through a shift stays in.
     session_idle_s: Annotated[int, Field(ge=300, le=7 * 24 * 3600)] = 8 * 3600
+    # Browser origins allowed to call the API from their pages (CORS), e.g.
+    # POLEGW_CORS_ORIGINS='["https://ops.example.net"]'; empty: no CORS at all.
+    cors_origins: list[str] = []
+    # Exports and bill runs per user: this many a minute on average, and in a burst;
+    # beyond that 429 with Retry-After. 0 turns the limit off.
+    api_expensive_per_min: Annotated[float, Field(ge=0)] = 12.0
+    api_expensive_burst: Annotated[int, Field(ge=1)] = 10
+    # /metrics and /readyz's details without login: only from these networks
+    # (JSON list of CIDRs; default loopback), or on POLEGW_METRICS_PORT, a listener
+    # of their own (with /healthz) on POLEGW_API_HOST for the monitoring network.
+    metrics_allow: list[str] = ["127.0.0.1/32", "::1/128"]
+    metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     # Failed logins allowed per user name and per client address in the window.
     login_max_failures: Annotated[int, Field(ge=1)] = 5
     login_window_s: Annotated[float, Field(gt=0)] = 300.0
@@ -155,6 +168,27 @@ class Settings(BaseSettings):
             MqttEndpoint(v)
         except (ConfigError, ValueError) as exc:  # ValueError: a port that is not a number
             raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("metrics_allow")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"{net!r} is not a network (e.g. 10.0.0.0/8)") from None
+        return [str(ipaddress.ip_network(net, strict=False)) for net in v]
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        for origin in v:
+            parts = urlsplit(origin)
+            if origin == "*" or parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{origin!r} is not an origin (https://host[:port])")
+            if parts.path or parts.query:
+                raise ValueError(f"{origin!r}: an origin has no path")
         return v
 
     @field_validator("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file")

@@ -20,7 +20,7 @@ from gateway.adapters.mqtt import MqttSubscription
 from gateway.adapters.spool import AsyncSpool, FullPolicy, SpoolError
 from gateway.adapters.telemetry_writer import TelemetryWriter
 from gateway.alarming import build_alarm_runner
-from gateway.api.app import create_app
+from gateway.api.app import create_app, create_internals_app
 from gateway.api.deps import ApiContext
 from gateway.commands import CommandDispatcher
 from gateway.config import Settings
@@ -169,6 +169,7 @@ async def run_gateway(
     announcer = TelemetryAnnouncer(pool)  # the console's live telemetry events
     pipeline.on_committed.append(announcer.committed)
     server: ApiServer | None = None
+    internals: ApiServer | None = None
     try:
         async with asyncio.TaskGroup() as tg:
             commit = tg.create_task(pipeline.run(), name="ingest-commit")
@@ -217,6 +218,18 @@ async def run_gateway(
                 )
                 server = ApiServer(config)
                 tg.create_task(server.serve(), name="api")
+                if settings.metrics_port is not None:
+                    internals = ApiServer(
+                        uvicorn.Config(
+                            create_internals_app(ctx),
+                            host=settings.api_host,
+                            port=settings.metrics_port,
+                            log_config=None,
+                            access_log=False,
+                            lifespan="off",
+                        )
+                    )
+                    tg.create_task(internals.serve(), name="api-internals")
             ingest = tg.create_task(
                 mqtt.run(pipeline.offer, stop, pipeline.drain), name="mqtt-ingest"
             )
@@ -232,6 +245,8 @@ async def run_gateway(
             refresh.cancel()
             if server is not None:
                 server.should_exit = True
+            if internals is not None:
+                internals.should_exit = True
     finally:
         await dispatcher.close()
         await writer.close()
