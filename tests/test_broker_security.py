@@ -403,3 +403,37 @@ def test_site_import_says_how_to_provision_new_poles(site: Site, tmp_path: Path)
     assert "polegw pole credentials issue POLE_ID" in out
     cli(site.database_url, "pole", "credentials", "issue", "P0009")
     assert "no MQTT credential" not in cli(site.database_url, "site", "import", str(yaml))
+
+
+def test_credential_commands_refuse_with_one_line(site: Site) -> None:
+    env = {"POLEGW_DATABASE_URL": site.database_url}
+
+    def refused(*args: str) -> str:
+        result = runner.invoke(app, list(args), env=env)
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        return lines[0]
+
+    assert "no pole 'P9999'" in refused("pole", "credentials", "issue", "P9999")
+    assert "`rotate` replaces it" in refused("pole", "credentials", "issue", "P0001")
+    assert "no active secret" in refused("pole", "credentials", "rotate", "P0002-lamp")
+    assert "no credential to revoke" in refused("pole", "credentials", "revoke", "P0002-lamp")
+    assert "--server-name, --pole or --client" in refused("broker", "certs", "--out", "/tmp/x")
+    # Revoking twice is not an error; issuing after a revoke starts afresh.
+    cli(site.database_url, "pole", "credentials", "revoke", "P0002")
+    cli(site.database_url, "pole", "credentials", "revoke", "P0002")
+    assert cli(site.database_url, "pole", "credentials", "issue", "P0002").strip()
+
+
+def test_broker_config_is_idempotent(site: Site) -> None:
+    site.rewrite_and_reload()
+    before = {f: (site.out / f).read_text() for f in ("passwd", "acl", "polegw.conf")}
+    site.rewrite_and_reload()
+    assert {f: (site.out / f).read_text() for f in ("passwd", "acl", "polegw.conf")} == before
+    acl = before["acl"]
+    assert "user P0001\ntopic write poles/P0001/telemetry\n" in acl
+    assert "topic read poles/P0001/commands/+\n" in acl
+    assert "user P0004\n" not in acl  # revoked: no rights at all
+    assert "user polegw-gateway\n" in acl
+    assert (site.out / "passwd").stat().st_mode & 0o077 == 0
