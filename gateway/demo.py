@@ -758,4 +758,9 @@ async def _gateway_and_poles(
         f"  metrics:         {api}/metrics\n"
         f"  readiness:       {api}/readyz\n"
         + (f"  Modbus buses:    {buses} (RTU over TCP)\n" if buses else "")
+        + (
+            ""
+            if "@" in mqtt_url
+            else f"  MQTT:            {mqtt_url}: anonymous, no TLS (demo only)\n"
+        )
     )

@@ -327,9 +327,17 @@ def test_revoked_pole_is_refused_and_the_others_stay_connected(site: Site) -> No
 
 def test_rotated_secret_works_and_the_old_one_does_not(site: Site) -> None:
     old = site.secrets["P0005"]
+    connected = Client("P0005", old)
+    assert connected.connect(site.broker.port) == 0
     new = cli(site.database_url, "pole", "credentials", "rotate", "P0005").strip()
     assert new != old
+    still = Client("P0005", old)  # until the broker reloads, the old secret works
+    assert still.connect(site.broker.port) == 0
+    still.close()
     site.rewrite_and_reload()
+    # The connection made with the old secret is cut at the reload.
+    assert connected.disconnected.wait(5)
+    connected.close()
     refused = Client("P0005", old)
     assert refused.connect(site.broker.port) in REFUSED
     refused.close()
@@ -437,3 +445,50 @@ def test_broker_config_is_idempotent(site: Site) -> None:
     assert "user P0004\n" not in acl  # revoked: no rights at all
     assert "user polegw-gateway\n" in acl
     assert (site.out / "passwd").stat().st_mode & 0o077 == 0
+
+
+def test_the_compose_brokers_conf_runs_with_the_generated_files(site: Site, tmp_path: Path) -> None:
+    """deploy/mosquitto.conf with what deploy/provision.sh writes (paths moved from
+    the container's to this test's): the broker starts, TLS and passwords apply."""
+    conf_dir, data = tmp_path / "polegw", tmp_path / "data"
+    data.mkdir()
+    shutil.copytree(site.certs, conf_dir / "certs")
+    tls, x509, plain = free_port(), free_port(), free_port()
+    cli(
+        site.database_url, "broker", "config", "--out", str(conf_dir),
+        "--tls-port", str(tls), "--x509-port", str(x509), "--plain-port", str(plain),
+    )  # fmt: skip
+    deploy = (Path(__file__).parent.parent / "deploy" / "mosquitto.conf").read_text()
+    assert "allow_anonymous true" not in deploy
+    text = deploy.replace("/mosquitto/config/polegw", str(conf_dir)).replace(
+        "/mosquitto/data/", f"{data}/"
+    )
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(text + ("user root\n" if os.geteuid() == 0 else ""))
+    log = tmp_path / "log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            ["/usr/sbin/mosquitto", "-c", str(conf)], stdout=err, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            monitor = Client("polegw-monitor", site.secrets["polegw-monitor"])
+            try:
+                assert monitor.connect(plain) == 0
+                break
+            except ConnectionRefusedError:
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+            finally:
+                monitor.close()
+        anon = Client(None)
+        assert anon.connect(plain) in REFUSED
+        anon.close()
+        pole = Client("P0001", site.secrets["P0001"])
+        assert pole.connect(tls, ca_context(site)) == 0
+        pole.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
