@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 from gateway.cli import app
 from gateway.core.broker_access import mosquitto_hash, mosquitto_verify
 from gateway.core.site import PoleSpec, SiteSpec
-from tests.faults import PrivateMosquitto, free_port
+from tests.faults import GatewayProcess, PrivateMosquitto, free_port, gateway_env
 from tests.support import (
     count,
     eventually,
@@ -492,3 +492,38 @@ def test_the_compose_brokers_conf_runs_with_the_generated_files(site: Site, tmp_
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_gateway_crash_loses_nothing_with_authentication_on(site: Site, tmp_path: Path) -> None:
+    """The crash test under authentication and TLS: the gateway process is killed
+    mid-stream and restarted; its persistent session (same identity, same client
+    id) brings what the broker queued meanwhile, and every reading is stored."""
+    url = f"mqtts://polegw-gateway:{site.secrets['polegw-gateway']}@localhost:{site.tls_port}"
+    env = gateway_env(site.database_url, url, PREFIX, mqtt_ca_file=str(site.certs / "ca.crt"))
+    t0 = datetime.now(UTC) - timedelta(hours=2)
+    messages = [telemetry_message("P0001", t0 + timedelta(seconds=i), i) for i in range(120)]
+    in_range = (
+        "SELECT count(*) FROM telemetry WHERE device_id LIKE 'P0001-%%' AND ts >= %s AND ts < %s"
+    )
+    end = t0 + timedelta(seconds=len(messages))
+    pole = Client("P0001", site.secrets["P0001"])
+    assert pole.connect(site.tls_port, ca_context(site)) == 0
+    try:
+        with GatewayProcess(env, tmp_path / "gateway.log") as gw:
+            gw.wait_ready()
+            for body in messages[:60]:
+                assert pole.publish(f"{PREFIX}/P0001/telemetry", body) == 0
+            gw.kill()  # SIGKILL: whatever was not committed is not acknowledged
+            for body in messages[60:]:  # queued by the broker for the gateway's session
+                assert pole.publish(f"{PREFIX}/P0001/telemetry", body) == 0
+            gw.start()
+            gw.wait_ready()
+            deadline = time.monotonic() + 30
+            while count(site.database_url, in_range, t0, end) < len(messages) * 8:
+                assert time.monotonic() < deadline, gw.tail()
+                time.sleep(0.1)
+            time.sleep(0.5)  # a late redelivery must not add rows
+            assert count(site.database_url, in_range, t0, end) == len(messages) * 8
+            assert "Traceback" not in gw.tail(10**7)
+    finally:
+        pole.close()
