@@ -191,13 +191,6 @@ class Settings(BaseSettings):
                 raise ValueError(f"{origin!r}: an origin has no path")
         return v
 
-    @field_validator("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file")
-    @classmethod
-    def _readable(cls, v: Path | None) -> Path | None:
-        if v is not None and not v.is_file():
-            raise ValueError(f"{v}: no such file")
-        return v
-
     @model_validator(mode="after")
     def _client_cert_pair(self) -> Settings:
         if (self.mqtt_cert_file is None) != (self.mqtt_key_file is None):

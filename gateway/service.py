@@ -16,14 +16,14 @@ from gateway.adapters.credentials import TokenIssuer
 from gateway.adapters.db import TenantScopedPool, libpq_url
 from gateway.adapters.events import LiveEvents, TelemetryAnnouncer
 from gateway.adapters.modbus_bus import BusOptions
-from gateway.adapters.mqtt import MqttSubscription
+from gateway.adapters.mqtt import MqttSubscription, settings_tls_context
 from gateway.adapters.spool import AsyncSpool, FullPolicy, SpoolError
 from gateway.adapters.telemetry_writer import TelemetryWriter
 from gateway.alarming import build_alarm_runner
 from gateway.api.app import create_app, create_internals_app
 from gateway.api.deps import ApiContext
 from gateway.commands import CommandDispatcher
-from gateway.config import Settings
+from gateway.config import MqttEndpoint, Settings
 from gateway.core.auth import LoginThrottle
 from gateway.core.profiles import ProfileCatalog, load_catalog
 from gateway.core.rate_limit import TokenBuckets
@@ -102,6 +102,8 @@ async def run_gateway(
     """
     database_url = settings.require_database_url()
     secret = settings.require_secret_key() if api else ""  # fail before starting anything
+    if MqttEndpoint(settings.mqtt_url).tls:
+        settings_tls_context(settings)  # unreadable TLS files: say so now, once
     tokens = TokenIssuer(secret, timedelta(seconds=settings.token_ttl_s))
     catalog = catalog or load_catalog(settings.profiles_dir)
     metrics = metrics or Metrics()

@@ -5,6 +5,7 @@ site's private CA and with client certificates."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import shutil
@@ -28,6 +29,8 @@ from typer.testing import CliRunner
 from gateway.cli import app
 from gateway.core.broker_access import mosquitto_hash, mosquitto_verify
 from gateway.core.site import PoleSpec, SiteSpec
+from gateway.errors import ConfigError
+from simulators.mqtt_poles import run_poles
 from tests.faults import GatewayProcess, PrivateMosquitto, free_port, gateway_env
 from tests.support import (
     count,
@@ -118,7 +121,7 @@ def site(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     keys: dict[str, str] = {}
     for pole in ("P0001", "P0002", "P0004", "P0005"):
         keys[pole] = cli(database_url, "pole", "credentials", "issue", pole).strip()
-    for service in ("gateway", "monitor"):
+    for service in ("gateway", "simulators", "monitor"):
         secret_file = root / f"{service}.secret"
         cli(
             database_url,
@@ -527,3 +530,52 @@ def test_a_gateway_crash_loses_nothing_with_authentication_on(site: Site, tmp_pa
             assert "Traceback" not in gw.tail(10**7)
     finally:
         pole.close()
+
+
+async def test_simulators_publish_over_mqtts_as_their_own_identity(site: Site) -> None:
+    """`polegw simulate`'s poles with POLEGW_MQTT_CA_FILE: TLS to the site's CA,
+    logged in as polegw-simulators, publishing for the site's poles."""
+    monitor = Client("polegw-monitor", site.secrets["polegw-monitor"])
+    assert monitor.connect(site.broker.port) == 0
+    monitor.subscribe(f"{PREFIX}/P0002/telemetry")
+    secret = site.secrets["polegw-simulators"]
+    stop = asyncio.Event()
+    sims = asyncio.create_task(
+        run_poles(
+            SiteSpec(poles=[p for p in small_site().poles if p.id == "P0002"]),
+            f"mqtts://polegw-simulators:{secret}@localhost:{site.tls_port}",
+            prefix=PREFIX,
+            interval_s=0.2,
+            stop=stop,
+            tls_files=(site.certs / "ca.crt", None, None),
+        )
+    )
+    try:
+        await eventually(lambda: len(monitor.messages) >= 2, within=10, what="2 messages")
+    finally:
+        stop.set()
+        await asyncio.wait_for(sims, 10)
+        monitor.close()
+    assert all(topic == f"{PREFIX}/P0002/telemetry" for topic, _ in monitor.messages)
+    with pytest.raises(ConfigError, match="MQTT TLS files"):
+        await run_poles(
+            small_site(), "mqtts://localhost:1", tls_files=(Path("/nonexistent"), None, None)
+        )
+
+
+def test_unreadable_tls_files_stop_the_gateway_with_one_line(tmp_path: Path) -> None:
+    env = {
+        "POLEGW_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+        "POLEGW_SECRET_KEY": "k" * 32,
+        "POLEGW_MQTT_URL": "mqtts://gw:pw@127.0.0.1:1",
+        "POLEGW_MQTT_CA_FILE": str(tmp_path / "missing-ca.crt"),
+    }
+    result = runner.invoke(app, ["run"], env=env)
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "POLEGW_MQTT_CA_FILE" in result.stderr
+    half = runner.invoke(
+        app, ["run"], env={**env, "POLEGW_MQTT_CERT_FILE": str(tmp_path / "pole.crt")}
+    )
+    assert half.exit_code == 2
+    assert "POLEGW_MQTT_CERT_FILE and POLEGW_MQTT_KEY_FILE go together" in half.stderr
