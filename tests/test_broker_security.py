@@ -12,6 +12,7 @@ import shutil
 import signal
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -579,3 +580,42 @@ def test_unreadable_tls_files_stop_the_gateway_with_one_line(tmp_path: Path) -> 
     )
     assert half.exit_code == 2
     assert "POLEGW_MQTT_CERT_FILE and POLEGW_MQTT_KEY_FILE go together" in half.stderr
+
+
+def test_the_compose_provision_step_is_idempotent(fresh_database_url: str, tmp_path: Path) -> None:
+    """deploy/provision.sh (run by `docker compose up`) twice: the services' secrets
+    and the CA stay, and the password file holds the secrets it handed out."""
+    prepare_database_sync(fresh_database_url, small_site())
+    dirs = {
+        "POLEGW_PROVISION_SECRETS": tmp_path / "secrets",
+        "POLEGW_PROVISION_BROKER": tmp_path / "broker",
+        "POLEGW_PROVISION_CA": tmp_path / "ca",
+    }
+    dirs["POLEGW_PROVISION_SECRETS"].mkdir()
+    env = {
+        **os.environ,
+        **{k: str(v) for k, v in dirs.items()},
+        "POLEGW_DATABASE_URL": fresh_database_url,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    script = Path(__file__).parent.parent / "deploy" / "provision.sh"
+
+    def provision() -> dict[str, str]:
+        done = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        folder = dirs["POLEGW_PROVISION_SECRETS"]
+        return {f.name: f.read_text() for f in folder.iterdir()}
+
+    first = provision()
+    assert set(first) == {"gateway", "simulators", "monitor", "ca.crt"}
+    assert provision() == first
+    hashes = dict(
+        line.split(":", 1)
+        for line in (dirs["POLEGW_PROVISION_BROKER"] / "passwd").read_text().split()
+    )
+    for service in ("gateway", "simulators", "monitor"):
+        assert mosquitto_verify(hashes[f"polegw-{service}"], first[service].strip())
+    conf = (dirs["POLEGW_PROVISION_BROKER"] / "polegw.conf").read_text()
+    assert "password_file /mosquitto/config/polegw/passwd" in conf
+    assert "listener 1883 127.0.0.1" in conf
+    assert (dirs["POLEGW_PROVISION_BROKER"] / "certs" / "server.key").exists()
