@@ -7,6 +7,7 @@ stored only as its Mosquitto hash. The broker learns of a change when
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -59,6 +60,12 @@ def _store() -> CredentialStore:
         raise fail(str(exc)) from None
 
 
+def _writable(path: Path) -> bool:
+    if path.exists():
+        return path.is_file() and os.access(path, os.W_OK)
+    return path.parent.is_dir() and os.access(path.parent, os.W_OK)
+
+
 def _run(action: str, target: str | Service, secret_file: Path | None = None) -> None:
     from gateway.adapters.broker_config import write_private
     from gateway.adapters.mqtt_credentials import CredentialError
@@ -66,6 +73,9 @@ def _run(action: str, target: str | Service, secret_file: Path | None = None) ->
 
     store = _store()
     user = target.username if isinstance(target, Service) else target
+    if secret_file is not None and not _writable(secret_file):
+        # Before the secret is made: one that cannot be delivered would be lost.
+        raise fail(f"--secret-file {secret_file}: cannot write there")
     try:
         if action == "revoke":
             changed = store.revoke(target)

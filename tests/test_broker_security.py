@@ -432,6 +432,19 @@ def test_credential_commands_refuse_with_one_line(site: Site) -> None:
     assert "no active secret" in refused("pole", "credentials", "rotate", "P0002-lamp")
     assert "no credential to revoke" in refused("pole", "credentials", "revoke", "P0002-lamp")
     assert "--server-name, --pole or --client" in refused("broker", "certs", "--out", "/tmp/x")
+    nowhere = "/nonexistent-dir/secret"
+    assert "cannot write there" in refused(
+        "pole", "credentials", "issue", "P0003", "--secret-file", nowhere
+    )
+    assert "cannot write there" in refused(
+        "pole", "credentials", "rotate", "P0001", "--secret-file", nowhere
+    )
+    # Nothing was issued or rotated.
+    changed = (
+        "SELECT count(*) FROM mqtt_credentials WHERE (username = 'P0003'"
+        " AND password_hash IS NOT NULL) OR (username = 'P0001' AND rotated_at IS NOT NULL)"
+    )
+    assert count(site.database_url, changed) == 0
     # Revoking twice is not an error; issuing after a revoke starts afresh.
     cli(site.database_url, "pole", "credentials", "revoke", "P0002")
     cli(site.database_url, "pole", "credentials", "revoke", "P0002")
