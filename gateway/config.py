@@ -37,8 +37,8 @@ class Settings(BaseSettings):
     # second on average, and in one burst (a pole uploading its backlog after an
     # outage). Beyond that its messages are dead-lettered (reason rate_limited)
     # and counted, so one pole cannot crowd out the others. 0 turns it off.
-    mqtt_pole_rate_per_s: Annotated[float, Field(ge=0)] = 20.0
-    mqtt_pole_burst: Annotated[int, Field(ge=1)] = 2000
+    mqtt_pole_rate_per_s: Annotated[float, Field(ge=0)] = 50.0
+    mqtt_pole_burst: Annotated[int, Field(ge=1)] = 10_000
     api_host: str = "127.0.0.1"
     api_port: Annotated[int, Field(ge=0, le=65535)] = 8000
     # Signs the API's access tokens. No default: `polegw run` refuses to serve
