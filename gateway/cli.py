@@ -13,8 +13,8 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from gateway.cli_broker import broker_app, pole_app
-from gateway.config import Settings
+from gateway.cli_broker import broker_app, pole_app, provisioning_hint
+from gateway.config import Settings, redacted_mqtt
 from gateway.errors import ConfigError, SourceFileError
 
 app = typer.Typer(
@@ -154,28 +154,6 @@ def site_import(
     provisioning_hint([p.id for p in site.poles], settings.require_database_url())
 
 
-def provisioning_hint(pole_ids: list[str], database_url: str) -> None:
-    """Say which poles cannot log in to the broker yet, and how to provision them."""
-    import psycopg
-
-    from gateway.adapters.mqtt_credentials import CredentialStore
-
-    try:
-        missing = CredentialStore(database_url).poles_without_credential(pole_ids)
-    except psycopg.Error as exc:
-        typer.echo(f"polegw: could not check the poles' MQTT credentials: {exc}", err=True)
-        return
-    if not missing:
-        return
-    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-    typer.echo(
-        f"{len(missing)} poles have no MQTT credential yet ({shown}). Provision each with"
-        " `polegw pole credentials issue POLE_ID` (the secret goes to the pole's edge"
-        " controller) or a client certificate (`polegw broker certs --out DIR --pole POLE_ID`),"
-        " then `polegw broker config --out DIR` and reload the broker (SIGHUP)."
-    )
-
-
 @user_app.command("add")
 def user_add(
     name: Annotated[str, typer.Argument(help="Login name")],
@@ -287,7 +265,7 @@ def simulate(
     buses = modbus_endpoints(site)
     modbus = f" and Modbus devices on {len(buses)} buses" if buses else ""
     typer.echo(
-        f"simulating {len(site.poles)} poles on {settings.mqtt_url}"
+        f"simulating {len(site.poles)} poles on {redacted_mqtt(settings.mqtt_url)}"
         f" every {interval:g}s{modbus}; Ctrl-C stops"
     )
     tls_files = (settings.mqtt_ca_file, settings.mqtt_cert_file, settings.mqtt_key_file)

@@ -276,3 +276,23 @@ def broker_certs(
     typer.echo("wrote " + ", ".join(made))
     if targets:
         typer.echo("Client certificates are recorded; " + RELOAD_HINT, err=True)
+
+
+def provisioning_hint(pole_ids: list[str], database_url: str) -> None:
+    """Say which poles cannot log in to the broker yet, and how to provision them."""
+    from gateway.adapters.mqtt_credentials import CredentialStore
+
+    try:
+        missing = CredentialStore(database_url).poles_without_credential(pole_ids)
+    except psycopg.Error as exc:
+        typer.echo(f"polegw: could not check the poles' MQTT credentials: {exc}", err=True)
+        return
+    if not missing:
+        return
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    typer.echo(
+        f"{len(missing)} poles have no MQTT credential yet ({shown}). Provision each with"
+        " `polegw pole credentials issue POLE_ID` (the secret goes to the pole's edge"
+        " controller) or a client certificate (`polegw broker certs --out DIR --pole POLE_ID`),"
+        " then `polegw broker config --out DIR` and reload the broker (SIGHUP)."
+    )

@@ -249,3 +249,10 @@ class MqttEndpoint:
 
     def __repr__(self) -> str:
         return f"MqttEndpoint({'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port})"
+
+
+def redacted_mqtt(url: str) -> str:
+    """An MQTT URL without its password, for messages and logs."""
+    e = MqttEndpoint(url)
+    user = f"{e.username}@" if e.username else ""
+    return f"{'mqtts' if e.tls else 'mqtt'}://{user}{e.host}:{e.port}"

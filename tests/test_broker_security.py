@@ -636,3 +636,19 @@ def test_the_compose_provision_step_is_idempotent(fresh_database_url: str, tmp_p
     assert "password_file /mosquitto/config/polegw/passwd" in conf
     assert "listener 1883 127.0.0.1" in conf
     assert (dirs["POLEGW_PROVISION_BROKER"] / "certs" / "server.key").exists()
+
+
+def test_simulate_never_prints_the_secret(tmp_path: Path) -> None:
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(
+        "poles:\n  - id: P0001\n    devices:\n      - {id: P0001-lamp, profile: lamp-controller}\n"
+    )
+    env = {
+        "POLEGW_MQTT_URL": "mqtts://polegw-simulators:s3cretvalue@127.0.0.1:1",
+        "POLEGW_MQTT_CA_FILE": str(tmp_path / "missing-ca.crt"),
+    }
+    result = runner.invoke(app, ["simulate", "--site", str(site_file)], env=env)
+    assert result.exit_code == 2, result.output
+    assert "mqtts://polegw-simulators@127.0.0.1:1" in result.stdout
+    assert "MQTT TLS files" in result.stderr
+    assert "s3cretvalue" not in result.output
