@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -41,6 +42,7 @@ from tests.support import (
     prepare_database_sync,
     small_site,
     telemetry_message,
+    wait_for_port,
 )
 
 PREFIX = "poles"
@@ -384,7 +386,9 @@ async def test_gateway_over_mqtts_stores_own_readings_and_never_a_forgery(site: 
     message for pole B is dropped by the broker and nothing is stored for B; a pole
     with a client certificate (no password) publishes its own readings."""
     url = f"mqtts://polegw-gateway:{site.secrets['polegw-gateway']}@localhost:{site.tls_port}"
-    settings = gateway_settings(site.database_url, url, PREFIX, mqtt_ca_file=site.certs / "ca.crt")
+    settings = gateway_settings(
+        site.database_url, url, PREFIX, mqtt_ca_file=site.certs / "ca.crt", metrics_port=free_port()
+    )
     a = Client("P0001", site.secrets["P0001"])
     cert_pole = Client("P0003")  # no password: the certificate is its identity
     lamp_rows = (
@@ -406,6 +410,15 @@ async def test_gateway_over_mqtts_stores_own_readings_and_never_a_forgery(site: 
             )
             assert count(site.database_url, lamp_rows, "P0002") == 0
             assert count(site.database_url, "SELECT count(*) FROM dead_letters") == 0
+            # The gateway's metrics port answers without login (whoever reaches it).
+            assert settings.metrics_port is not None
+            await wait_for_port(settings.metrics_port)
+            internals = f"http://127.0.0.1:{settings.metrics_port}"
+            async with httpx.AsyncClient(base_url=internals) as http:
+                metrics = await http.get("/metrics")
+                assert metrics.status_code == 200
+                assert "polegw_readings_stored_total" in metrics.text
+                assert (await http.get("/api/v1/poles")).status_code == 404
         finally:
             a.close()
             cert_pole.close()
