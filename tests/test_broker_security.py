@@ -29,7 +29,15 @@ from paho.mqtt.reasoncodes import ReasonCode
 from typer.testing import CliRunner
 
 from gateway.cli import app
-from gateway.core.broker_access import mosquitto_hash, mosquitto_verify
+from gateway.core.broker_access import (
+    Grant,
+    Identity,
+    Service,
+    check_pole_username,
+    mosquitto_hash,
+    mosquitto_verify,
+    render_acl,
+)
 from gateway.core.site import PoleSpec, SiteSpec
 from gateway.errors import ConfigError
 from simulators.mqtt_poles import run_poles
@@ -665,3 +673,18 @@ def test_simulate_never_prints_the_secret(tmp_path: Path) -> None:
     assert "mqtts://polegw-simulators@127.0.0.1:1" in result.stdout
     assert "MQTT TLS files" in result.stderr
     assert "s3cretvalue" not in result.output
+
+
+def test_which_pole_ids_can_be_broker_users() -> None:
+    assert check_pole_username("P0001", Grant.PASSWORD) is None
+    colon = check_pole_username("road:7", Grant.PASSWORD)
+    assert colon is not None
+    assert "client certificate" in colon
+    assert check_pole_username("road:7", Grant.CERTIFICATE) is None
+    reserved = check_pole_username("polegw-gateway", Grant.CERTIFICATE)
+    assert reserved is not None
+    assert "reserved" in reserved
+    acl = render_acl([Identity("road:7"), Identity("polegw-monitor", Service.MONITOR)], "p")
+    assert acl.index("user polegw-monitor") < acl.index("user road:7")
+    assert "user polegw-monitor\ntopic read p/#\ntopic read $SYS/#\n" in acl
+    assert "pattern" not in acl
