@@ -11,8 +11,9 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from gateway.cli_broker import broker_app, pole_app, provisioning_hint
 from gateway.cli_errors import EXIT_USER, check_database, database_errors, run_until_signal
-from gateway.config import Settings
+from gateway.config import Settings, redacted_mqtt
 from gateway.errors import ConfigError, SourceFileError
 
 app = typer.Typer(
@@ -24,6 +25,8 @@ site_app = typer.Typer(help="Load the site: poles, devices and tenants.", no_arg
 app.add_typer(site_app, name="site")
 user_app = typer.Typer(help="Manage the API's users.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
+app.add_typer(pole_app, name="pole")
+app.add_typer(broker_app, name="broker")
 
 
 # The shortest telemetry interval the simulators take (0 or less would never wait).
@@ -46,8 +49,12 @@ def settings_or_exit() -> Settings:
     except ValidationError as exc:
         # Name the variable and the problem; never echo the value (it may hold a password).
         for err in exc.errors(include_url=False, include_input=False):
+            msg = err["msg"].removeprefix("Value error, ")
+            if not err["loc"]:  # a rule across settings names them itself
+                typer.echo(f"polegw: {msg}", err=True)
+                continue
             name = "POLEGW_" + "_".join(str(p) for p in err["loc"]).upper()
-            typer.echo(f"polegw: {name}: {err['msg'].removeprefix('Value error, ')}", err=True)
+            typer.echo(f"polegw: {name}: {msg}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -130,6 +137,7 @@ def site_import(
     except ConfigError as exc:
         raise fail(str(exc)) from None
     typer.echo(f"{file}: {counts}")
+    provisioning_hint([p.id for p in site.poles], settings.require_database_url())
 
 
 @user_app.command("add")
@@ -275,7 +283,7 @@ def simulate(
     buses = modbus_endpoints(site)
     modbus = f" and Modbus devices on {len(buses)} buses" if buses else ""
     typer.echo(
-        f"simulating {len(site.poles)} poles on {settings.mqtt_url}"
+        f"simulating {len(site.poles)} poles on {redacted_mqtt(settings.mqtt_url)}"
         f" every {interval:g}s{modbus}; Ctrl-C stops"
     )
     run_until_signal(
@@ -288,6 +296,7 @@ def simulate(
             interval_s=interval,
             seed=seed,
             other_ports="--modbus-port" if site_file is None else "--modbus-local-base",
+            tls_files=(settings.mqtt_ca_file, settings.mqtt_cert_file, settings.mqtt_key_file),
         )
     )
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.core.maintenance import DEFAULT_DEADLINES, deadline_table
@@ -27,6 +28,18 @@ class Settings(BaseSettings):
     mqtt_receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 2000
     mqtt_session_expiry_s: Annotated[int, Field(ge=0)] = 7 * 24 * 3600
     mqtt_keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    # TLS (mqtts://): the CA that signed the broker's certificate (unset: the
+    # system's CAs), and a client certificate and key for brokers that ask for one
+    # (a pole's CN is its id; the listener uses it as the user name).
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
+    # Defence in depth behind the broker's ACL: messages a pole may send per
+    # second on average, and in one burst (a pole uploading its backlog after an
+    # outage). Beyond that its messages are dead-lettered (reason rate_limited)
+    # and counted, so one pole cannot crowd out the others. 0 turns it off.
+    mqtt_pole_rate_per_s: Annotated[float, Field(ge=0)] = 50.0
+    mqtt_pole_burst: Annotated[int, Field(ge=1)] = 10_000
     api_host: str = "127.0.0.1"
     api_port: Annotated[int, Field(ge=0, le=65535)] = 8000
     # Signs the API's access tokens. No default: `polegw run` refuses to serve
@@ -37,6 +50,18 @@ class Settings(BaseSettings):
     # A browser session (the console) ends after this long without a request; it
     # is renewed while in use, so a console kept open through a shift stays in.
     session_idle_s: Annotated[int, Field(ge=300, le=7 * 24 * 3600)] = 8 * 3600
+    # Browser origins allowed to call the API from their pages (CORS), e.g.
+    # POLEGW_CORS_ORIGINS='["https://ops.example.net"]'; empty: no CORS at all.
+    cors_origins: list[str] = []
+    # Exports and bill runs per user: this many a minute on average, and in a burst;
+    # beyond that 429 with Retry-After. 0 turns the limit off.
+    api_expensive_per_min: Annotated[float, Field(ge=0)] = 12.0
+    api_expensive_burst: Annotated[int, Field(ge=1)] = 10
+    # /metrics and /readyz's details without login: only from these networks
+    # (JSON list of CIDRs; default loopback), or on POLEGW_METRICS_PORT, a listener
+    # of their own (with /healthz) on POLEGW_API_HOST for the monitoring network.
+    metrics_allow: list[str] = ["127.0.0.1/32", "::1/128"]
+    metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     # Failed logins allowed per user name and per client address in the window.
     login_max_failures: Annotated[int, Field(ge=1)] = 5
     login_window_s: Annotated[float, Field(gt=0)] = 300.0
@@ -149,6 +174,35 @@ class Settings(BaseSettings):
             raise ValueError(str(exc)) from None
         return v
 
+    @field_validator("metrics_allow")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"{net!r} is not a network (e.g. 10.0.0.0/8)") from None
+        return [str(ipaddress.ip_network(net, strict=False)) for net in v]
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        for origin in v:
+            parts = urlsplit(origin)
+            if origin == "*" or parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{origin!r} is not an origin (https://host[:port])")
+            if parts.path or parts.query:
+                raise ValueError(f"{origin!r}: an origin has no path")
+        return v
+
+    @model_validator(mode="after")
+    def _client_cert_pair(self) -> Settings:
+        if (self.mqtt_cert_file is None) != (self.mqtt_key_file is None):
+            raise ValueError(
+                "POLEGW_MQTT_CERT_FILE and POLEGW_MQTT_KEY_FILE go together: set both or neither"
+            )
+        return self
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, v: str | None) -> str | None:
@@ -199,3 +253,10 @@ class MqttEndpoint:
 
     def __repr__(self) -> str:
         return f"MqttEndpoint({'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port})"
+
+
+def redacted_mqtt(url: str) -> str:
+    """An MQTT URL without its password, for messages and logs."""
+    e = MqttEndpoint(url)
+    user = f"{e.username}@" if e.username else ""
+    return f"{'mqtts' if e.tls else 'mqtt'}://{user}{e.host}:{e.port}"

@@ -572,8 +572,10 @@ async def run_simulators(
     interval_s: float = 5.0,
     seed: int = 1,
     other_ports: str = "--modbus-port",
+    tls_files: tuple[Path | None, Path | None, Path | None] = (None, None, None),
 ) -> None:
-    """The site's simulated Modbus devices, then its MQTT poles, until `stop` is set."""
+    """The site's simulated Modbus devices, then its MQTT poles (over mqtts:// with
+    `tls_files`: CA, client certificate, key), until `stop` is set."""
     catalog = catalog if catalog is not None else load_catalog()
     check_ports_free(modbus_endpoints(site), other_ports=other_ports)
     with config_errors_bare():
@@ -588,6 +590,7 @@ async def run_simulators(
                     seed=seed,
                     stop=stop,
                     catalog=catalog,
+                    tls_files=tls_files,
                 ),
                 name="mqtt-poles",
             )
@@ -857,4 +860,9 @@ async def _gateway_and_poles(
         f"  metrics:         {api}/metrics\n"
         f"  readiness:       {api}/readyz\n"
         + (f"  Modbus buses:    {buses} (RTU over TCP)\n" if buses else "")
+        + (
+            ""
+            if "@" in mqtt_url
+            else f"  MQTT:            {mqtt_url}: anonymous, no TLS (demo only)\n"
+        )
     )

@@ -34,8 +34,17 @@ from typing import Protocol
 from gateway.adapters.mqtt import Ack, Inbound
 from gateway.adapters.spool import AsyncSpool, Depth, FullPolicy, SpoolError, decode
 from gateway.backoff import Backoff
-from gateway.core.decode import decode_message
-from gateway.core.readings import Batch, ClockCheck, Decoded, Quality, WriteResult
+from gateway.core.decode import decode_message, parse_topic
+from gateway.core.rate_limit import TokenBuckets
+from gateway.core.readings import (
+    Batch,
+    ClockCheck,
+    DeadLetter,
+    DeadLetterReason,
+    Decoded,
+    Quality,
+    WriteResult,
+)
 from gateway.core.registry import Registry
 from gateway.errors import StorageUnavailable
 from gateway.metrics import Metrics
@@ -77,7 +86,10 @@ class IngestPipeline:
         clock_max_age: timedelta = timedelta(days=35),
         spool: AsyncSpool | None = None,
         spool_after_s: float = 5.0,
+        pole_limit: TokenBuckets | None = None,
     ) -> None:
+        """`pole_limit`: messages per pole beyond it are dead-lettered (rate_limited)."""
+        self._pole_limit = pole_limit
         self._spool = spool
         self._spool_after_s = spool_after_s
         self._spooled = asyncio.Event()  # something was appended: wake the drainer
@@ -115,8 +127,29 @@ class IngestPipeline:
         c = self._current
         return len(c.batch.readings) >= self._max_readings or len(c.acks) >= self._max_messages
 
+    def _over_limit(self, message: Inbound) -> Decoded | None:
+        """The dead letter of a message beyond its pole's rate limit, else None."""
+        if self._pole_limit is None:
+            return None
+        where = parse_topic(message.topic, self._prefix)
+        if where is None or self._pole_limit.take(where.pole_id, time.monotonic()):
+            return None
+        dead = DeadLetter(
+            message.topic,
+            DeadLetterReason.RATE_LIMITED,
+            f"pole {where.pole_id!r} sent more than {self._pole_limit.rate:g} messages/s"
+            f" (burst {self._pole_limit.burst:g})",
+            message.payload,
+            pole_id=where.pole_id,
+        )
+        return Decoded(dead_letters=[dead], topic_kind=where.kind)
+
     def offer(self, message: Inbound) -> None:
         """Decode a message into the collecting batch, without waiting."""
+        limited = self._over_limit(message)
+        if limited is not None:
+            self._add(limited, message.ack)
+            return
         clock = ClockCheck(datetime.now(UTC), self._max_ahead, self._max_age)
         decoded = decode_message(
             message.topic, message.payload, self._registry(), prefix=self._prefix, clock=clock

@@ -18,16 +18,17 @@ from gateway.adapters.credentials import TokenIssuer
 from gateway.adapters.db import DatabaseHealth, TenantScopedPool, libpq_url
 from gateway.adapters.events import LiveEvents, TelemetryAnnouncer, poles_from
 from gateway.adapters.modbus_bus import BusOptions
-from gateway.adapters.mqtt import MqttSubscription, client_id_lock
+from gateway.adapters.mqtt import MqttSubscription, client_id_lock, settings_tls_context
 from gateway.adapters.spool import AsyncSpool, FullPolicy, SpoolError
 from gateway.adapters.telemetry_writer import TelemetryWriter
 from gateway.alarming import build_alarm_runner
-from gateway.api.app import create_app
+from gateway.api.app import create_app, create_internals_app
 from gateway.api.deps import ApiContext
 from gateway.commands import CommandDispatcher
-from gateway.config import Settings
+from gateway.config import MqttEndpoint, Settings
 from gateway.core.auth import LoginThrottle
 from gateway.core.profiles import ProfileCatalog, load_catalog
+from gateway.core.rate_limit import TokenBuckets
 from gateway.errors import ConfigError
 from gateway.ingest import IngestPipeline
 from gateway.metrics import Metrics
@@ -144,6 +145,8 @@ async def run_gateway(
     secret = settings.require_secret_key() if api else ""  # fail before starting anything
     with client_id_lock(settings):  # held by MqttSubscription.run; checked here, early
         pass
+    if MqttEndpoint(settings.mqtt_url).tls:
+        settings_tls_context(settings)  # unreadable TLS files: say so now, once
     tokens = TokenIssuer(secret, timedelta(seconds=settings.token_ttl_s))
     catalog = catalog or load_catalog(settings.profiles_dir)
     metrics = metrics or Metrics()
@@ -170,6 +173,11 @@ async def run_gateway(
         clock_max_age=timedelta(seconds=settings.clock_max_age_s),
         spool=spool,
         spool_after_s=settings.spool_after_s,
+        pole_limit=(
+            TokenBuckets(settings.mqtt_pole_rate_per_s, settings.mqtt_pole_burst)
+            if settings.mqtt_pole_rate_per_s > 0
+            else None
+        ),
     )
     pool = open_pool(database_url)
     database = DatabaseHealth(database_url)
@@ -213,6 +221,7 @@ async def run_gateway(
     presence = MqttPresence(registry, states)  # MQTT devices' state from data and status
     pipeline.on_committed.append(presence.on_batch)
     server: ApiServer | None = None
+    internals: ApiServer | None = None
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(database.run(stop), name="database-probe")
@@ -265,6 +274,18 @@ async def run_gateway(
                 )
                 server = ApiServer(config)
                 tg.create_task(server.serve(), name="api")
+                if settings.metrics_port is not None:
+                    internals = ApiServer(
+                        uvicorn.Config(
+                            create_internals_app(ctx),
+                            host=settings.api_host,
+                            port=settings.metrics_port,
+                            log_config=None,
+                            access_log=False,
+                            lifespan="off",
+                        )
+                    )
+                    tg.create_task(internals.serve(), name="api-internals")
             polling: asyncio.Task[None] | None = None
             ingest: asyncio.Task[None] | None = None
             refresh: asyncio.Task[None] | None = None
@@ -284,6 +305,8 @@ async def run_gateway(
             await alarms.flush()  # the last batches' alarms
             if server is not None:
                 server.should_exit = True
+            if internals is not None:
+                internals.should_exit = True
             await cancel_all([alarm_task, commit, state_writer, refresh])
     finally:
         await dispatcher.close()

@@ -28,12 +28,14 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TypedDict
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 import orjson
 
+from gateway.adapters.mqtt import client_tls_context
 from gateway.backoff import Backoff
 from gateway.core.profiles import CommandRefused, Profile, ProfileCatalog, load_catalog
 from gateway.core.site import SiteSpec
@@ -64,6 +66,16 @@ class BrokerAddress:
     username: str | None = None
     password: str | None = None
     tls: bool = False
+    # mqtts:// only: the CA of a private broker certificate (else the system's
+    # CAs), and a client certificate and key when the broker asks for one.
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        return client_tls_context(self.ca_file, self.cert_file, self.key_file)
 
 
 def parse_mqtt_url(url: str) -> BrokerAddress:
@@ -171,7 +183,7 @@ class EdgeController:
             password=b.password,
             identifier=self.client_id,
             will=aiomqtt.Will(self.status_topic, _json({"state": "offline"}), qos=1, retain=True),
-            tls_context=ssl.create_default_context() if b.tls else None,
+            tls_context=b.tls_context(),
             keepalive=max(10, int(self.interval_s * 3)),
             # How long to wait for CONNACK and PUBACKs: a broker that accepts the socket
             # and then says nothing must not hold a pole for aiomqtt's default 10 s.
@@ -330,17 +342,26 @@ async def run_poles(
     only_transport: str = "mqtt",
     config: SimConfig | None = None,
     catalog: ProfileCatalog | None = None,
+    tls_files: tuple[Path | None, Path | None, Path | None] = (None, None, None),
 ) -> None:
     """Run every pole of `site` that has a simulated device on `only_transport` until
     `stop` is set (or the task is cancelled). `event_rate` (door openings and impacts
     per device per hour) overrides the one in `config`. `catalog` holds the devices'
-    profiles, for their commands (default: the built-in profiles)."""
+    profiles, for their commands (default: the built-in profiles). `tls_files` are
+    the CA, client certificate and key files for mqtts:// (any may be None)."""
     if interval_s <= 0:
         raise ValueError("interval_s must be positive")
     prefix = prefix.strip("/")
     if not prefix or any(c in prefix for c in "+#"):
         raise ConfigError(f"invalid MQTT topic prefix {prefix!r}")
-    broker = parse_mqtt_url(mqtt_url)
+    ca_file, cert_file, key_file = tls_files
+    broker = replace(
+        parse_mqtt_url(mqtt_url), ca_file=ca_file, cert_file=cert_file, key_file=key_file
+    )
+    try:
+        broker.tls_context()  # unreadable files: say so once, not once per pole
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"MQTT TLS files: {exc}") from None
     config = config or SimConfig()
     if event_rate is not None:
         config = replace(config, event_rate=event_rate)

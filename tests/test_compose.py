@@ -5,6 +5,7 @@ loopback unless configured otherwise, and simulators that can serve a real site.
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ def test_every_image_from_a_registry_is_pinned_to_a_version(services: dict[str, 
 
 def test_polegw_local_is_built_and_never_pulled(services: dict[str, Any]) -> None:
     local = {n: s for n, s in services.items() if s.get("image") == "polegw:local"}
-    assert set(local) == {"migrate", "gateway", "simulators"}
+    assert set(local) == {"migrate", "provision", "gateway", "simulators"}
     for name, service in local.items():
         if "build" in service:
             assert service.get("pull_policy") == "build", name
@@ -54,7 +55,12 @@ def test_api_and_prometheus_are_published_on_loopback_by_default(
 ) -> None:
     assert published(services["gateway"]) == ["${POLEGW_PUBLISH_ADDR:-127.0.0.1}:8000:8000"]
     assert published(services["prometheus"]) == ["${POLEGW_PUBLISH_ADDR:-127.0.0.1}:9090:9090"]
+    # The broker's TLS listeners are for the poles in the street: authenticated,
+    # encrypted, and published on every interface on purpose.
+    assert published(services["mosquitto"]) == ["8883:8883", "8884:8884"]
     for name, service in services.items():
+        if name == "mosquitto":
+            continue
         for port in published(service):
             # host:container alone would publish on every interface.
             assert port.count(":") >= 2, f"{name}: {port} is published on all interfaces"
@@ -64,7 +70,8 @@ def test_api_and_prometheus_are_published_on_loopback_by_default(
 def test_the_simulators_serve_a_real_sites_modbus_devices_on_local_ports(
     services: dict[str, Any],
 ) -> None:
-    command = services["simulators"]["command"]
+    # The command runs in a shell (it reads the simulators' MQTT secret first).
+    command = shlex.split(services["simulators"]["command"][0].split("exec ", 1)[1])
     assert command[command.index("--modbus-local-base") + 1] == "15020"
     assert int(command[command.index("--modbus-local-base") + 1]) >= 1024  # not root
     assert command[command.index("--modbus-local-host") + 1] == "0.0.0.0"

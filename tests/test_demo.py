@@ -231,6 +231,7 @@ def test_demo_twice_on_embedded_services(tmp_path: Path) -> None:
     assert "polegw demo stopped." in str(first["log"])
     check_mounting(first)
     assert "bills:" in str(first["log"])  # the banner says where the bills are
+    assert "anonymous, no TLS (demo only)" in str(first["log"])  # and that MQTT is open
 
     second = run_demo_once(data_dir, port, modbus_port, tmp_path / "second.log")
     assert "initialising a PostgreSQL cluster" not in str(second["log"])  # the data was reused

@@ -45,6 +45,8 @@ def test_a_burst_is_absorbed_with_bounded_memory(
             topic_prefix,
             SPOOL_DIR=str(tmp_path / "spool"),
             MQTT_RECEIVE_MAXIMUM="1000",
+            # 3 poles stand for a whole site here: no per-pole rate limit.
+            MQTT_POLE_RATE_PER_S="0",
         )
         with GatewayProcess(env, tmp_path / "gateway.log") as gw:
             gw.wait_ready()

@@ -122,6 +122,29 @@ def client_id_lock(settings: Settings) -> Iterator[None]:
         os.close(fd)
 
 
+def client_tls_context(
+    ca_file: Path | None = None, cert_file: Path | None = None, key_file: Path | None = None
+) -> ssl.SSLContext:
+    """TLS for mqtts://: verify the broker against `ca_file` (a private CA) or the
+    system's CAs, and present a client certificate when one is given."""
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    if cert_file is not None:
+        context.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
+    return context
+
+
+def settings_tls_context(settings: Settings) -> ssl.SSLContext:
+    """The gateway's TLS context from POLEGW_MQTT_CA_FILE, _CERT_FILE and _KEY_FILE."""
+    try:
+        return client_tls_context(
+            settings.mqtt_ca_file, settings.mqtt_cert_file, settings.mqtt_key_file
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"MQTT TLS files (POLEGW_MQTT_CA_FILE/CERT_FILE/KEY_FILE): {exc}"
+        ) from None
+
+
 def make_client(settings: Settings, *, client_id: str, clean: bool) -> aiomqtt.Client:
     """An aiomqtt client for the configured broker and protocol."""
     endpoint = MqttEndpoint(settings.mqtt_url)
@@ -133,7 +156,7 @@ def make_client(settings: Settings, *, client_id: str, clean: bool) -> aiomqtt.C
         "identifier": client_id,
         "keepalive": settings.mqtt_keepalive_s,
         "timeout": 10,
-        "tls_context": ssl.create_default_context() if endpoint.tls else None,
+        "tls_context": settings_tls_context(settings) if endpoint.tls else None,
     }
     if settings.mqtt_protocol == "5":
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway import __version__, console
 from gateway.adapters.db import DatabaseHealth
 from gateway.api.deps import ApiContext
+from gateway.api.hardening import SecurityHeaders, harden
 from gateway.api.routes import (
     alarms,
     applications,
@@ -158,4 +159,16 @@ def create_app(ctx: ApiContext) -> FastAPI:
         v1.include_router(module.router)
     app.include_router(v1)
     console.mount(app, ctx.settings)
+    harden(app, ctx.settings)
+    return app
+
+
+def create_internals_app(ctx: ApiContext) -> FastAPI:
+    """/healthz, /readyz and /metrics alone, for POLEGW_METRICS_PORT: whoever
+    reaches that port (the monitoring network) reads them without login."""
+    app = FastAPI(title="polegw internals", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.ctx = ctx
+    app.state.internals_open = True
+    app.include_router(health.router)
+    app.add_middleware(SecurityHeaders)
     return app

@@ -75,6 +75,8 @@ class DeadLetterReason(StrEnum):
     UNDECLARED_EVENT = "undeclared_event"
     BAD_VALUE = "bad_value"  # wrong type (string, object, NaN, bool for a number)
     OUT_OF_RANGE = "out_of_range"
+    # The pole sent more than its share (POLEGW_MQTT_POLE_RATE_PER_S / _BURST).
+    RATE_LIMITED = "rate_limited"
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from gateway.adapters.billing_store import BillConflict, BillingStore, dumps
 from gateway.api.deps import ApiContext, Context
 from gateway.api.errors import not_found
+from gateway.api.hardening import ExpensiveManagers
 from gateway.api.schemas import Page, RequestBody
 from gateway.api.security import AnyUser, Audit, Managers
 from gateway.config import Settings
@@ -177,7 +178,7 @@ def _conflict(exc: BillConflict) -> HTTPException:
     responses={409: {"description": "No tariff version is valid at a time to be priced"}},
 )
 async def generate_bills(
-    ctx: Context, _: Managers, audit: Audit, body: GenerateBills
+    ctx: Context, _: ExpensiveManagers, audit: Audit, body: GenerateBills
 ) -> list[Generated]:
     store = _store(ctx)
     try:

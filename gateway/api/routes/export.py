@@ -23,7 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from gateway.api.deps import ApiContext, Context
 from gateway.api.errors import bad_param
-from gateway.api.security import Staff
+from gateway.api.hardening import ExpensiveStaff
 
 router = APIRouter(prefix="/export", tags=["export"])
 
@@ -112,7 +112,7 @@ def _csv(body: AsyncIterator[str], name: str, start: datetime, end: datetime) ->
 )
 async def telemetry_csv(
     ctx: Context,
-    _: Staff,
+    _: ExpensiveStaff,
     start: Start = None,
     end: End = None,
     device: Annotated[str | None, Query(max_length=64, description="Only this device")] = None,
@@ -181,7 +181,7 @@ async def _table_export(
     responses={**CSV_RESPONSE, 503: {"description": "No alarms table in this database yet"}},
 )
 async def alarms_csv(
-    ctx: Context, _: Staff, start: Start = None, end: End = None
+    ctx: Context, _: ExpensiveStaff, start: Start = None, end: End = None
 ) -> StreamingResponse:
     start, end = _range(start, end, RECORDS_MAX_RANGE)
     return await _table_export(ctx, "alarms", "0005", ("first_seen", "created_at"), start, end)
@@ -198,7 +198,7 @@ async def alarms_csv(
     responses={**CSV_RESPONSE, 503: {"description": "No work_orders table in this database yet"}},
 )
 async def work_orders_csv(
-    ctx: Context, _: Staff, start: Start = None, end: End = None
+    ctx: Context, _: ExpensiveStaff, start: Start = None, end: End = None
 ) -> StreamingResponse:
     start, end = _range(start, end, RECORDS_MAX_RANGE)
     return await _table_export(ctx, "work_orders", "0006", ("created_at",), start, end)

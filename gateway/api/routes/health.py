@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import psycopg
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import PoolTimeout
 
 from gateway.api.deps import Context
+from gateway.api.hardening import may_see_internals, require_internals_access
+from gateway.api.security import _api_key, _bearer
 
 router = APIRouter(tags=["health"])
 
@@ -23,7 +27,9 @@ async def healthz() -> dict[str, str]:
     summary="Database and broker are reachable",
     responses={503: {"description": "Not ready; the body says which dependency failed"}},
 )
-async def readyz(ctx: Context) -> JSONResponse:
+async def readyz(request: Request, ctx: Context) -> JSONResponse:
+    """Which dependency failed is said only where internals may be seen
+    (POLEGW_METRICS_PORT, POLEGW_METRICS_ALLOW); elsewhere just ready or not."""
     checks: dict[str, str] = {}
     if ctx.database is not None:
         # The probe's verdict, at once: never the pool's 5 s wait during an outage.
@@ -38,9 +44,23 @@ async def readyz(ctx: Context) -> JSONResponse:
     if ctx.mqtt_connected is not None:
         checks["mqtt"] = "ok" if ctx.mqtt_connected() else "disconnected"
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    body: dict[str, object] = {"ready": ready}
+    if may_see_internals(request, ctx.settings):
+        body["checks"] = checks
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(ctx: Context) -> Response:
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (POLEGW_METRICS_PORT, POLEGW_METRICS_ALLOW networks, or staff)",
+    response_class=Response,
+    responses={401: {"description": "Not from an allowed network, and no staff login"}},
+)
+async def metrics(
+    request: Request,
+    ctx: Context,
+    bearer: Annotated[str | None, Depends(_bearer)],
+    api_key: Annotated[str | None, Depends(_api_key)],
+) -> Response:
+    await require_internals_access(request, ctx, bearer or api_key)
     return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
