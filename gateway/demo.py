@@ -56,7 +56,7 @@ from gateway.adapters.site_store import import_site
 from gateway.adapters.tariff_store import TariffStore
 from gateway.adapters.usage_store import UsageStore
 from gateway.adapters.users import UserExists, UserStore
-from gateway.config import Settings
+from gateway.config import Settings, redacted_mqtt
 from gateway.core import mounting as mo
 from gateway.core.auth import SYSTEM, Role
 from gateway.core.profiles import ProfileCatalog, load_catalog
@@ -681,7 +681,7 @@ async def _run_demo(
 
         if "mqtt_url" in settings.model_fields_set:
             mqtt_url = settings.mqtt_url
-            _say(f"broker:   {mqtt_url} (POLEGW_MQTT_URL)")
+            _say(f"broker:   {redacted_mqtt(mqtt_url)} (POLEGW_MQTT_URL)")
         elif not embedded_broker_only and port_is_open("127.0.0.1", 1883):
             mqtt_url = "mqtt://127.0.0.1:1883"
             _say(f"broker:   {mqtt_url} (found running)")
