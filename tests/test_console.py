@@ -503,6 +503,6 @@ async def test_the_api_docs_render_with_only_the_apps_own_origin(env: Env) -> No
     await expect(page.locator(".swagger-ui .info .title")).to_contain_text("polegw")
     await expect(page.locator(".opblock").first).to_be_visible()
     await page.goto("/redoc")
-    await expect(page.locator("h1").first).to_contain_text("polegw", timeout=15000)
+    await expect(page.locator("h1").first).to_contain_text("polegw", timeout=30000)
     assert blocked == []
     await ctx.close()
