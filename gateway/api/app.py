@@ -20,6 +20,7 @@ from gateway.api.routes import (
     audit,
     auth,
     billing,
+    capacity,
     commands,
     devices,
     docs,
@@ -63,6 +64,7 @@ ROUTERS = (
     billing,
     mounting,
     applications,
+    capacity,
     leases,
     outages,
 )
