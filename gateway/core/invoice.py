@@ -224,7 +224,7 @@ LABELS: dict[str, dict[str, str]] = {
         "credit_notes": "已由贷项通知单更正",
         "from": "开具方",
         "bill_to": "付款方",
-        "tenant_id": "用户单位编号",
+        "tenant_id": "使用单位编号",
         "lines": "明细",
         "kind": "类别",
         "description": "说明",
@@ -243,7 +243,7 @@ LABELS: dict[str, dict[str, str]] = {
         "state.paid": "已付款",
         "state.void": "已作废",
         "note": "金额按每行四舍五入到 0.01。合计为各行舍入后金额之和。"
-        "扣减用于租用的端口或挂载位不可用的时段。",
+        "扣减用于租约的用电接口或挂载位不可用的时段。",
     },
 }
 
