@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import psycopg
@@ -31,6 +32,7 @@ from tests.test_console import (
     visible_text,
 )
 
+SITE_TZ = ZoneInfo("Asia/Shanghai")
 __all__ = ["env"]  # the module-scoped fixture, shared with tests/test_console.py's setup
 
 
@@ -227,15 +229,19 @@ async def test_a_tenant_reads_its_lease_history_and_port_state_and_applies_for_a
     await expect(history).to_have_count(2)
     await expect(history.nth(0)).to_contain_text("Contracted")
     await expect(history.nth(1)).to_contain_text("In service")
-    await expect(page.locator("#lease-port-state")).to_contain_text("not switched yet")
+    # No switch command yet: the port is on because the lease is in service, since then.
+    port_state = page.locator("#lease-port-state")
+    await expect(port_state).to_contain_text("On since 2026-11-09")
+    await expect(port_state).to_contain_text("no switch command recorded")
     # A switch made by a state change is shown with when (staff suspend and resume).
     await as_admin(env, "POST", f"/api/v1/leases/{env.a.lease}/transitions", {"to": "suspended"})
     await as_admin(env, "POST", f"/api/v1/leases/{env.a.lease}/transitions", {"to": "in_service"})
     lease = await api_get(env, f"/api/v1/leases/{env.a.lease}")
     await page.reload()
-    await expect(page.locator("#lease-port-state")).to_contain_text("On")
-    await expect(page.locator("#lease-port-state")).to_contain_text("since")
     assert lease["port_switch"]["on"] is True
+    switched = datetime.fromisoformat(lease["port_switch"]["at"]).astimezone(SITE_TZ)
+    await expect(port_state).to_contain_text(f"On since {switched:%Y-%m-%d, %H:%M}")
+    await expect(port_state).not_to_contain_text("no switch command recorded")
     await page.get_by_text("Apply to change this lease").click()
     await (
         page.locator("#lease-change fieldset[data-device='1']").get_by_label("Type").fill("camera")
@@ -291,6 +297,12 @@ async def test_a_months_usage_by_day_and_period_equals_the_api(env: Env) -> None
     assert day_sum == pytest.approx(float(port["kwh"]), abs=5e-3)
     await expect(page.locator("#usage-total")).to_contain_text(f"{float(port['kwh']):,.3f} kWh")
     await expect(page.locator(".usage-bars")).to_have_attribute("role", "img")
+    # The bars are drawn to scale (the CSP refuses style attributes: set through the CSSOM).
+    heights = await page.locator(".usage-stack").evaluate_all(
+        "els => els.map((e) => e.getBoundingClientRect().height)"
+    )
+    assert len(heights) == len(port["buckets"])
+    assert max(heights) > 100
     # The seeded quarter-hour the meter ran over is explained in words.
     if any(f["flags"] for f in port["flags"]):
         await expect(page.locator(".flag-words")).to_be_visible()

@@ -7,10 +7,19 @@ import { h, replace, table, toast } from "../../dom.js";
 import { fmtDate, fmtDateTime, fmtNumber, t, term } from "../../i18n.js";
 import { equipmentForm, frame, leaseBadge, load, portBadge, refusal } from "./common.js";
 
-export function portState(l) {
+// The port is energised exactly while the lease is in service; with no switch
+// command recorded (a lease entered before the meter could switch, or dated back)
+// the lease's state says it, since the state's own start when the history is known.
+export function portState(l, history = null) {
   if (!l.port_id) return h("span", { class: "muted" }, t("portal.lease.no_port"));
   const s = l.port_switch;
-  if (!s) return h("span", { class: "muted" }, t("portal.lease.never_switched"));
+  if (!s) {
+    const on = l.state === "in_service";
+    const current = history && history.length ? history[history.length - 1] : null;
+    return h("span", {}, portBadge(on),
+      current && current.state === l.state ? [" ", t("portal.lease.since", { at: fmtDateTime(current.since) })] : null,
+      h("span", { class: "muted" }, ` · ${t("portal.lease.by_state")}`));
+  }
   return h("span", {}, portBadge(s.on), " ", t("portal.lease.since", { at: fmtDateTime(s.at) }),
     !s.sent ? h("span", { class: "warn" }, ` · ${t("portal.lease.not_sent")}`)
       : s.state && s.state !== "succeeded" ? h("span", { class: "muted" }, ` · ${term("portal.cmdstate", s.state)}`) : null);
@@ -68,7 +77,7 @@ export const detail = {
           h("dt", {}, t("lease.slot")), h("dd", {}, l.slot_id || "—"),
           h("dt", {}, t("portal.lease.compartment")), h("dd", {}, l.compartment_id || "—"),
           h("dt", {}, t("lease.port")), h("dd", {}, l.port_id || "—"),
-          h("dt", {}, t("lease.port_state")), h("dd", { id: "lease-port-state" }, portState(l)),
+          h("dt", {}, t("lease.port_state")), h("dd", { id: "lease-port-state" }, portState(l, history)),
           h("dt", {}, t("portal.lease.reserved")), h("dd", {}, t("portal.lease.reserved_figures", {
             load: fmtNumber(l.load_kg), wind: fmtNumber(l.wind_area_m2), power: fmtNumber(l.power_w), units: l.cabinet_units })),
           h("dt", {}, t("portal.form.term")), h("dd", {}, `${fmtDate(l.starts_on)} – ${fmtDate(l.ends_on)}`),

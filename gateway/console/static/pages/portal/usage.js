@@ -36,6 +36,20 @@ function dayLabel(iso, tz) {
 
 const kwh = (v) => fmtNumber(Number(v), 3);
 
+// Sizes go through the CSSOM: the console's CSP refuses style attributes.
+function stack(b, max) {
+  const el = h("div", { class: "usage-stack" });
+  el.style.height = `${(100 * Number(b.kwh)) / max}%`;
+  for (const p of PERIODS) {
+    const v = Number(b.periods[p] || 0);
+    if (v <= 0) continue;
+    const part = h("span", { class: `period-${p}` });
+    part.style.flexGrow = String(v);
+    el.append(part);
+  }
+  return el;
+}
+
 function bars(port, tz) {
   const max = Math.max(0.000001, ...port.buckets.map((b) => Number(b.kwh)));
   const total = kwh(port.kwh);
@@ -43,10 +57,7 @@ function bars(port, tz) {
     h("figcaption", {}, t("portal.usage.chart_caption", { port: port.port_id })),
     h("div", { class: "usage-bars", role: "img", "aria-label": t("portal.usage.chart_label", { port: port.port_id, total, days: port.buckets.length }) },
       port.buckets.map((b) => h("div", { class: "usage-bar", title: `${dayLabel(b.start, tz)} · ${kwh(b.kwh)} kWh` },
-        h("div", { class: "usage-stack", style: `height:${(100 * Number(b.kwh)) / max}%` },
-          PERIODS.filter((p) => Number(b.periods[p] || 0) > 0).map((p) => h("span", {
-            class: `period-${p}`, style: `flex-grow:${Number(b.periods[p])}`,
-          }))),
+        stack(b, max),
         h("span", { class: "usage-day", "aria-hidden": "true" }, dayLabel(b.start, tz).slice(-2))))),
     h("ul", { class: "legend" }, PERIODS.filter((p) => Number(port.periods[p] || 0) > 0).map((p) =>
       h("li", {}, h("span", { class: `swatch period-${p}`, "aria-hidden": "true" }), " ", term("portal.period", p)))));
@@ -55,7 +66,7 @@ function bars(port, tz) {
 function periodsTable(port, tz) {
   const cols = PERIODS.filter((p) => port.periods[p] !== undefined);
   return h("div", { class: "table-wrap" }, h("table", { class: "usage-table", dataset: { port: port.port_id } },
-    h("caption", {}, t("portal.usage.table_caption", { port: port.port_id })),
+    h("caption", { class: "visually-hidden" }, t("portal.usage.table_caption", { port: port.port_id })),
     h("thead", {}, h("tr", {}, h("th", { scope: "col" }, t("portal.usage.day")),
       cols.map((p) => h("th", { scope: "col", class: "num" }, `${term("portal.period", p)} (kWh)`)),
       h("th", { scope: "col", class: "num" }, t("portal.usage.total_kwh")),
