@@ -117,7 +117,7 @@ function deviceRow(n, d = {}, onRemove) {
       field(t("portal.form.height"), inputs.height_mm),
       field(t("portal.form.depth"), inputs.depth_mm),
       field(t("portal.form.wind_area"), inputs.wind_area_m2),
-      field(t("portal.form.power"), inputs.power_w)),
+      field(t("portal.form.power"), inputs.power_w, t("portal.form.power_hint"))),
     onRemove ? h("button", { type: "button", onclick: onRemove }, t("portal.form.remove_device", { n })) : null);
   box.read = () => {
     const v = (k) => inputs[k].value.trim();
