@@ -123,6 +123,8 @@ class Settings(BaseSettings):
     # "phone"...). From the environment as JSON, e.g.
     # POLEGW_INVOICE_ISSUER='{"name": "Metro Poles Co.", "address": "1 Renmin Rd"}'.
     invoice_issuer: dict[str, str] = {}
+    # Days from a bill's issue to its due date, printed on the invoice.
+    invoice_due_days: Annotated[int, Field(ge=0, le=365)] = 30
     export_max_range_d: Annotated[int, Field(ge=1)] = 31
     # Maintenance (gateway/core/maintenance.py has the rules): work-order time
     # limits per priority ("<priority>.respond|resolve": "90m" | "1h" | "2d" |

@@ -354,7 +354,9 @@ async def test_a_tenant_sees_no_operator_page_and_no_other_tenants_data(env: Env
     ctx = await new_context(env)
     page = await log_in(ctx, env.tenant_a_user)
     nav = page.get_by_role("navigation", name="main")
-    await expect(nav.get_by_role("link")).to_have_text(["Leases", "Bills"])
+    await expect(nav.get_by_role("link")).to_have_text(
+        ["Leases", "Apply for a slot", "Applications", "Usage", "Bills"]
+    )
     await expect(page.locator("#lease-list tbody tr")).to_have_count(1)
     await expect(page.locator("#lease-list")).to_contain_text("M1")
     await expect(page.locator("#lease-list")).not_to_contain_text("M2")

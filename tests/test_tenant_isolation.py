@@ -378,6 +378,9 @@ OWN_ONLY = {
     ("POST", "/applications"),  # submits for the caller's tenant
     ("POST", "/api-keys"),  # for another user: 403 unless admin
     ("GET", "/events"),  # a tenant's stream carries no staff events: tests/test_live_events.py
+    # Name poles, not objects; that they tell nothing of others: the capacity tests below.
+    ("GET", "/capacity/free"),
+    ("POST", "/applications/check"),
 }
 PARAMS = {
     "application_id": "application",
@@ -801,3 +804,63 @@ async def test_a_tenants_review_counts_other_tenants_leases(env: Env) -> None:
     assert staff.status_code == mine.status_code == 200
     assert staff.json()["poles"][0]["assignment"]["slot_id"] == "M2-mid"
     assert mine.json() == staff.json()
+
+
+# --------------------------------------------------------------------------- free capacity
+
+
+async def test_free_capacity_counts_other_tenants_without_naming_them(env: Env) -> None:
+    """A sees what B holds on M2 as taken (through the view, not B's rows: under
+    row-level security a read of `leases` would show M2 empty), and nothing of whose."""
+    r = await env.client.get("/capacity/free", headers=env.a.headers)
+    assert r.status_code == 200, r.text
+    poles = {p["pole_id"]: p for p in r.json()}
+    assert set(poles) == {"M1", "M2"}
+    for pid in ("M1", "M2"):  # each tenant holds top, cab (1 U), p1, 5 kg and 100 W
+        p = poles[pid]
+        assert [s["id"] for s in p["slots"]] == [f"{pid}-mid"]
+        assert [x["id"] for x in p["ports"]] == [f"{pid}-p2"]
+        assert (p["free_load_kg"], p["free_power_w"], p["free_cabinet_units"]) == (95, 1900, 3)
+    text = r.text
+    for secret in (B, A, "B Cams", "camera", "C1", "lease", "tenant"):
+        assert secret not in text, secret
+    # Staff see the same numbers: nothing depends on who asks.
+    staff = await env.client.get("/capacity/free", headers=env.operator)
+    assert staff.json() == r.json()
+    one = await env.client.get("/capacity/free", params={"pole": "M2"}, headers=env.a.headers)
+    assert [p["pole_id"] for p in one.json()] == ["M2"]
+
+
+async def test_a_dry_run_check_reviews_without_storing_or_naming_anyone(env: Env) -> None:
+    before = await env.client.get("/applications", headers=env.a.headers)
+    body = application_body("M2", ["M2-top"])
+    r = await env.client.post("/applications/check", json=body, headers=env.a.headers)
+    assert r.status_code == 200, r.text
+    (review,) = r.json()["poles"]
+    # B's slot is taken, so the check suggests the free one; B's port likewise.
+    assert review["assignment"] == {
+        "slot_id": "M2-mid",
+        "compartment_id": None,
+        "port_id": "M2-p2",
+    }
+    assert review["approvable"] is True
+    assert r.json()["approvable"] is True
+    assert B not in r.text
+    assert "B Cams" not in r.text
+    heavy = equipment()
+    heavy["devices"][0]["weight_kg"] = 40
+    r = await env.client.post(
+        "/applications/check",
+        json=heavy | {"poles": [{"pole_id": "M2", "slots": ["M2-mid"]}]},
+        headers=env.a.headers,
+    )
+    (review,) = r.json()["poles"]
+    assert r.json()["approvable"] is False
+    assert "slot_load" in review["blocking"]
+    after = await env.client.get("/applications", headers=env.a.headers)
+    assert after.json() == before.json()  # nothing stored
+    r = await env.client.post(
+        "/applications/check", json=application_body("NOPE"), headers=env.a.headers
+    )
+    assert r.status_code == 422
+    assert "poles[0].pole_id" in r.text

@@ -21,6 +21,7 @@ from gateway.api.routes import (
     audit,
     auth,
     billing,
+    capacity,
     commands,
     devices,
     docs,
@@ -64,6 +65,7 @@ ROUTERS = (
     billing,
     mounting,
     applications,
+    capacity,
     leases,
     outages,
 )

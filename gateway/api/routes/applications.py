@@ -394,6 +394,31 @@ async def submit_application(
     return _out(row)
 
 
+class Preview(BaseModel):
+    poles: list[PoleCheck]
+    approvable: bool = Field(description="Every check passes on every pole")
+
+
+@router.post(
+    "/check",
+    summary="The capacity check of an application before it is submitted (a dry run)",
+    description="Runs the review an operator would see on the body of POST /applications,"
+    " against the leases committed now, and stores nothing. Any user may call it.",
+)
+async def check_application(ctx: Context, _: AnyUser, body: NewApplication) -> Preview:
+    app: dict[str, Any] = body.model_dump(mode="json") | {"kind": "new", "lease_id": None}
+    async with ctx.pool.connection() as conn:
+        await check_poles(conn, [p.pole_id for p in body.poles])
+        budgets = {}
+        for target in body.poles:
+            pole = await ms.pole_row(conn, target.pole_id)
+            if pole is not None:
+                budgets[pole["id"]] = ms._budget(pole)
+        found = await _reviews(conn, app, budgets, {})
+    poles = [PoleCheck.model_validate(ms.review_json(r, [])) for r in found]
+    return Preview(poles=poles, approvable=all(p.approvable for p in poles))
+
+
 @router.get("/{application_id}", summary="One application", responses=NOT_FOUND)
 async def get_application(ctx: Context, principal: AnyUser, application_id: int) -> Application:
     async with ctx.pool.connection() as conn:

@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Header, HTTPException, Query
 from fastapi.responses import HTMLResponse, Response
 from psycopg import AsyncConnection
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -258,21 +258,63 @@ def issuer(settings: Settings) -> invoice.Party:
     return invoice.Party(name, tuple(raw.items()))
 
 
+def invoice_language(lang: str | None, accept_language: str | None) -> str:
+    """`lang` if given, else the first of zh*/en* in Accept-Language (by q), else en."""
+    if lang is not None:
+        return lang
+    ranked: list[tuple[float, int, str]] = []
+    for i, part in enumerate((accept_language or "").split(",")):
+        tag, _, params = part.strip().partition(";")
+        q = 1.0
+        if params.strip().startswith("q="):
+            try:
+                q = float(params.strip()[2:])
+            except ValueError:
+                q = 0.0
+        ranked.append((-q, i, tag.strip().lower()))
+    for _, _, tag in sorted(ranked):
+        if tag.startswith("zh"):
+            return "zh-CN"
+        if tag.startswith("en"):
+            return "en"
+    return "en"
+
+
 @router.get(
     "/bills/{bill_id}/invoice.html",
     summary="A bill as a printable HTML invoice, with the operator's and tenant's details",
+    description="In `lang` (zh-CN or en); without it, in the first of those the"
+    " Accept-Language header prefers, else English. With the service period (the bill's"
+    " month) and the due date (`invoice_due_days` after issue).",
     response_class=HTMLResponse,
     responses={404: {"description": "No such bill (or not the tenant's)"}},
 )
-async def bill_html(ctx: Context, principal: AnyUser, bill_id: int) -> HTMLResponse:
+async def bill_html(
+    ctx: Context,
+    principal: AnyUser,
+    bill_id: int,
+    lang: Annotated[
+        Literal["zh-CN", "en"] | None, Query(description="The invoice's language")
+    ] = None,
+    accept_language: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> HTMLResponse:
     row = await _visible(ctx, principal, bill_id)
     store = _store(ctx)
     tenant = await store.tenant(row["tenant_id"])
+    language = invoice_language(lang, accept_language)
     party = invoice.Party(
-        tenant["name"] if tenant else row["tenant_id"], (("Tenant id", row["tenant_id"]),)
+        tenant["name"] if tenant else row["tenant_id"],
+        ((invoice.LABELS[language]["tenant_id"], row["tenant_id"]),),
     )
-    page = invoice.invoice_html(row, issuer=issuer(ctx.settings), tenant=party, tz=store.tz)
-    return HTMLResponse(page)
+    page = invoice.invoice_html(
+        row,
+        issuer=issuer(ctx.settings),
+        tenant=party,
+        tz=store.tz,
+        lang=language,
+        due_days=ctx.settings.invoice_due_days,
+    )
+    return HTMLResponse(page, headers={"Content-Language": language})
 
 
 async def _move(

@@ -12,6 +12,11 @@ import * as overview from "./pages/overview.js";
 import * as pole from "./pages/pole.js";
 import * as sitemap from "./pages/map.js";
 import * as tenant from "./pages/tenant.js";
+import * as portalApply from "./pages/portal/apply.js";
+import * as portalApps from "./pages/portal/applications.js";
+import * as portalBills from "./pages/portal/bills.js";
+import * as portalLeases from "./pages/portal/leases.js";
+import * as portalUsage from "./pages/portal/usage.js";
 
 const STAFF = new Set(["admin", "operator", "maintainer"]);
 // Who may see a page: the roles the API admits to what the page is for.
@@ -32,7 +37,15 @@ const ROUTES = [
   [/^\/poles\/([^/]+)$/, pole, "staff", null],
   [/^\/devices\/([^/]+)$/, device, "staff", null],
   [/^\/leases$/, tenant.leases, "any", "nav.leases"],
+  // The tenant portal (挂载服务): apply, follow applications, leases, usage, bills.
+  [/^\/portal\/apply$/, portalApply.apply, "tenant", "portal.nav.apply"],
+  [/^\/portal\/applications$/, portalApps.list, "tenant", "portal.nav.applications"],
+  [/^\/portal\/applications\/(\d+)$/, portalApps.detail, "tenant", null],
+  [/^\/portal\/applications\/(\d+)\/answer$/, portalApply.answer, "tenant", null],
+  [/^\/portal\/leases\/(\d+)$/, portalLeases.detail, "tenant", null],
+  [/^\/portal\/usage$/, portalUsage, "tenant", "portal.nav.usage"],
   [/^\/bills$/, tenant.bills, "any", "nav.bills"],
+  [/^\/bills\/(\d+)$/, portalBills.detail, "any", null],
 ];
 
 const state = { me: null, config: {}, cleanup: null };
