@@ -4,7 +4,7 @@
 import * as api from "../../api.js";
 import { h, replace, table, toast } from "../../dom.js";
 import { fmtDateTime, t, term } from "../../i18n.js";
-import { diffTable } from "./archive.js";
+import { diffTable, filterItem } from "./archive.js";
 import { clearErrors, field, generalError, input, patch, select, showErrors, value } from "./form.js";
 
 const ROLES = ["admin", "operator", "maintainer", "tenant"];
@@ -260,14 +260,14 @@ export const audit = {
     const more = h("button", { type: "button", hidden: true }, t("app.more"));
     page(main, "admin.audit.title",
       h("form", { class: "filters", role: "search", onsubmit: (ev) => { ev.preventDefault(); apply(); } },
-        h("label", { for: "au-actor" }, t("admin.audit.actor")), f.actor,
-        h("label", { for: "au-resource" }, t("admin.audit.resource")), f.resource,
-        known("au-resources", ["user", "api_key", "pole", "device", "alarm", "alarm_rule", "work_order", "lease", "tenant", "bill", "application", "emergency", "tariff"]),
-        h("label", { for: "au-rid" }, t("admin.audit.resource_id")), f.resource_id,
-        h("label", { for: "au-action" }, t("admin.audit.action")), f.action,
-        known("au-actions", ["create", "update", "delete", "revoke", "takeover", "acknowledge", "transition"]),
-        h("label", { for: "au-since" }, t("range.from")), f.since,
-        h("label", { for: "au-until" }, t("range.to")), f.until,
+        filterItem("au-actor", t("admin.audit.actor"), f.actor),
+        filterItem("au-resource", t("admin.audit.resource"), f.resource,
+          known("au-resources", ["user", "api_key", "pole", "device", "alarm", "alarm_rule", "work_order", "lease", "tenant", "bill", "application", "emergency", "tariff"])),
+        filterItem("au-rid", t("admin.audit.resource_id"), f.resource_id),
+        filterItem("au-action", t("admin.audit.action"), f.action,
+          known("au-actions", ["create", "update", "delete", "revoke", "takeover", "acknowledge", "transition"])),
+        filterItem("au-since", t("range.from"), f.since),
+        filterItem("au-until", t("range.to"), f.until),
         h("button", { type: "submit" }, t("app.filter"))),
       listEl, more);
 

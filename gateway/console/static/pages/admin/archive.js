@@ -31,6 +31,7 @@ export function showValue(name, v) {
   if (typeof v === "boolean") return term("yesno", String(v));
   if (name === "status" && STATUSES.includes(v)) return term("archive", v);
   if (name === "role") return term("role", v);
+  if (name === "profile") return term("profile", v);
   if (typeof v === "string" && DATE_FIELDS.has(name) && /^\d{4}-\d{2}-\d{2}$/.test(v)) return fmtDate(v);
   if (typeof v === "string" && (TIME_FIELDS.has(name) || DATE_FIELDS.has(name)) && /^\d{4}-\d{2}-\d{2}T/.test(v)) return fmtDateTime(v, { seconds: true });
   if (typeof v === "object") return JSON.stringify(v);
@@ -49,6 +50,11 @@ export function diffTable(caption, rows) {
         h("th", { scope: "row" }, fieldLabel(name)),
         h("td", { class: "diff-old" }, h("del", {}, showValue(name, before))),
         h("td", { class: "diff-new" }, h("ins", {}, showValue(name, after))))))));
+}
+
+// A filter's label and control, kept together when the row wraps.
+export function filterItem(id, label, control, extra = null) {
+  return h("span", { class: "filter-item" }, h("label", { for: id }, label), control, extra);
 }
 
 function siteToday(ctx) {
@@ -76,10 +82,10 @@ export const list = {
     replace(main, h("section", { class: "page" },
       h("h1", {}, t("admin.archive.title")),
       h("form", { class: "filters", role: "search", onsubmit: (ev) => { ev.preventDefault(); apply(); } },
-        h("label", { for: "arch-q" }, t("admin.archive.search")), f.q,
-        h("label", { for: "arch-status" }, t("pole.status")), f.status,
-        h("label", { for: "arch-road" }, t("map.road")), f.road,
-        h("label", { for: "arch-taken" }, t("admin.archive.taken")), f.taken,
+        filterItem("arch-q", t("admin.archive.search"), f.q),
+        filterItem("arch-status", t("pole.status"), f.status),
+        filterItem("arch-road", t("map.road"), f.road),
+        filterItem("arch-taken", t("admin.archive.taken"), f.taken),
         h("button", { type: "submit" }, t("app.filter"))),
       count, box, more));
 
