@@ -289,7 +289,10 @@ export const audit = {
         h("details", {},
           h("summary", {},
             h("time", { datetime: e.at }, fmtDateTime(e.at, { seconds: true })), " · ",
-            h("strong", {}, e.actor), ` (${term("role", e.actor_role)}) · `,
+            // The gateway itself writes as "system (…)": named by its role, in words.
+            e.actor_role === "system"
+              ? [h("strong", { title: e.actor }, term("role", "system")), " · "]
+              : [h("strong", {}, e.actor), ` (${term("role", e.actor_role)}) · `],
             h("span", { class: "audit-action" }, term("admin.audit.act", e.action)), " · ",
             `${term("admin.audit.res", e.resource)} ${e.resource_id}`),
           rows.length ? diffTable(t("admin.audit.changes"), rows) : h("p", { class: "empty" }, t("admin.audit.no_change"))));

@@ -72,11 +72,13 @@ export const list = {
       status: select([["", t("map.all_states")], ...STATUSES.map((s) => [s, term("archive", s)])], q.get("status") || ""),
       road: select([["", t("map.all_roads")]]),
       taken: select([["", t("admin.archive.taken_any")], ["yes", t("admin.archive.taken_yes")], ["no", t("admin.archive.taken_no")]], q.get("taken") || ""),
+      taken_from: input({ type: "date", id: "arch-taken-from", value: q.get("taken_from") || "" }),
+      taken_to: input({ type: "date", id: "arch-taken-to", value: q.get("taken_to") || "" }),
     };
     f.status.id = "arch-status";
     f.road.id = "arch-road";
     f.taken.id = "arch-taken";
-    const count = h("p", { class: "muted", role: "status", id: "arch-count" });
+    const count = h("p", { class: "muted lead", role: "status", id: "arch-count" });
     const box = h("div", { id: "archive-list" }, h("p", { class: "muted" }, t("app.loading")));
     const more = h("button", { type: "button", hidden: true }, t("app.more"));
     replace(main, h("section", { class: "page" },
@@ -86,12 +88,14 @@ export const list = {
         filterItem("arch-status", t("pole.status"), f.status),
         filterItem("arch-road", t("map.road"), f.road),
         filterItem("arch-taken", t("admin.archive.taken"), f.taken),
+        filterItem("arch-taken-from", t("admin.archive.taken_from"), f.taken_from),
+        filterItem("arch-taken-to", t("admin.archive.taken_to"), f.taken_to),
         h("button", { type: "submit" }, t("app.filter"))),
       count, box, more));
 
     function apply() {
       const p = new URLSearchParams();
-      for (const k of ["q", "status", "road", "taken"]) if (f[k].value.trim()) p.set(k, f[k].value.trim());
+      for (const k of ["q", "status", "road", "taken", "taken_from", "taken_to"]) if (f[k].value.trim()) p.set(k, f[k].value.trim());
       ctx.navigate(`#/archive?${p}`);
     }
 
@@ -120,8 +124,13 @@ export const list = {
         const needle = (q.get("q") || "").toLowerCase();
         const road = q.get("road");
         const taken = q.get("taken");
+        // Dates compare as text: both are YYYY-MM-DD.
+        const from = q.get("taken_from");
+        const to = q.get("taken_to");
         rows = poles.filter((p) => (!road || p.road === road)
           && (!taken || (taken === "yes") === Boolean(p.taken_over_on))
+          && (!from || (p.taken_over_on && p.taken_over_on >= from))
+          && (!to || (p.taken_over_on && p.taken_over_on <= to))
           && (!needle || [p.id, p.name, p.serial, p.model, p.vendor].some((v) => v && v.toLowerCase().includes(needle))));
         count.textContent = t("map.count", { n: rows.length, total: poles.length });
         draw();
@@ -316,7 +325,7 @@ export const pole = {
         h("nav", { class: "crumbs", "aria-label": t("app.breadcrumb") },
           h("a", { href: "#/archive" }, t("admin.archive.title")), " › ", poleId),
         h("h1", {}, `${title} · ${p.name}`),
-        h("p", {}, h("a", { href: `#/poles/${encodeURIComponent(poleId)}` }, t("admin.archive.live_page"))),
+        h("p", { class: "lead" }, h("a", { href: `#/poles/${encodeURIComponent(poleId)}` }, t("admin.archive.live_page"))),
         h("div", { class: "grid-2" },
           h("section", { class: "panel", "aria-labelledby": "record-h" },
             h("h2", { id: "record-h" }, t("pole.record")),
@@ -440,7 +449,7 @@ export const device = {
           h("a", { href: "#/archive" }, t("admin.archive.title")), " › ",
           h("a", { href: `#/archive/poles/${encodeURIComponent(d.pole_id)}` }, d.pole_id), " › ", deviceId),
         h("h1", {}, title),
-        h("p", {}, h("a", { href: `#/devices/${encodeURIComponent(deviceId)}` }, t("admin.device.live_page"))),
+        h("p", { class: "lead" }, h("a", { href: `#/devices/${encodeURIComponent(deviceId)}` }, t("admin.device.live_page"))),
         h("div", { class: "grid-2" },
           h("section", { class: "panel", "aria-labelledby": "record-h" },
             h("h2", { id: "record-h" }, t("pole.record")),
