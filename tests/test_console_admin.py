@@ -43,6 +43,7 @@ from tests.test_tenant_isolation import seed
 
 ADMIN_PAGES = (
     "#/archive",
+    "#/archive?kind=devices",
     "#/archive/poles/P0001",
     f"#/archive/devices/{LAMP}",
     "#/admin/users",
@@ -396,7 +397,17 @@ async def test_an_operator_replaces_a_devices_unit_and_retires_another(env: Env)
     assert device["status"] == "in_service"
     assert "OLD-1 → NEW-2" in device["notes"]
 
-    await page.goto("/console/#/archive/devices/P0003-env")
+    # The devices' archive lists it with its new serial; the other is found by its pole.
+    await page.goto("/console/#/archive")
+    await page.get_by_label("Show").select_option(label="Devices")
+    await page.get_by_role("button", name="Apply filters").click()
+    await page.get_by_label(re.compile("Search")).fill("new-2")
+    await page.get_by_role("button", name="Apply filters").click()
+    await expect(page.locator("#archive-list tbody tr")).to_have_count(1)
+    await expect(page.locator("#archive-list tbody")).to_contain_text("P0002-lamp")
+    await page.get_by_label(re.compile("Search")).fill("P0003")
+    await page.get_by_role("button", name="Apply filters").click()
+    await page.locator("#archive-list").get_by_role("link", name="P0003-env").click()
     page.once("dialog", lambda d: d.accept())
     retire = page.locator("#retire-form")
     await retire.get_by_label("Reason").fill("station moved to another pole")

@@ -67,7 +67,9 @@ export const list = {
   render(main, ctx) {
     document.title = `${t("admin.archive.title")} · polegw`;
     const q = ctx.query;
+    const devices = q.get("kind") === "devices";
     const f = {
+      kind: select([["poles", t("admin.archive.kind_poles")], ["devices", t("admin.archive.kind_devices")]], devices ? "devices" : "poles"),
       q: input({ type: "search", id: "arch-q", value: q.get("q") || "", autocomplete: "off" }),
       status: select([["", t("map.all_states")], ...STATUSES.map((s) => [s, term("archive", s)])], q.get("status") || ""),
       road: select([["", t("map.all_roads")]]),
@@ -75,6 +77,7 @@ export const list = {
       taken_from: input({ type: "date", id: "arch-taken-from", value: q.get("taken_from") || "" }),
       taken_to: input({ type: "date", id: "arch-taken-to", value: q.get("taken_to") || "" }),
     };
+    f.kind.id = "arch-kind";
     f.status.id = "arch-status";
     f.road.id = "arch-road";
     f.taken.id = "arch-taken";
@@ -84,7 +87,8 @@ export const list = {
     replace(main, h("section", { class: "page" },
       h("h1", {}, t("admin.archive.title")),
       h("form", { class: "filters", role: "search", onsubmit: (ev) => { ev.preventDefault(); apply(); } },
-        filterItem("arch-q", t("admin.archive.search"), f.q),
+        filterItem("arch-kind", t("admin.archive.kind"), f.kind),
+        filterItem("arch-q", t(devices ? "admin.archive.search_devices" : "admin.archive.search"), f.q),
         filterItem("arch-status", t("pole.status"), f.status),
         filterItem("arch-road", t("map.road"), f.road),
         filterItem("arch-taken", t("admin.archive.taken"), f.taken),
@@ -96,13 +100,27 @@ export const list = {
     function apply() {
       const p = new URLSearchParams();
       for (const k of ["q", "status", "road", "taken", "taken_from", "taken_to"]) if (f[k].value.trim()) p.set(k, f[k].value.trim());
+      if (f.kind.value === "devices") p.set("kind", "devices");
       ctx.navigate(`#/archive?${p}`);
     }
 
     let stopped = false;
     let shown = PAGE_ROWS;
     let rows = [];
+    let roadOf = new Map();
     function draw() {
+      if (devices) {
+        replace(box, table(t("admin.archive.kind_devices"),
+          [t("event.device"), t("alarms.pole"), t("admin.archive.profile"), t("pole.status"), t("pole.serial"), t("admin.field.model"), t("pole.installed_on"), t("pole.warranty_until")],
+          rows.slice(0, shown).map((d) => [
+            h("a", { href: `#/archive/devices/${encodeURIComponent(d.id)}` }, d.id),
+            h("a", { href: `#/archive/poles/${encodeURIComponent(d.pole_id)}` }, d.pole_id),
+            term("profile", d.profile), statusBadge(d.status), d.serial || "—", d.model || "—",
+            d.installed_on ? fmtDate(d.installed_on) : "—", d.warranty_until ? fmtDate(d.warranty_until) : "—"]),
+          { empty: t("admin.archive.none_devices") }));
+        more.hidden = rows.length <= shown;
+        return;
+      }
       replace(box, table(t("admin.archive.title"),
         [t("alarms.pole"), t("pole.name"), t("map.road"), t("pole.status"), t("pole.serial"), t("pole.taken_over_on"), t("pole.warranty_until")],
         rows.slice(0, shown).map((p) => [
@@ -116,8 +134,11 @@ export const list = {
 
     (async () => {
       try {
-        const poles = await api.all("poles", { status: q.get("status") || undefined });
+        const status = q.get("status") || undefined;
+        const poles = await api.all("poles", devices ? {} : { status });
+        const items = devices ? await api.all("devices", { status }) : poles;
         if (stopped) return;
+        roadOf = new Map(poles.map((p) => [p.id, p.road]));
         const roads = [...new Set(poles.map((p) => p.road).filter(Boolean))].sort();
         for (const r of roads) f.road.append(h("option", { value: r }, r));
         f.road.value = q.get("road") || "";
@@ -127,12 +148,12 @@ export const list = {
         // Dates compare as text: both are YYYY-MM-DD.
         const from = q.get("taken_from");
         const to = q.get("taken_to");
-        rows = poles.filter((p) => (!road || p.road === road)
+        rows = items.filter((p) => (!road || (devices ? roadOf.get(p.pole_id) : p.road) === road)
           && (!taken || (taken === "yes") === Boolean(p.taken_over_on))
           && (!from || (p.taken_over_on && p.taken_over_on >= from))
           && (!to || (p.taken_over_on && p.taken_over_on <= to))
-          && (!needle || [p.id, p.name, p.serial, p.model, p.vendor].some((v) => v && v.toLowerCase().includes(needle))));
-        count.textContent = t("map.count", { n: rows.length, total: poles.length });
+          && (!needle || [p.id, p.name, p.pole_id, p.serial, p.model, p.vendor].some((v) => v && v.toLowerCase().includes(needle))));
+        count.textContent = t(devices ? "admin.archive.count_devices" : "map.count", { n: rows.length, total: items.length });
         draw();
       } catch (err) {
         replace(box, h("p", { class: "error" }, err.message));
