@@ -365,6 +365,8 @@ async def test_a_takeover_from_the_page_sets_the_poles_taken_over_date(env: Env)
         await box.get_by_label(re.compile(item)).check()
     await box.get_by_role("button", name="Take over").click()
     await expect(box.locator("#takeover-state")).to_contain_text("Taken over on 2026-11-30")
+    # The keyboard's and screen reader's focus is on the result.
+    await expect(box.locator("#takeover-state")).to_be_focused()
     pole = await api_json(env, "/api/v1/poles/P0099")
     assert pole["taken_over_on"] == "2026-11-30"
     assert pole["taken_over_from"] == "Chengdu Municipal Construction"

@@ -327,7 +327,8 @@ export const pole = {
     replace(main, box);
     let stopped = false;
 
-    async function draw() {
+    // After a change the page is drawn again; focus goes to what tells its result.
+    async function draw(focus) {
       let p, devices;
       try {
         [p, devices] = await Promise.all([
@@ -340,7 +341,7 @@ export const pole = {
       }
       if (stopped) return;
       const history = historyPanel("poles", poleId);
-      const edit = ctx.manager ? editForm(p, `poles/${encodeURIComponent(poleId)}`, () => draw()) : null;
+      const edit = ctx.manager ? editForm(p, `poles/${encodeURIComponent(poleId)}`, () => draw("#record-h")) : null;
       const pending = !p.taken_over_on && p.status !== "retired";
       replace(box,
         h("nav", { class: "crumbs", "aria-label": t("app.breadcrumb") },
@@ -360,7 +361,7 @@ export const pole = {
                 ? t("admin.takeover.taken", { date: fmtDate(p.taken_over_on), from: p.taken_over_from || "—" })
                 : t("admin.takeover.retired"))
               : ctx.manager
-                ? [h("p", { id: "takeover-state" }, t("admin.takeover.pending")), takeoverForm(ctx, p, () => draw())]
+                ? [h("p", { id: "takeover-state" }, t("admin.takeover.pending")), takeoverForm(ctx, p, () => draw("#takeover-state"))]
                 : h("p", { id: "takeover-state" }, t("admin.takeover.pending_managers")))),
         h("section", { class: "panel", "aria-labelledby": "devices-h" },
           h("h2", { id: "devices-h" }, t("admin.archive.devices")),
@@ -370,11 +371,19 @@ export const pole = {
               d.serial || "—", d.model || "—", d.installed_on ? fmtDate(d.installed_on) : "—", d.warranty_until ? fmtDate(d.warranty_until) : "—"]),
             { empty: t("admin.archive.no_devices") }))),
         history.panel);
+      if (focus) focusOn(box, focus);
     }
     draw();
     return () => { stopped = true; };
   },
 };
+
+function focusOn(box, selector) {
+  const el = box.querySelector(selector);
+  if (!el) return;
+  if (!el.hasAttribute("tabindex")) el.setAttribute("tabindex", "-1");
+  el.focus();
+}
 
 // ------------------------------------------------------------------ a device's record
 
@@ -453,7 +462,7 @@ export const device = {
     replace(main, box);
     let stopped = false;
 
-    async function draw() {
+    async function draw(focus) {
       let d;
       try {
         d = await api.get(`devices/${encodeURIComponent(deviceId)}`);
@@ -464,7 +473,7 @@ export const device = {
       if (stopped) return;
       const path = `devices/${encodeURIComponent(deviceId)}/archive`;
       const history = historyPanel("devices", deviceId);
-      const edit = ctx.manager ? editForm(d, path, () => draw()) : null;
+      const edit = ctx.manager ? editForm(d, path, () => draw("#record-h")) : null;
       replace(box,
         h("nav", { class: "crumbs", "aria-label": t("app.breadcrumb") },
           h("a", { href: "#/archive" }, t("admin.archive.title")), " › ",
@@ -480,10 +489,11 @@ export const device = {
           ctx.manager
             ? h("section", { class: "panel", "aria-labelledby": "lifecycle-h" },
               h("h2", { id: "lifecycle-h" }, t("admin.device.lifecycle")),
-              replaceForm(ctx, d, () => draw()),
-              d.status === "retired" ? h("p", { id: "retired-state" }, statusBadge("retired")) : retireForm(d, () => draw()))
+              replaceForm(ctx, d, () => draw("#record-h")),
+              d.status === "retired" ? h("p", { id: "retired-state" }, statusBadge("retired")) : retireForm(d, () => draw("#lifecycle-h")))
             : null),
         history.panel);
+      if (focus) focusOn(box, focus);
     }
     draw();
     return () => { stopped = true; };
