@@ -165,6 +165,17 @@ async def test_an_admin_creates_a_user_who_can_then_log_in(env: Env) -> None:
     await expect(form.get_by_label("Tenant")).to_be_hidden()
     await form.get_by_label("Role").select_option(label="tenant")
     await expect(form.get_by_label("Tenant")).to_be_visible()
+    await form.get_by_label("User name").fill("a.telecom.ops")
+    await form.get_by_label("Password").fill(TEST_PASSWORD)
+    await form.get_by_role("button", name="Create the user").click()
+    # Without a tenant it is not sent; the field says why.
+    await expect(form.locator("[data-field=tenant_id] .field-error")).to_have_text(
+        "A tenant user belongs to a tenant: choose it."
+    )
+    await form.get_by_label("Tenant").select_option(value="tn-a")
+    await form.get_by_role("button", name="Create the user").click()
+    await expect(page.locator("#user-list tr", has_text="a.telecom.ops")).to_contain_text("tn-a")
+    await form.get_by_label("User name").fill("wang.fang")
     await form.get_by_label("Role").select_option(label="maintainer")
     await password.fill(TEST_PASSWORD)
     await form.get_by_role("button", name="Create the user").click()

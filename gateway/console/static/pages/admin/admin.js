@@ -94,7 +94,14 @@ export const users = {
         role: fields.role.input.value,
         password: fields.password.input.value,
       };
-      if (body.role === "tenant") body.tenant_id = fields.tenant_id.input.value || null;
+      if (body.role === "tenant") {
+        body.tenant_id = fields.tenant_id.input.value || null;
+        // The API refuses it for the whole body; the page says it at the field.
+        if (!body.tenant_id) {
+          showErrors(fields, general, new api.ApiError(422, [{ loc: ["body", "tenant_id"], msg: t("admin.users.tenant_required") }]));
+          return;
+        }
+      }
       const button = form.querySelector("button[type=submit]");
       button.disabled = true;
       try {
