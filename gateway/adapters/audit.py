@@ -62,6 +62,7 @@ class AuditLog:
         start: datetime | None,
         end: datetime | None,
         before_id: int | None,
+        action: str | None = None,
         limit: int,
     ) -> list[Row]:
         """Newest first; `before_id` pages backwards."""
@@ -71,6 +72,7 @@ class AuditLog:
                 " WHERE (%(resource)s::text IS NULL OR resource = %(resource)s)"
                 " AND (%(rid)s::text IS NULL OR resource_id = %(rid)s)"
                 " AND (%(actor)s::text IS NULL OR actor = %(actor)s)"
+                " AND (%(action)s::text IS NULL OR action = %(action)s)"
                 " AND (%(start)s::timestamptz IS NULL OR at >= %(start)s)"
                 " AND (%(end)s::timestamptz IS NULL OR at < %(end)s)"
                 " AND (%(before)s::bigint IS NULL OR id < %(before)s)"
@@ -79,6 +81,7 @@ class AuditLog:
                     "resource": resource,
                     "rid": resource_id,
                     "actor": actor,
+                    "action": action,
                     "start": start,
                     "end": end,
                     "before": before_id,

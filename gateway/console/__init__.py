@@ -76,6 +76,7 @@ def mount(app: FastAPI, settings: Settings) -> None:
             "map_tile_url": settings.map_tile_url,
             "map_tile_attribution": settings.map_tile_attribution,
             "site_timezone": settings.site_timezone,
+            "export_max_range_d": settings.export_max_range_d,
         }
         return JSONResponse(body, headers={"Cache-Control": "no-cache"})
 

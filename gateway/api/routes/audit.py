@@ -57,6 +57,9 @@ async def list_audit(
     resource: Text = None,
     resource_id: Text = None,
     actor: Text = None,
+    action: Annotated[
+        str | None, Query(max_length=64, description="Only this action, e.g. create, update")
+    ] = None,
     start: datetime | None = None,
     end: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -69,6 +72,7 @@ async def list_audit(
         resource=resource,
         resource_id=resource_id,
         actor=actor,
+        action=action,
         start=start,
         end=end,
         before_id=after,

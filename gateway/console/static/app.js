@@ -5,6 +5,8 @@ import * as api from "./api.js";
 import { h, replace, toast } from "./dom.js";
 import { LANGS, language, pickLanguage, setLanguage, setTimeZone, t } from "./i18n.js";
 import * as live from "./live.js";
+import * as admin from "./pages/admin/admin.js";
+import * as archive from "./pages/admin/archive.js";
 import * as alarms from "./pages/alarms.js";
 import * as device from "./pages/device.js";
 import * as login from "./pages/login.js";
@@ -46,6 +48,13 @@ const ROUTES = [
   [/^\/portal\/usage$/, portalUsage, "tenant", "portal.nav.usage"],
   [/^\/bills$/, tenant.bills, "any", "nav.bills"],
   [/^\/bills\/(\d+)$/, portalBills.detail, "any", null],
+  [/^\/archive$/, archive.list, "staff", "admin.nav.archive"],
+  [/^\/archive\/poles\/([^/]+)$/, archive.pole, "staff", null],
+  [/^\/archive\/devices\/([^/]+)$/, archive.device, "staff", null],
+  [/^\/admin\/users$/, admin.users, "admin", "admin.nav.admin"],
+  [/^\/admin\/keys$/, admin.keys, "admin", null],
+  [/^\/admin\/audit$/, admin.audit, "admin", null],
+  [/^\/admin\/exports$/, admin.exports, "admin", null],
 ];
 
 const state = { me: null, config: {}, cleanup: null };
