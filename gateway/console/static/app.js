@@ -12,6 +12,10 @@ import * as overview from "./pages/overview.js";
 import * as pole from "./pages/pole.js";
 import * as sitemap from "./pages/map.js";
 import * as tenant from "./pages/tenant.js";
+import * as mountApps from "./pages/mount/applications.js";
+import * as mountBills from "./pages/mount/bills.js";
+import * as mountLeases from "./pages/mount/leases.js";
+import * as mountTariffs from "./pages/mount/tariffs.js";
 
 const STAFF = new Set(["admin", "operator", "maintainer"]);
 // Who may see a page: the roles the API admits to what the page is for.
@@ -33,6 +37,16 @@ const ROUTES = [
   [/^\/devices\/([^/]+)$/, device, "staff", null],
   [/^\/leases$/, tenant.leases, "any", "nav.leases"],
   [/^\/bills$/, tenant.bills, "any", "nav.bills"],
+  // 挂载服务 for the operator (issue 13): applications, the lease board, tariffs, bill runs.
+  [/^\/mount\/applications$/, mountApps.list, "staff", "mount.nav.applications"],
+  [/^\/mount\/applications\/(\d+)$/, mountApps.one, "staff", null],
+  [/^\/mount\/leases$/, mountLeases.board, "staff", "mount.nav.leases"],
+  [/^\/mount\/leases\/(\d+)$/, mountLeases.one, "staff", null],
+  [/^\/mount\/tariffs$/, mountTariffs.list, "staff", "mount.nav.tariffs"],
+  [/^\/mount\/tariffs\/new$/, mountTariffs.create, "managers", null],
+  [/^\/mount\/tariffs\/(\d+)$/, mountTariffs.one, "staff", null],
+  [/^\/mount\/bills$/, mountBills.run, "staff", "mount.nav.bills"],
+  [/^\/mount\/bills\/(\d+)$/, mountBills.one, "staff", null],
 ];
 
 const state = { me: null, config: {}, cleanup: null };
