@@ -148,6 +148,14 @@ async def test_operator_reviews_approves_and_puts_the_lease_in_service_back_date
     port = page.locator("#mount-port-state")
     await expect(port).to_contain_text("Switch on")
     await expect(port).to_contain_text(lease["port_id"])
+    # Nobody answers the meter's command here: its timeout arrives live, without a reload.
+    navigations = await page.evaluate("performance.getEntriesByType('navigation').length")
+    outcome = page.locator("#mount-port-outcome")
+    await expect(outcome).to_contain_text("Timed out", timeout=20000)
+    switched = (await tc.api_get(env, f"/api/v1/leases/{lease_id}"))["port_switch"]
+    assert switched["state"] == "timed_out"
+    await expect(outcome).to_contain_text(switched["command_error"])
+    assert await page.evaluate("performance.getEntriesByType('navigation').length") == navigations
     await expect(page.locator("time.mount-since").last).to_have_attribute(
         "datetime", re.compile(r".")
     )

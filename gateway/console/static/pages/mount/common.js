@@ -6,7 +6,7 @@ import { t, term } from "../../i18n.js";
 // Glyph + word + colour for a state: the colour is never the only sign.
 const GLYPH = {
   submitted: "●", accepted: "◐", returned: "↩", under_review: "◔", approved: "✓", rejected: "✗", withdrawn: "–",
-  contracted: "◌", installing: "⚒", acceptance_test: "◔", in_service: "✓", suspended: "⏸", terminated: "✗", removed: "–",
+  contracted: "◌", installing: "⚒", acceptance_test: "◔", in_service: "✓", suspended: "‖", terminated: "✗", removed: "–",
   draft: "✎", issued: "●", paid: "✓", void: "✗",
 };
 
