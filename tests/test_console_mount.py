@@ -196,6 +196,38 @@ async def test_a_return_needs_the_question_and_a_refused_time_is_shown_by_its_fi
     await ctx.close()
 
 
+async def test_a_check_that_does_not_fit_is_waived_with_a_reason(env: Env) -> None:
+    body = application_body("M2", ["M2-mid"])
+    body["devices"][0] |= {"type": "panel antenna", "wind_area_m2": 0.6}  # the slot takes 0.5
+    r = await call(env, "POST", "/api/v1/applications", env.a.headers, json=body)
+    assert r.status_code == 201, r.text
+    app_id = r.json()["id"]
+    ctx = await tc.new_context(env)
+    page = await tc.log_in(ctx, env.operator)
+    await page.goto(f"/console/#/mount/applications/{app_id}")
+    await page.get_by_role("button", name="Accept as complete").click()
+    await page.get_by_role("button", name="Start the review").click()
+    await expect(page.locator("#mount-app-state")).to_have_text(re.compile("Under review"))
+    await expect(page.locator("#mount-review-verdict")).to_contain_text("does not fit")
+    row = page.locator("section[data-pole=M2] tr", has_text="Slot wind area")
+    await expect(row.locator("[data-verdict=does_not_fit]")).to_be_visible()
+    await expect(row).to_contain_text("0.6 m²")
+    await expect(row).to_contain_text("0.5 m²")
+    # Never offered for a slot or port taken by a live lease; offered here.
+    await expect(page.locator("tr", has_text="Slot free").get_by_role("button")).to_have_count(0)
+    await row.get_by_label(re.compile("Reason to waive")).fill("structural report 2026-114")
+    await row.get_by_role("button", name="Waive this check").click()
+    row = page.locator("section[data-pole=M2] tr", has_text="Slot wind area")
+    await expect(row.locator("[data-verdict=waived]")).to_be_visible()
+    await expect(row).to_contain_text("structural report 2026-114")
+    await expect(page.locator("#mount-review-verdict")).to_contain_text("Everything fits")
+    review = await tc.api_get(env, f"/api/v1/applications/{app_id}/review")
+    check = next(c for c in review["poles"][0]["checks"] if c["name"] == "slot_wind_area")
+    assert check["overridden"]["reason"] == "structural report 2026-114"
+    assert review["approvable"] is True
+    await ctx.close()
+
+
 # --------------------------------------------------------------------------- tariffs
 
 

@@ -5,7 +5,7 @@
 import * as api from "../../api.js";
 import { h, replace, table, toast } from "../../dom.js";
 import { fmtDate, fmtDateTime, fmtNumber, t, term } from "../../i18n.js";
-import { crumbs, errorBox, failed, field, page, stateBadge } from "./common.js";
+import { crumbs, errorBox, failed, field, page, stacked, stateBadge } from "./common.js";
 
 // The queue's order: what waits for the operator first.
 export const ORDER = ["submitted", "accepted", "under_review", "returned", "approved", "rejected", "withdrawn"];
@@ -57,11 +57,11 @@ export const list = {
 function equipment(a) {
   return [
     h("h2", {}, t("mount.app.equipment")),
-    table(t("mount.app.equipment"),
+    stacked(table(t("mount.app.equipment"),
       [t("mount.dev.type"), t("mount.dev.model"), t("mount.dev.quantity"), t("mount.dev.weight"), t("mount.dev.dimensions"), t("mount.dev.wind_area"), t("mount.dev.power")],
       a.devices.map((d) => [d.type, d.model || "—", String(d.quantity), `${fmtNumber(d.weight_kg)} kg`,
         d.dimensions ? `${fmtNumber(d.dimensions.width_mm)} × ${fmtNumber(d.dimensions.height_mm)} × ${fmtNumber(d.dimensions.depth_mm)} mm` : "—",
-        `${fmtNumber(d.wind_area_m2 ?? 0)} m²`, `${fmtNumber(d.power_w ?? 0)} W`])),
+        `${fmtNumber(d.wind_area_m2 ?? 0)} m²`, `${fmtNumber(d.power_w ?? 0)} W`]))),
     h("dl", { class: "record" },
       h("dt", {}, t("mount.app.supply")), h("dd", {}, `${a.supply}${a.voltage_v ? ` ${fmtNumber(a.voltage_v)} V` : ""}`),
       h("dt", {}, t("mount.app.height")), h("dd", {}, a.height_m === null ? "—" : `${fmtNumber(a.height_m)} m`),
@@ -99,7 +99,7 @@ function reviewSection(app, review, ctx, reload) {
       h("p", { class: "muted" }, t("mount.review.assignment", {
         slot: p.assignment.slot_id || "—", compartment: p.assignment.compartment_id || "—", port: p.assignment.port_id || "—",
       })),
-      table(t("mount.review.pole", { pole: p.pole_id }),
+      stacked(table(t("mount.review.pole", { pole: p.pole_id }),
         [t("mount.review.check"), t("mount.review.needed"), t("mount.review.available"), t("mount.review.verdict"), t("mount.review.detail")],
         p.checks.map((c) => {
           const row = [term("mount.check", c.name), figure(c.needed, c.name), figure(c.available, c.name), verdict(c),
@@ -119,7 +119,7 @@ function reviewSection(app, review, ctx, reload) {
             h("button", { type: "submit" }, t("mount.review.waive"))));
           }
           return row;
-        })))),
+        }))))),
   ];
 }
 

@@ -5,7 +5,7 @@
 import * as api from "../../api.js";
 import { h, replace, table, toast } from "../../dom.js";
 import { fmtDate, fmtDateTime, fmtMoney, fmtNumber, t, term } from "../../i18n.js";
-import { crumbs, errorBox, failed, field, page, showFieldErrors, siteZone, stateBadge } from "./common.js";
+import { crumbs, errorBox, failed, field, page, showFieldErrors, siteZone, stacked, stateBadge } from "./common.js";
 
 const cents = (x) => Math.round(Number(x) * 100);
 
@@ -82,12 +82,12 @@ export const run = {
               h("span", { class: "mount-total", dataset: { tenant: r.tenant, total: (r.cents / 100).toFixed(2) } }, fmtMoney(r.cents / 100))]),
             { empty: t("mount.bill.none_month") }),
           h("h2", {}, t("mount.bill.bills")),
-          table(t("mount.bill.bills"),
+          stacked(table(t("mount.bill.bills"),
             [t("bill.id"), t("lease.tenant"), t("bill.kind"), t("bill.state"), t("bill.energy"), t("bill.total"), t("bill.documents")],
             items.map((b) => [h("a", { href: `#/mount/bills/${b.id}` }, t("mount.bill.title", { id: b.id })), b.tenant_id,
               term("billkind", b.kind), stateBadge("billstate", b.state), `${fmtNumber(Number(b.energy_kwh), 2)} kWh`,
               fmtMoney(b.total_amount, b.currency), docs(b)]),
-            { empty: t("mount.bill.none_month") }));
+            { empty: t("mount.bill.none_month") })));
       } catch (err) {
         errorBox(box, err);
       }
@@ -184,11 +184,11 @@ export const one = {
             h("dt", {}, t("bill.total")), h("dd", { id: "mount-bill-total" }, fmtMoney(b.total_amount, b.currency))),
           actions(b, ctx, load),
           h("h2", {}, t("mount.bill.lines")),
-          table(t("mount.bill.lines"),
+          stacked(table(t("mount.bill.lines"),
             [t("mount.bill.line_kind"), t("mount.bill.line_label"), t("mount.bill.quantity"), t("mount.bill.unit_price"), t("mount.bill.amount")],
             b.lines.map((l) => [term("mount.linekind", l.kind), h("span", {}, l.label, l.estimated ? h("span", { class: "badge" }, ` ${t("mount.bill.estimated")}`) : null),
               `${fmtNumber(Number(l.quantity))} ${l.unit}`, fmtNumber(Number(l.unit_price), 4), fmtMoney(l.amount, b.currency)]),
-            { empty: t("mount.bill.no_lines") }));
+            { empty: t("mount.bill.no_lines") })));
       } catch (err) {
         errorBox(box, err);
       }

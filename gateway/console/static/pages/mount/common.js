@@ -106,3 +106,14 @@ export function showFieldErrors(form, err, general) {
   const first = form.querySelector("[aria-invalid]");
   if (first) first.focus();
 }
+
+// A table that becomes one card per row on a phone: each cell names its column
+// (data-label, shown before the value by the stylesheet under 760 px).
+export function stacked(wrap) {
+  const heads = [...wrap.querySelectorAll("thead th")].map((th) => th.textContent);
+  for (const tr of wrap.querySelectorAll("tbody tr")) {
+    [...tr.children].forEach((td, i) => { td.dataset.label = heads[i] || ""; });
+  }
+  wrap.classList.add("stack");
+  return wrap;
+}

@@ -6,7 +6,7 @@ import * as api from "../../api.js";
 import { h, replace, table, throttle, toast } from "../../dom.js";
 import { fmtDate, fmtDateTime, fmtNumber, t, term } from "../../i18n.js";
 import * as live from "../../live.js";
-import { crumbs, errorBox, field, page, showFieldErrors, siteZone, stateBadge, zonedIso } from "./common.js";
+import { crumbs, errorBox, field, page, showFieldErrors, siteZone, stacked, stateBadge, zonedIso } from "./common.js";
 
 export const STATES = ["contracted", "installing", "acceptance_test", "in_service", "suspended", "terminated", "removed"];
 // The moves the API allows (gateway.core.mounting.LEASE_MOVES) and who may make them.
@@ -123,10 +123,10 @@ export const one = {
           h("h2", {}, t("lease.port_state")), portState(l),
           moveForm(l, ctx, load),
           h("h2", {}, t("mount.lease.history")),
-          table(t("mount.lease.history"), [t("mount.lease.state_col"), t("mount.lease.since"), t("mount.lease.entered"), t("mount.lease.by"), t("mount.lease.note")],
+          stacked(table(t("mount.lease.history"), [t("mount.lease.state_col"), t("mount.lease.since"), t("mount.lease.entered"), t("mount.lease.by"), t("mount.lease.note")],
             history.map((e) => [stateBadge("leasestate", e.state),
               h("time", { datetime: e.since, class: "mount-since" }, fmtDateTime(e.since, { seconds: true })),
-              fmtDateTime(e.entered_at, { seconds: true }), e.by === "system" ? term("role", "system") : e.by, e.note || "—"])));
+              fmtDateTime(e.entered_at, { seconds: true }), e.by === "system" ? term("role", "system") : e.by, e.note || "—"]))));
       } catch (err) {
         errorBox(box, err);
       }
