@@ -19,6 +19,10 @@ import * as portalApps from "./pages/portal/applications.js";
 import * as portalBills from "./pages/portal/bills.js";
 import * as portalLeases from "./pages/portal/leases.js";
 import * as portalUsage from "./pages/portal/usage.js";
+import * as mountApps from "./pages/mount/applications.js";
+import * as mountBills from "./pages/mount/bills.js";
+import * as mountLeases from "./pages/mount/leases.js";
+import * as mountTariffs from "./pages/mount/tariffs.js";
 
 const STAFF = new Set(["admin", "operator", "maintainer"]);
 // Who may see a page: the roles the API admits to what the page is for.
@@ -30,7 +34,8 @@ const WHO = {
   tenant: (role) => role === "tenant",
 };
 
-// [pattern, page, who may see it (a key of WHO), menu label key or null]. A page
+// [pattern, page, who may see it (a key of WHO), menu label key or null, who has it in
+// the menu when that differs (a key of WHO)]. A page
 // module exports render(main, ctx, ...captures) -> cleanup function or null.
 const ROUTES = [
   [/^\/$/, overview, "staff", "nav.overview"],
@@ -38,7 +43,9 @@ const ROUTES = [
   [/^\/alarms$/, alarms, "staff", "nav.alarms"],
   [/^\/poles\/([^/]+)$/, pole, "staff", null],
   [/^\/devices\/([^/]+)$/, device, "staff", null],
-  [/^\/leases$/, tenant.leases, "any", "nav.leases"],
+  // Staff reach every lease and bill here too, but their menu has the lease board
+  // and the bill runs (挂载服务) instead.
+  [/^\/leases$/, tenant.leases, "any", "nav.leases", "tenant"],
   // The tenant portal (挂载服务): apply, follow applications, leases, usage, bills.
   [/^\/portal\/apply$/, portalApply.apply, "tenant", "portal.nav.apply"],
   [/^\/portal\/applications$/, portalApps.list, "tenant", "portal.nav.applications"],
@@ -46,7 +53,7 @@ const ROUTES = [
   [/^\/portal\/applications\/(\d+)\/answer$/, portalApply.answer, "tenant", null],
   [/^\/portal\/leases\/(\d+)$/, portalLeases.detail, "tenant", null],
   [/^\/portal\/usage$/, portalUsage, "tenant", "portal.nav.usage"],
-  [/^\/bills$/, tenant.bills, "any", "nav.bills"],
+  [/^\/bills$/, tenant.bills, "any", "nav.bills", "tenant"],
   [/^\/bills\/(\d+)$/, portalBills.detail, "any", null],
   [/^\/archive$/, archive.list, "staff", "admin.nav.archive"],
   [/^\/archive\/poles\/([^/]+)$/, archive.pole, "staff", null],
@@ -55,6 +62,16 @@ const ROUTES = [
   [/^\/admin\/keys$/, admin.keys, "admin", null],
   [/^\/admin\/audit$/, admin.audit, "admin", null],
   [/^\/admin\/exports$/, admin.exports, "admin", null],
+  // 挂载服务 for the operator (issue 13): applications, the lease board, tariffs, bill runs.
+  [/^\/mount\/applications$/, mountApps.list, "staff", "mount.nav.applications"],
+  [/^\/mount\/applications\/(\d+)$/, mountApps.one, "staff", null],
+  [/^\/mount\/leases$/, mountLeases.board, "staff", "mount.nav.leases"],
+  [/^\/mount\/leases\/(\d+)$/, mountLeases.one, "staff", null],
+  [/^\/mount\/tariffs$/, mountTariffs.list, "staff", "mount.nav.tariffs"],
+  [/^\/mount\/tariffs\/new$/, mountTariffs.create, "managers", null],
+  [/^\/mount\/tariffs\/(\d+)$/, mountTariffs.one, "staff", null],
+  [/^\/mount\/bills$/, mountBills.run, "staff", "mount.nav.bills"],
+  [/^\/mount\/bills\/(\d+)$/, mountBills.one, "staff", null],
 ];
 
 const state = { me: null, config: {}, cleanup: null };
@@ -81,7 +98,7 @@ export function navigate(hash) {
 function renderNav() {
   const nav = document.getElementById("nav");
   const { path } = parseHash();
-  const links = ROUTES.filter(([, , who, label]) => label && allowed(who)).map(([re, , , label]) => {
+  const links = ROUTES.filter(([, , who, label, menu]) => label && allowed(menu || who)).map(([re, , , label]) => {
     const href = `#${re.source.replace(/^\^\\?|\$$/g, "").replace(/\\\//g, "/") || "/"}`;
     const current = re.test(path);
     return h("a", { href, "aria-current": current ? "page" : null }, t(label));
