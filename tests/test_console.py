@@ -470,7 +470,7 @@ async def test_the_language_switch_changes_every_visible_label(env: Env) -> None
     # The choice is kept.
     await page.get_by_label("语言").select_option("en")
     await page.reload()
-    await expect(page.get_by_role("button", name="Log out")).to_be_visible()
+    await expect(page.get_by_role("button", name="Log out")).to_be_visible(timeout=15000)
     await ctx.close()
 
 
