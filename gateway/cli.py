@@ -529,3 +529,58 @@ def handover_import(
         f"{file}: {verb} {sum(done.rows.values())} rows and {done.cutover_readings} cut-over"
         f" readings (cut-over {done.manifest.cutover.isoformat()})"
     )
+
+
+backup_app = typer.Typer(
+    help="Backups: the database (pg_dump, custom format) and the spool in one file."
+)
+app.add_typer(backup_app, name="backup")
+
+
+@backup_app.callback(invoke_without_command=True)
+def backup_create(
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option(help="The backup file to write (.tar.gz)")] = None,
+) -> None:
+    """Write a backup of the database and the spool (`polegw backup --out FILE`)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from gateway.backup import BackupError, backup
+
+    if out is None:
+        raise fail("backup: --out FILE is required")
+    settings = settings_or_exit()
+    try:
+        asyncio.run(check_database(settings.require_database_url()))
+        info = backup(
+            settings.require_database_url(), settings.spool_dir, out, bin_dir=settings.pg_bin_dir
+        )
+    except (BackupError, ConfigError) as exc:
+        raise fail(f"backup: {exc}") from None
+    except OSError as exc:
+        raise fail(f"backup: {out}: {exc.strerror or exc}") from None
+    spool = sum(1 for name in info.files if name.startswith("spool/"))
+    typer.echo(f"{out}: database at schema {info.schema_version} and {plural(spool, 'spool file')}")
+
+
+@backup_app.command("restore")
+def backup_restore(
+    file: Annotated[Path, typer.Argument(help="A file `polegw backup` wrote")],
+) -> None:
+    """Restore into an empty database (POLEGW_DATABASE_URL) and an empty POLEGW_SPOOL_DIR."""
+    from gateway.backup import BackupError, restore
+
+    settings = settings_or_exit()
+    try:
+        asyncio.run(check_database(settings.require_database_url()))
+        manifest = restore(
+            file, settings.require_database_url(), settings.spool_dir, bin_dir=settings.pg_bin_dir
+        )
+    except (BackupError, ConfigError) as exc:
+        raise fail(f"backup restore: {exc}") from None
+    except OSError as exc:
+        raise fail(f"backup restore: {exc.strerror or exc}") from None
+    typer.echo(
+        f"{file}: restored the database (schema {manifest['schema_version']}, taken"
+        f" {manifest['created_at']}) and the spool into {settings.spool_dir}"
+    )
