@@ -261,6 +261,7 @@ async def run_gateway(
                     throttle=LoginThrottle(window_s=settings.login_window_s),
                     events=events,
                     database=database,
+                    clock_skew=clocks.watch.skew.get,
                 )
                 config = uvicorn.Config(
                     create_app(ctx),

@@ -8,6 +8,7 @@ import asyncio
 import random
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import psycopg
 import pytest
 
@@ -70,6 +71,9 @@ async def test_a_pole_ten_minutes_ahead_is_set_right(
             flagged_now = samples("polegw_readings_clock_flagged_total", {"flag": "ahead"})
             assert flagged_then
             assert flagged_now == flagged_then, "no more flagged readings"
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.api_port}") as api:
+                shown = (await api.get(f"/api/v1/poles/{POLE}", headers=gw.headers)).json()
+            assert abs(shown["clock_skew_s"]) < 5  # the pole's page shows it
         finally:
             stop.set()
             await asyncio.wait_for(task, 10)
