@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
+import psycopg
 import typer
 from pydantic import ValidationError
 
@@ -489,6 +490,10 @@ def handover_export(
         raise fail(f"handover export: {exc}") from None
     except OSError as exc:
         raise fail(f"handover export: {out}: {exc.strerror or exc}") from None
+    except psycopg.Error as exc:
+        raise fail(
+            f"handover export: database: {(str(exc) or repr(exc)).splitlines()[0]}"
+        ) from None
     tables = sum(1 for f in done.manifest.files if f.format == "jsonl" and f.table)
     rows = sum(f.rows for f in done.manifest.files if f.format == "jsonl" and f.table)
     typer.echo(
@@ -522,6 +527,10 @@ def handover_import(
         )
     except (HandoverRefused, ConfigError) as exc:
         raise fail(f"handover import: {exc}") from None
+    except psycopg.Error as exc:
+        raise fail(
+            f"handover import: database: {(str(exc) or repr(exc)).splitlines()[0]}"
+        ) from None
     verb = "would load" if dry_run else "loaded"
     for table, n in done.rows.items():
         typer.echo(f"{table}: {verb} {plural(n, 'row')}")
@@ -557,6 +566,8 @@ def backup_create(
         )
     except (BackupError, ConfigError) as exc:
         raise fail(f"backup: {exc}") from None
+    except psycopg.Error as exc:
+        raise fail(f"backup: database: {(str(exc) or repr(exc)).splitlines()[0]}") from None
     except OSError as exc:
         raise fail(f"backup: {out}: {exc.strerror or exc}") from None
     spool = sum(1 for name in info.files if name.startswith("spool/"))
@@ -578,6 +589,8 @@ def backup_restore(
         )
     except (BackupError, ConfigError) as exc:
         raise fail(f"backup restore: {exc}") from None
+    except psycopg.Error as exc:
+        raise fail(f"backup restore: database: {(str(exc) or repr(exc)).splitlines()[0]}") from None
     except OSError as exc:
         raise fail(f"backup restore: {exc.strerror or exc}") from None
     typer.echo(
