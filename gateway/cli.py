@@ -484,6 +484,7 @@ def handover_export(
             private_key_pem=private,
             key_file=f"--key {key}",
             catalog=load_catalog(settings.profiles_dir),
+            profiles_dir=settings.profiles_dir,
             record=record,
         )
     except (HandoverRefused, ConfigError, SourceFileError) as exc:
@@ -534,6 +535,9 @@ def handover_import(
     verb = "would load" if dry_run else "loaded"
     for table, n in done.rows.items():
         typer.echo(f"{table}: {verb} {plural(n, 'row')}")
+    for f in done.manifest.files:
+        if f.format == "yaml":
+            typer.echo(f"{f.name}: a device profile of the site; copy it into POLEGW_PROFILES_DIR")
     typer.echo(
         f"{file}: {verb} {sum(done.rows.values())} rows and {done.cutover_readings} cut-over"
         f" readings (cut-over {done.manifest.cutover.isoformat()})"

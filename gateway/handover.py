@@ -229,6 +229,7 @@ def export(
     private_key_pem: bytes,
     key_file: str,
     catalog: ProfileCatalog,
+    profiles_dir: Path | None = None,
     record: bool = True,
 ) -> Exported:
     """Write the package to `out` and (with `record`) note the cut-over in this
@@ -241,7 +242,7 @@ def export(
         name: str, data: bytes, table: str | None, rows: int, cols: list[ho.ColumnInfo], text: str
     ) -> None:
         files[name] = data
-        fmt = "csv" if name.endswith(".csv") else "jsonl"
+        fmt = "csv" if name.endswith(".csv") else "yaml" if name.endswith(".yaml") else "jsonl"
         entries.append(
             ho.FileEntry(
                 name=name,
@@ -308,6 +309,17 @@ def export(
             cut_info,
             "the cut-over readings for people",
         )
+        # The site's own device profiles (POLEGW_PROFILES_DIR): their alarm rules
+        # and maps go with the site; the built-in ones come with polegw itself.
+        for path in sorted(profiles_dir.glob("*.y*ml")) if profiles_dir is not None else []:
+            add(
+                f"profiles/{path.stem}.yaml",
+                path.read_bytes(),
+                None,
+                0,
+                [],
+                "a device profile of this site (alarm rules, maps): copy into POLEGW_PROFILES_DIR",
+            )
         manifest = ho.Manifest(
             format="polegw-handover",
             format_version=ho.FORMAT_VERSION,

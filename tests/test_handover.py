@@ -35,6 +35,7 @@ from gateway.handover import export, import_package, package_bytes
 from tests.conftest import _temporary_database
 from tests.support import add_user, opened_pool, prepare_database_sync
 
+SITE_PROFILE = (Path(__file__).parent.parent / "devices" / "lamp-controller.yaml").read_bytes()
 CST = ZoneInfo("Asia/Shanghai")
 TENANT, DEVICE, PORT = "tn-telecom", "P0001-pm", "P0001-port1"
 CUTOVER = datetime(2026, 11, 16, tzinfo=CST)
@@ -152,6 +153,9 @@ def site(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         seed(old)
         whole = asyncio.run(november_bill(old))  # one installation all month
         package = folder / "handover.zip"
+        profiles = folder / "profiles"  # the site's own device profiles
+        profiles.mkdir()
+        (profiles / "street-lamp-x.yaml").write_bytes(SITE_PROFILE)
         export(
             old,
             cutover=CUTOVER,
@@ -159,6 +163,7 @@ def site(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             private_key_pem=private,
             key_file="key",
             catalog=load_catalog(),
+            profiles_dir=profiles,
         )
         upgrade(new)  # the fresh installation
         yield Site(old, new, package, public, private, whole)
@@ -196,6 +201,7 @@ def test_the_manifest_describes_every_file_and_leaves_credentials_out(site: Site
     assert manifest.omitted_columns["users"] == ["password_hash"]
     assert b"password_hash" not in files["tables/users.jsonl"]
     assert b"zhang" in files["csv/users.csv"]
+    assert files["profiles/street-lamp-x.yaml"] == SITE_PROFILE  # alarm rules go along
     rows = {f.table: f.rows for f in manifest.files if f.format == "jsonl" and f.table}
     for table in ("poles", "ports", "leases", "lease_history", "tariffs", "bills", "work_orders"):
         assert rows[table] > 0, table  # the site's leases, bills, open work order…

@@ -66,8 +66,8 @@ class FileEntry(_Model):
     name: str
     sha256: str
     bytes: int
-    format: Literal["jsonl", "csv"]
-    table: str | None = None  # the table it holds; None: the cut-over readings
+    format: Literal["jsonl", "csv", "yaml"]
+    table: str | None = None  # the table it holds; None: cut-over readings, a profile
     rows: int
     columns: list[ColumnInfo]
     description: str
