@@ -25,10 +25,12 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from gateway.adapters.db import libpq_url
 from gateway.core import handover as ho
 from gateway.core import metering as mt
+from gateway.core.auth import SYSTEM
 from gateway.core.profiles import ProfileCatalog
 from gateway.errors import HandoverRefused
 
@@ -335,11 +337,7 @@ def export(
         manifest_bytes = manifest.model_dump_json(indent=2).encode()
         _write_zip(out, manifest_bytes, key.sign(manifest_bytes), files)
         if record:
-            conn.execute(
-                "INSERT INTO handovers (direction, cutover, package_sha256)"
-                " VALUES ('export', %s, %s)",
-                (cutover, ho.sha256_hex(out.read_bytes())),
-            )
+            _record(conn, "export", cutover, ho.sha256_hex(out.read_bytes()), manifest)
         conn.commit()
     return Exported(out, manifest, len(cut))
 
@@ -442,15 +440,39 @@ def import_package(
                         " DO UPDATE SET value = excluded.value",
                         (c["ts"], c["meter_device_id"], c["metric"], Decimal(c["value"])),
                     )
-                conn.execute(
-                    "INSERT INTO handovers (direction, cutover, package_sha256)"
-                    " VALUES ('import', %s, %s)",
-                    (manifest.cutover, ho.sha256_hex(raw)),
-                )
+                _record(conn, "import", manifest.cutover, ho.sha256_hex(raw), manifest)
         except psycopg.Error as exc:
             first = (str(exc) or repr(exc)).splitlines()[0]
             raise HandoverRefused(f"nothing loaded: {first}") from None
     return Imported(manifest, rows, len(cut), False)
+
+
+def _record(
+    conn: psycopg.Connection[Any],
+    direction: str,
+    cutover: datetime,
+    sha256: str,
+    manifest: ho.Manifest,
+) -> None:
+    """The cut-over in `handovers` (billing reads it) and in the audit log."""
+    row = conn.execute(
+        "INSERT INTO handovers (direction, cutover, package_sha256) VALUES (%s, %s, %s)"
+        " RETURNING id",
+        (direction, cutover, sha256),
+    ).fetchone()
+    assert row is not None
+    after = {
+        "cutover": cutover.isoformat(),
+        "package_sha256": sha256,
+        "schema_version": manifest.schema_version,
+        "signed_with": manifest.signed_with,
+        "rows": {f.table: f.rows for f in manifest.files if f.format == "jsonl" and f.table},
+    }
+    conn.execute(
+        "INSERT INTO audit_log (actor, actor_role, action, resource, resource_id, after)"
+        " VALUES (%s, %s, %s, 'handover', %s, %s)",
+        (f"{SYSTEM.name} (cli)", SYSTEM.audit_role, direction, str(row[0]), Jsonb(after)),
+    )
 
 
 def _known_versions(migrate: Any) -> set[str]:

@@ -117,6 +117,11 @@ def seed(url: str) -> None:
             ),
         )
         conn.execute(
+            "INSERT INTO audit_log (actor, actor_role, action, resource, resource_id, after)"
+            " VALUES ('zhang', 'operator', 'create', 'lease', %s, %s)",
+            (str(lease[0]), Jsonb({"state": "in_service"})),
+        )
+        conn.execute(
             "INSERT INTO work_orders (title, pole_id, priority, state)"
             " VALUES ('Lamp flickers', 'P0001', 'general', 'open')"
         )
@@ -203,7 +208,18 @@ def test_the_manifest_describes_every_file_and_leaves_credentials_out(site: Site
     assert b"zhang" in files["csv/users.csv"]
     assert files["profiles/street-lamp-x.yaml"] == SITE_PROFILE  # alarm rules go along
     rows = {f.table: f.rows for f in manifest.files if f.format == "jsonl" and f.table}
-    for table in ("poles", "ports", "leases", "lease_history", "tariffs", "bills", "work_orders"):
+    for table in (
+        "poles",
+        "ports",
+        "leases",
+        "lease_history",
+        "tariffs",
+        "bills",
+        "bill_lines",
+        "work_orders",
+        "archive_history",
+        "audit_log",
+    ):
         assert rows[table] > 0, table  # the site's leases, bills, open work order…
     [cut] = [json.loads(x) for x in files[ho.CUTOVER_FILE].splitlines() if b'"P0001-port1"' in x]
     # 23:52:30 read 1000 + 0.1 x n, 00:07:30 one more 0.1: half of it before the cut-over
@@ -309,7 +325,13 @@ def test_dry_run_then_import_carries_every_row_and_splits_the_bill(
     manifest = ho.Manifest.model_validate_json(first[ho.MANIFEST])
     for table in manifest.tables:
         name = f"tables/{table}.jsonl"
-        assert second[name] == first[name], table
+        if table == "audit_log":  # and the import's own entry after them
+            *before, extra = second[name].splitlines(keepends=True)
+            assert b"".join(before) == first[name]
+            assert b'"action": "import"' in extra
+            assert b'"resource": "handover"' in extra
+        else:
+            assert second[name] == first[name], table
     with psycopg.connect(site.new) as conn:
         row = conn.execute("SELECT password_hash FROM users WHERE name = 'zhang'").fetchone()
         assert row == (ho.LOCKED,)
