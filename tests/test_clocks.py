@@ -101,3 +101,28 @@ async def test_a_pole_ten_minutes_ahead_is_set_right(
 
 
 pytestmark = pytest.mark.timeout(60)
+
+
+def test_the_simulated_controller_takes_set_time_and_refuses_nonsense() -> None:
+    (model,) = site_models(site())
+    pole = EdgeController(
+        model,
+        parse_mqtt_url("mqtt://127.0.0.1:1883"),
+        prefix="p",
+        interval_s=1,
+        rng=random.Random(1),
+    )
+    pole.clock_offset_s = -600.0
+    now = datetime(2026, 11, 1, tzinfo=UTC)
+    bad = pole.execute("controller", b'{"id": "a", "command": "set_time", "args": {}}', now)
+    assert bad is not None
+    assert bad["ok"] is False
+    assert pole.clock_offset_s == -600.0
+    unknown = pole.execute("controller", b'{"id": "b", "command": "reboot"}', now)
+    assert unknown is not None
+    assert unknown["ok"] is False
+    body = b'{"id": "c", "command": "set_time", "args": {"epoch_ms": %d}}' % (
+        int(now.timestamp() * 1000) + 1500
+    )
+    assert pole.execute("controller", body, now) == {"id": "c", "ok": True, "error": None}
+    assert pole.clock_offset_s == 1.5
