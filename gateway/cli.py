@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
+import psycopg
 import typer
 from pydantic import ValidationError
 
@@ -420,3 +422,191 @@ def bills_generate(
         )
     if not results:
         typer.echo(f"{month}: no lease in service, no bill")
+
+
+handover_app = typer.Typer(
+    help="Change of operator (运行单位变更): a signed package out, into a fresh installation.",
+    no_args_is_help=True,
+)
+app.add_typer(handover_app, name="handover")
+
+
+def _read_key(path: Path, option: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise fail(f"{option} {path}: {exc.strerror or exc}") from None
+
+
+def _cutover_time(text: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise fail(f"--cutover: {text!r} is not an ISO 8601 time") from None
+    if at.tzinfo is None:
+        raise fail(f"--cutover: {text!r} has no UTC offset (write e.g. 2026-11-16T00:00:00+08:00)")
+    return at
+
+
+@handover_app.command("keygen")
+def handover_keygen(
+    out: Annotated[Path, typer.Option(help="Folder for handover.key (private) and handover.pub")],
+) -> None:
+    """Make an Ed25519 key pair: sign with the .key, give the .pub to the incoming operator."""
+    from gateway.core.handover import key_id, load_public_key, new_key_pair
+
+    private, public = new_key_pair()
+    out.mkdir(parents=True, exist_ok=True)
+    key_path = out / "handover.key"
+    if key_path.exists():
+        raise fail(f"--out: {key_path} exists; not overwritten")
+    key_path.write_bytes(private)
+    key_path.chmod(0o600)
+    (out / "handover.pub").write_bytes(public)
+    typer.echo(f"{key_path} and {out / 'handover.pub'} ({key_id(load_public_key(public, ''))})")
+
+
+@handover_app.command("export")
+def handover_export(
+    cutover: Annotated[str, typer.Option(help="The cut-over time, ISO 8601 with offset")],
+    out: Annotated[Path, typer.Option(help="The package file to write (.zip)")],
+    key: Annotated[Path, typer.Option(help="Ed25519 private key (PEM) to sign with")],
+    record: Annotated[
+        bool,
+        typer.Option(help="Note the cut-over here, so this installation bills up to it only"),
+    ] = True,
+) -> None:
+    """Write the handover package: every table, the cut-over reading of every port."""
+    from gateway.core.profiles import load_catalog
+    from gateway.errors import HandoverRefused
+    from gateway.handover import export
+
+    at = _cutover_time(cutover)
+    private = _read_key(key, "--key")
+    settings = settings_or_exit()
+    try:
+        asyncio.run(check_database(settings.require_database_url()))
+        done = export(
+            settings.require_database_url(),
+            cutover=at,
+            out=out,
+            private_key_pem=private,
+            key_file=f"--key {key}",
+            catalog=load_catalog(settings.profiles_dir),
+            profiles_dir=settings.profiles_dir,
+            record=record,
+        )
+    except (HandoverRefused, ConfigError, SourceFileError) as exc:
+        raise fail(f"handover export: {exc}") from None
+    except OSError as exc:
+        raise fail(f"handover export: {out}: {exc.strerror or exc}") from None
+    except psycopg.Error as exc:
+        raise fail(
+            f"handover export: database: {(str(exc) or repr(exc)).splitlines()[0]}"
+        ) from None
+    tables = sum(1 for f in done.manifest.files if f.format == "jsonl" and f.table)
+    rows = sum(f.rows for f in done.manifest.files if f.format == "jsonl" and f.table)
+    typer.echo(
+        f"{out}: {tables} tables, {rows} rows, {done.cutover_rows} cut-over readings,"
+        f" schema {done.manifest.schema_version}, signed {done.manifest.signed_with}"
+    )
+
+
+@handover_app.command("import")
+def handover_import(
+    file: Annotated[Path, typer.Argument(help="The handover package")],
+    public_key: Annotated[
+        Path, typer.Option(help="The outgoing operator's public key (PEM), got from them directly")
+    ],
+    dry_run: Annotated[bool, typer.Option(help="Check and report, load nothing")] = False,
+) -> None:
+    """Verify the package and load it into this (fresh) installation in one transaction."""
+    from gateway.errors import HandoverRefused
+    from gateway.handover import import_package
+
+    public = _read_key(public_key, "--public-key")
+    settings = settings_or_exit()
+    try:
+        asyncio.run(check_database(settings.require_database_url()))
+        done = import_package(
+            settings.require_database_url(),
+            file,
+            public_key_pem=public,
+            key_file=f"--public-key {public_key}",
+            dry_run=dry_run,
+        )
+    except (HandoverRefused, ConfigError) as exc:
+        raise fail(f"handover import: {exc}") from None
+    except psycopg.Error as exc:
+        raise fail(
+            f"handover import: database: {(str(exc) or repr(exc)).splitlines()[0]}"
+        ) from None
+    verb = "would load" if dry_run else "loaded"
+    for table, n in done.rows.items():
+        typer.echo(f"{table}: {verb} {plural(n, 'row')}")
+    for f in done.manifest.files:
+        if f.format == "yaml":
+            typer.echo(f"{f.name}: a device profile of the site; copy it into POLEGW_PROFILES_DIR")
+    typer.echo(
+        f"{file}: {verb} {sum(done.rows.values())} rows and {done.cutover_readings} cut-over"
+        f" readings (cut-over {done.manifest.cutover.isoformat()})"
+    )
+
+
+backup_app = typer.Typer(
+    help="Backups: the database (pg_dump, custom format) and the spool in one file."
+)
+app.add_typer(backup_app, name="backup")
+
+
+@backup_app.callback(invoke_without_command=True)
+def backup_create(
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option(help="The backup file to write (.tar.gz)")] = None,
+) -> None:
+    """Write a backup of the database and the spool (`polegw backup --out FILE`)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from gateway.backup import BackupError, backup
+
+    if out is None:
+        raise fail("backup: --out FILE is required")
+    settings = settings_or_exit()
+    try:
+        asyncio.run(check_database(settings.require_database_url()))
+        info = backup(
+            settings.require_database_url(), settings.spool_dir, out, bin_dir=settings.pg_bin_dir
+        )
+    except (BackupError, ConfigError) as exc:
+        raise fail(f"backup: {exc}") from None
+    except psycopg.Error as exc:
+        raise fail(f"backup: database: {(str(exc) or repr(exc)).splitlines()[0]}") from None
+    except OSError as exc:
+        raise fail(f"backup: {out}: {exc.strerror or exc}") from None
+    spool = sum(1 for name in info.files if name.startswith("spool/"))
+    typer.echo(f"{out}: database at schema {info.schema_version} and {plural(spool, 'spool file')}")
+
+
+@backup_app.command("restore")
+def backup_restore(
+    file: Annotated[Path, typer.Argument(help="A file `polegw backup` wrote")],
+) -> None:
+    """Restore into an empty database (POLEGW_DATABASE_URL) and an empty POLEGW_SPOOL_DIR."""
+    from gateway.backup import BackupError, restore
+
+    settings = settings_or_exit()
+    try:
+        asyncio.run(check_database(settings.require_database_url()))
+        manifest = restore(
+            file, settings.require_database_url(), settings.spool_dir, bin_dir=settings.pg_bin_dir
+        )
+    except (BackupError, ConfigError) as exc:
+        raise fail(f"backup restore: {exc}") from None
+    except psycopg.Error as exc:
+        raise fail(f"backup restore: database: {(str(exc) or repr(exc)).splitlines()[0]}") from None
+    except OSError as exc:
+        raise fail(f"backup restore: {exc.strerror or exc}") from None
+    typer.echo(
+        f"{file}: restored the database (schema {manifest['schema_version']}, taken"
+        f" {manifest['created_at']}) and the spool into {settings.spool_dir}"
+    )

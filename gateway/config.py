@@ -84,6 +84,13 @@ class Settings(BaseSettings):
     # a long backlog). 35 days matches the rollups' refresh window.
     clock_max_ahead_s: Annotated[float, Field(gt=0)] = 300.0
     clock_max_age_s: Annotated[float, Field(gt=0)] = 35 * 24 * 3600.0
+    # Clocks (README "Clocks"): a pole whose readings are stamped further off the
+    # gateway's time than this is sent `set_time`, at most once per interval.
+    clock_sync_max_skew_s: Annotated[float, Field(gt=0)] = 60.0
+    clock_sync_interval_s: Annotated[float, Field(gt=0)] = 3600.0
+    # Where pg_dump and pg_restore are (`polegw backup`); unset: the newest
+    # /usr/lib/postgresql/*/bin, else PATH.
+    pg_bin_dir: Path | None = None
     # Modbus polling: per-request timeout, quiet gap between RTU frames, failed
     # polls before a device is offline and quarantined, longest quarantine.
     modbus_timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0

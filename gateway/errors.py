@@ -55,3 +55,8 @@ class EmbeddedServiceError(PolegwError):
 
 class DatabaseUnreachable(ConfigError):
     """The database named by POLEGW_DATABASE_URL cannot be reached or refuses us."""
+
+
+class HandoverRefused(PolegwError):
+    """A handover package (or the database it is to go into) that cannot be used;
+    the message is one line naming what is wrong. Nothing was loaded."""

@@ -118,6 +118,9 @@ class IngestPipeline:
         # Called with each batch once it is committed (the alarm engine): must be
         # quick and must not raise into the commit loop (errors are logged).
         self.on_committed: list[Callable[[Batch], None]] = []
+        # Called with (pole, the message's stamp, when it arrived) for each MQTT
+        # message with readings (clock sync); must be quick and must not raise.
+        self.on_stamp: list[Callable[[str, datetime, datetime], None]] = []
 
     @property
     def pending_messages(self) -> int:
@@ -150,10 +153,16 @@ class IngestPipeline:
         if limited is not None:
             self._add(limited, message.ack)
             return
-        clock = ClockCheck(datetime.now(UTC), self._max_ahead, self._max_age)
+        received = datetime.now(UTC)
+        clock = ClockCheck(received, self._max_ahead, self._max_age)
         decoded = decode_message(
             message.topic, message.payload, self._registry(), prefix=self._prefix, clock=clock
         )
+        if self.on_stamp and decoded.readings and decoded.message_ts is not None:
+            topic = parse_topic(message.topic, self._prefix)
+            if topic is not None:  # a registered pole's readings: its clock (clocks.py)
+                for see in self.on_stamp:
+                    see(topic.pole_id, decoded.message_ts, received)
         self._add(decoded, message.ack)
 
     async def put(self, message: Inbound) -> None:

@@ -45,6 +45,25 @@ class Metrics:
         )
         for flag in ("ahead", "stale"):
             self.readings_clock_flagged.labels(flag)
+        # Clock corrections (README "Clocks"): the total, and per pole only for the
+        # poles that were ever corrected (the label values are registered poles,
+        # never more than the site has; a site of right clocks adds none).
+        self.clock_corrections = Counter(
+            "polegw_clock_corrections", "set_time commands sent to poles", registry=r
+        )
+        self.pole_clock_corrections = Counter(
+            "polegw_pole_clock_corrections",
+            "set_time commands sent to this pole (poles ever corrected only)",
+            ["pole"],
+            registry=r,
+        )
+        self.pole_clock_skew = Gauge(
+            "polegw_pole_clock_skew_seconds",
+            "The pole's clock minus the gateway's at its last message (poles ever corrected only)",
+            ["pole"],
+            registry=r,
+        )
+        self.clock_skew_poles: set[str] = set()
         self.dead_letters = Counter(
             "polegw_dead_letters", "Parts of messages refused, by reason", ["reason"], registry=r
         )
@@ -190,3 +209,9 @@ class Metrics:
             self.messages_received.labels(kind)
         for reason in DeadLetterReason:
             self.dead_letters.labels(reason.value)
+
+    def count_clock_correction(self, pole_id: str, skew_s: float) -> None:
+        self.clock_corrections.inc()
+        self.pole_clock_corrections.labels(pole_id).inc()
+        self.pole_clock_skew.labels(pole_id).set(skew_s)
+        self.clock_skew_poles.add(pole_id)

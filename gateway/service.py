@@ -24,6 +24,7 @@ from gateway.adapters.telemetry_writer import TelemetryWriter
 from gateway.alarming import build_alarm_runner
 from gateway.api.app import create_app, create_internals_app
 from gateway.api.deps import ApiContext
+from gateway.clocks import ClockSync
 from gateway.commands import CommandDispatcher
 from gateway.config import MqttEndpoint, Settings
 from gateway.core.auth import LoginThrottle
@@ -218,6 +219,14 @@ async def run_gateway(
     pipeline.on_committed.append(alarms.on_batch)
     announcer = TelemetryAnnouncer(pool)  # the console's live telemetry events
     pipeline.on_committed.append(announcer.committed)
+    clocks = ClockSync(  # README "Clocks"
+        publish=mqtt.publish,
+        metrics=metrics,
+        prefix=settings.mqtt_topic_prefix,
+        max_skew_s=settings.clock_sync_max_skew_s,
+        interval_s=settings.clock_sync_interval_s,
+    )
+    pipeline.on_stamp.append(clocks.observe)
     presence = MqttPresence(registry, states)  # MQTT devices' state from data and status
     pipeline.on_committed.append(presence.on_batch)
     server: ApiServer | None = None
@@ -261,6 +270,7 @@ async def run_gateway(
                     throttle=LoginThrottle(window_s=settings.login_window_s),
                     events=events,
                     database=database,
+                    clock_skew=clocks.watch.skew.get,
                 )
                 config = uvicorn.Config(
                     create_app(ctx),
@@ -310,6 +320,7 @@ async def run_gateway(
             await cancel_all([alarm_task, commit, state_writer, refresh])
     finally:
         await dispatcher.close()
+        await clocks.close()
         await writer.close()
         await pool.close()
         if spool is not None:

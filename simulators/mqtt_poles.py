@@ -25,9 +25,9 @@ import logging
 import random
 import secrets
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypedDict
 from urllib.parse import unquote, urlsplit
@@ -37,6 +37,7 @@ import orjson
 
 from gateway.adapters.mqtt import client_tls_context
 from gateway.backoff import Backoff
+from gateway.core.clocks import CONTROLLER, SET_TIME
 from gateway.core.profiles import CommandRefused, Profile, ProfileCatalog, load_catalog
 from gateway.core.site import SiteSpec
 from gateway.errors import ConfigError
@@ -170,6 +171,9 @@ class EdgeController:
         self.status_topic = f"{base}/status"
         self.telemetry_topic = f"{base}/telemetry"
         self.events_topic = f"{base}/events"
+        # The pole's clock minus the true time, s: its messages are stamped by it;
+        # `set_time` on commands/controller sets it right (README "Clocks").
+        self.clock_offset_s = 0.0
         self.commands_topic = f"{base}/commands/+"
         self.seq = 0
         self._last_sample: datetime | None = None
@@ -288,6 +292,8 @@ class EdgeController:
             log.info("pole %s: command %s for %s refused: %s", pole, cid, device_id, reason)
             return {"id": cid, "ok": False, "error": reason}
 
+        if device_id == CONTROLLER:
+            return self._controller(cid, body, now, refused)
         device, profile = self.devices.get(device_id), self.profiles.get(device_id)
         if device is None or profile is None:
             return refused(f"pole {pole} has no simulated device {device_id!r}")
@@ -311,9 +317,37 @@ class EdgeController:
         log.info("pole %s: %s %s %s", pole, device_id, name, checked)
         return {"id": cid, "ok": True, "error": None}
 
+    def _controller(
+        self,
+        cid: str,
+        body: dict[str, object],
+        now: datetime,
+        refused: Callable[[str], CommandReply],
+    ) -> CommandReply:
+        """A command for the edge controller itself: `set_time` {"epoch_ms": …}."""
+        if body.get("command") != SET_TIME:
+            return refused(f"unknown command {body.get('command')!r} for the controller")
+        args = body.get("args")
+        epoch_ms = args.get("epoch_ms") if isinstance(args, dict) else None
+        if not isinstance(epoch_ms, int) or isinstance(epoch_ms, bool) or epoch_ms <= 0:
+            return refused("set_time needs args.epoch_ms, a positive integer")
+        old = self.clock_offset_s
+        self.clock_offset_s = epoch_ms / 1000 - now.timestamp()
+        log.info(
+            "pole %s: clock set (was %.1f s off, now %.3f s)",
+            self.model.pole_id,
+            old,
+            self.clock_offset_s,
+        )
+        return {"id": cid, "ok": True, "error": None}
+
+    def clock(self) -> datetime:
+        """The time as the pole's own clock has it."""
+        return datetime.now(UTC) + timedelta(seconds=self.clock_offset_s)
+
     async def publish_once(self, client: aiomqtt.Client) -> None:
         """One telemetry batch now, then the events since the previous one."""
-        now = datetime.now(UTC)
+        now = self.clock()
         message = build_telemetry(self.model, now, self.seq + 1)
         if message["devices"]:  # a pole of event-only devices has nothing to batch
             self.seq += 1

@@ -610,6 +610,7 @@ READABLE = {
     "bills",
     "compartments",
     "devices",
+    "handovers",  # the cut-overs its usage and bills stop or start at (migration 0025)
     "lease_history",
     "lease_reservations",
     "leases",

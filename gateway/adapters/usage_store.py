@@ -259,6 +259,7 @@ class UsageStore:
                 },
             )
             rows = await cur.fetchall()
+            start, end = await _handover_bounds(conn, start, end)
         return [
             Span(
                 r["lease_id"],
@@ -274,4 +275,24 @@ class UsageStore:
                 end if r["until"] is None else min(r["until"], end),
             )
             for r in rows
+            if r["since"] < end and (r["until"] is None or r["until"] > start)
         ]
+
+
+async def _handover_bounds(
+    conn: psycopg.AsyncConnection[Any], start: datetime, end: datetime
+) -> tuple[datetime, datetime]:
+    """[start, end) narrowed to this installation's service: from the cut-over of
+    the last handover it imported, up to the cut-over of one it exported after
+    that (migration 0025; docs/decisions.md, "Change of operator")."""
+    cur = await conn.execute(
+        "SELECT max(cutover) FILTER (WHERE direction = 'import'),"
+        " max(cutover) FILTER (WHERE direction = 'export') FROM handovers"
+    )
+    row = await cur.fetchone()
+    came, left = (None, None) if row is None else row
+    if came is not None and came > start:
+        start = came
+    if left is not None and (came is None or left > came) and left < end:
+        end = left
+    return start, end

@@ -44,6 +44,9 @@ class ApiContext:
     # The database circuit (a probe's verdict): while it says down, requests that
     # need the database answer 503 at once. None: no circuit, requests try.
     database: DatabaseHealth | None = None
+    # A pole's clock minus the gateway's at its last telemetry, s (clock sync,
+    # README "Clocks"); None when this process runs no MQTT ingest.
+    clock_skew: Callable[[str], float | None] | None = None
     # The dashboard's kWh today: a scan of the day's counter readings (seconds at
     # city scale), so computed at most every 30 s and served from the last result.
     kwh_today: StaleWhileRevalidate[float] = field(

@@ -55,6 +55,11 @@ class Pole(ArchiveRecord):
     presence: str | None = Field(None, description="online / offline, from the pole's status topic")
     presence_since: datetime | None
     device_count: int
+    clock_skew_s: float | None = Field(
+        None,
+        description="The pole's clock minus the gateway's at its last telemetry, s"
+        " (null: not seen since the gateway started)",
+    )
 
     model_config = {
         "json_schema_extra": {

@@ -170,7 +170,8 @@ async def get_pole(ctx: Context, principal: AnyUser, pole_id: str) -> Pole:
     row = await ctx.reads.pole(pole_id, tenant=principal.tenant_id)
     if row is None:
         raise not_found("pole", pole_id)
-    return Pole.model_validate(row)
+    skew = ctx.clock_skew(pole_id) if ctx.clock_skew is not None else None
+    return Pole.model_validate({**row, "clock_skew_s": skew})
 
 
 class PoleEvent(BaseModel):

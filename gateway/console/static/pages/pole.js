@@ -23,6 +23,7 @@ function record(p) {
     ["pole.taken_over_on", p.taken_over_on ? fmtDate(p.taken_over_on) : null],
     ["pole.warranty_until", p.warranty_until ? fmtDate(p.warranty_until) : null],
     ["pole.presence", p.presence ? `${term("devstate", p.presence)} · ${fmtAge(p.presence_since)}` : term("devstate", "unknown")],
+    ["pole.clock_skew", p.clock_skew_s !== null && p.clock_skew_s !== undefined ? `${fmtNumber(p.clock_skew_s, 1)} s` : null],
     ["pole.notes", p.notes],
   ];
   return h("dl", { class: "record" }, rows.map(([k, v]) => [h("dt", {}, t(k)), h("dd", {}, v ?? "—")]));
