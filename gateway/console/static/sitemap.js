@@ -206,7 +206,12 @@ export class SiteMap {
     this.fitted = false;
   }
 
+  // Leaving the page: stop any pan or zoom in flight and take the roads off first,
+  // so Leaflet's canvas renderer has no redraw pending when the map goes (a redraw
+  // after removal throws "reading 'clearRect'").
   destroy() {
+    this.map.stop();
+    this.roads.clearLayers();
     this.map.remove();
   }
 }
