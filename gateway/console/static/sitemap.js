@@ -206,6 +206,11 @@ export class SiteMap {
     this.fitted = false;
   }
 
+  // Each pole's marker element, for pages that mark some (chosen, their own).
+  forEachMarker(fn) {
+    for (const [id, item] of this.poles.items) fn(id, item.el);
+  }
+
   // Leaving the page: stop any pan or zoom in flight and take the roads off first,
   // so Leaflet's canvas renderer has no redraw pending when the map goes (a redraw
   // after removal throws "reading 'clearRect'").

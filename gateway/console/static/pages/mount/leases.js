@@ -51,7 +51,7 @@ export const board = {
     load();
     const soon = throttle(load, 3000);
     const unsub = live.subscribe("command", soon);
-    return () => { stopped = true; unsub(); };
+    return () => { stopped = true; clearTimeout(retry); unsub(); };
   },
 };
 
@@ -104,11 +104,19 @@ export const one = {
       crumbs([t("mount.nav.leases"), "#/mount/leases"], t("mount.lease.title", { id })), box);
     let stopped = false;
     let meter = null;
+    let retry = null;
     async function load() {
+      clearTimeout(retry);
       try {
         const [l, history] = await Promise.all([api.get(`leases/${id}`), api.get(`leases/${id}/history`)]);
         if (stopped) return;
         meter = l.port_switch ? l.port_switch.meter_device_id : null;
+        // The command's event can come before its outcome is copied onto the lease:
+        // while the switch has no final state, look again shortly.
+        const s = l.port_switch;
+        if (s && s.sent && !["succeeded", "failed", "timed_out"].includes(s.state)) {
+          retry = setTimeout(load, 2000);
+        }
         replace(box,
           h("h1", {}, t("mount.lease.title", { id: l.id }), " ", h("span", { id: "mount-lease-state" }, stateBadge("leasestate", l.state))),
           h("dl", { class: "record" },
@@ -134,6 +142,6 @@ export const one = {
     load();
     const soon = throttle(load, 1000);
     const unsub = live.subscribe("command", (c) => { if (meter && (!c || !c.device_id || c.device_id === meter)) soon(); });
-    return () => { stopped = true; unsub(); };
+    return () => { stopped = true; clearTimeout(retry); unsub(); };
   },
 };

@@ -79,12 +79,10 @@ function form(main, ctx, { application = null } = {}) {
     eq.onChange(stale);
 
     function markSelection() {
-      for (const [id, m] of map.markers) {
-        if (m._icon) {
-          m._icon.classList.toggle("selected", wanted.has(id));
-          m._icon.classList.toggle("mine", mine.has(id));
-        }
-      }
+      map.forEachMarker((id, el) => {
+        el.classList.toggle("selected", wanted.has(id));
+        el.classList.toggle("mine", mine.has(id));
+      });
       chosen.textContent = wanted.size ? t("portal.apply.chosen", { poles: [...wanted.keys()].join(", ") }) : t("portal.apply.none_chosen");
     }
     function toggle(id, on) {
