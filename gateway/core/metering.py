@@ -387,6 +387,24 @@ def _estimate(intervals: list[Interval], index: int, rated: Decimal, k: int) -> 
     return Interval(gap.start, gap.end, estimate, gap.flags | {Flag.ESTIMATED}, gap.excess_kwh)
 
 
+def gap_estimates(
+    intervals: Sequence[Interval], *, rated_w: float | Decimal, neighbours: int = 4
+) -> dict[int, Interval]:
+    """What `meter(..., estimate_gaps=True)` puts in place of intervals of
+    `meter(..., estimate_gaps=False)`: by index, each gap across a reset that the
+    neighbours' mean power estimates above what was measured. (The estimates look
+    only at measured neighbours, never at other gaps, so they are the same
+    whether worked out one by one in `meter` or here afterwards.)"""
+    rated = to_decimal(rated_w)
+    out: dict[int, Interval] = {}
+    for index, iv in enumerate(intervals):
+        if Flag.GAP in iv.flags and Flag.RESET in iv.flags:
+            estimate = _estimate(list(intervals), index, rated, neighbours)
+            if estimate is not iv:
+                out[index] = estimate
+    return out
+
+
 def utc(ts: datetime) -> datetime:
     """The instant in datetime.UTC (as it is if it is in it already)."""
     return ts if ts.tzinfo is UTC else ts.astimezone(UTC)

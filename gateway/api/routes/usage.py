@@ -3,7 +3,6 @@ interval and by tariff period, with their gaps and flags."""
 
 from __future__ import annotations
 
-import asyncio
 from bisect import bisect_right
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -14,12 +13,16 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Query
 from pydantic import AwareDatetime, BaseModel, Field
 
+from gateway.adapters import ledger_sums as ls
 from gateway.adapters.billing_store import dumps
+from gateway.adapters.db import tenant_scope
+from gateway.adapters.ledger_store import LedgerStore
 from gateway.adapters.tariff_store import TariffStore
-from gateway.adapters.usage_store import PortUsage, Span, UsageStore
+from gateway.adapters.usage_store import MAX_GAP, PortUsage, Span, UsageStore, utcnow
 from gateway.api.deps import ApiContext, Context
 from gateway.api.errors import bad_param, not_found
 from gateway.api.security import AnyUser, Audit, Managers
+from gateway.core import ledger as lg
 from gateway.core import metering as mt
 from gateway.core import tariffs as tf
 
@@ -120,6 +123,13 @@ class UsageFlag(BaseModel):
     excess_kwh: Decimal = Field(description="Above rated power x time: not billed, for review")
 
 
+class HeldReading(BaseModel):
+    ts: datetime = Field(description="As the meter stamped it")
+    value: float
+    quality: int = Field(description="The clock flags: 1 stamped in the future, 2 too old")
+    seen_at: datetime = Field(description="When the ledger first held it out")
+
+
 class PortUsageOut(BaseModel):
     port_id: str
     tenant_id: str | None = Field(description="The tenant whose leases the usage is limited to")
@@ -128,6 +138,11 @@ class PortUsageOut(BaseModel):
     buckets: list[UsageBucket]
     gaps: list[UsageGap]
     flags: list[UsageFlag]
+    held_out: list[HeldReading] = Field(
+        default_factory=list,
+        description="Clock-suspect readings (stamped or seen in the range) held out of"
+        " metering: the energy across them is measured from the readings around them",
+    )
 
 
 class Usage(BaseModel):
@@ -275,31 +290,120 @@ async def get_usage(
             raise not_found("port", port)
     spans = await store.spans(start, end, tenant_id=tenant, port_id=port)
     port_ids = sorted({s.port_id for s in spans if s.port_id} | ({port} if port else set()))
-
-    async def read(pid: str) -> tuple[PortUsage, list[tf.Tariff]]:
-        meta = await store.port(pid)
-        assert meta is not None
+    # The ledger as of now: what is queued for these ports is metered first
+    # (by the gateway: a tenant's connection may not write the ledger).
+    with tenant_scope(None):
+        await LedgerStore(ctx.pool, ctx.catalog).catch_up(port_ids)
+    bounds = _bucket_bounds(start, end, bucket, tz)
+    keys: list[ls.SpanKey] = []
+    segs = []
+    for pid in port_ids:
         names = {s.tariff for s in spans if s.port_id == pid} or {"default"}
+        name = sorted(names)[0]
         estimate = await tariff_store.estimate_gaps(names, start, end)
-        usage = await store.port_usage(meta, start, end, estimate_gaps=estimate)
-        return usage, await tariff_store.tariffs_named(sorted(names)[0])
-
-    # The next port is read while this one is worked on (the database aggregates
-    # on its own core meanwhile).
-    tasks = [asyncio.create_task(read(pid)) for pid in port_ids[:1]]
-    out = []
-    try:
-        for i, pid in enumerate(port_ids):
-            if i + 1 < len(port_ids):
-                tasks.append(asyncio.create_task(read(port_ids[i + 1])))
-            usage, tariffs = await tasks[i]
-            mine = [s for s in spans if s.port_id == pid]
-            out.append(_port_usage_out(usage, mine, tariffs, tenant, start, end, bucket, tz))
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        tariffs = await tariff_store.tariffs_named(name)
+        # One tariff per port (its first name): keyed by port, not by name.
+        segs += ls.segments(pid, tariffs, tz, start, end, bounds)
+        if tenant is None:
+            keys.append(ls.SpanKey(0, pid, pid, start, end, estimate))
+        else:
+            keys += [
+                ls.SpanKey(s.lease_id, pid, pid, mt.utc(s.start), mt.utc(s.end or end), estimate)
+                for s in spans
+                if s.port_id == pid
+            ]
+    async with ctx.pool.connection() as conn:
+        sums = await ls.sums(conn, keys, segs)
+        flagged = await ls.flagged(conn, keys)
+        extents = {pid: await ls.extent(conn, pid, start, end) for pid in port_ids}
+        held = await ls.held(conn, port_ids, start, end)
+    out = [
+        _ledger_usage_out(
+            pid,
+            tenant,
+            [x for x in sums if x.port_id == pid],
+            [f for f in flagged if f.port_id == pid],
+            extents[pid],
+            [h for h in held if h[0] == pid],
+            start,
+            end,
+            bounds,
+        )
+        for pid in port_ids
+    ]
     return Usage(start=start, end=end, bucket=bucket, ports=out)
+
+
+Q = Decimal("0.000001")
+
+
+def _ledger_usage_out(
+    port_id: str,
+    tenant_id: str | None,
+    sums: list[ls.Sum],
+    flagged: list[ls.FlaggedInterval],
+    extent: tuple[datetime | None, datetime | None, list[tuple[datetime, datetime]]],
+    held: list[tuple[str, datetime, float, int, datetime]],
+    start: datetime,
+    end: datetime,
+    bounds: list[datetime],
+) -> PortUsageOut:
+    """One port's usage from the ledger's sums (as `_usage_out` from intervals)."""
+    local = {mt.utc(b): b for b in bounds}
+    buckets: dict[datetime, dict[str, Decimal]] = {}
+    estimated: dict[datetime, Decimal] = defaultdict(lambda: mt.ZERO)
+    totals: dict[str, Decimal] = defaultdict(lambda: mt.ZERO)
+    for x in sums:
+        key = local.get(mt.utc(x.bucket), x.bucket) if x.bucket is not None else start
+        period = x.period or "none"
+        slot = buckets.setdefault(key, defaultdict(lambda: mt.ZERO))
+        slot[period] += x.total
+        totals[period] += x.total
+        if x.estimated:
+            estimated[key] += x.total
+    first, last, ledger_gaps = extent
+    gaps = [mt.Gap(a, b) for a, b in ledger_gaps]
+    horizon = min(end, utcnow())
+    if first is None or last is None:
+        if start < horizon:
+            gaps.append(mt.Gap(start, horizon))
+    else:
+        if first > start + MAX_GAP and start < min(first, horizon):
+            gaps.insert(0, mt.Gap(start, min(first, horizon)))
+        if last < horizon - MAX_GAP:
+            gaps.append(mt.Gap(max(last, start), horizon))
+    return PortUsageOut(
+        port_id=port_id,
+        tenant_id=tenant_id,
+        kwh=sum(totals.values(), mt.ZERO).quantize(Q),
+        periods={k: v.quantize(Q) for k, v in sorted(totals.items())},
+        buckets=[
+            UsageBucket(
+                start=k,
+                kwh=sum(v.values(), mt.ZERO).quantize(Q),
+                periods={p: x.quantize(Q) for p, x in sorted(v.items())},
+                estimated_kwh=estimated[k].quantize(Q),
+            )
+            for k, v in sorted(buckets.items())
+        ],
+        gaps=[
+            UsageGap(start=g.start, end=g.end, duration_s=g.duration.total_seconds()) for g in gaps
+        ],
+        flags=[
+            UsageFlag(
+                start=f.start,
+                end=f.end,
+                kwh=f.kwh.quantize(Q),
+                flags=sorted(lg.flag_names(f.flags)),
+                excess_kwh=f.excess_kwh.quantize(Q),
+            )
+            for f in flagged
+        ],
+        held_out=[
+            HeldReading(ts=ts, value=value, quality=quality, seen_at=seen)
+            for _, ts, value, quality, seen in held
+        ],
+    )
 
 
 def _port_usage_out(

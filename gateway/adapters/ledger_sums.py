@@ -1,0 +1,283 @@
+"""Sums over the meter-data ledger (migration 0019), set-based: bills and usage
+ask the database for kWh by lease (or port), tariff version, period, bucket and
+estimated, and Python touches only the result rows.
+
+The time-of-use side is a small table made in Python from the tariff versions
+(`segments`): [start, end) cut at every 15-minute slot bound, local hour,
+bucket bound and version change, each piece with its version and period (the
+rules of `tariffs.Clock`, the one source). The database joins the ledger's
+pieces to it by slot (an equality: a hash join) and to the leases' spans; a
+piece crossing a span's start or end or a version change inside its slot is
+shared pro rata by time, as `metering.split_interval` shares an interval.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from itertools import pairwise
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+
+from gateway.core import ledger as lg
+from gateway.core import metering as mt
+from gateway.core import tariffs as tf
+
+MARGIN = timedelta(days=1)  # as usage_store: readings this far around a window
+
+
+@dataclass(frozen=True, slots=True)
+class SpanKey:
+    """Whose energy a sum is: a lease (or a port alone: lease_id 0) on a port
+    from start to end, priced by the tariff named `tariff`."""
+
+    lease_id: int
+    port_id: str
+    tariff: str
+    start: datetime
+    end: datetime
+    estimate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Sum:
+    lease_id: int
+    port_id: str
+    tariff_id: int | None
+    period: str | None
+    bucket: datetime | None
+    estimated: bool
+    kwh: Decimal
+    positive: int  # parts above 0 kWh
+    flags: int  # of the parts above 0 kWh
+    first: datetime  # the start of the earliest part
+    total: Decimal  # of all parts (0 kWh ones too)
+
+
+@dataclass(frozen=True, slots=True)
+class FlaggedInterval:
+    lease_id: int
+    port_id: str
+    start: datetime
+    end: datetime
+    kwh: Decimal
+    excess_kwh: Decimal
+    flags: int
+
+
+def segments(
+    name: str,
+    tariffs: Sequence[tf.Tariff],
+    tz: ZoneInfo,
+    start: datetime,
+    end: datetime,
+    buckets: Sequence[datetime] = (),
+) -> list[tuple[str, datetime, datetime, datetime, int | None, str | None, datetime | None]]:
+    """(tariff name, slot, a, b, version id, period, bucket) covering [start, end)."""
+    start, end = mt.utc(start), mt.utc(end)
+    clock = tf.Clock(tariffs, tz, start, end)
+    changes = [mt.utc(t.valid_from) for t in tariffs] + [
+        mt.utc(t.valid_to) for t in tariffs if t.valid_to
+    ]
+    slots = []
+    t = lg.slot_of(start) + lg.SLOT
+    while t < end:
+        slots.append(t)
+        t += lg.SLOT
+    bucket_utc = sorted(mt.utc(b) for b in buckets)
+    edges = sorted(
+        {start, end}
+        | {x for x in [*slots, *clock.hours, *changes, *bucket_utc] if start < mt.utc(x) < end}
+    )
+    edges = [mt.utc(x) for x in edges]
+    out = []
+    for a, b in pairwise(edges):
+        tariff, period = clock.at(a)
+        bucket = None
+        if bucket_utc:
+            i = bisect_right(bucket_utc, a) - 1
+            bucket = bucket_utc[i] if i >= 0 else start
+        out.append(
+            (
+                name,
+                lg.slot_of(a),
+                a,
+                b,
+                None if tariff is None else tariff.id,
+                None if period is None else period.value,
+                bucket,
+            )
+        )
+    return out
+
+
+_PARTS = """
+WITH seg AS (
+    SELECT * FROM unnest(%(s_key)s::text[], %(s_slot)s::timestamptz[], %(s_a)s::timestamptz[],
+        %(s_b)s::timestamptz[], %(s_tariff)s::bigint[], %(s_period)s::text[],
+        %(s_bucket)s::timestamptz[]) AS s(key, slot, a, b, tariff_id, period, bucket)
+), span AS (
+    SELECT * FROM unnest(%(l_id)s::bigint[], %(l_port)s::text[], %(l_key)s::text[],
+        %(l_a)s::timestamptz[], %(l_b)s::timestamptz[], %(l_est)s::boolean[])
+        AS l(lease_id, port_id, key, a, b, est)
+), part AS (
+    SELECT span.lease_id, span.port_id, seg.tariff_id, seg.period, seg.bucket,
+           span.est AND m.est_kwh IS NOT NULL AS estimated,
+           CASE WHEN span.est AND m.est_kwh IS NOT NULL THEN m.est_kwh ELSE m.kwh END AS whole,
+           m.start, m."end", m.flags,
+           greatest(m.start, span.a, seg.a) AS lo, least(m."end", span.b, seg.b) AS hi
+    FROM span
+    JOIN meter_ledger m ON m.port_id = span.port_id
+        AND m.start >= span.a - INTERVAL '15 minutes' AND m.start < span.b AND m."end" > span.a
+    JOIN seg ON seg.key = span.key
+        AND seg.slot = date_bin(INTERVAL '15 minutes', m.start,
+                                TIMESTAMPTZ '2000-01-01 00:00:00+00')
+        AND m.start < seg.b AND m."end" > seg.a
+), share AS (
+    SELECT lease_id, port_id, tariff_id, period, bucket, estimated, flags, lo,
+           CASE WHEN lo = start AND hi = "end" THEN whole
+                ELSE whole * extract(epoch FROM hi - lo) / extract(epoch FROM "end" - start)
+           END AS kwh
+    FROM part WHERE hi > lo
+)
+SELECT lease_id, port_id, tariff_id, period, bucket, estimated,
+       coalesce(sum(kwh) FILTER (WHERE kwh > 0), 0), count(*) FILTER (WHERE kwh > 0),
+       coalesce(bit_or(flags) FILTER (WHERE kwh > 0), 0), min(lo), sum(kwh)
+FROM share
+GROUP BY lease_id, port_id, tariff_id, period, bucket, estimated
+"""
+
+_FLAGGED = """
+WITH span AS (
+    SELECT * FROM unnest(%(l_id)s::bigint[], %(l_port)s::text[], %(l_a)s::timestamptz[],
+        %(l_b)s::timestamptz[], %(l_est)s::boolean[]) AS l(lease_id, port_id, a, b, est)
+), part AS (
+    SELECT span.lease_id, span.port_id, m.iv_start, m.iv_end, m.start, m."end",
+           greatest(m.start, span.a) AS lo, least(m."end", span.b) AS hi,
+           greatest(m.iv_start, span.a) AS iv_lo, least(m.iv_end, span.b) AS iv_hi,
+           CASE WHEN span.est AND m.est_kwh IS NOT NULL THEN m.est_kwh ELSE m.kwh END AS whole,
+           m.excess_kwh,
+           m.flags | CASE WHEN span.est AND m.est_kwh IS NOT NULL THEN %(est_bit)s ELSE 0 END
+               AS flags
+    FROM span
+    JOIN meter_ledger m ON m.port_id = span.port_id
+        AND m.start >= span.a - INTERVAL '15 minutes' AND m.start < span.b AND m."end" > span.a
+    WHERE (m.flags <> 0 OR (span.est AND m.est_kwh IS NOT NULL))
+      AND (%(excess_only)s = false OR m.excess_kwh > 0)
+)
+SELECT lease_id, port_id, min(iv_lo), max(iv_hi),
+       sum(CASE WHEN lo = start AND hi = "end" THEN whole
+           ELSE whole * extract(epoch FROM hi - lo) / extract(epoch FROM "end" - start) END),
+       sum(CASE WHEN lo = start AND hi = "end" THEN excess_kwh
+           ELSE excess_kwh * extract(epoch FROM hi - lo) / extract(epoch FROM "end" - start) END),
+       bit_or(flags)
+FROM part WHERE hi > lo
+GROUP BY lease_id, port_id, iv_start, iv_end
+ORDER BY lease_id, port_id, min(iv_lo)
+"""
+
+
+def _span_args(spans: Sequence[SpanKey]) -> dict[str, Any]:
+    return {
+        "l_id": [s.lease_id for s in spans],
+        "l_port": [s.port_id for s in spans],
+        "l_key": [s.tariff for s in spans],
+        "l_a": [s.start for s in spans],
+        "l_b": [s.end for s in spans],
+        "l_est": [s.estimate for s in spans],
+    }
+
+
+async def sums(
+    conn: psycopg.AsyncConnection[Any],
+    spans: Sequence[SpanKey],
+    segs: Sequence[
+        tuple[str, datetime, datetime, datetime, int | None, str | None, datetime | None]
+    ],
+) -> list[Sum]:
+    """kWh of the spans by (lease, port, version, period, bucket, estimated)."""
+    if not spans:
+        return []
+    cur = await conn.execute(
+        _PARTS,
+        _span_args(spans)
+        | {
+            "s_key": [s[0] for s in segs],
+            "s_slot": [s[1] for s in segs],
+            "s_a": [s[2] for s in segs],
+            "s_b": [s[3] for s in segs],
+            "s_tariff": [s[4] for s in segs],
+            "s_period": [s[5] for s in segs],
+            "s_bucket": [s[6] for s in segs],
+        },
+    )
+    out = []
+    for (
+        lease,
+        port,
+        tariff,
+        period,
+        bucket,
+        est,
+        kwh,
+        n,
+        flags,
+        first,
+        total,
+    ) in await cur.fetchall():
+        out.append(Sum(lease, port, tariff, period, bucket, est, kwh, n, flags, first, total))
+    return out
+
+
+async def flagged(
+    conn: psycopg.AsyncConnection[Any], spans: Sequence[SpanKey], *, excess_only: bool = False
+) -> list[FlaggedInterval]:
+    """The flagged intervals of the spans (or just those with excess), each cut
+    to its span, with its kWh and excess pro rata."""
+    if not spans:
+        return []
+    cur = await conn.execute(
+        _FLAGGED,
+        _span_args(spans) | {"est_bit": lg.ESTIMATED_BIT, "excess_only": excess_only},
+    )
+    return [FlaggedInterval(*row) for row in await cur.fetchall()]
+
+
+async def extent(
+    conn: psycopg.AsyncConnection[Any], port_id: str, start: datetime, end: datetime
+) -> tuple[datetime | None, datetime | None, list[tuple[datetime, datetime]]]:
+    """The first and last reading the ledger knows around [start, end) (a day
+    beyond either side) and its gaps inside it."""
+    cur = await conn.execute(
+        "SELECT min(iv_start), max(iv_end) FROM meter_ledger WHERE port_id = %(port)s"
+        " AND start >= %(lo)s AND start < %(hi)s",
+        {"port": port_id, "lo": start - MARGIN, "hi": end + MARGIN},
+    )
+    row = await cur.fetchone()
+    first, last = (None, None) if row is None else (row[0], row[1])
+    cur = await conn.execute(
+        "SELECT DISTINCT greatest(iv_start, %(a)s), least(iv_end, %(b)s) FROM meter_ledger"
+        " WHERE port_id = %(port)s AND start >= %(a)s - INTERVAL '15 minutes'"
+        ' AND start < %(b)s AND "end" > %(a)s AND flags & %(gap)s <> 0 ORDER BY 1',
+        {"port": port_id, "a": start, "b": end, "gap": lg.BITS[mt.Flag.GAP]},
+    )
+    gaps = [(a, b) for a, b in await cur.fetchall() if a < b]
+    return first, last, gaps
+
+
+async def held(
+    conn: psycopg.AsyncConnection[Any], port_ids: Sequence[str], start: datetime, end: datetime
+) -> list[tuple[str, datetime, float, int, datetime]]:
+    """Readings held out of metering (clock-suspect) stamped or seen in [start, end)."""
+    cur = await conn.execute(
+        "SELECT port_id, ts, value, quality, seen_at FROM meter_held"
+        " WHERE port_id = ANY(%(ports)s) AND ((ts >= %(a)s AND ts < %(b)s)"
+        " OR (seen_at >= %(a)s AND seen_at < %(b)s)) ORDER BY port_id, ts",
+        {"ports": list(port_ids), "a": start, "b": end},
+    )
+    return [(r[0], r[1], r[2], r[3], r[4]) for r in await cur.fetchall()]
