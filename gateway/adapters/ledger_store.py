@@ -219,7 +219,7 @@ class LedgerStore:
                     write_from = min(write_from, lg.slot_of(p.iv_start))
                     break
             new = [p for p in metered if write_from <= p.start < w.write_to]
-            held = await _hold(conn, key, since, w.read_from, w.read_to)
+            held = await _hold(conn, key, min(job.since, since), w.read_from, w.read_to)
             if held:
                 new = _mark_suspect(new, held)
             cur = await conn.execute(

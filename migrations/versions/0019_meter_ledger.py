@@ -40,6 +40,10 @@ ENERGY = r"port%\_energy\_kwh"
 QUEUE_FUNCTION = """
 CREATE FUNCTION meter_queue_reading() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    -- Retention's deletes of old readings are no corrections (gateway/retention.py).
+    IF current_setting('polegw.meter_queue', true) = 'off' THEN
+        RETURN NULL;
+    END IF;
     IF TG_OP <> 'INSERT' THEN
         INSERT INTO meter_queue (device_id, metric, ts) VALUES (OLD.device_id, OLD.metric, OLD.ts);
     END IF;
