@@ -295,6 +295,7 @@ async def test_late_reading_re_meters_and_after_issue_lands_on_the_next_bill(url
         flat = Decimal(PRICES["flat"])
 
         def flat_line(bill: dict[str, Any]) -> dict[str, Any]:
+            line: dict[str, Any]
             (line,) = [
                 ln
                 for ln in bill["lines"]
@@ -315,8 +316,8 @@ async def test_late_reading_re_meters_and_after_issue_lands_on_the_next_bill(url
 
         # Issued; then another late reading (15:45, 101.80): October's invoice
         # does not move.
-        async with pool.connection() as conn, conn.transaction():
-            issued = await billing.issue(conn, draft["id"], by="test")
+        async with pool.connection() as aconn, aconn.transaction():
+            issued = await billing.issue(aconn, draft["id"], by="test")
         store(url, [(day + timedelta(hours=2, minutes=45), Decimal("101.80"))])
         ((_, outcome),) = await billing.generate("2026-10", TENANT)
         assert outcome == "issued, unchanged"
@@ -335,8 +336,8 @@ async def test_late_reading_re_meters_and_after_issue_lands_on_the_next_bill(url
         assert november["total_amount"] == adj["amount"]
         assert adj["unit_price"] == flat
         # Once November is issued, December carries nothing more for it.
-        async with pool.connection() as conn, conn.transaction():
-            await billing.issue(conn, november["id"], by="test")
+        async with pool.connection() as aconn, aconn.transaction():
+            await billing.issue(aconn, november["id"], by="test")
         assert await billing._adjustments(TENANT, "2026-12") == []
 
 
