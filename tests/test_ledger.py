@@ -125,29 +125,29 @@ def store(url: str, rows: list[tuple[datetime, Decimal]], quality: int = 0) -> N
         )
 
 
-def ledger_rows(url: str) -> list[lg.Piece]:
+def ledger_rows(url: str, port_id: str = PORT) -> list[lg.Piece]:
     with psycopg.connect(url) as conn:
         rows = conn.execute(
             'SELECT start, "end", iv_start, iv_end, kwh, est_kwh, excess_kwh, flags'
             " FROM meter_ledger WHERE port_id = %s ORDER BY start",
-            (PORT,),
+            (port_id,),
         ).fetchall()
     return [lg.Piece(*r) for r in rows]
 
 
-def reference(url: str) -> list[lg.Piece]:
+def reference(url: str, port_id: str = PORT, metric: str = METRIC) -> list[lg.Piece]:
     """The metering of the final readings (the slow reference, all of them at
     once), cut into the ledger's pieces, estimates beside."""
     with psycopg.connect(url) as conn:
         rows = conn.execute(
             "SELECT ts, value FROM telemetry WHERE device_id = %s AND metric = %s"
             " AND quality = 0 ORDER BY ts",
-            (DEVICE, METRIC),
+            (DEVICE, metric),
         ).fetchall()
         swaps = conn.execute(
             "SELECT replaced_at, old_final_kwh, new_first_kwh FROM meter_replacements"
             " WHERE port_id = %s ORDER BY replaced_at",
-            (PORT,),
+            (port_id,),
         ).fetchall()
     series = lg.slot_ends(mt.Reading(ts.astimezone(UTC), mt.to_decimal(v)) for ts, v in rows)
     replacements = [mt.Replacement(a, Decimal(o), Decimal(n)) for a, o, n in swaps]
@@ -451,3 +451,99 @@ async def test_worker_exports_its_lag_and_rebuild_is_idempotent(url: str) -> Non
 
 def rebuild(env: dict[str, str], *args: str) -> Any:
     return CliRunner().invoke(app, ["metering", "rebuild", *args], env=env)
+
+
+# ------------------------------------------------------------------ a crash
+
+
+def test_sigkill_of_the_metering_worker_leaves_the_ledger_consistent(url: str) -> None:
+    """The worker killed (SIGKILL) at random moments of its work, readings (late
+    ones too) arriving meanwhile: after a restart it catches up, and every port's
+    ledger is the metering of its final readings, no piece twice or missing."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    clear(url)
+    ports = [(f"P0001-port{n}", n) for n in (2, 3, 4)]
+    with psycopg.connect(url, autocommit=True) as conn:
+        for port_id, n in ports:
+            conn.execute(
+                "INSERT INTO ports (id, pole_id, meter_device_id, port_no, rated_w)"
+                " VALUES (%s, 'P0001', %s, %s, 4000) ON CONFLICT DO NOTHING",
+                (port_id, DEVICE, n),
+            )
+    ports = [(PORT, 1), *ports]
+    rng = random.Random(17)
+    start = datetime(2026, 10, 12, 0, 0, tzinfo=CST)
+
+    def feed(day: int, skip: int = 0) -> None:
+        """A day of one-minute readings for each port (every `skip`-th held back)."""
+        with psycopg.connect(url) as conn, conn.cursor() as cur:
+            for _, n in ports:
+                t0 = start + timedelta(days=day)
+                cur.executemany(
+                    "INSERT INTO telemetry (ts, device_id, metric, value) VALUES (%s, %s, %s, %s)"
+                    " ON CONFLICT DO NOTHING",
+                    [
+                        (
+                            t0 + timedelta(minutes=m),
+                            DEVICE,
+                            f"port{n}_energy_kwh",
+                            (day * 1440 + m) * 0.01 * n,
+                        )
+                        for m in range(1440)
+                        if not (skip and m % skip == 0)
+                    ],
+                )
+
+    env = os.environ | {"POLEGW_DATABASE_URL": url, "POLEGW_METERING_EVERY_S": "0.1"}
+
+    def started() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway", "metering", "run"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def steps_done() -> int:
+        with psycopg.connect(url) as conn:
+            row = conn.execute("SELECT count(*) FROM meter_ledger").fetchone()
+        return int(row[0]) if row else 0
+
+    kills = 0
+    for day in range(4):
+        feed(day, skip=7)  # late: every 7th minute comes later
+        worker = started()
+        before = steps_done()
+        deadline = time.monotonic() + 30
+        while steps_done() == before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0, 0.3))
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        kills += 1
+        feed(day)  # the held-back readings arrive
+    worker = started()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with psycopg.connect(url) as conn:
+                row = conn.execute("SELECT count(*) FROM meter_queue").fetchone()
+            if row is not None and row[0] == 0:
+                break
+            time.sleep(0.2)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=20)
+    assert kills == 4
+    for port_id, n in ports:
+        got = ledger_rows(url, port_id)
+        want = reference(url, port_id, f"port{n}_energy_kwh")
+        assert len(got) == len(want) > 4 * 96
+        for g, w in zip(got, want, strict=True):
+            assert g.same(w), (port_id, g, w)

@@ -139,7 +139,9 @@ def upgrade() -> None:
         " SELECT p.meter_device_id, 'port' || p.port_no || '_energy_kwh',"
         " TIMESTAMPTZ '2000-01-01 00:00:00+00', 'rebuild' FROM ports p"
     )
-    for table in ("meter_ledger", "meter_held", "meter_ports"):
+    # A tenant's /usage reads the ledger as the 15-minute rollup before it: the
+    # operator's per-port data, filtered to the tenant's ports by the route.
+    for table in ("meter_ledger", "meter_held"):
         op.execute(f"GRANT SELECT ON {table} TO polegw_tenant")
 
     op.add_column(
