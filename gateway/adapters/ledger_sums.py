@@ -125,19 +125,23 @@ WITH seg AS (
     SELECT * FROM unnest(%(l_id)s::bigint[], %(l_port)s::text[], %(l_key)s::text[],
         %(l_a)s::timestamptz[], %(l_b)s::timestamptz[], %(l_est)s::boolean[])
         AS l(lease_id, port_id, key, a, b, est)
-), part AS (
-    SELECT span.lease_id, span.port_id, seg.tariff_id, seg.period, seg.bucket,
+), piece AS MATERIALIZED (
+    -- The spans' pieces first, each with its slot: then one hash join on
+    -- (tariff key, slot) finds its segments.
+    SELECT span.lease_id, span.port_id, span.key, span.a AS span_a, span.b AS span_b,
            span.est AND m.est_kwh IS NOT NULL AS estimated,
            CASE WHEN span.est AND m.est_kwh IS NOT NULL THEN m.est_kwh ELSE m.kwh END AS whole,
            m.start, m."end", m.flags,
-           greatest(m.start, span.a, seg.a) AS lo, least(m."end", span.b, seg.b) AS hi
+           date_bin(INTERVAL '15 minutes', m.start, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS slot
     FROM span
     JOIN meter_ledger m ON m.port_id = span.port_id
         AND m.start >= span.a - INTERVAL '15 minutes' AND m.start < span.b AND m."end" > span.a
-    JOIN seg ON seg.key = span.key
-        AND seg.slot = date_bin(INTERVAL '15 minutes', m.start,
-                                TIMESTAMPTZ '2000-01-01 00:00:00+00')
-        AND m.start < seg.b AND m."end" > seg.a
+), part AS (
+    SELECT p.lease_id, p.port_id, seg.tariff_id, seg.period, seg.bucket, p.estimated,
+           p.whole, p.start, p."end", p.flags,
+           greatest(p.start, p.span_a, seg.a) AS lo, least(p."end", p.span_b, seg.b) AS hi
+    FROM piece p
+    JOIN seg ON seg.key = p.key AND seg.slot = p.slot AND p.start < seg.b AND p."end" > seg.a
 ), share AS (
     SELECT lease_id, port_id, tariff_id, period, bucket, estimated, flags, lo,
            CASE WHEN lo = start AND hi = "end" THEN whole
