@@ -25,6 +25,10 @@ from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+# Ports metered at once, each on a connection of the shared pool (10): the
+# database's part of a step (a few short statements) overlaps across ports.
+CONCURRENCY = 3
+
 
 class MeteringWorker:
     def __init__(
@@ -34,15 +38,17 @@ class MeteringWorker:
         metrics: Metrics,
         *,
         every_s: float = 5.0,
+        concurrency: int = CONCURRENCY,
     ) -> None:
         self._ledger = LedgerStore(pool, catalog)
         self._metrics = metrics
         self.every_s = every_s
+        self.concurrency = concurrency
 
     async def tick(self) -> int:
         """Meter everything queued now; the number of ports stepped."""
         lag = self._metrics.metering_lag_seconds
-        results = await self._ledger.catch_up(observe=lag.observe)
+        results = await self._ledger.catch_up(observe=lag.observe, concurrency=self.concurrency)
         changes = sum(r.changes for r in results)
         if changes:
             self._metrics.metering_changes.inc(changes)

@@ -17,6 +17,7 @@ of metering and listed in `meter_held`.
 
 from __future__ import annotations
 
+import asyncio
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -280,15 +281,27 @@ class LedgerStore:
         port_ids: Sequence[str] | None = None,
         *,
         observe: Callable[[float], None] | None = None,
+        concurrency: int = 1,
     ) -> list[StepResult]:
-        """One step for every port with queued rows (or those of `port_ids`).
-        `observe` gets each step's lag: seconds from its oldest queued row to done."""
-        out = []
-        for job in await self.queued(port_ids):
-            out.append(await self.step(job))
+        """One step for every port with queued rows (or those of `port_ids`), up
+        to `concurrency` ports at once (each on its own connection; ports never
+        share a lock). `observe` gets each step's lag: seconds from its oldest
+        queued row to done."""
+        jobs = await self.queued(port_ids)
+        gate = asyncio.Semaphore(max(1, concurrency))
+
+        async def one(job: Queued) -> StepResult:
+            async with gate:
+                result = await self.step(job)
             if observe is not None:
                 observe(max(0.0, (datetime.now(UTC) - job.queued_at).total_seconds()))
-        return out
+            return result
+
+        if concurrency <= 1:
+            return [await one(job) for job in jobs]
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(one(job), name=f"meter-{job.port.id}") for job in jobs]
+        return [t.result() for t in tasks]
 
     async def pending_seconds(self) -> float:
         """How long the oldest queued row has waited (0: nothing queued)."""
