@@ -42,7 +42,10 @@ CST = ZoneInfo("Asia/Shanghai")
 TENANT = "tn-telecom"
 DEVICE, PORT, METRIC = "P0001-pm", "P0001-port1", "port1_energy_kwh"
 MOD = Decimal("42949672.96")
-T0 = datetime(2026, 10, 10, 2, 0, tzinfo=CST)  # readings from here on
+# Readings from here on: the lease enters service, and the tariff's second
+# version starts, inside 15-minute slots among them.
+T0 = datetime(2026, 10, 3, 9, 20, tzinfo=CST)
+VERSION_2 = datetime(2026, 10, 3, 13, 5, 10, tzinfo=CST)
 PRICES = {"sharp": "1.37", "peak": "1.11", "flat": "0.73", "valley": "0.29"}
 DEFINITION = {
     "energy": {
@@ -78,9 +81,15 @@ def url(database_url: str) -> str:
             (PORT, DEVICE),
         )
         conn.execute(
-            "INSERT INTO tariffs (name, version, valid_from, definition, estimate_gaps)"
-            " VALUES ('city', 1, %s, %s, true)",
-            (datetime(2026, 1, 1, tzinfo=CST), Jsonb(DEFINITION)),
+            "INSERT INTO tariffs (name, version, valid_from, valid_to, definition, estimate_gaps)"
+            " VALUES ('city', 1, %s, %s, %s, true), ('city', 2, %s, NULL, %s, true)",
+            (
+                datetime(2026, 1, 1, tzinfo=CST),
+                VERSION_2,
+                Jsonb(DEFINITION),
+                VERSION_2,
+                Jsonb(DEFINITION),
+            ),
         )
         row = conn.execute(
             "INSERT INTO leases (tenant_id, pole_id, state, port_id, rates)"
@@ -100,7 +109,13 @@ def clear(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("DELETE FROM telemetry WHERE device_id = %s", (DEVICE,))
         conn.execute("DELETE FROM meter_replacements WHERE port_id = %s", (PORT,))
-        for table in ("meter_ledger", "meter_ledger_changes", "meter_held", "meter_ports"):
+        for table in (
+            "meter_ledger",
+            "meter_slots",
+            "meter_ledger_changes",
+            "meter_held",
+            "meter_ports",
+        ):
             conn.execute(f"DELETE FROM {table} WHERE port_id = %s", (PORT,))
         conn.execute("DELETE FROM meter_queue")
         conn.execute("DELETE FROM usage_flags")
@@ -165,7 +180,14 @@ def reference(url: str, port_id: str = PORT, metric: str = METRIC) -> list[lg.Pi
 
 def energy_lines(bill: dict[str, Any]) -> list[tuple[Any, ...]]:
     return sorted(
-        (ln["period"], ln["estimated"], ln["quantity"], ln["amount"], tuple(ln["flags"]))
+        (
+            ln["tariff_id"],
+            ln["period"],
+            ln["estimated"],
+            ln["quantity"],
+            ln["amount"],
+            tuple(ln["flags"]),
+        )
         for ln in bill["lines"]
         if ln["kind"] == "energy"
     )

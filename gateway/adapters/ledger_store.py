@@ -58,6 +58,22 @@ ON CONFLICT (port_id, start) DO UPDATE SET "end" = excluded."end",
 """
 
 
+# The slot sums of the pieces of [a, b), written again from them.
+SLOTS_GONE = "DELETE FROM meter_slots WHERE port_id = %(port)s AND slot >= %(a)s AND slot < %(b)s"
+SLOTS = """
+INSERT INTO meter_slots (port_id, slot, kwh, gap_kwh, est_kwh, flags, gap_flags, est_flags)
+SELECT %(port)s, date_bin(INTERVAL '15 minutes', start, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
+       coalesce(sum(kwh) FILTER (WHERE est_kwh IS NULL), 0),
+       coalesce(sum(kwh) FILTER (WHERE est_kwh IS NOT NULL), 0),
+       coalesce(sum(est_kwh) FILTER (WHERE est_kwh IS NOT NULL), 0),
+       coalesce(bit_or(flags) FILTER (WHERE est_kwh IS NULL AND kwh > 0), 0),
+       coalesce(bit_or(flags) FILTER (WHERE est_kwh IS NOT NULL AND kwh > 0), 0),
+       coalesce(bit_or(flags) FILTER (WHERE est_kwh > 0), 0)
+FROM meter_ledger WHERE port_id = %(port)s AND start >= %(a)s AND start < %(b)s
+GROUP BY 2
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Queued:
     """A port's queued rows: the earliest reading changed, their ids, why."""
@@ -241,6 +257,10 @@ class LedgerStore:
                     "DELETE FROM meter_ledger WHERE port_id = %s AND start = ANY(%s)",
                     (port.id, [p.start for p in deletes]),
                 )
+            if upserts or deletes:
+                span = {"port": port.id, "a": write_from, "b": w.write_to}
+                await conn.execute(SLOTS_GONE, span)
+                await conn.execute(SLOTS, span)
             recorded = [c for c in changes if lg.complete(c, metered_to)]
             if recorded:
                 reason = job.reason or (

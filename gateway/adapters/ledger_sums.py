@@ -118,41 +118,75 @@ def segments(
 
 _PARTS = """
 WITH seg AS (
-    SELECT * FROM unnest(%(s_key)s::text[], %(s_slot)s::timestamptz[], %(s_a)s::timestamptz[],
+    SELECT *, a = slot AND b = slot + INTERVAL '15 minutes' AS whole
+    FROM unnest(%(s_key)s::text[], %(s_slot)s::timestamptz[], %(s_a)s::timestamptz[],
         %(s_b)s::timestamptz[], %(s_tariff)s::bigint[], %(s_period)s::text[],
         %(s_bucket)s::timestamptz[]) AS s(key, slot, a, b, tariff_id, period, bucket)
 ), span AS (
     SELECT * FROM unnest(%(l_id)s::bigint[], %(l_port)s::text[], %(l_key)s::text[],
         %(l_a)s::timestamptz[], %(l_b)s::timestamptz[], %(l_est)s::boolean[])
         AS l(lease_id, port_id, key, a, b, est)
-), piece AS MATERIALIZED (
-    -- The spans' pieces first, each with its slot: then one hash join on
-    -- (tariff key, slot) finds its segments.
+), whole AS MATERIALIZED (
+    -- Slots lying whole in a span and in one segment: their sums (meter_slots).
+    SELECT span.lease_id, span.port_id, span.est, s.slot, s.kwh, s.gap_kwh, s.est_kwh,
+           s.flags, s.gap_flags, s.est_flags, span.key
+    FROM span
+    JOIN meter_slots s ON s.port_id = span.port_id
+        AND s.slot >= span.a AND s.slot <= span.b - INTERVAL '15 minutes'
+), whole_rows AS (
+    SELECT w.lease_id, w.port_id, seg.tariff_id, seg.period, seg.bucket, false AS estimated,
+           w.kwh + CASE WHEN w.est THEN 0 ELSE w.gap_kwh END AS kwh,
+           w.flags | CASE WHEN w.est THEN 0 ELSE w.gap_flags END AS flags, w.slot AS lo
+    FROM whole w JOIN seg ON seg.key = w.key AND seg.slot = w.slot AND seg.whole
+    UNION ALL
+    SELECT w.lease_id, w.port_id, seg.tariff_id, seg.period, seg.bucket, true,
+           w.est_kwh, w.est_flags, w.slot
+    FROM whole w JOIN seg ON seg.key = w.key AND seg.slot = w.slot AND seg.whole
+    WHERE w.est AND (w.gap_kwh > 0 OR w.est_kwh > 0 OR w.est_flags <> 0)
+), edge AS MATERIALIZED (
+    -- The other pieces: near a span's ends, or in a slot a version change cuts.
     SELECT span.lease_id, span.port_id, span.key, span.a AS span_a, span.b AS span_b,
            span.est AND m.est_kwh IS NOT NULL AS estimated,
            CASE WHEN span.est AND m.est_kwh IS NOT NULL THEN m.est_kwh ELSE m.kwh END AS whole,
            m.start, m."end", m.flags,
            date_bin(INTERVAL '15 minutes', m.start, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS slot
     FROM span
-    JOIN meter_ledger m ON m.port_id = span.port_id
-        AND m.start >= span.a - INTERVAL '15 minutes' AND m.start < span.b AND m."end" > span.a
-), part AS (
-    SELECT p.lease_id, p.port_id, seg.tariff_id, seg.period, seg.bucket, p.estimated,
-           p.whole, p.start, p."end", p.flags,
-           greatest(p.start, p.span_a, seg.a) AS lo, least(p."end", p.span_b, seg.b) AS hi
-    FROM piece p
-    JOIN seg ON seg.key = p.key AND seg.slot = p.slot AND p.start < seg.b AND p."end" > seg.a
+    JOIN meter_ledger m ON m.port_id = span.port_id AND m."end" > span.a AND m.start < span.b
+        AND ((m.start >= span.a - INTERVAL '15 minutes'
+              AND m.start < span.a + INTERVAL '15 minutes')
+             OR m.start >= span.b - INTERVAL '15 minutes')
+    UNION
+    SELECT span.lease_id, span.port_id, span.key, span.a, span.b,
+           span.est AND m.est_kwh IS NOT NULL,
+           CASE WHEN span.est AND m.est_kwh IS NOT NULL THEN m.est_kwh ELSE m.kwh END,
+           m.start, m."end", m.flags, cut.slot
+    FROM span
+    JOIN seg cut ON cut.key = span.key AND NOT cut.whole
+    JOIN meter_ledger m ON m.port_id = span.port_id AND m."end" > span.a AND m.start < span.b
+        AND m.start >= cut.slot AND m.start < cut.slot + INTERVAL '15 minutes'
 ), share AS (
-    SELECT lease_id, port_id, tariff_id, period, bucket, estimated, flags, lo,
-           CASE WHEN lo = start AND hi = "end" THEN whole
-                ELSE whole * extract(epoch FROM hi - lo) / extract(epoch FROM "end" - start)
+    SELECT p.lease_id, p.port_id, seg.tariff_id, seg.period, seg.bucket, p.estimated,
+           p.flags, greatest(p.start, p.span_a, seg.a) AS lo,
+           CASE WHEN greatest(p.start, p.span_a, seg.a) = p.start
+                     AND least(p."end", p.span_b, seg.b) = p."end" THEN p.whole
+                ELSE p.whole * extract(epoch FROM least(p."end", p.span_b, seg.b)
+                                                  - greatest(p.start, p.span_a, seg.a))
+                     / extract(epoch FROM p."end" - p.start)
            END AS kwh
-    FROM part WHERE hi > lo
+    FROM edge p
+    JOIN seg ON seg.key = p.key AND seg.slot = p.slot AND p.start < seg.b AND p."end" > seg.a
+    WHERE least(p."end", p.span_b, seg.b) > greatest(p.start, p.span_a, seg.a)
+      AND NOT (seg.whole AND p.slot >= p.span_a AND p.slot <= p.span_b - INTERVAL '15 minutes')
+), rows AS (
+    SELECT lease_id, port_id, tariff_id, period, bucket, estimated, kwh, flags, lo
+    FROM whole_rows
+    UNION ALL
+    SELECT lease_id, port_id, tariff_id, period, bucket, estimated, kwh, flags, lo FROM share
 )
 SELECT lease_id, port_id, tariff_id, period, bucket, estimated,
        coalesce(sum(kwh) FILTER (WHERE kwh > 0), 0), count(*) FILTER (WHERE kwh > 0),
        coalesce(bit_or(flags) FILTER (WHERE kwh > 0), 0), min(lo), sum(kwh)
-FROM share
+FROM rows
 GROUP BY lease_id, port_id, tariff_id, period, bucket, estimated
 """
 
@@ -171,7 +205,8 @@ WITH span AS (
     FROM span
     JOIN meter_ledger m ON m.port_id = span.port_id
         AND m.start >= span.a - INTERVAL '15 minutes' AND m.start < span.b AND m."end" > span.a
-    WHERE (m.flags <> 0 OR (span.est AND m.est_kwh IS NOT NULL))
+    WHERE (m.flags <> 0 OR m.est_kwh IS NOT NULL)
+      AND (m.flags <> 0 OR span.est)
       AND (%(excess_only)s = false OR m.excess_kwh > 0)
 )
 SELECT lease_id, port_id, min(iv_lo), max(iv_hi),
@@ -257,9 +292,12 @@ async def extent(
 ) -> tuple[datetime | None, datetime | None, list[tuple[datetime, datetime]]]:
     """The first and last reading the ledger knows around [start, end) (a day
     beyond either side) and its gaps inside it."""
+    # Pieces are in time order: the first one's interval starts earliest.
     cur = await conn.execute(
-        "SELECT min(iv_start), max(iv_end) FROM meter_ledger WHERE port_id = %(port)s"
-        " AND start >= %(lo)s AND start < %(hi)s",
+        "SELECT (SELECT iv_start FROM meter_ledger WHERE port_id = %(port)s"
+        " AND start >= %(lo)s AND start < %(hi)s ORDER BY start LIMIT 1),"
+        " (SELECT iv_end FROM meter_ledger WHERE port_id = %(port)s"
+        " AND start >= %(lo)s AND start < %(hi)s ORDER BY start DESC LIMIT 1)",
         {"port": port_id, "lo": start - MARGIN, "hi": end + MARGIN},
     )
     row = await cur.fetchone()
@@ -267,7 +305,8 @@ async def extent(
     cur = await conn.execute(
         "SELECT DISTINCT greatest(iv_start, %(a)s), least(iv_end, %(b)s) FROM meter_ledger"
         " WHERE port_id = %(port)s AND start >= %(a)s - INTERVAL '15 minutes'"
-        ' AND start < %(b)s AND "end" > %(a)s AND flags & %(gap)s <> 0 ORDER BY 1',
+        ' AND start < %(b)s AND "end" > %(a)s AND (flags <> 0 OR est_kwh IS NOT NULL)'
+        " AND flags & %(gap)s <> 0 ORDER BY 1",
         {"port": port_id, "a": start, "b": end, "gap": lg.BITS[mt.Flag.GAP]},
     )
     gaps = [(a, b) for a, b in await cur.fetchall() if a < b]

@@ -8,6 +8,7 @@ gaps out. The rules (docs/decisions-billing.md):
   any one-off drop or spike, with the readings on both sides consistent) is a
   glitch: it is dropped, and the interval across it is flagged `glitch`;
 - a drop where `value + modulus - prev` fits the rated power for the interval
+  (and is not negative: a reading above the modulus is no counter's)
   is a wrap (the register rolled over);
 - any other drop is a reset: the meter restarted from 0, delta = new value;
 - a recorded meter replacement between two readings: delta = (old final -
@@ -248,7 +249,7 @@ def _plausible(prev: Reading, cur: Reading, rated: Decimal, modulus: Decimal | N
     limit = cap_kwh(rated, prev.ts, cur.ts)
     if cur.value >= prev.value:
         return cur.value - prev.value <= limit
-    return modulus is not None and cur.value + modulus - prev.value <= limit
+    return modulus is not None and 0 <= cur.value + modulus - prev.value <= limit
 
 
 def _drop_glitches(
@@ -275,7 +276,7 @@ def _drop_glitches(
             if b >= a:
                 plausible = b - a <= limit
             else:
-                plausible = modulus is not None and b + modulus - a <= limit
+                plausible = modulus is not None and 0 <= b + modulus - a <= limit
             if not plausible:
                 # As in the reference: up to GLITCH_RUN odd readings, then one that
                 # follows prev plausibly but not the odd one before it.
@@ -359,7 +360,7 @@ def _step(
     """One counter's rise from a to b: plain, a wrap if it fits the limit, else a reset."""
     if b >= a:
         return b - a
-    if modulus is not None and b + modulus - a <= limit:
+    if modulus is not None and 0 <= b + modulus - a <= limit:
         flags.add(Flag.WRAPPED)
         return b + modulus - a
     flags.add(Flag.RESET)

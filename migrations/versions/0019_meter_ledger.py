@@ -81,11 +81,32 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("port_id", "start", name="meter_ledger_pkey"),
         sa.CheckConstraint('start < "end" AND kwh >= 0', name="meter_ledger_piece"),
     )
+    # Flagged or estimable pieces are few: what /usage lists and bills report.
+    op.execute(
+        "CREATE INDEX meter_ledger_flagged_idx ON meter_ledger (port_id, start)"
+        " WHERE flags <> 0 OR est_kwh IS NOT NULL"
+    )
+    # The pieces summed by slot (written with them): what a bill or /usage sums
+    # for the slots that lie whole in a lease's span and a tariff's period.
+    op.create_table(
+        "meter_slots",
+        sa.Column("port_id", sa.Text, nullable=False),
+        sa.Column("slot", TS, nullable=False),
+        sa.Column("kwh", sa.Numeric, nullable=False),  # pieces without an estimate
+        sa.Column("gap_kwh", sa.Numeric, nullable=False),  # pieces with one: measured
+        sa.Column("est_kwh", sa.Numeric, nullable=False),  # ... and estimated
+        sa.Column("flags", sa.SmallInteger, nullable=False),  # of kWh > 0, no estimate
+        sa.Column("gap_flags", sa.SmallInteger, nullable=False),  # measured kWh > 0
+        sa.Column("est_flags", sa.SmallInteger, nullable=False),  # estimated kWh > 0
+        sa.PrimaryKeyConstraint("port_id", "slot", name="meter_slots_pkey"),
+    )
     if _timescale():
-        op.execute(
-            "SELECT create_hypertable('meter_ledger', 'start',"
-            " chunk_time_interval => INTERVAL '7 days')"
-        )
+        for table in ("meter_ledger", "meter_slots"):
+            column = "start" if table == "meter_ledger" else "slot"
+            op.execute(
+                f"SELECT create_hypertable('{table}', '{column}',"
+                " chunk_time_interval => INTERVAL '7 days')"
+            )
     op.create_table(
         "meter_ledger_changes",
         sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
@@ -141,7 +162,7 @@ def upgrade() -> None:
     )
     # A tenant's /usage reads the ledger as the 15-minute rollup before it: the
     # operator's per-port data, filtered to the tenant's ports by the route.
-    for table in ("meter_ledger", "meter_held"):
+    for table in ("meter_ledger", "meter_slots", "meter_held"):
         op.execute(f"GRANT SELECT ON {table} TO polegw_tenant")
 
     op.add_column(
@@ -170,6 +191,12 @@ def downgrade() -> None:
     for event in ("insert", "update", "delete"):
         op.execute(f"DROP TRIGGER IF EXISTS telemetry_meter_{event} ON telemetry")
     op.execute("DROP FUNCTION IF EXISTS meter_queue_reading()")
-    for table in ("meter_held", "meter_queue", "meter_ports", "meter_ledger_changes"):
+    for table in (
+        "meter_held",
+        "meter_queue",
+        "meter_ports",
+        "meter_ledger_changes",
+        "meter_slots",
+    ):
         op.drop_table(table)
     op.drop_table("meter_ledger")

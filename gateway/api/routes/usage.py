@@ -297,18 +297,21 @@ async def get_usage(
     bounds = _bucket_bounds(start, end, bucket, tz)
     keys: list[ls.SpanKey] = []
     segs = []
+    named: set[str] = set()
     for pid in port_ids:
         names = {s.tariff for s in spans if s.port_id == pid} or {"default"}
         name = sorted(names)[0]
         estimate = await tariff_store.estimate_gaps(names, start, end)
         tariffs = await tariff_store.tariffs_named(name)
-        # One tariff per port (its first name): keyed by port, not by name.
-        segs += ls.segments(pid, tariffs, tz, start, end, bounds)
+        # One tariff per port (its first name); ports of one name share its segments.
+        if name not in named:
+            named.add(name)
+            segs += ls.segments(name, tariffs, tz, start, end, bounds)
         if tenant is None:
-            keys.append(ls.SpanKey(0, pid, pid, start, end, estimate))
+            keys.append(ls.SpanKey(0, pid, name, start, end, estimate))
         else:
             keys += [
-                ls.SpanKey(s.lease_id, pid, pid, mt.utc(s.start), mt.utc(s.end or end), estimate)
+                ls.SpanKey(s.lease_id, pid, name, mt.utc(s.start), mt.utc(s.end or end), estimate)
                 for s in spans
                 if s.port_id == pid
             ]
