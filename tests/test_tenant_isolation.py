@@ -612,6 +612,7 @@ READABLE = {
     "meter_held",  # the ledger (migration 0019): per port, as telemetry_15m
     "meter_ledger",
     "meter_replacements",
+    "meter_slots",
     "pole_presence",
     "poles",
     "ports",
