@@ -120,29 +120,38 @@ _PARTS = """
 WITH seg AS (
     SELECT *, a = slot AND b = slot + INTERVAL '15 minutes' AS whole
     FROM unnest(%(s_key)s::text[], %(s_slot)s::timestamptz[], %(s_a)s::timestamptz[],
-        %(s_b)s::timestamptz[], %(s_tariff)s::bigint[], %(s_period)s::text[],
-        %(s_bucket)s::timestamptz[]) AS s(key, slot, a, b, tariff_id, period, bucket)
+        %(s_b)s::timestamptz[], %(s_cls)s::int[]) AS s(key, slot, a, b, cls)
 ), span AS (
     SELECT * FROM unnest(%(l_id)s::bigint[], %(l_port)s::text[], %(l_key)s::text[],
         %(l_a)s::timestamptz[], %(l_b)s::timestamptz[], %(l_est)s::boolean[])
         AS l(lease_id, port_id, key, a, b, est)
-), whole AS MATERIALIZED (
-    -- Slots lying whole in a span and in one segment: their sums (meter_slots).
-    SELECT span.lease_id, span.port_id, span.est, s.slot, s.kwh, s.gap_kwh, s.est_kwh,
-           s.flags, s.gap_flags, s.est_flags, span.key
+), slots AS MATERIALIZED (
+    -- Each span's slot sums (meter_slots), read by index range: a few per port.
+    SELECT span.lease_id, span.key, span.est, s.slot, s.kwh, s.gap_kwh, s.est_kwh,
+           s.flags, s.gap_flags, s.est_flags
     FROM span
     JOIN meter_slots s ON s.port_id = span.port_id
         AND s.slot >= span.a AND s.slot <= span.b - INTERVAL '15 minutes'
-), whole_rows AS (
-    SELECT w.lease_id, w.port_id, seg.tariff_id, seg.period, seg.bucket, false AS estimated,
-           w.kwh + CASE WHEN w.est THEN 0 ELSE w.gap_kwh END AS kwh,
-           w.flags | CASE WHEN w.est THEN 0 ELSE w.gap_flags END AS flags, w.slot AS lo
-    FROM whole w JOIN seg ON seg.key = w.key AND seg.slot = w.slot AND seg.whole
+), whole AS (
+    -- Slots lying whole in a span and in one segment, not estimated (pieces
+    -- without an estimate, and with one where the tariff does not estimate) ...
+    SELECT w.lease_id, seg.cls, false AS estimated, w.slot,
+           CASE WHEN w.est THEN w.kwh ELSE w.kwh + w.gap_kwh END AS kwh,
+           CASE WHEN w.est THEN w.flags ELSE w.flags | w.gap_flags END AS flags
+    FROM slots w JOIN seg ON seg.key = w.key AND seg.slot = w.slot AND seg.whole
     UNION ALL
-    SELECT w.lease_id, w.port_id, seg.tariff_id, seg.period, seg.bucket, true,
-           w.est_kwh, w.est_flags, w.slot
-    FROM whole w JOIN seg ON seg.key = w.key AND seg.slot = w.slot AND seg.whole
-    WHERE w.est AND (w.gap_kwh > 0 OR w.est_kwh > 0 OR w.est_flags <> 0)
+    -- ... and estimated
+    SELECT w.lease_id, seg.cls, true, w.slot, w.est_kwh, w.est_flags
+    FROM slots w JOIN seg ON seg.key = w.key AND seg.slot = w.slot AND seg.whole
+    WHERE w.est AND w.est_kwh > 0
+), whole_sums AS (
+    SELECT lease_id, cls, estimated,
+           coalesce(sum(kwh) FILTER (WHERE kwh > 0), 0) AS kwh,
+           count(*) FILTER (WHERE kwh > 0) AS n,
+           coalesce(bit_or(flags) FILTER (WHERE kwh > 0), 0) AS flags, min(slot) AS lo,
+           sum(kwh) AS total
+    FROM whole
+    GROUP BY lease_id, cls, estimated
 ), edge AS MATERIALIZED (
     -- The other pieces: near a span's ends, or in a slot a version change cuts.
     SELECT span.lease_id, span.port_id, span.key, span.a AS span_a, span.b AS span_b,
@@ -151,10 +160,18 @@ WITH seg AS (
            m.start, m."end", m.flags,
            date_bin(INTERVAL '15 minutes', m.start, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS slot
     FROM span
-    JOIN meter_ledger m ON m.port_id = span.port_id AND m."end" > span.a AND m.start < span.b
-        AND ((m.start >= span.a - INTERVAL '15 minutes'
-              AND m.start < span.a + INTERVAL '15 minutes')
-             OR m.start >= span.b - INTERVAL '15 minutes')
+    JOIN meter_ledger m ON m.port_id = span.port_id AND m."end" > span.a
+        AND m.start >= span.a - INTERVAL '15 minutes' AND m.start < span.a + INTERVAL '15 minutes'
+        AND m.start < span.b
+    UNION
+    SELECT span.lease_id, span.port_id, span.key, span.a, span.b,
+           span.est AND m.est_kwh IS NOT NULL,
+           CASE WHEN span.est AND m.est_kwh IS NOT NULL THEN m.est_kwh ELSE m.kwh END,
+           m.start, m."end", m.flags,
+           date_bin(INTERVAL '15 minutes', m.start, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+    FROM span
+    JOIN meter_ledger m ON m.port_id = span.port_id AND m."end" > span.a
+        AND m.start >= span.b - INTERVAL '15 minutes' AND m.start < span.b
     UNION
     SELECT span.lease_id, span.port_id, span.key, span.a, span.b,
            span.est AND m.est_kwh IS NOT NULL,
@@ -165,7 +182,7 @@ WITH seg AS (
     JOIN meter_ledger m ON m.port_id = span.port_id AND m."end" > span.a AND m.start < span.b
         AND m.start >= cut.slot AND m.start < cut.slot + INTERVAL '15 minutes'
 ), share AS (
-    SELECT p.lease_id, p.port_id, seg.tariff_id, seg.period, seg.bucket, p.estimated,
+    SELECT p.lease_id, seg.cls, p.estimated,
            p.flags, greatest(p.start, p.span_a, seg.a) AS lo,
            CASE WHEN greatest(p.start, p.span_a, seg.a) = p.start
                      AND least(p."end", p.span_b, seg.b) = p."end" THEN p.whole
@@ -178,16 +195,18 @@ WITH seg AS (
     WHERE least(p."end", p.span_b, seg.b) > greatest(p.start, p.span_a, seg.a)
       AND NOT (seg.whole AND p.slot >= p.span_a AND p.slot <= p.span_b - INTERVAL '15 minutes')
 ), rows AS (
-    SELECT lease_id, port_id, tariff_id, period, bucket, estimated, kwh, flags, lo
-    FROM whole_rows
+    SELECT lease_id, cls, estimated, kwh, n, flags, lo, total
+    FROM whole_sums
     UNION ALL
-    SELECT lease_id, port_id, tariff_id, period, bucket, estimated, kwh, flags, lo FROM share
+    SELECT lease_id, cls, estimated,
+           CASE WHEN kwh > 0 THEN kwh ELSE 0 END, CASE WHEN kwh > 0 THEN 1 ELSE 0 END,
+           CASE WHEN kwh > 0 THEN flags ELSE 0 END, lo, kwh
+    FROM share
 )
-SELECT lease_id, port_id, tariff_id, period, bucket, estimated,
-       coalesce(sum(kwh) FILTER (WHERE kwh > 0), 0), count(*) FILTER (WHERE kwh > 0),
-       coalesce(bit_or(flags) FILTER (WHERE kwh > 0), 0), min(lo), sum(kwh)
+SELECT lease_id, cls, estimated,
+       sum(kwh), sum(n), bit_or(flags), min(lo), sum(total)
 FROM rows
-GROUP BY lease_id, port_id, tariff_id, period, bucket, estimated
+GROUP BY lease_id, cls, estimated
 """
 
 _FLAGGED = """
@@ -239,37 +258,50 @@ async def sums(
         tuple[str, datetime, datetime, datetime, int | None, str | None, datetime | None]
     ],
 ) -> list[Sum]:
-    """kWh of the spans by (lease, port, version, period, bucket, estimated)."""
+    """kWh of the spans by (lease, port, version, period, bucket, estimated).
+    The database groups by small integers (the span's index, the segment's class
+    of version, period and bucket); they are named here."""
     if not spans:
         return []
+    classes: dict[tuple[int | None, str | None, datetime | None], int] = {}
+    cls = [classes.setdefault((s[4], s[5], s[6]), len(classes)) for s in segs]
+    named = list(classes)
+    # A month of 100 ports groups ~300,000 slot rows into a few hundred sums:
+    # hashed in memory (the planner, unable to see into the arrays, would sort).
+    await conn.execute(
+        "SELECT set_config('work_mem', '64MB', true), set_config('enable_sort', 'off', true)"
+    )
     cur = await conn.execute(
         _PARTS,
         _span_args(spans)
         | {
+            "l_id": list(range(len(spans))),
             "s_key": [s[0] for s in segs],
             "s_slot": [s[1] for s in segs],
             "s_a": [s[2] for s in segs],
             "s_b": [s[3] for s in segs],
-            "s_tariff": [s[4] for s in segs],
-            "s_period": [s[5] for s in segs],
-            "s_bucket": [s[6] for s in segs],
+            "s_cls": cls,
         },
     )
     out = []
-    for (
-        lease,
-        port,
-        tariff,
-        period,
-        bucket,
-        est,
-        kwh,
-        n,
-        flags,
-        first,
-        total,
-    ) in await cur.fetchall():
-        out.append(Sum(lease, port, tariff, period, bucket, est, kwh, n, flags, first, total))
+    for sid, c, est, kwh, n, flags, first, total in await cur.fetchall():
+        span = spans[sid]
+        tariff, period, bucket = named[c]
+        out.append(
+            Sum(
+                span.lease_id,
+                span.port_id,
+                tariff,
+                period,
+                bucket,
+                est,
+                kwh,
+                n,
+                flags,
+                first,
+                total,
+            )
+        )
     return out
 
 
