@@ -268,9 +268,14 @@ async def sums(
     named = list(classes)
     # A month of 100 ports groups ~300,000 slot rows into a few hundred sums:
     # hashed in memory (the planner, unable to see into the arrays, would sort).
-    await conn.execute(
-        "SELECT set_config('work_mem', '64MB', true), set_config('enable_sort', 'off', true)"
+    # Both only for this statement: put back after it (SET LOCAL would last to
+    # the end of the caller's transaction, and a later query without sorts is slow).
+    cur = await conn.execute(
+        "SELECT current_setting('work_mem'), current_setting('enable_sort'),"
+        " set_config('work_mem', '64MB', true), set_config('enable_sort', 'off', true)"
     )
+    saved = await cur.fetchone()
+    assert saved is not None
     cur = await conn.execute(
         _PARTS,
         _span_args(spans)
@@ -283,8 +288,13 @@ async def sums(
             "s_cls": cls,
         },
     )
+    rows = await cur.fetchall()
+    await conn.execute(
+        "SELECT set_config('work_mem', %s, true), set_config('enable_sort', %s, true)",
+        (saved[0], saved[1]),
+    )
     out = []
-    for sid, c, est, kwh, n, flags, first, total in await cur.fetchall():
+    for sid, c, est, kwh, n, flags, first, total in rows:
         span = spans[sid]
         tariff, period, bucket = named[c]
         out.append(
@@ -319,30 +329,39 @@ async def flagged(
     return [FlaggedInterval(*row) for row in await cur.fetchall()]
 
 
-async def extent(
-    conn: psycopg.AsyncConnection[Any], port_id: str, start: datetime, end: datetime
-) -> tuple[datetime | None, datetime | None, list[tuple[datetime, datetime]]]:
-    """The first and last reading the ledger knows around [start, end) (a day
-    beyond either side) and its gaps inside it."""
+async def extents(
+    conn: psycopg.AsyncConnection[Any], port_ids: Sequence[str], start: datetime, end: datetime
+) -> dict[str, tuple[datetime | None, datetime | None, list[tuple[datetime, datetime]]]]:
+    """For each port: the first and last reading the ledger knows around [start,
+    end) (a day beyond either side) and its gaps inside it."""
+    out: dict[str, tuple[datetime | None, datetime | None, list[tuple[datetime, datetime]]]] = {}
+    if not port_ids:
+        return out
     # Pieces are in time order: the first one's interval starts earliest.
     cur = await conn.execute(
-        "SELECT (SELECT iv_start FROM meter_ledger WHERE port_id = %(port)s"
+        "SELECT p, (SELECT iv_start FROM meter_ledger WHERE port_id = p"
         " AND start >= %(lo)s AND start < %(hi)s ORDER BY start LIMIT 1),"
-        " (SELECT iv_end FROM meter_ledger WHERE port_id = %(port)s"
-        " AND start >= %(lo)s AND start < %(hi)s ORDER BY start DESC LIMIT 1)",
-        {"port": port_id, "lo": start - MARGIN, "hi": end + MARGIN},
+        " (SELECT iv_end FROM meter_ledger WHERE port_id = p"
+        " AND start >= %(lo)s AND start < %(hi)s ORDER BY start DESC LIMIT 1)"
+        " FROM unnest(%(ports)s::text[]) AS p",
+        {"ports": list(port_ids), "lo": start - MARGIN, "hi": end + MARGIN},
     )
-    row = await cur.fetchone()
-    first, last = (None, None) if row is None else (row[0], row[1])
+    ends = {p: (a, b) for p, a, b in await cur.fetchall()}
     cur = await conn.execute(
-        "SELECT DISTINCT greatest(iv_start, %(a)s), least(iv_end, %(b)s) FROM meter_ledger"
-        " WHERE port_id = %(port)s AND start >= %(a)s - INTERVAL '15 minutes'"
-        ' AND start < %(b)s AND "end" > %(a)s AND (flags <> 0 OR est_kwh IS NOT NULL)'
-        " AND flags & %(gap)s <> 0 ORDER BY 1",
-        {"port": port_id, "a": start, "b": end, "gap": lg.BITS[mt.Flag.GAP]},
+        "SELECT DISTINCT port_id, greatest(iv_start, %(a)s), least(iv_end, %(b)s)"
+        " FROM meter_ledger WHERE port_id = ANY(%(ports)s)"
+        " AND start >= %(a)s - INTERVAL '15 minutes' AND start < %(b)s AND \"end\" > %(a)s"
+        " AND (flags <> 0 OR est_kwh IS NOT NULL) AND flags & %(gap)s <> 0 ORDER BY 1, 2",
+        {"ports": list(port_ids), "a": start, "b": end, "gap": lg.BITS[mt.Flag.GAP]},
     )
-    gaps = [(a, b) for a, b in await cur.fetchall() if a < b]
-    return first, last, gaps
+    gaps: dict[str, list[tuple[datetime, datetime]]] = {}
+    for p, a, b in await cur.fetchall():
+        if a < b:
+            gaps.setdefault(p, []).append((a, b))
+    for p in port_ids:
+        first, last = ends.get(p, (None, None))
+        out[p] = (first, last, gaps.get(p, []))
+    return out
 
 
 async def held(

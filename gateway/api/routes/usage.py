@@ -298,11 +298,17 @@ async def get_usage(
     keys: list[ls.SpanKey] = []
     segs = []
     named: set[str] = set()
+    looked_up: dict[frozenset[str], tuple[bool, list[tf.Tariff]]] = {}
     for pid in port_ids:
         names = {s.tariff for s in spans if s.port_id == pid} or {"default"}
         name = sorted(names)[0]
-        estimate = await tariff_store.estimate_gaps(names, start, end)
-        tariffs = await tariff_store.tariffs_named(name)
+        key = frozenset(names)
+        if key not in looked_up:  # most ports share their tariffs
+            looked_up[key] = (
+                await tariff_store.estimate_gaps(names, start, end),
+                await tariff_store.tariffs_named(name),
+            )
+        estimate, tariffs = looked_up[key]
         # One tariff per port (its first name); ports of one name share its segments.
         if name not in named:
             named.add(name)
@@ -318,13 +324,16 @@ async def get_usage(
     async with ctx.pool.connection() as conn:
         sums = await ls.sums(conn, keys, segs)
         flagged = await ls.flagged(conn, keys)
-        extents = {pid: await ls.extent(conn, pid, start, end) for pid in port_ids}
+        extents = await ls.extents(conn, port_ids, start, end)
         held = await ls.held(conn, port_ids, start, end)
+    sums_of: dict[str, list[ls.Sum]] = defaultdict(list)
+    for x in sums:
+        sums_of[x.port_id].append(x)
     out = [
         _ledger_usage_out(
             pid,
             tenant,
-            [x for x in sums if x.port_id == pid],
+            sums_of[pid],
             [f for f in flagged if f.port_id == pid],
             extents[pid],
             [h for h in held if h[0] == pid],
