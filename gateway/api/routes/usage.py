@@ -428,7 +428,9 @@ def _port_usage_out(
     bucket: str,
     tz: ZoneInfo,
 ) -> PortUsageOut:
-    """The usage of one port, limited to the tenant's spans on it if a tenant is given."""
+    """The usage of one port, limited to the tenant's spans on it if a tenant is given,
+    from intervals metered at read time: the path before the ledger, kept as the
+    reference bench/billing.py measures the ledger against."""
     if tenant is None:
         intervals = usage.intervals
     else:
