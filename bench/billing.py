@@ -304,7 +304,10 @@ async def ledger_costs(url: str, spec: SiteSpec, month: str, city_ports: int) ->
         t0, c0 = time.perf_counter(), time.process_time()
         stepped = await worker.tick()
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        with psycopg.connect(url) as conn:
+        with psycopg.connect(url, autocommit=True) as conn:
+            # As autovacuum would after so many inserts: the planner needs the sizes.
+            conn.execute("ANALYZE meter_ledger")
+            conn.execute("ANALYZE meter_slots")
             row = conn.execute("SELECT count(*) FROM meter_ledger").fetchone()
         say(
             f"  backfill of the month, {stepped} ports: {wall:.1f} s wall, {cpu:.1f} s CPU here;"
