@@ -173,10 +173,17 @@ class LedgerStore:
         pos = job.since if first is None else max(job.since, min(first, final_to))
         pos = min(pos, final_to)
         total = StepResult(port.id, 0, 0, 0)
+        # Clock-suspect readings are looked for chunk by chunk: from the queued
+        # rows' earliest on in the first, to the end of all (a reading stamped
+        # in the future) in the last.
+        held_from = min(job.since, pos)
         while True:
             until = min(final_to, pos + CHUNK)
             last = until >= final_to
-            done = await self._chunk(job, pos, until, newest, last)
+            done = await self._chunk(
+                job, pos, until, newest, last, (held_from, None if last else until)
+            )
+            held_from = until
             total = StepResult(
                 port.id,
                 total.written + done.written,
@@ -196,6 +203,7 @@ class LedgerStore:
         until: datetime,
         newest: datetime | None,
         last: bool,
+        held_range: tuple[datetime, datetime | None],
     ) -> StepResult:
         port = job.port
         key = {"device": port.meter_device_id, "metric": port.metric, "port": port.id}
@@ -236,7 +244,7 @@ class LedgerStore:
                     write_from = min(write_from, lg.slot_of(p.iv_start))
                     break
             new = [p for p in metered if write_from <= p.start < w.write_to]
-            held = await _hold(conn, key, min(job.since, since), w.read_from, w.read_to)
+            held = await _hold(conn, key, held_range, w.read_from, w.read_to)
             if held:
                 new = _mark_suspect(new, held)
             cur = await conn.execute(
@@ -348,17 +356,18 @@ async def _before(
 async def _hold(
     conn: psycopg.AsyncConnection[Any],
     key: dict[str, str],
-    since: datetime,
+    scan: tuple[datetime, datetime | None],
     lo: datetime,
     hi: datetime,
 ) -> list[datetime]:
-    """List the port's clock-suspect readings from `since` on in `meter_held`;
-    the ts of those it holds in [lo, hi)."""
+    """List the port's clock-suspect readings of `scan` ([from, to), to None: no
+    end) in `meter_held`; the ts of those it holds in [lo, hi)."""
     await conn.execute(
         "INSERT INTO meter_held (port_id, ts, value, quality)"
         " SELECT %(port)s, ts, value, quality FROM telemetry WHERE device_id = %(device)s"
-        " AND metric = %(metric)s AND quality <> 0 AND ts >= %(since)s ON CONFLICT DO NOTHING",
-        key | {"since": since},
+        " AND metric = %(metric)s AND quality <> 0 AND ts >= %(since)s"
+        " AND (%(until)s::timestamptz IS NULL OR ts < %(until)s) ON CONFLICT DO NOTHING",
+        key | {"since": scan[0], "until": scan[1]},
     )
     cur = await conn.execute(
         "SELECT ts FROM meter_held WHERE port_id = %(port)s AND ts >= %(lo)s AND ts < %(hi)s"
