@@ -569,3 +569,30 @@ def test_sigkill_of_the_metering_worker_leaves_the_ledger_consistent(url: str) -
         assert len(got) == len(want) > 3 * 48
         for g, w in zip(got, want, strict=True):
             assert g.same(w), (port_id, g, w)
+
+
+async def test_rebuild_is_safe_while_readings_arrive_and_the_worker_runs(url: str) -> None:
+    """A rebuild from the start, readings (late ones among them) committed
+    meanwhile, the worker ticking beside it: afterwards the ledger is the
+    metering of the final readings."""
+    clear(url)
+    day = datetime(2026, 10, 23, 0, 0, tzinfo=CST)
+    rows = steady(day, day + timedelta(days=3), Decimal("0.01"), Decimal("300"))
+    held_back = rows[5::9]
+    store(url, [r for r in rows if r not in held_back][: len(rows) // 2])
+    env = {"POLEGW_DATABASE_URL": url}
+    rebuilding = asyncio.create_task(asyncio.to_thread(rebuild, env, "--from", "2026-10-01"))
+    async with opened_pool(url) as pool:
+        worker = MeteringWorker(pool, CATALOG, Metrics())
+        rest = [r for r in rows if r not in held_back][len(rows) // 2 :]
+        for k in range(0, len(rest), 500):
+            await asyncio.to_thread(store, url, rest[k : k + 500])
+            await worker.tick()
+        await asyncio.to_thread(store, url, held_back)  # late
+        result = await rebuilding
+        assert result.exit_code == 0, result.output
+        await worker.tick()
+    got, want = ledger_rows(url), reference(url)
+    assert [p.start for p in got] == [p.start for p in want]
+    for g, w in zip(got, want, strict=True):
+        assert g.same(w), (g, w)
