@@ -208,11 +208,11 @@ class LedgerStore:
         port = job.port
         key = {"device": port.meter_device_id, "metric": port.metric, "port": port.id}
         async with self._pool.connection() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO meter_ports (port_id) VALUES (%s) ON CONFLICT DO NOTHING", (port.id,)
-            )
+            # The watermark row, made if new, locked either way (DO UPDATE locks it).
             cur = await conn.execute(
-                "SELECT metered_to FROM meter_ports WHERE port_id = %s FOR UPDATE", (port.id,)
+                "INSERT INTO meter_ports (port_id) VALUES (%s) ON CONFLICT (port_id)"
+                " DO UPDATE SET port_id = excluded.port_id RETURNING metered_to",
+                (port.id,),
             )
             wm = await cur.fetchone()
             metered_to = None if wm is None or wm[0] is None else _utc0(wm[0])
@@ -362,17 +362,16 @@ async def _hold(
 ) -> list[datetime]:
     """List the port's clock-suspect readings of `scan` ([from, to), to None: no
     end) in `meter_held`; the ts of those it holds in [lo, hi)."""
-    await conn.execute(
-        "INSERT INTO meter_held (port_id, ts, value, quality)"
+    # One statement: the SELECT does not see the CTE's rows, so they are added.
+    cur = await conn.execute(
+        "WITH new AS (INSERT INTO meter_held (port_id, ts, value, quality)"
         " SELECT %(port)s, ts, value, quality FROM telemetry WHERE device_id = %(device)s"
         " AND metric = %(metric)s AND quality <> 0 AND ts >= %(since)s"
-        " AND (%(until)s::timestamptz IS NULL OR ts < %(until)s) ON CONFLICT DO NOTHING",
-        key | {"since": scan[0], "until": scan[1]},
-    )
-    cur = await conn.execute(
-        "SELECT ts FROM meter_held WHERE port_id = %(port)s AND ts >= %(lo)s AND ts < %(hi)s"
-        " ORDER BY ts",
-        key | {"lo": lo, "hi": hi},
+        " AND (%(until)s::timestamptz IS NULL OR ts < %(until)s) ON CONFLICT DO NOTHING"
+        " RETURNING ts)"
+        " SELECT ts FROM meter_held WHERE port_id = %(port)s AND ts >= %(lo)s AND ts < %(hi)s"
+        " UNION SELECT ts FROM new WHERE ts >= %(lo)s AND ts < %(hi)s ORDER BY 1",
+        key | {"since": scan[0], "until": scan[1], "lo": lo, "hi": hi},
     )
     return [_utc0(r[0]) for r in await cur.fetchall()]
 
