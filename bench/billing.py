@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Billing benchmark: a tenant with 100 leased ports and a month of 1-minute meter
 readings (4.32 M readings): how long the month's usage by tariff period and the
-month's bill take, and where the time goes.
+month's bill take from the meter-data ledger (the new path), the same metered
+from the readings at billing time (the old path, as reference), what the
+metering worker costs, and where the time goes.
 
     .venv/bin/python bench/billing.py                  # 100 ports, 2026-11, once
     .venv/bin/python bench/billing.py --ports 20 --repeats 3
+    .venv/bin/python bench/billing.py --ports 100 --tenants 20   # a bill run of 20 tenants
     .venv/bin/python bench/billing.py --profile /tmp/billing.prof
 
 One run does, on this machine, against the real PostgreSQL:
@@ -19,13 +22,23 @@ One run does, on this machine, against the real PostgreSQL:
    generate_series), a different load per port (120-720 W, varying with the hour),
    rounded to the register's 0.01 kWh; then ANALYZE.
 
-2. Measured, each ``--repeats`` times (the best and the median are printed), in
+2. The ledger: the readings' triggers queued every reading (the set-up's time
+   includes them); the metering worker's backfill of the month (all ports), then
+   its steady state: one new reading per port and one worker tick, timed (wall
+   and this process's CPU), with the per-port cost and the extrapolation to a
+   city printed. With TimescaleDB the continuous aggregate is refreshed (as its
+   refresh policy would have) before the old path is measured, and whether it
+   is materialised is printed.
+
+3. Measured, each ``--repeats`` times (the best and the median are printed), in
    this process through the real API application (FastAPI over ASGI, no network):
    ``GET /api/v1/usage?tenant=…&start=…&end=…&bucket=1d`` (the month's kWh per port
    by day and tariff period) and ``POST /api/v1/bills/generate`` (the month's draft
-   bill, replaced on each repeat).
+   bill, replaced on each repeat), from the ledger; then the old path (metering the
+   readings at billing time: ``BillingStore.generate(source="readings")`` and the
+   old usage computation) on the same data, and the bills compared to the fen.
 
-3. Where the time goes: the rollup query the billing reads (first and last reading
+4. Where the time goes: the rollup query the billing reads (first and last reading
    of each 15-minute bucket of each port, from ``telemetry_15m``) alone for all
    ports; the metering core (``gateway.core.metering.meter``) alone on those
    readings; and the same rollup query against a materialized copy of the rollup
@@ -63,11 +76,15 @@ from psycopg.types.json import Jsonb
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gateway.adapters.billing_store import BillingStore  # noqa: E402
 from gateway.adapters.credentials import TokenIssuer  # noqa: E402
 from gateway.adapters.migrate import upgrade  # noqa: E402
 from gateway.adapters.site_store import import_site  # noqa: E402
+from gateway.adapters.tariff_store import TariffStore  # noqa: E402
+from gateway.adapters.usage_store import UsageStore  # noqa: E402
 from gateway.api.app import create_app  # noqa: E402
 from gateway.api.deps import ApiContext  # noqa: E402
+from gateway.api.routes import usage as usage_routes  # noqa: E402
 from gateway.config import Settings  # noqa: E402
 from gateway.core import metering as mt  # noqa: E402
 from gateway.core import tariffs as tf  # noqa: E402
@@ -81,6 +98,7 @@ from gateway.core.site import (  # noqa: E402
     SiteSpec,
     TenantSpec,
 )
+from gateway.metering_worker import MeteringWorker  # noqa: E402
 from gateway.metrics import Metrics  # noqa: E402
 from gateway.service import open_pool  # noqa: E402
 
@@ -160,18 +178,24 @@ def port_list(spec: SiteSpec) -> list[tuple[str, str, str]]:
     return [(p.id, p.meter, f"port{p.port}_energy_kwh") for pole in spec.poles for p in pole.ports]
 
 
-def set_up(url: str, spec: SiteSpec, month: str) -> int:
-    """Leases, tariff and readings; returns the number of readings written."""
+def set_up(url: str, spec: SiteSpec, month: str, tenants: int = 1) -> int:
+    """Leases, tariff and readings; returns the number of readings written. With
+    `tenants` above 1, the ports are leased round robin to that many tenants."""
     start, end = tf.month_bounds(month, TZ)
     minutes = int((end - start).total_seconds() // 60)
     ports = port_list(spec)
     with psycopg.connect(url, autocommit=True) as conn:
-        for port_id, _, _ in ports:
+        for k in range(2, tenants + 1):
+            conn.execute(
+                "INSERT INTO tenants (id, name) VALUES (%s, %s)", (f"{TENANT}-{k}", f"Bench {k}")
+            )
+        for i, (port_id, _, _) in enumerate(ports):
+            tenant = TENANT if i % tenants == 0 else f"{TENANT}-{i % tenants + 1}"
             pole = port_id.split("-")[0]
             row = conn.execute(
                 "INSERT INTO leases (tenant_id, pole_id, state, port_id, rates)"
                 " VALUES (%s, %s, 'in_service', %s, %s) RETURNING id",
-                (TENANT, pole, port_id, Jsonb({"tariff": TARIFF})),
+                (tenant, pole, port_id, Jsonb({"tariff": TARIFF})),
             ).fetchone()
             assert row is not None
             conn.execute(
@@ -226,8 +250,110 @@ async def timed(label: str, repeats: int, step: Callable[[], Awaitable[Any]]) ->
     return result
 
 
+def hot_path(url: str, at: datetime, n: int = 100_000) -> None:
+    """The telemetry writer's COPY of `n` energy counter readings with the
+    ledger's queue triggers (migration 0019) and without them."""
+    device = "bench-hot"
+    rows = [
+        (at + timedelta(seconds=k), device, f"port{k % 4 + 1}_energy_kwh", k * 0.01, 0)
+        for k in range(n)
+    ]
+    times: dict[bool, list[float]] = {}
+    with psycopg.connect(url, autocommit=True) as conn:
+        for enabled in (True, False, True, False):
+            if not enabled:
+                conn.execute("ALTER TABLE telemetry DISABLE TRIGGER telemetry_meter_insert")
+            t0 = time.perf_counter()
+            with (
+                conn.transaction(),
+                conn.cursor() as cur,
+                cur.copy(
+                    "COPY telemetry (ts, device_id, metric, value, quality)"
+                    " FROM STDIN (FORMAT BINARY)"
+                ) as copy,
+            ):
+                copy.set_types(["timestamptz", "text", "text", "float8", "int2"])
+                for row in rows:
+                    copy.write_row(row)
+            times.setdefault(enabled, []).append(time.perf_counter() - t0)
+            conn.execute("ALTER TABLE telemetry ENABLE TRIGGER telemetry_meter_insert")
+            conn.execute("SET polegw.meter_queue = 'off'")  # the clean-up is not queued
+            conn.execute("DELETE FROM telemetry WHERE device_id = %s", (device,))
+            conn.execute("DELETE FROM meter_queue WHERE device_id = %s", (device,))
+            conn.execute("RESET polegw.meter_queue")
+    on, off = min(times[True]), min(times[False])
+    say(
+        f"Hot path: COPY of {n:,} energy readings: {off:.2f} s without the ledger's queue"
+        f" trigger, {on:.2f} s with it ({(on / off - 1) * 100:+.0f} %;"
+        f" {(on - off) / n * 1e6:.1f} us a reading; other metrics do not fire it)"
+    )
+
+
+async def ledger_costs(url: str, spec: SiteSpec, month: str, city_ports: int) -> None:
+    """The metering worker: the month's backfill, then one tick with one new
+    reading per port (the steady state of ports reporting every minute)."""
+    _, end = tf.month_bounds(month, TZ)
+    ports = port_list(spec)
+    hot_path(url, end)
+    pool = open_pool(url)
+    await pool.open()
+    try:
+        metrics = Metrics()
+        worker = MeteringWorker(pool, load_catalog(), metrics)
+        say("The metering worker:")
+        t0, c0 = time.perf_counter(), time.process_time()
+        stepped = await worker.tick()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        with psycopg.connect(url, autocommit=True) as conn:
+            # As autovacuum would after so many inserts: the planner needs the sizes.
+            conn.execute("ANALYZE meter_ledger")
+            conn.execute("ANALYZE meter_slots")
+            row = conn.execute("SELECT count(*) FROM meter_ledger").fetchone()
+        say(
+            f"  backfill of the month, {stepped} ports: {wall:.1f} s wall, {cpu:.1f} s CPU here;"
+            f" {row[0] if row else '?'} pieces; {wall / max(1, stepped):.2f} s per port-month"
+        )
+        for rnd in range(3):
+            ts = end + timedelta(minutes=rnd)
+            with psycopg.connect(url, autocommit=True) as conn:
+                for _, device, metric in ports:
+                    conn.execute(
+                        "INSERT INTO telemetry (ts, device_id, metric, value)"
+                        " SELECT %s, device_id, metric, value + 0.01 FROM telemetry"
+                        " WHERE device_id = %s AND metric = %s ORDER BY ts DESC LIMIT 1",
+                        (ts, device, metric),
+                    )
+            t0, c0 = time.perf_counter(), time.process_time()
+            stepped = await worker.tick()
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            per_wall, per_cpu = wall / max(1, stepped), cpu / max(1, stepped)
+            say(
+                f"  tick {rnd + 1}: one new reading on each of {stepped} ports: {wall:.3f} s wall,"
+                f" {cpu:.3f} s CPU here; per port {per_wall * 1000:.1f} ms wall,"
+                f" {per_cpu * 1000:.1f} ms CPU"
+            )
+        say(
+            f"  extrapolated to {city_ports:,} ports reporting every minute: one worker"
+            f" {per_wall * city_ports:.0f} s wall per minute of readings"
+            f" ({per_cpu * city_ports / 60 * 100:.0f} % of one core in this process,"
+            " the rest is the database's)"
+        )
+        lag = metrics.registry.get_sample_value("polegw_metering_lag_seconds_sum")
+        n = metrics.registry.get_sample_value("polegw_metering_lag_seconds_count")
+        say(f"  lag (queued -> metered) mean over the ticks: {(lag or 0) / max(1.0, n or 0):.1f} s")
+    finally:
+        await pool.close()
+
+
 async def measure(
-    url: str, spec: SiteSpec, month: str, repeats: int, profile: Path | None, with_usage: bool
+    url: str,
+    spec: SiteSpec,
+    month: str,
+    repeats: int,
+    profile: Path | None,
+    with_usage: bool,
+    tenants: int = 1,
+    city_ports: int = 10_000,
 ) -> None:
     start, end = tf.month_bounds(month, TZ)
     settings = Settings(database_url=url, secret_key=SECRET)
@@ -275,24 +401,28 @@ async def measure(
                 body: list[dict[str, Any]] = r.json()
                 return body
 
-            say("API, end to end:")
+            async def bill_run() -> list[dict[str, Any]]:
+                r = await api.post("/bills/generate", json={"month": month})
+                assert r.status_code == 200, r.text
+                body: list[dict[str, Any]] = r.json()
+                return body
+
+            say("API, end to end, from the ledger (the new path):")
             if with_usage:
                 body = await timed("GET /usage (tenant, month, by day and period)", repeats, usage)
-                kwh = sum(Decimal(p["kwh"]) for p in body["ports"])
-                periods: dict[str, Decimal] = {}
-                for p in body["ports"]:
-                    for k, v in p["periods"].items():
-                        periods[k] = periods.get(k, Decimal(0)) + Decimal(v)
-                say(
-                    f"    {len(body['ports'])} ports, {kwh:.3f} kWh: "
-                    + ", ".join(f"{k} {v:.3f}" for k, v in sorted(periods.items()))
-                )
+                _say_usage(body)
             (result,) = await timed("POST /bills/generate (tenant, month)", repeats, generate)
             bill = result["bill"]
+            new_lines = await _energy_lines(pool, bill["id"])
             say(
                 f"    bill {bill['id']}: {bill['energy_kwh']} kWh, energy {bill['energy_amount']},"
                 f" total {bill['total_amount']} {bill['currency']}"
             )
+            if tenants > 1:
+                run = await timed(
+                    f"POST /bills/generate (month, all {tenants} tenants)", repeats, bill_run
+                )
+                say(f"    {len(run)} bills, {len(port_list(spec))} ports")
             if profile is not None:
                 steps = [("usage", usage)] if with_usage else []
                 for what, step in [*steps, ("generate", generate)]:
@@ -304,9 +434,86 @@ async def measure(
                     profiler.dump_stats(path)
                     say(f"    profile of one {what}: {path} (python -m pstats {path})")
 
+        say("The old path, metering the readings at billing time (reference):")
+        say(f"  telemetry_15m: {await _rollup_state(url)}")
+        billing = BillingStore(pool, catalog, TZ)
+
+        async def old_generate() -> list[tuple[dict[str, Any], str]]:
+            return await billing.generate(month, TENANT, source="readings")
+
+        ((old_bill, _),) = await timed(
+            "BillingStore.generate(source='readings') (tenant, month)", repeats, old_generate
+        )
+        old_lines = await _energy_lines(pool, old_bill["id"])
+        say(
+            f"    bill {old_bill['id']}: {old_bill['energy_kwh']} kWh,"
+            f" energy {old_bill['energy_amount']}, total {old_bill['total_amount']}"
+        )
+        same = old_lines == new_lines and old_bill["total_amount"] == Decimal(bill["total_amount"])
+        say(f"    the same energy lines and total to the fen as from the ledger: {same}")
+        for a, b in zip(old_lines, new_lines, strict=False):
+            if a != b:
+                say(f"      differs: {a} (readings) vs {b} (ledger)")
+        if with_usage:
+
+            async def old_usage() -> int:
+                store = UsageStore(pool, catalog)
+                spans = await store.spans(start, end, tenant_id=TENANT)
+                tariffs = await TariffStore(pool).tariffs_named(TARIFF)
+                n = 0
+                for pid in sorted({s.port_id for s in spans if s.port_id}):
+                    meta = await store.port(pid)
+                    assert meta is not None
+                    u = await store.port_usage(meta, start, end, estimate_gaps=False)
+                    mine = [s for s in spans if s.port_id == pid]
+                    usage_routes._port_usage_out(u, mine, tariffs, TENANT, start, end, "1d", TZ)
+                    n += 1
+                return n
+
+            await timed("the old GET /usage computation (tenant, month, by day)", 1, old_usage)
         await breakdown(url, spec, start, end, repeats)
     finally:
         await pool.close()
+
+
+def _say_usage(body: dict[str, Any]) -> None:
+    kwh = sum(Decimal(p["kwh"]) for p in body["ports"])
+    periods: dict[str, Decimal] = {}
+    for p in body["ports"]:
+        for k, v in p["periods"].items():
+            periods[k] = periods.get(k, Decimal(0)) + Decimal(v)
+    say(
+        f"    {len(body['ports'])} ports, {kwh:.3f} kWh: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in sorted(periods.items()))
+    )
+
+
+async def _energy_lines(pool: Any, bill_id: int) -> list[tuple[Any, ...]]:
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT lease_id, tariff_id, period, estimated, quantity, amount FROM bill_lines"
+            " WHERE bill_id = %s AND kind = 'energy' ORDER BY 1, 2, 3, 4",
+            (bill_id,),
+        )
+        return [tuple(r) for r in await cur.fetchall()]
+
+
+async def _rollup_state(url: str) -> str:
+    """Whether telemetry_15m is a continuous aggregate, refreshed here (as its
+    refresh policy would have) and so materialised; or a plain view."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone():
+            t0 = time.perf_counter()
+            conn.execute("CALL refresh_continuous_aggregate('telemetry_15m', NULL, NULL)")
+            row = conn.execute(
+                "SELECT materialized_only FROM timescaledb_information.continuous_aggregates"
+                " WHERE view_name = 'telemetry_15m'"
+            ).fetchone()
+            return (
+                f"continuous aggregate, refreshed in {time.perf_counter() - t0:.1f} s"
+                f" (materialized_only: {row[0] if row else '?'})"
+            )
+    return "plain view (no TimescaleDB): computed from the raw readings at each query"
 
 
 async def breakdown(url: str, spec: SiteSpec, start: datetime, end: datetime, repeats: int) -> None:
@@ -500,6 +707,12 @@ def main() -> None:
     parser.add_argument("--ports", type=int, default=100)
     parser.add_argument("--month", default="2026-11", help="YYYY-MM (site zone Asia/Shanghai)")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--tenants", type=int, default=1, help="lease the ports round robin to this many tenants"
+    )
+    parser.add_argument(
+        "--city-ports", type=int, default=10_000, help="extrapolate the worker's cost to this"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     parser.add_argument(
         "--no-usage", action="store_true", help="skip GET /usage (minutes at 100 ports)"
@@ -524,7 +737,7 @@ def main() -> None:
         upgrade(url)
         asyncio.run(import_site(url, spec))
         say("set-up:")
-        readings = set_up(url, spec, args.month)
+        readings = set_up(url, spec, args.month, args.tenants)
         say(f"  {readings:,} readings in {time.monotonic() - t0:.0f} s")
         with psycopg.connect(url) as conn:
             ts = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
@@ -535,7 +748,19 @@ def main() -> None:
             f"  telemetry_15m: {'continuous aggregate' if ts else 'plain view (no TimescaleDB)'};"
             f" telemetry {size[0] if size else '?'} with its index"
         )
-        asyncio.run(measure(url, spec, args.month, args.repeats, args.profile, not args.no_usage))
+        asyncio.run(ledger_costs(url, spec, args.month, args.city_ports))
+        asyncio.run(
+            measure(
+                url,
+                spec,
+                args.month,
+                args.repeats,
+                args.profile,
+                not args.no_usage,
+                args.tenants,
+                args.city_ports,
+            )
+        )
         say(f"at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load average {os.getloadavg()}")
     finally:
         if not args.keep:

@@ -372,6 +372,9 @@ def bills_generate(
         typer.Option("--period", "--month", help="The month, YYYY-MM in the site's time zone"),
     ],
     tenant: Annotated[str | None, typer.Option(help="Only this tenant (its id)")] = None,
+    provisional: Annotated[
+        bool, typer.Option(help="Bill a month that has not ended (a draft that cannot be issued)")
+    ] = False,
 ) -> None:
     """Create or replace the month's draft bills (issued bills are never changed)."""
     import re
@@ -380,7 +383,7 @@ def bills_generate(
     import psycopg
 
     from gateway.adapters.audit import append
-    from gateway.adapters.billing_store import BillingStore, dumps
+    from gateway.adapters.billing_store import BillingStore, MonthNotEnded, dumps
     from gateway.core.auth import SYSTEM
     from gateway.core.profiles import load_catalog
     from gateway.core.tariffs import NoTariff
@@ -399,7 +402,7 @@ def bills_generate(
             store = BillingStore(
                 pool, load_catalog(settings.profiles_dir), ZoneInfo(settings.site_timezone)
             )
-            results = await store.generate(month, tenant)
+            results = await store.generate(month, tenant, provisional=provisional)
             async with pool.connection() as conn, conn.transaction():
                 for bill, outcome in results:
                     if outcome != "issued, unchanged":
@@ -413,6 +416,8 @@ def bills_generate(
         results = asyncio.run(generate())
     except (ConfigError, SourceFileError, NoTariff) as exc:
         raise fail(str(exc)) from None
+    except MonthNotEnded as exc:
+        raise fail(f"--period: {exc} (--provisional)") from None
     except (OSError, psycopg.Error) as exc:
         raise fail(f"database: {(str(exc) or repr(exc)).splitlines()[0]}") from None
     for bill, outcome in results:
@@ -610,3 +615,9 @@ def backup_restore(
         f"{file}: restored the database (schema {manifest['schema_version']}, taken"
         f" {manifest['created_at']}) and the spool into {settings.spool_dir}"
     )
+
+
+# The meter-data ledger: gateway/cli_metering.py (registered here, defined there).
+from gateway.cli_metering import metering_app  # noqa: E402
+
+app.add_typer(metering_app, name="metering")

@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     site_lon: Annotated[float, Field(ge=-180, le=180)] = 116.4074
     lighting_rated_w: Annotated[float, Field(gt=0)] = 100.0
     lighting_reload_s: Annotated[float, Field(gt=0)] = 30.0
+    # The metering worker looks for queued counter readings this often (the
+    # ledger's lag target is 30 s at p99).
+    metering_every_s: Annotated[float, Field(gt=0, le=60)] = 5.0
     # Data management: raw readings and rollups older than these are deleted
     # (TimescaleDB retention policies, else a periodic batched delete of raw
     # readings; rollups are then views). Rollups outlive their 35-day refresh window.

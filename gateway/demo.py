@@ -261,7 +261,7 @@ async def seed_mounting(
         await backfill_meters(pool, UsageStore(pool, catalog), site, catalog, made, since, now)
         month = now.strftime("%Y-%m")
         try:
-            results = await BillingStore(pool, catalog, tz).generate(month)
+            results = await BillingStore(pool, catalog, tz).generate(month, provisional=True)
         except NoTariff as exc:  # a lease made outside the demo names a tariff without one
             log.warning("the demo's %s bills were not generated: %s", month, exc)
             results = []

@@ -105,6 +105,23 @@ class Metrics:
             ),
             registry=r,
         )
+        # The meter-data ledger (gateway/metering_worker.py).
+        self.metering_lag_seconds = Histogram(
+            "polegw_metering_lag_seconds",
+            "From a counter reading's commit (queued) to the ledger step that metered it",
+            buckets=(0.5, 1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 900),
+            registry=r,
+        )
+        self.metering_pending_seconds = Gauge(
+            "polegw_metering_pending_seconds",
+            "How long the oldest reading not yet in the ledger has waited (0: none)",
+            registry=r,
+        )
+        self.metering_changes = Counter(
+            "polegw_metering_changes",
+            "Ledger pieces already counted complete that late or corrected readings changed",
+            registry=r,
+        )
         self.db_write_failures = Counter(
             "polegw_db_write_failures", "Batches whose commit failed and was retried", registry=r
         )

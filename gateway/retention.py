@@ -95,6 +95,9 @@ class Retention:
         """Plain PostgreSQL: delete raw readings older than the limit; returns how many."""
         deleted = 0
         async with await self._connect() as conn:
+            # Readings deleted for age are not corrections: the ledger keeps what
+            # it metered from them (migration 0019's triggers skip this session).
+            await conn.execute("SET polegw.meter_queue = 'off'")
             while True:
                 cur = await conn.execute(
                     "DELETE FROM telemetry WHERE ctid = ANY(ARRAY("

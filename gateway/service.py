@@ -253,6 +253,10 @@ async def run_gateway(
             lighting = LightingDispatcher.from_settings(settings, pool, registry, dispatcher)
             states.on_online.append(lighting.poke)  # a lamp that is back gets its level
             tg.create_task(lighting.run(stop), name="lighting-dispatcher")
+            from gateway.metering_worker import MeteringWorker  # the meter-data ledger
+
+            metering = MeteringWorker(pool, catalog, metrics, every_s=settings.metering_every_s)
+            tg.create_task(metering.run(stop), name="metering-worker")
             if api:
                 # Live events end their streams when `stop` is set, so open
                 # streams never hold the server's shutdown.

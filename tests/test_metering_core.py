@@ -17,6 +17,7 @@ from gateway.core.metering import (
     clip,
     counter_modulus,
     meter,
+    meter_reference,
     split_interval,
     to_decimal,
 )
@@ -198,3 +199,14 @@ def test_cuts_in_other_zones_cut_where_the_plain_list_does() -> None:
         assert fast == plain
         assert [p.start.tzinfo for p in fast] == [p.start.tzinfo for p in plain]
         assert len(fast) == 6
+
+
+def test_a_reading_above_the_modulus_is_no_wrap() -> None:
+    """A counter of 16 bits (655.36 kWh) read as 700 (a spike, a float register)
+    then 0.3: 0.3 + 655.36 - 700 is negative, so no wrap: a reset, never a
+    negative interval (found by the ledger's property test)."""
+    for meter_fn in (meter, meter_reference):
+        out = meter_fn(series("700", "0.3", "0.5"), rated_w=4000, modulus=M16)
+        assert all(iv.kwh >= 0 for iv in out.intervals), out.intervals
+        assert Flag.WRAPPED not in out.intervals[0].flags
+        assert Flag.RESET in out.intervals[0].flags

@@ -271,7 +271,9 @@ async def test_application_to_bill_with_a_simulated_meter(
             next(h["since"] for h in history if h["state"] == "in_service")
         )
         month = datetime.now(CST).strftime("%Y-%m")
-        r = await api.post(f"{API}/bills/generate", json={"month": month, "tenant": TENANT})
+        r = await api.post(
+            f"{API}/bills/generate", json={"month": month, "tenant": TENANT, "provisional": True}
+        )
         assert r.status_code == 200, r.text
         (generated,) = r.json()
         bill = (await api.get(f"{API}/bills/{generated['bill']['id']}", headers=tenant)).json()

@@ -614,7 +614,10 @@ READABLE = {
     "lease_history",
     "lease_reservations",
     "leases",
+    "meter_held",  # the ledger (migration 0019): per port, as telemetry_15m
+    "meter_ledger",
     "meter_replacements",
+    "meter_slots",
     "pole_presence",
     "poles",
     "ports",

@@ -22,9 +22,13 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from gateway.adapters import ledger_sums as ls
+from gateway.adapters.db import tenant_scope
+from gateway.adapters.ledger_store import LedgerStore
 from gateway.adapters.tariff_store import TariffStore
 from gateway.adapters.usage_store import PortUsage, Span, UsageStore, utcnow
 from gateway.core import billing_credits as bc
+from gateway.core import ledger as lg
 from gateway.core import metering as mt
 from gateway.core import tariffs as tf
 from gateway.core.profiles import ProfileCatalog
@@ -45,8 +49,20 @@ class BillConflict(Exception):
         self.data = data
 
 
+class MonthNotEnded(Exception):
+    """A bill for a month that has not ended, not asked for as provisional."""
+
+    def __init__(self, month: str, ends_at: datetime) -> None:
+        super().__init__(
+            f"{month} has not ended (it ends at {ends_at.isoformat()}):"
+            " ask for a provisional draft to bill it now"
+        )
+        self.month = month
+        self.ends_at = ends_at
+
+
 # Every line has these keys; energy and rent lines leave them empty.
-LINE_REFERENCES: Row = {"emergency_id": None, "outage_id": None}
+LINE_REFERENCES: Row = {"emergency_id": None, "outage_id": None, "corrects_bill_id": None}
 
 
 class BillingStore:
@@ -54,15 +70,31 @@ class BillingStore:
         self._pool = pool
         self._tariffs = TariffStore(pool)
         self._usage = UsageStore(pool, catalog)
+        self._ledger = LedgerStore(pool, catalog)
         self.tz = tz
 
     # ------------------------------------------------------------------ bills
 
-    async def generate(self, month: str, tenant_id: str | None = None) -> list[tuple[Row, str]]:
+    async def generate(
+        self,
+        month: str,
+        tenant_id: str | None = None,
+        *,
+        provisional: bool = False,
+        source: str = "ledger",
+    ) -> list[tuple[Row, str]]:
         """Draft bills of the month for each tenant with a lease in service in it
         (or just `tenant_id`): (bill, "created" | "replaced" | "issued, unchanged").
-        Raises tf.NoTariff when a time to price has no valid tariff version."""
+        Energy is summed from the meter-data ledger (brought up to date for the
+        month's ports first); `source="readings"` meters the raw readings instead
+        (the reference the ledger is measured against). Corrections of issued
+        bills that the ledger has seen since are carried as adjustment lines.
+        Raises tf.NoTariff when a time to price has no valid tariff version, and
+        MonthNotEnded for a month not yet over unless `provisional`."""
         start, end = tf.month_bounds(month, self.tz)
+        is_provisional = end > utcnow()
+        if is_provisional and not provisional:
+            raise MonthNotEnded(month, end)
         spans = await self._usage.spans(start, end, tenant_id=tenant_id)
         by_tenant: dict[str, list[Span]] = defaultdict(list)
         for s in spans:
@@ -70,14 +102,225 @@ class BillingStore:
         if tenant_id is not None:
             by_tenant.setdefault(tenant_id, [])
         events = await self.unusable(start, end) if spans else []
-        computed = {
-            t: await self._bill_lines(month, start, end, ss, events) for t, ss in by_tenant.items()
-        }
+        if source == "ledger":
+            await self.catch_up(sorted({s.port_id for s in spans if s.port_id}))
+            computed = await self._ledger_bills(month, start, end, by_tenant, events)
+            for tenant in computed:
+                lines, excess = computed[tenant]
+                computed[tenant] = (lines + await self._adjustments(tenant, month), excess)
+        else:
+            computed = {
+                t: await self._bill_lines(month, start, end, ss, events)
+                for t, ss in by_tenant.items()
+            }
         out: list[tuple[Row, str]] = []
         async with self._pool.connection() as conn, conn.transaction():
             for tenant, (lines, excess) in sorted(computed.items()):
-                out.append(await self._write_bill(conn, tenant, month, lines, excess))
+                out.append(
+                    await self._write_bill(conn, tenant, month, lines, excess, is_provisional)
+                )
         return out
+
+    async def catch_up(self, port_ids: Sequence[str]) -> None:
+        """Meter what is queued for these ports now (the worker may be behind or
+        not running), as the gateway (not a tenant: it writes the ledger)."""
+        if port_ids:
+            with tenant_scope(None):
+                await self._ledger.catch_up(port_ids)
+
+    async def _ledger_bills(
+        self,
+        month: str,
+        start: datetime,
+        end: datetime,
+        by_tenant: dict[str, list[Span]],
+        events: Sequence[bc.Unusable],
+    ) -> dict[str, tuple[list[Row], list[Row]]]:
+        """Every tenant's lines from one sum over the ledger."""
+        tariff_cache: dict[str, list[tf.Tariff]] = {}
+        for spans in by_tenant.values():
+            for s in spans:
+                if s.tariff not in tariff_cache:
+                    tariff_cache[s.tariff] = await self._tariffs.tariffs_named(s.tariff)
+        keys = [
+            ls.SpanKey(
+                s.lease_id,
+                s.port_id,
+                s.tariff,
+                mt.utc(s.start),
+                mt.utc(s.end or end),
+                any(t.estimate_gaps for t in tariff_cache[s.tariff]),
+            )
+            for spans in by_tenant.values()
+            for s in spans
+            if s.port_id is not None
+        ]
+        energy, excess = await self._ledger_energy(keys, tariff_cache, start, end)
+        out: dict[str, tuple[list[Row], list[Row]]] = {}
+        for tenant, spans in by_tenant.items():
+            by_lease: dict[int, list[Span]] = defaultdict(list)
+            for s in spans:
+                by_lease[s.lease_id].append(s)
+            lines: list[Row] = []
+            for lease_id, lease_spans in sorted(by_lease.items()):
+                first = lease_spans[0]
+                tariffs = tariff_cache[first.tariff]
+                if first.port_id is not None:
+                    lines += self._lines_of_sums(first, energy.get(lease_id, []))
+                lines += self._space_lines(month, first, lease_spans, tariffs, end)
+                lines += self._credit_lines(month, first, lease_spans, tariffs, events, end)
+            flags = [x for x in excess if x["lease_id"] in by_lease]
+            out[tenant] = ([LINE_REFERENCES | ln for ln in lines], flags)
+        return out
+
+    async def _ledger_energy(
+        self,
+        keys: Sequence[ls.SpanKey],
+        tariff_cache: dict[str, list[tf.Tariff]],
+        start: datetime,
+        end: datetime,
+    ) -> tuple[dict[int, list[tf.PeriodEnergy]], list[Row]]:
+        """kWh by lease, version, period and estimated (as `tf.energy_by_period`
+        sums them), and the intervals with excess, from the ledger."""
+        segs = [
+            seg
+            for name in sorted({k.tariff for k in keys})
+            for seg in ls.segments(name, tariff_cache[name], self.tz, start, end)
+        ]
+        by_id = {t.id: t for ts in tariff_cache.values() for t in ts}
+        name_of = {k.lease_id: k.tariff for k in keys}
+        async with self._pool.connection() as conn:
+            sums = await ls.sums(conn, keys, segs)
+            capped = await ls.flagged(conn, keys, excess_only=True)
+        missing = [x for x in sums if x.tariff_id is None]
+        if missing:
+            first = min(missing, key=lambda x: x.first)
+            raise tf.NoTariff(name_of[first.lease_id], first.first)
+        energy: dict[int, list[tf.PeriodEnergy]] = defaultdict(list)
+        for x in sums:
+            if x.positive == 0:
+                continue
+            assert x.tariff_id is not None
+            assert x.period is not None
+            names = set(lg.flag_names(x.flags)) | ({"estimated"} if x.estimated else set())
+            energy[x.lease_id].append(
+                tf.PeriodEnergy(by_id[x.tariff_id], tf.Period(x.period), x.estimated, x.kwh, names)
+            )
+        excess = [
+            {
+                "port_id": f.port_id,
+                "lease_id": f.lease_id,
+                "start": f.start,
+                "end": f.end,
+                "excess_kwh": f.excess_kwh,
+                "flags": sorted(lg.flag_names(f.flags)),
+            }
+            for f in capped
+            if f.excess_kwh > 0
+        ]
+        return energy, excess
+
+    async def _adjustments(self, tenant_id: str, month: str) -> list[Row]:
+        """Lines carrying into this month's bill what the ledger changed in the
+        energy of the tenant's earlier issued (or paid) invoices since each was
+        generated, less what later bills carried already (docs/decisions.md,
+        "The meter-data ledger"): per lease, version, period and estimated, the
+        amount a bill made now would charge less what was billed."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT b.id, b.month FROM bills b WHERE b.tenant_id = %s"
+                " AND b.kind = 'invoice' AND b.state IN ('issued', 'paid') AND b.month < %s"
+                " AND EXISTS (SELECT 1 FROM meter_ledger_changes c WHERE c.changed_at >"
+                " b.generated_at AND c.port_id IN (SELECT port_id FROM bill_lines l"
+                " WHERE l.bill_id = b.id AND l.kind = 'energy')) ORDER BY b.month, b.id",
+                (tenant_id, month),
+            )
+            invoices = await cur.fetchall()
+        lines: list[Row] = []
+        for bill_id, bill_month in invoices:
+            lines += await self._adjust(tenant_id, bill_id, bill_month)
+        return lines
+
+    async def _adjust(self, tenant_id: str, bill_id: int, bill_month: str) -> list[Row]:
+        start, end = tf.month_bounds(bill_month, self.tz)
+        spans = await self._usage.spans(start, end, tenant_id=tenant_id)
+        await self.catch_up(sorted({s.port_id for s in spans if s.port_id}))
+        tariff_cache: dict[str, list[tf.Tariff]] = {}
+        for s in spans:
+            if s.tariff not in tariff_cache:
+                tariff_cache[s.tariff] = await self._tariffs.tariffs_named(s.tariff)
+        keys = [
+            ls.SpanKey(
+                s.lease_id,
+                s.port_id,
+                s.tariff,
+                mt.utc(s.start),
+                mt.utc(s.end or end),
+                any(t.estimate_gaps for t in tariff_cache[s.tariff]),
+            )
+            for s in spans
+            if s.port_id is not None
+        ]
+        energy, _ = await self._ledger_energy(keys, tariff_cache, start, end)
+        port_of = {k.lease_id: k.port_id for k in keys}
+        now: dict[tuple[int, int, str, bool], tuple[Decimal, tf.Tariff]] = {}
+        for lease_id, sums in energy.items():
+            for e in sums:
+                now[(lease_id, e.tariff.id, e.period.value, e.estimated)] = (e.kwh, e.tariff)
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT l.lease_id, l.tariff_id, l.period, l.estimated, l.port_id,"
+                " sum(l.quantity), sum(l.amount), min(l.unit_price) FROM bill_lines l"
+                " JOIN bills b ON b.id = l.bill_id WHERE (l.bill_id = %(bill)s AND"
+                " l.kind = 'energy') OR (l.corrects_bill_id = %(bill)s AND l.kind = 'adjustment'"
+                " AND b.state IN ('issued', 'paid')) GROUP BY 1, 2, 3, 4, 5",
+                {"bill": bill_id},
+            )
+            billed = {(r[0], r[1], r[2], r[3]): r[4:] for r in await cur.fetchall()}
+            cur = await conn.execute(
+                "SELECT id, name, version FROM tariffs WHERE id = ANY(%s)",
+                ([k[1] for k in billed],),
+            )
+            named = {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
+        lines = []
+        for key in sorted(set(now) | set(billed), key=lambda k: (k[0], k[1], k[2], k[3])):
+            lease_id, tariff_id, period, estimated = key
+            kwh, tariff = now.get(key, (mt.ZERO, None))
+            port, qty, amount, unit_price = billed.get(
+                key, (port_of.get(lease_id), mt.ZERO, Decimal("0.00"), None)
+            )
+            price = tariff.definition.energy.prices[tf.Period(period)] if tariff else unit_price
+            if price is None:
+                continue
+            delta_kwh = kwh.quantize(KWH) - qty
+            delta = tf.money(kwh * price) - amount
+            if delta_kwh == 0 and delta == 0:
+                continue
+            name, version = (tariff.name, tariff.version) if tariff else named[tariff_id]
+            lines.append(
+                LINE_REFERENCES
+                | {
+                    "kind": "adjustment",
+                    "lease_id": lease_id,
+                    "port_id": port,
+                    "slot_id": None,
+                    "compartment_id": None,
+                    "tariff_id": tariff_id,
+                    "period": period,
+                    "label": f"correction of bill {bill_id} ({bill_month}): electricity,"
+                    f" port {port}, {period} ({name} v{version})"
+                    + (", estimated" if estimated else "")
+                    + f", {delta_kwh:+f} kWh metered after it was issued",
+                    "quantity": delta_kwh,
+                    "unit": "kWh",
+                    "unit_price": price,
+                    "amount": delta,
+                    "estimated": estimated,
+                    "flags": [],
+                    "corrects_bill_id": bill_id,
+                }
+            )
+        return lines
 
     async def unusable(self, start: datetime, end: datetime) -> list[bc.Unusable]:
         """Emergencies on a pole (from opening to resolution, else closing) and
@@ -247,7 +490,11 @@ class BillingStore:
     ) -> list[Row]:
         # The kWh of the priced parts (`tf.price_intervals`) above 0 by version,
         # period and estimated, summed without making the parts.
-        sums = tf.energy_by_period(intervals, tariffs, self.tz, lease.tariff)
+        return self._lines_of_sums(
+            lease, tf.energy_by_period(intervals, tariffs, self.tz, lease.tariff)
+        )
+
+    def _lines_of_sums(self, lease: Span, sums: Sequence[tf.PeriodEnergy]) -> list[Row]:
         lines = []
         for e in sorted(
             sums, key=lambda e: (e.tariff.valid_from, PERIOD_ORDER[e.period], e.estimated)
@@ -333,6 +580,7 @@ class BillingStore:
         month: str,
         lines: list[Row],
         excess: list[Row],
+        provisional: bool = False,
     ) -> tuple[Row, str]:
         for flag in excess:
             await conn.execute(
@@ -356,6 +604,7 @@ class BillingStore:
             "maintenance_amount": _sum(lines, "maintenance"),
             "credit_amount": _sum(lines, "credit"),
             "total_amount": sum((ln["amount"] for ln in lines), Decimal("0.00")),
+            "provisional": provisional,
         }
         async with conn.cursor(row_factory=dict_row) as cur:
             # The month's invoice: a void one is history, a new one replaces it.
@@ -371,9 +620,10 @@ class BillingStore:
                 outcome = "created"
                 await cur.execute(
                     "INSERT INTO bills (tenant_id, month, energy_kwh, energy_amount, rent_amount,"
-                    " maintenance_amount, credit_amount, total_amount) VALUES (%(tenant)s,"
-                    " %(month)s, %(energy_kwh)s, %(energy_amount)s, %(rent_amount)s,"
-                    " %(maintenance_amount)s, %(credit_amount)s, %(total_amount)s) RETURNING *",
+                    " maintenance_amount, credit_amount, total_amount, provisional) VALUES"
+                    " (%(tenant)s, %(month)s, %(energy_kwh)s, %(energy_amount)s,"
+                    " %(rent_amount)s, %(maintenance_amount)s, %(credit_amount)s,"
+                    " %(total_amount)s, %(provisional)s) RETURNING *",
                     {"tenant": tenant_id, "month": month} | totals,
                 )
             else:
@@ -384,7 +634,8 @@ class BillingStore:
                     " energy_amount = %(energy_amount)s, rent_amount = %(rent_amount)s,"
                     " maintenance_amount = %(maintenance_amount)s,"
                     " credit_amount = %(credit_amount)s,"
-                    " total_amount = %(total_amount)s, generated_at = now()"
+                    " total_amount = %(total_amount)s, provisional = %(provisional)s,"
+                    " generated_at = now()"
                     " WHERE id = %(id)s RETURNING *",
                     {"id": bill["id"]} | totals,
                 )
@@ -467,6 +718,13 @@ class BillingStore:
         bill = await self.lock_bill(conn, bill_id)
         if bill["state"] != "draft":
             raise BillConflict(f"the bill is {bill['state']}, not a draft", state=bill["state"])
+        if bill["provisional"]:
+            raise BillConflict(
+                "the bill is a provisional draft of a month that had not ended:"
+                " generate it again once the month is over, then issue it",
+                state=bill["state"],
+                provisional=True,
+            )
         await conn.execute(
             "UPDATE bills SET state = 'issued', issued_at = now(), issued_by = %s WHERE id = %s",
             (by, bill_id),
@@ -635,16 +893,17 @@ class BillingStore:
 
 
 async def _insert_lines(cur: psycopg.AsyncCursor[Row], bill_id: int, lines: Iterable[Row]) -> None:
-    for ln in lines:
-        await cur.execute(
-            "INSERT INTO bill_lines (bill_id, kind, lease_id, port_id, slot_id,"
-            " compartment_id, tariff_id, period, label, quantity, unit, unit_price,"
-            " amount, estimated, flags, emergency_id, outage_id) VALUES (%(bill_id)s,"
-            " %(kind)s, %(lease_id)s, %(port_id)s, %(slot_id)s, %(compartment_id)s,"
-            " %(tariff_id)s, %(period)s, %(label)s, %(quantity)s, %(unit)s, %(unit_price)s,"
-            " %(amount)s, %(estimated)s, %(flags_json)s, %(emergency_id)s, %(outage_id)s)",
-            ln | {"bill_id": bill_id, "flags_json": Jsonb(ln["flags"])},
-        )
+    # One round trip for all the lines (a bill of 100 ports has hundreds).
+    await cur.executemany(
+        "INSERT INTO bill_lines (bill_id, kind, lease_id, port_id, slot_id,"
+        " compartment_id, tariff_id, period, label, quantity, unit, unit_price,"
+        " amount, estimated, flags, emergency_id, outage_id, corrects_bill_id) VALUES"
+        " (%(bill_id)s, %(kind)s, %(lease_id)s, %(port_id)s, %(slot_id)s,"
+        " %(compartment_id)s, %(tariff_id)s, %(period)s, %(label)s, %(quantity)s,"
+        " %(unit)s, %(unit_price)s, %(amount)s, %(estimated)s, %(flags_json)s,"
+        " %(emergency_id)s, %(outage_id)s, %(corrects_bill_id)s)",
+        [ln | {"bill_id": bill_id, "flags_json": Jsonb(ln["flags"])} for ln in lines],
+    )
 
 
 def _sum(lines: Iterable[Row], kind: str) -> Decimal:

@@ -147,6 +147,13 @@ class UsageStore:
             )
             row = await cur.fetchone()
             assert row is not None
+            # The ledger meters the port again around the swap (migration 0019).
+            await cur.execute(
+                "INSERT INTO meter_queue (device_id, metric, ts, reason) SELECT"
+                " meter_device_id, 'port' || port_no || '_energy_kwh', %s, 'meter replacement'"
+                " FROM ports WHERE id = %s",
+                (replaced_at, port_id),
+            )
             return row
 
     async def tenant_port_ids(self, tenant_id: str) -> set[str]:

@@ -8,6 +8,7 @@ gaps out. The rules (docs/decisions-billing.md):
   any one-off drop or spike, with the readings on both sides consistent) is a
   glitch: it is dropped, and the interval across it is flagged `glitch`;
 - a drop where `value + modulus - prev` fits the rated power for the interval
+  (and is not negative: a reading above the modulus is no counter's)
   is a wrap (the register rolled over);
 - any other drop is a reset: the meter restarted from 0, delta = new value;
 - a recorded meter replacement between two readings: delta = (old final -
@@ -266,7 +267,7 @@ def _plausible(prev: Reading, cur: Reading, rated: Decimal, modulus: Decimal | N
     limit = cap_kwh(rated, prev.ts, cur.ts)
     if cur.value >= prev.value:
         return cur.value - prev.value <= limit
-    return modulus is not None and cur.value + modulus - prev.value <= limit
+    return modulus is not None and 0 <= cur.value + modulus - prev.value <= limit
 
 
 def _drop_glitches(
@@ -293,7 +294,7 @@ def _drop_glitches(
             if b >= a:
                 plausible = b - a <= limit
             else:
-                plausible = modulus is not None and b + modulus - a <= limit
+                plausible = modulus is not None and 0 <= b + modulus - a <= limit
             if not plausible:
                 # As in the reference: up to GLITCH_RUN odd readings, then one that
                 # follows prev plausibly but not the odd one before it.
@@ -377,7 +378,7 @@ def _step(
     """One counter's rise from a to b: plain, a wrap if it fits the limit, else a reset."""
     if b >= a:
         return b - a
-    if modulus is not None and b + modulus - a <= limit:
+    if modulus is not None and 0 <= b + modulus - a <= limit:
         flags.add(Flag.WRAPPED)
         return b + modulus - a
     flags.add(Flag.RESET)
@@ -403,6 +404,24 @@ def _estimate(intervals: list[Interval], index: int, rated: Decimal, k: int) -> 
     if estimate <= gap.kwh:
         return gap
     return Interval(gap.start, gap.end, estimate, gap.flags | {Flag.ESTIMATED}, gap.excess_kwh)
+
+
+def gap_estimates(
+    intervals: Sequence[Interval], *, rated_w: float | Decimal, neighbours: int = 4
+) -> dict[int, Interval]:
+    """What `meter(..., estimate_gaps=True)` puts in place of intervals of
+    `meter(..., estimate_gaps=False)`: by index, each gap across a reset that the
+    neighbours' mean power estimates above what was measured. (The estimates look
+    only at measured neighbours, never at other gaps, so they are the same
+    whether worked out one by one in `meter` or here afterwards.)"""
+    rated = to_decimal(rated_w)
+    out: dict[int, Interval] = {}
+    for index, iv in enumerate(intervals):
+        if Flag.GAP in iv.flags and Flag.RESET in iv.flags:
+            estimate = _estimate(list(intervals), index, rated, neighbours)
+            if estimate is not iv:
+                out[index] = estimate
+    return out
 
 
 def utc(ts: datetime) -> datetime:

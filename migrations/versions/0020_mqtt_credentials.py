@@ -4,7 +4,7 @@ A secret is shown once when issued; only its Mosquitto `$7$` hash is kept, which
 is what `polegw broker config` writes into the broker's password file.
 
 Revision ID: 0020
-Revises: 0018 (the lead re-chains it after 0019 at merge)
+Revises: 0019
 Create Date: 2026-12-05
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0020"
-down_revision = "0018"
+down_revision = "0019"
 branch_labels = None
 depends_on = None
 

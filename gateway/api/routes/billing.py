@@ -16,9 +16,9 @@ from fastapi.responses import HTMLResponse, Response
 from psycopg import AsyncConnection
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from gateway.adapters.billing_store import BillConflict, BillingStore, dumps
+from gateway.adapters.billing_store import BillConflict, BillingStore, MonthNotEnded, dumps
 from gateway.api.deps import ApiContext, Context
-from gateway.api.errors import not_found
+from gateway.api.errors import bad_param, not_found
 from gateway.api.hardening import ExpensiveManagers
 from gateway.api.schemas import Page, RequestBody
 from gateway.api.security import AnyUser, Audit, Managers
@@ -47,7 +47,7 @@ BillKind = Literal["invoice", "credit_note"]
 
 class BillLine(BaseModel):
     id: int
-    kind: Literal["energy", "rent", "maintenance", "credit", "correction"]
+    kind: Literal["energy", "rent", "maintenance", "credit", "correction", "adjustment"]
     lease_id: int | None
     port_id: str | None
     slot_id: str | None
@@ -56,6 +56,10 @@ class BillLine(BaseModel):
     period: str | None
     emergency_id: int | None = Field(description="A credit for this emergency")
     outage_id: int | None = Field(description="A credit for this outage")
+    corrects_bill_id: int | None = Field(
+        None,
+        description="An adjustment: the issued invoice whose energy the ledger corrected since",
+    )
     label: str
     quantity: Decimal = Field(
         description="kWh (energy), days in service (rent, maintenance), hours unusable"
@@ -97,6 +101,9 @@ class Bill(BaseModel):
     voided_at: datetime | None
     voided_by: str | None
     void_reason: str | None
+    provisional: bool = Field(
+        False, description="Generated before its month ended: a draft that cannot be issued"
+    )
 
 
 class BillWithLines(Bill):
@@ -107,6 +114,10 @@ class BillWithLines(Bill):
 class GenerateBills(RequestBody):
     month: str = Field(pattern=MONTH.pattern, description="YYYY-MM in the site's time zone")
     tenant: str | None = Field(None, max_length=64, description="Only this tenant")
+    provisional: bool = Field(
+        False,
+        description="Bill a month that has not ended (a provisional draft); refused without",
+    )
 
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"month": "2026-11", "tenant": None}]}
@@ -182,7 +193,9 @@ async def generate_bills(
 ) -> list[Generated]:
     store = _store(ctx)
     try:
-        results = await store.generate(body.month, body.tenant)
+        results = await store.generate(body.month, body.tenant, provisional=body.provisional)
+    except MonthNotEnded as exc:
+        raise bad_param("month", str(exc), where="body") from None
     except tf.NoTariff as exc:
         raise HTTPException(
             409, detail={"msg": str(exc), "tariff": exc.name, "at": exc.at.isoformat()}

@@ -3,7 +3,6 @@ interval and by tariff period, with their gaps and flags."""
 
 from __future__ import annotations
 
-import asyncio
 from bisect import bisect_right
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -14,13 +13,17 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Query
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from gateway.adapters import ledger_sums as ls
 from gateway.adapters.billing_store import dumps
+from gateway.adapters.db import tenant_scope
+from gateway.adapters.ledger_store import LedgerStore
 from gateway.adapters.tariff_store import TariffStore
-from gateway.adapters.usage_store import PortUsage, Span, UsageStore
+from gateway.adapters.usage_store import MAX_GAP, PortUsage, Span, UsageStore, utcnow
 from gateway.api.deps import ApiContext, Context
 from gateway.api.errors import bad_param, not_found
 from gateway.api.schemas import RequestBody
 from gateway.api.security import AnyUser, Audit, Managers
+from gateway.core import ledger as lg
 from gateway.core import metering as mt
 from gateway.core import tariffs as tf
 
@@ -121,6 +124,13 @@ class UsageFlag(BaseModel):
     excess_kwh: Decimal = Field(description="Above rated power x time: not billed, for review")
 
 
+class HeldReading(BaseModel):
+    ts: datetime = Field(description="As the meter stamped it")
+    value: float
+    quality: int = Field(description="The clock flags: 1 stamped in the future, 2 too old")
+    seen_at: datetime = Field(description="When the ledger first held it out")
+
+
 class PortUsageOut(BaseModel):
     port_id: str
     tenant_id: str | None = Field(description="The tenant whose leases the usage is limited to")
@@ -129,6 +139,11 @@ class PortUsageOut(BaseModel):
     buckets: list[UsageBucket]
     gaps: list[UsageGap]
     flags: list[UsageFlag]
+    held_out: list[HeldReading] = Field(
+        default_factory=list,
+        description="Clock-suspect readings (stamped or seen in the range) held out of"
+        " metering: the energy across them is measured from the readings around them",
+    )
 
 
 class Usage(BaseModel):
@@ -276,31 +291,132 @@ async def get_usage(
             raise not_found("port", port)
     spans = await store.spans(start, end, tenant_id=tenant, port_id=port)
     port_ids = sorted({s.port_id for s in spans if s.port_id} | ({port} if port else set()))
-
-    async def read(pid: str) -> tuple[PortUsage, list[tf.Tariff]]:
-        meta = await store.port(pid)
-        assert meta is not None
+    # The ledger as of now: what is queued for these ports is metered first
+    # (by the gateway: a tenant's connection may not write the ledger).
+    with tenant_scope(None):
+        await LedgerStore(ctx.pool, ctx.catalog).catch_up(port_ids)
+    bounds = _bucket_bounds(start, end, bucket, tz)
+    keys: list[ls.SpanKey] = []
+    segs = []
+    named: set[str] = set()
+    looked_up: dict[frozenset[str], tuple[bool, list[tf.Tariff]]] = {}
+    for pid in port_ids:
         names = {s.tariff for s in spans if s.port_id == pid} or {"default"}
-        estimate = await tariff_store.estimate_gaps(names, start, end)
-        usage = await store.port_usage(meta, start, end, estimate_gaps=estimate)
-        return usage, await tariff_store.tariffs_named(sorted(names)[0])
-
-    # The next port is read while this one is worked on (the database aggregates
-    # on its own core meanwhile).
-    tasks = [asyncio.create_task(read(pid)) for pid in port_ids[:1]]
-    out = []
-    try:
-        for i, pid in enumerate(port_ids):
-            if i + 1 < len(port_ids):
-                tasks.append(asyncio.create_task(read(port_ids[i + 1])))
-            usage, tariffs = await tasks[i]
-            mine = [s for s in spans if s.port_id == pid]
-            out.append(_port_usage_out(usage, mine, tariffs, tenant, start, end, bucket, tz))
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        name = sorted(names)[0]
+        key = frozenset(names)
+        if key not in looked_up:  # most ports share their tariffs
+            looked_up[key] = (
+                await tariff_store.estimate_gaps(names, start, end),
+                await tariff_store.tariffs_named(name),
+            )
+        estimate, tariffs = looked_up[key]
+        # One tariff per port (its first name); ports of one name share its segments.
+        if name not in named:
+            named.add(name)
+            segs += ls.segments(name, tariffs, tz, start, end, bounds)
+        if tenant is None:
+            keys.append(ls.SpanKey(0, pid, name, start, end, estimate))
+        else:
+            keys += [
+                ls.SpanKey(s.lease_id, pid, name, mt.utc(s.start), mt.utc(s.end or end), estimate)
+                for s in spans
+                if s.port_id == pid
+            ]
+    async with ctx.pool.connection() as conn:
+        sums = await ls.sums(conn, keys, segs)
+        flagged = await ls.flagged(conn, keys)
+        extents = await ls.extents(conn, port_ids, start, end)
+        held = await ls.held(conn, port_ids, start, end)
+    sums_of: dict[str, list[ls.Sum]] = defaultdict(list)
+    for x in sums:
+        sums_of[x.port_id].append(x)
+    out = [
+        _ledger_usage_out(
+            pid,
+            tenant,
+            sums_of[pid],
+            [f for f in flagged if f.port_id == pid],
+            extents[pid],
+            [h for h in held if h[0] == pid],
+            start,
+            end,
+            bounds,
+        )
+        for pid in port_ids
+    ]
     return Usage(start=start, end=end, bucket=bucket, ports=out)
+
+
+Q = Decimal("0.000001")
+
+
+def _ledger_usage_out(
+    port_id: str,
+    tenant_id: str | None,
+    sums: list[ls.Sum],
+    flagged: list[ls.FlaggedInterval],
+    extent: tuple[datetime | None, datetime | None, list[tuple[datetime, datetime]]],
+    held: list[tuple[str, datetime, float, int, datetime]],
+    start: datetime,
+    end: datetime,
+    bounds: list[datetime],
+) -> PortUsageOut:
+    """One port's usage from the ledger's sums (as `_usage_out` from intervals)."""
+    local = {mt.utc(b): b for b in bounds}
+    buckets: dict[datetime, dict[str, Decimal]] = {}
+    estimated: dict[datetime, Decimal] = defaultdict(lambda: mt.ZERO)
+    totals: dict[str, Decimal] = defaultdict(lambda: mt.ZERO)
+    for x in sums:
+        key = local.get(mt.utc(x.bucket), x.bucket) if x.bucket is not None else start
+        period = x.period or "none"
+        slot = buckets.setdefault(key, defaultdict(lambda: mt.ZERO))
+        slot[period] += x.total
+        totals[period] += x.total
+        if x.estimated:
+            estimated[key] += x.total
+    first, last, ledger_gaps = extent
+    gaps = [mt.Gap(a, b) for a, b in ledger_gaps]
+    horizon = min(end, utcnow())
+    if first is None or last is None:
+        if start < horizon:
+            gaps.append(mt.Gap(start, horizon))
+    else:
+        if first > start + MAX_GAP and start < min(first, horizon):
+            gaps.insert(0, mt.Gap(start, min(first, horizon)))
+        if last < horizon - MAX_GAP:
+            gaps.append(mt.Gap(max(last, start), horizon))
+    return PortUsageOut(
+        port_id=port_id,
+        tenant_id=tenant_id,
+        kwh=sum(totals.values(), mt.ZERO).quantize(Q),
+        periods={k: v.quantize(Q) for k, v in sorted(totals.items())},
+        buckets=[
+            UsageBucket(
+                start=k,
+                kwh=sum(v.values(), mt.ZERO).quantize(Q),
+                periods={p: x.quantize(Q) for p, x in sorted(v.items())},
+                estimated_kwh=estimated[k].quantize(Q),
+            )
+            for k, v in sorted(buckets.items())
+        ],
+        gaps=[
+            UsageGap(start=g.start, end=g.end, duration_s=g.duration.total_seconds()) for g in gaps
+        ],
+        flags=[
+            UsageFlag(
+                start=f.start,
+                end=f.end,
+                kwh=f.kwh.quantize(Q),
+                flags=sorted(lg.flag_names(f.flags)),
+                excess_kwh=f.excess_kwh.quantize(Q),
+            )
+            for f in flagged
+        ],
+        held_out=[
+            HeldReading(ts=ts, value=value, quality=quality, seen_at=seen)
+            for _, ts, value, quality, seen in held
+        ],
+    )
 
 
 def _port_usage_out(
@@ -313,7 +429,9 @@ def _port_usage_out(
     bucket: str,
     tz: ZoneInfo,
 ) -> PortUsageOut:
-    """The usage of one port, limited to the tenant's spans on it if a tenant is given."""
+    """The usage of one port, limited to the tenant's spans on it if a tenant is given,
+    from intervals metered at read time: the path before the ledger, kept as the
+    reference bench/billing.py measures the ledger against."""
     if tenant is None:
         intervals = usage.intervals
     else:
