@@ -50,16 +50,21 @@ export const run = {
     const outcome = h("div", { id: "mount-run-outcome", "aria-live": "polite" });
     const box = h("div", { id: "mount-run" }, h("p", { class: "muted" }, t("app.loading")));
     const general = h("div");
+    // A month not yet over is billed only as a provisional draft, which cannot be issued.
+    const provisional = h("input", { type: "checkbox", id: "mount-run-provisional" });
     const form = h("form", { class: "filters", onsubmit: (ev) => { ev.preventDefault(); ctx.navigate(`#/mount/bills?month=${month.value}`); } },
       field(t("bill.month"), month, { loc: "month" }),
       h("button", { type: "submit" }, t("mount.bill.show")),
-      ctx.manager ? h("button", { type: "button", class: "primary", id: "mount-generate", onclick: generate }, t("mount.bill.generate")) : null,
+      ctx.manager ? [
+        h("label", { class: "check", for: "mount-run-provisional" }, provisional, ` ${t("mount.bill.provisional")}`),
+        h("button", { type: "button", class: "primary", id: "mount-generate", onclick: generate }, t("mount.bill.generate")),
+      ] : null,
       general);
     page(main, t("mount.nav.bills"), h("h1", {}, t("mount.nav.bills")), form, outcome, box);
 
     async function generate() {
       try {
-        const done = await api.post("bills/generate", { month: month.value });
+        const done = await api.post("bills/generate", { month: month.value, provisional: provisional.checked });
         lastRun = { month: month.value, done };
         runOutcome(outcome, done);
         if (ctx.query.get("month") !== month.value) ctx.navigate(`#/mount/bills?month=${month.value}`);

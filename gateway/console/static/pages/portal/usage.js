@@ -83,8 +83,18 @@ function periodsTable(port, tz) {
       h("td", {})))));
 }
 
+function heldPart(port) {
+  const held = port.held_out || [];
+  if (!held.length) return null;
+  return h("div", { class: "usage-held" },
+    h("p", {}, t("portal.usage.held", { n: held.length })),
+    h("ul", { class: "list" }, held.slice(0, 50).map((r) => h("li", {}, fmtDateTime(r.ts, { seconds: true })))));
+}
+
 function flagsPart(port) {
-  if (!port.flags.length && !port.gaps.length) return h("p", { class: "muted" }, t("portal.usage.no_flags"));
+  if (!port.flags.length && !port.gaps.length && !(port.held_out || []).length) {
+    return h("p", { class: "muted" }, t("portal.usage.no_flags"));
+  }
   const seen = [...new Set(port.flags.flatMap((f) => f.flags))].sort();
   return h("div", { class: "usage-flags" },
     seen.length ? h("dl", { class: "record flag-words" }, seen.map((f) => [
@@ -124,7 +134,7 @@ export function render(main, ctx) {
         bars(port, tz),
         periodsTable(port, tz),
         h("h3", {}, t("portal.usage.flags")),
-        flagsPart(port))));
+        flagsPart(port), heldPart(port))));
   });
   return null;
 }
