@@ -12,6 +12,9 @@ import * as overview from "./pages/overview.js";
 import * as pole from "./pages/pole.js";
 import * as sitemap from "./pages/map.js";
 import * as tenant from "./pages/tenant.js";
+import * as inspections from "./pages/ops/inspections.js";
+import * as workorder from "./pages/ops/workorder.js";
+import * as workorders from "./pages/ops/workorders.js";
 
 const STAFF = new Set(["admin", "operator", "maintainer"]);
 // Who may see a page: the roles the API admits to what the page is for.
@@ -31,6 +34,9 @@ const ROUTES = [
   [/^\/alarms$/, alarms, "staff", "nav.alarms"],
   [/^\/poles\/([^/]+)$/, pole, "staff", null],
   [/^\/devices\/([^/]+)$/, device, "staff", null],
+  [/^\/work-orders$/, workorders, "staff", "ops.nav.work_orders"],
+  [/^\/work-orders\/(\d+)$/, workorder, "staff", null],
+  [/^\/inspections$/, inspections, "staff", null],
   [/^\/leases$/, tenant.leases, "any", "nav.leases"],
   [/^\/bills$/, tenant.bills, "any", "nav.bills"],
 ];

@@ -1,0 +1,405 @@
+"""The console's operator pages of issue 13 in a real browser: 维护管理 (work
+orders, inspections), 应急管理 (emergencies) and 节能 (lighting), against the
+real gateway (API, alarms, work-order policy, emergencies, lighting, live
+events) on real PostgreSQL and Mosquitto, with a Modbus lamp simulator.
+
+Each test says what a person does; selectors are by role, label and text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import struct
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+import psycopg
+import pytest
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    FilePayload,
+    Page,
+    ViewportSize,
+    async_playwright,
+    expect,
+)
+
+from gateway.core.auth import Principal
+from gateway.core.profiles import load_catalog
+from gateway.core.site import DeviceSpec, Location, ModbusEndpoint, PoleSpec, SiteSpec
+from simulators.modbus_server import ModbusSimulator
+from tests.support import add_user, gateway, gateway_settings, prepare_database, publish
+from tests.test_console import (
+    CHROMIUM,
+    FLAGS,
+    catalogue,
+    log_in,
+    visible_text,
+)
+
+CATALOG = load_catalog()
+LAMP = "P0001-lamp"
+
+
+def site(modbus_port: int) -> SiteSpec:
+    endpoint = ModbusEndpoint(host="127.0.0.1", port=modbus_port, unit=1, interval_s=0.5)
+
+    def pole(pid: str, road: str, lat: float, lon: float, *devices: DeviceSpec) -> PoleSpec:
+        return PoleSpec(
+            id=pid,
+            name=f"{road} {pid[-1]}",
+            road=road,
+            location=Location(lat=lat, lon=lon),
+            devices=list(devices),
+        )
+
+    return SiteSpec(
+        poles=[
+            pole(
+                "P0001",
+                "Renmin Rd",
+                30.6500,
+                104.0660,
+                DeviceSpec(id=LAMP, profile="lamp-controller", transport="modbus", modbus=endpoint),
+                DeviceSpec(id="P0001-tilt", profile="pole-tilt"),
+                DeviceSpec(id="P0001-sos", profile="sos-button"),
+            ),
+            pole(
+                "P0002",
+                "Renmin Rd",
+                30.6510,
+                104.0660,
+                DeviceSpec(id="P0002-lamp", profile="lamp-controller"),
+            ),
+            pole(
+                "P0003",
+                "Tianfu Ave",
+                30.6505,
+                104.0680,
+                DeviceSpec(id="P0003-lamp", profile="lamp-controller"),
+            ),
+        ],
+    )
+
+
+@dataclass
+class Env:
+    url: str  # database
+    mqtt_url: str
+    prefix: str
+    api: str  # the app's origin
+    admin: dict[str, str]  # bearer headers
+    operator: Principal
+    maintainer: Principal
+    lamp: ModbusSimulator
+    browser: Browser
+
+
+@pytest.fixture(scope="module")
+async def env(database_url: str, mqtt_url: str) -> AsyncIterator[Env]:
+    spec = DeviceSpec(
+        id=LAMP,
+        profile="lamp-controller",
+        transport="modbus",
+        modbus=ModbusEndpoint(host="127.0.0.1", port=1, unit=1),
+    )
+    prefix = f"console-ops-{os.getpid()}"
+    async with ModbusSimulator([(spec, CATALOG["lamp-controller"])]) as lamp:
+        await prepare_database(database_url, site(lamp.port))
+        operator = add_user(database_url, "operator")
+        maintainer = add_user(database_url, "maintainer")
+        settings = gateway_settings(
+            database_url, mqtt_url, prefix, command_timeout_s=5.0, lighting_reload_s=0.5
+        )
+        async with gateway(settings) as gw, async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            try:
+                yield Env(
+                    database_url,
+                    mqtt_url,
+                    prefix,
+                    gw.api,
+                    gw.headers,
+                    operator,
+                    maintainer,
+                    lamp,
+                    browser,
+                )
+            finally:
+                await browser.close()
+
+
+async def new_context(env: Env, *, locale: str = "en", phone: bool = False) -> BrowserContext:
+    size: ViewportSize = {"width": 390, "height": 844} if phone else {"width": 1440, "height": 900}
+    return await env.browser.new_context(viewport=size, locale=locale, base_url=env.api)
+
+
+async def api_call(env: Env, method: str, path: str, **kw: Any) -> Any:
+    async with httpx.AsyncClient(base_url=env.api, headers=env.admin) as client:
+        r = await client.request(method, path, **kw)
+        r.raise_for_status()
+        return r.json() if r.content else None
+
+
+async def until(check: Any, *, within: float = 20.0, what: str = "condition") -> Any:
+    for _ in range(int(within * 10)):
+        got = await check()
+        if got:
+            return got
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{what}: not met within {within}s")
+
+
+def db_one(url: str, sql: str, params: tuple[Any, ...] = ()) -> Any:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(sql, params).fetchone()
+    return None if row is None else row[0]
+
+
+def png() -> bytes:
+    """A real 2x2 PNG, as a phone's camera would send a photo."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    raw = b"".join(b"\x00" + b"\xff\x00\x00" * 2 for _ in range(2))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+def no_errors(page: Page) -> None:
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- 维护管理
+
+
+async def test_an_alarm_order_is_taken_on_a_phone_resolved_and_closed(env: Env) -> None:
+    # The pole leans 20° for 12 s of reading time: a critical alarm, which opens
+    # an urgent work order by itself.
+    now = datetime.now(UTC)
+    await asyncio.to_thread(
+        publish,
+        env.mqtt_url,
+        [
+            (
+                f"{env.prefix}/P0001/devices/P0001-tilt/telemetry",
+                orjson.dumps(
+                    {"ts": (now - timedelta(seconds=s)).isoformat(), "values": {"tilt_deg": 20.0}}
+                ),
+            )
+            for s in (12, 6, 0)
+        ],
+    )
+
+    async def alarm_order() -> int | None:
+        found = db_one(
+            env.url,
+            "SELECT id FROM work_orders WHERE source = 'alarm' AND pole_id = 'P0001'"
+            " ORDER BY id DESC LIMIT 1",
+        )
+        return None if found is None else int(found)
+
+    order_id = await until(alarm_order, what="a work order from the tilt alarm")
+
+    # The operator finds it in the list and assigns it to the maintainer.
+    desk = await new_context(env)
+    op = await log_in(desk, env.operator.name)
+    await op.goto("/console/#/work-orders")
+    item = op.locator(f"#wo-list [data-order='{order_id}']")
+    await expect(item).to_contain_text("Urgent")
+    await expect(item).to_contain_text("Open")
+    await item.locator("a.wo-title").click()
+    await expect(op.get_by_role("heading", level=1)).to_contain_text(f"#{order_id}")
+    await op.get_by_label("Assign to").select_option(str(env.maintainer.user_id))
+    await op.get_by_label("Note", exact=True).fill("nearest crew")
+    await op.get_by_role("button", name="Assign", exact=True).click()
+    await expect(op.locator("#wo-state")).to_contain_text("Assigned")
+    await expect(op.locator("#wo-assignee")).to_have_text(env.maintainer.name)
+
+    # The maintainer, on a phone, sees it under "My orders" and takes it.
+    phone = await new_context(env, phone=True)
+    mt = await log_in(phone, env.maintainer.name)
+    await mt.goto("/console/#/work-orders")
+    mine = mt.locator("#wo-mine")
+    await expect(mine.get_by_role("heading", name="My orders")).to_be_visible()
+    await mine.locator(f"[data-order='{order_id}'] a.wo-title").click()
+    await mt.get_by_role("button", name="Take it: start work").click()
+    await expect(mt.locator("#wo-state")).to_contain_text("In progress")
+    # A photo from the camera: the file input asks for the rear camera.
+    photo = mt.get_by_label("Take or attach a photo")
+    assert await photo.get_attribute("capture") == "environment"
+    assert await photo.get_attribute("accept") == "image/*"
+    shot_file: FilePayload = {"name": "pole.png", "mimeType": "image/png", "buffer": png()}
+    await photo.set_input_files(files=[shot_file])
+    shot = mt.locator("#wo-photos [data-attachment] img")
+    await expect(shot).to_have_count(1)
+    # The photo is the one uploaded, and it opens from the page.
+    assert await shot.evaluate("(img) => img.complete && img.naturalWidth") == 2
+    # Spare parts used, then resolved with what was done.
+    await mt.get_by_label("Part", exact=True).fill("tilt sensor bracket")
+    await mt.get_by_label("Quantity").fill("2")
+    await mt.get_by_role("button", name="Add part").click()
+    await expect(mt.locator("#wo-parts")).to_contain_text("tilt sensor bracket")
+    await mt.get_by_label("What was done").fill("pole straightened, bracket replaced")
+    await mt.get_by_role("button", name="Resolved").click()
+    await expect(mt.locator("#wo-state")).to_contain_text("Resolved")
+    overflow = await mt.evaluate(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow <= 0
+    no_errors(mt)
+
+    # The operator sees it resolved (live, no reload) and closes it.
+    await expect(op.locator("#wo-state")).to_contain_text("Resolved", timeout=10000)
+    await op.get_by_role("button", name="Close").click()
+    await expect(op.locator("#wo-state")).to_contain_text("Closed")
+    order = await api_call(env, "GET", f"/api/v1/work-orders/{order_id}")
+    assert order["state"] == "closed"
+    assert order["assignee"] == env.maintainer.user_id
+    assert order["resolution"] == "pole straightened, bracket replaced"
+    assert order["spare_parts"] == [{"part": "tilt sensor bracket", "qty": 2.0, "unit": "pcs"}]
+    files = await api_call(env, "GET", f"/api/v1/work-orders/{order_id}/attachments")
+    assert [(f["filename"], f["content_type"], f["uploaded_by"]) for f in files] == [
+        ("pole.png", "image/png", env.maintainer.user_id)
+    ]
+    # The timeline shows who moved it, when, with the note.
+    timeline = op.locator("#wo-timeline")
+    await expect(timeline).to_contain_text("nearest crew")
+    await expect(timeline).to_contain_text(f"{env.maintainer.name} · In progress → Resolved")
+    no_errors(op)
+    await desk.close()
+    await phone.close()
+
+
+async def test_an_order_made_by_hand_is_marked_overdue_when_its_deadline_passes(
+    env: Env,
+) -> None:
+    ctx = await new_context(env)
+    page = await log_in(ctx, env.operator.name)
+    await page.goto("/console/#/work-orders")
+    await page.get_by_role("button", name="New work order").click()
+    form = page.locator("#wo-create")
+    await form.get_by_label("Pole").fill("P0002")
+    await form.get_by_label("Fault").select_option("lamp_failure")
+    await form.get_by_label("Priority").select_option("general")
+    await form.get_by_label("Description").fill("dark since Monday")
+    await form.get_by_role("button", name="Create").click()
+    await expect(page.get_by_role("heading", level=1)).to_contain_text("Lamp failure")
+    order_id = int(re.findall(r"#/work-orders/(\d+)", page.url)[0])
+    order = await api_call(env, "GET", f"/api/v1/work-orders/{order_id}")
+    assert (order["pole_id"], order["fault"], order["priority"], order["source"]) == (
+        "P0002",
+        "lamp_failure",
+        "general",
+        "manual",
+    )
+    assert order["description"] == "dark since Monday"
+    await expect(page.locator("#wo-state")).not_to_contain_text("Overdue")
+
+    # Time passes: the response deadline is now behind us.
+    with psycopg.connect(env.url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE work_orders SET response_due = now() - interval '5 minutes' WHERE id = %s",
+            (order_id,),
+        )
+    await page.goto("/console/#/work-orders?overdue=true")
+    item = page.locator(f"#wo-list [data-order='{order_id}']")
+    mark = item.locator(".badge.overdue")
+    await expect(mark).to_have_text(re.compile("⏱\\s*Overdue"))
+    await expect(item.locator(".due.missed")).to_contain_text("Respond by")
+    # Not overdue: it is not in that list.
+    await page.goto("/console/#/work-orders?overdue=false")
+    await expect(page.locator("#wo-list")).to_contain_text("#")
+    await expect(page.locator(f"#wo-list [data-order='{order_id}']")).to_have_count(0)
+    no_errors(page)
+    await ctx.close()
+
+
+async def test_the_assignees_are_the_enabled_staff_users(env: Env) -> None:
+    gone = add_user(env.url, "maintainer")
+    with psycopg.connect(env.url, autocommit=True) as conn:
+        conn.execute("UPDATE users SET disabled = true WHERE id = %s", (gone.user_id,))
+    found = await api_call(env, "GET", "/api/v1/work-orders/assignees")
+    by_id = {u["id"]: u for u in found}
+    assert by_id[env.maintainer.user_id] == {
+        "id": env.maintainer.user_id,
+        "name": env.maintainer.name,
+        "role": "maintainer",
+    }
+    assert by_id[env.operator.user_id]["role"] == "operator"
+    assert gone.user_id not in by_id
+    assert [u["name"] for u in found] == sorted(u["name"] for u in found)
+    async with httpx.AsyncClient(base_url=env.api) as anonymous:
+        assert (await anonymous.get("/api/v1/work-orders/assignees")).status_code == 401
+
+
+# --------------------------------------------------------------------------- qualities
+
+
+async def ops_pages(env: Env) -> list[str]:
+    """The ops pages, with an object of each kind to show."""
+    orders = await api_call(env, "GET", "/api/v1/work-orders", params={"limit": 1})
+    pages = ["#/work-orders", "#/inspections"]
+    if orders["items"]:
+        pages.append(f"#/work-orders/{orders['items'][0]['id']}")
+    return pages
+
+
+async def test_the_ops_pages_speak_both_languages_completely(env: Env) -> None:
+    en, zh = catalogue("en"), catalogue("zh-CN")
+    english = {v for k, v in en.items() if re.search(r"[A-Za-z]{3}", v) and v != zh[k]}
+    # What people typed (an order's title) is data, shown as written.
+    orders = await api_call(env, "GET", "/api/v1/work-orders", params={"limit": 1000})
+    english -= {o["title"] for o in orders["items"]}
+    ctx = await new_context(env, locale="zh-CN")
+    page = await log_in(ctx, env.operator.name)
+    await page.evaluate("window.__polegwMissing = new Set()")
+    for path in await ops_pages(env):
+        await page.goto(f"/console/{path}")
+        await page.wait_for_load_state("networkidle")
+        await page.wait_for_timeout(300)
+        text = await visible_text(page)
+        leftovers = sorted(
+            w for w in english if re.search(rf"(?<![\w-]){re.escape(w)}(?![\w-])", text)
+        )
+        assert leftovers == [], f"{path}: English on the Chinese page: {leftovers}"
+        await page.get_by_label("语言").select_option("en")
+        await expect(page.get_by_role("button", name="Log out")).to_be_visible()
+        await page.wait_for_load_state("networkidle")
+        await page.wait_for_timeout(300)
+        text = await visible_text(page)
+        assert re.findall(r"[\u4e00-\u9fff]+", text) == [], f"{path}: Chinese on the English page"
+        await page.get_by_label("Language").select_option("zh-CN")
+        await expect(page.get_by_role("button", name="退出登录")).to_be_visible()
+    assert await page.evaluate("[...window.__polegwMissing]") == []
+    no_errors(page)
+    await ctx.close()
+
+
+async def test_the_ops_pages_fit_a_phone(env: Env) -> None:
+    ctx = await new_context(env, phone=True)
+    page = await log_in(ctx, env.operator.name)
+    for path in await ops_pages(env):
+        await page.goto(f"/console/{path}")
+        await page.wait_for_load_state("networkidle")
+        await page.wait_for_timeout(300)
+        overflow = await page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0, f"{path} scrolls sideways by {overflow}px at 390 px"
+    no_errors(page)
+    await ctx.close()
