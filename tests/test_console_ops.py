@@ -117,7 +117,12 @@ async def env(database_url: str, mqtt_url: str) -> AsyncIterator[Env]:
         operator = add_user(database_url, "operator")
         maintainer = add_user(database_url, "maintainer")
         settings = gateway_settings(
-            database_url, mqtt_url, prefix, command_timeout_s=5.0, lighting_reload_s=0.5
+            database_url,
+            mqtt_url,
+            prefix,
+            command_timeout_s=5.0,
+            lighting_reload_s=0.5,
+            inspection_check_s=0.5,
         )
         async with gateway(settings) as gw, async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
@@ -248,7 +253,9 @@ async def test_an_alarm_order_is_taken_on_a_phone_resolved_and_closed(env: Env) 
     shot = mt.locator("#wo-photos [data-attachment] img")
     await expect(shot).to_have_count(1)
     # The photo is the one uploaded, and it opens from the page.
-    assert await shot.evaluate("(img) => img.complete && img.naturalWidth") == 2
+    await mt.wait_for_function(
+        "(img) => img.complete && img.naturalWidth === 2", arg=await shot.element_handle()
+    )
     # Spare parts used, then resolved with what was done.
     await mt.get_by_label("Part", exact=True).fill("tilt sensor bracket")
     await mt.get_by_label("Quantity").fill("2")
@@ -329,6 +336,62 @@ async def test_an_order_made_by_hand_is_marked_overdue_when_its_deadline_passes(
     await ctx.close()
 
 
+async def test_an_inspection_plan_opens_an_order_and_its_checklist_is_filled_per_pole(
+    env: Env,
+) -> None:
+    ctx = await new_context(env)
+    page = await log_in(ctx, env.operator.name)
+    await page.goto("/console/#/inspections")
+    await page.get_by_role("button", name="New inspection plan").click()
+    await page.get_by_label("Name").fill("Renmin Rd monthly")
+    await page.get_by_label("Road", exact=True).select_option("Renmin Rd")
+    await page.get_by_label("Every (days)").fill("30")
+    await page.get_by_label("Checklist (one item a line)").fill("pole upright\ncabinet locked")
+    await page.get_by_role("button", name="Create plan").click()
+    plans = page.get_by_role("table", name="Inspection plans")
+    await expect(plans).to_contain_text("Renmin Rd monthly")
+    await expect(plans).to_contain_text("pole upright · cabinet locked")
+
+    # The gateway opens the plan's inspection order; it shows up on the page by itself.
+    orders = page.locator("#main .wo-list [data-order]")
+    await expect(orders).to_have_count(1, timeout=15000)
+    await orders.locator("a.wo-title").click()
+    await page.get_by_label("Assign to").select_option(str(env.operator.user_id))
+    await page.get_by_role("button", name="Assign", exact=True).click()
+    await expect(page.locator("#wo-state")).to_contain_text("Assigned")
+    board = page.locator("#wo-checklist")
+    await expect(board).to_contain_text("0 of 2 poles recorded")
+    p1 = board.get_by_role("form", name="Checklist for pole P0001")
+    await p1.get_by_label("cabinet locked", exact=True).uncheck()
+    await p1.get_by_label("cabinet locked · Note").fill("lock broken")
+    await p1.get_by_role("button", name="Record").click()
+    await expect(board).to_contain_text("1 of 2 poles recorded")
+    await expect(board.locator("[data-pole=P0001]")).to_contain_text("Failed")
+    p2 = board.get_by_role("form", name="Checklist for pole P0002")
+    await p2.get_by_role("button", name="Record").click()
+    await expect(board.locator("[data-pole=P0002]")).to_contain_text("Passed")
+    order_id = int(re.findall(r"#/work-orders/(\d+)", page.url)[0])
+    records = await api_call(
+        env, "GET", "/api/v1/inspections/records", params={"work_order": order_id}
+    )
+    got = {r["pole_id"]: (r["passed"], r["results"]) for r in records["items"]}
+    assert got == {
+        "P0001": (
+            False,
+            {
+                "pole upright": {"ok": True, "note": ""},
+                "cabinet locked": {"ok": False, "note": "lock broken"},
+            },
+        ),
+        "P0002": (
+            True,
+            {"pole upright": {"ok": True, "note": ""}, "cabinet locked": {"ok": True, "note": ""}},
+        ),
+    }
+    no_errors(page)
+    await ctx.close()
+
+
 async def test_the_assignees_are_the_enabled_staff_users(env: Env) -> None:
     gone = add_user(env.url, "maintainer")
     with psycopg.connect(env.url, autocommit=True) as conn:
@@ -347,24 +410,142 @@ async def test_the_assignees_are_the_enabled_staff_users(env: Env) -> None:
         assert (await anonymous.get("/api/v1/work-orders/assignees")).status_code == 401
 
 
+# --------------------------------------------------------------------------- 应急管理
+
+
+def sos_event(env: Env, kind: str) -> tuple[str, bytes]:
+    ts = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    body = {"ts": ts, "device": "P0001-sos", "type": kind, "data": {}}
+    return f"{env.prefix}/P0001/events", orjson.dumps(body)
+
+
+async def test_an_sos_opens_an_emergency_which_the_operator_records_and_closes(
+    env: Env,
+) -> None:
+    ctx = await new_context(env)
+    page = await log_in(ctx, env.operator.name)
+    await page.goto("/console/#/emergencies")
+    await expect(page.locator("#em-list")).to_be_visible()
+    await asyncio.to_thread(publish, env.mqtt_url, [sos_event(env, "sos_pressed")])
+    # It appears on the open list by itself, with its type.
+    item = page.locator("#em-list [data-emergency]").filter(has_text="SOS call")
+    await expect(item).to_have_count(1, timeout=15000)
+    await expect(item).to_contain_text("Open")
+    await item.locator("a.wo-title").click()
+    emergency_id = int(re.findall(r"#/emergencies/(\d+)", page.url)[0])
+    # The lamps go to full: the action and its device command, live, to succeeded.
+    acts = page.locator("#em-actions [data-action]").filter(has_text=LAMP)
+    await expect(acts).to_have_count(2)  # switch on, dim to 100 %
+    for i in range(2):
+        await expect(acts.nth(i)).to_contain_text("Lamps to full")
+        await expect(acts.nth(i).get_by_role("status")).to_have_text(
+            re.compile("Succeeded"), timeout=20000
+        )
+    await expect(acts.filter(has_text="Done")).to_have_count(2, timeout=20000)
+    # The alarm that raised it is linked.
+    await expect(page.locator("#em-links [data-alarm]")).to_have_count(1)
+
+    await page.get_by_label("Entry").select_option("dispatched")
+    await page.get_by_label("What happened").fill("crew 2 sent from the depot")
+    await page.get_by_role("button", name="Add to the timeline").click()
+    entry = page.locator("#em-timeline li[data-kind=dispatched]")
+    await expect(entry).to_contain_text("crew 2 sent from the depot")
+    await expect(entry).to_contain_text(env.operator.name)
+
+    await page.get_by_label("How it was resolved").fill("caller helped, false alarm")
+    await page.get_by_role("button", name="Mark resolved").click()
+    await expect(page.locator("#em-state")).to_contain_text("Resolved")
+    await page.get_by_label("Closing report").fill("Response in 6 minutes. No injury.")
+    await page.get_by_role("button", name="Close", exact=True).click()
+    await expect(page.locator("#em-state")).to_contain_text("Closed")
+    await expect(page.locator("#em-report")).to_have_text("Response in 6 minutes. No injury.")
+    # Closed: nothing more goes on its timeline.
+    await expect(page.get_by_role("button", name="Add to the timeline")).to_have_count(0)
+
+    detail = await api_call(env, "GET", f"/api/v1/emergencies/{emergency_id}")
+    assert (detail["type"], detail["state"], detail["report"]) == (
+        "sos_call",
+        "closed",
+        "Response in 6 minutes. No injury.",
+    )
+    kinds = [(e["kind"], e["author"], e["text"]) for e in detail["timeline"]]
+    assert ("dispatched", env.operator.name, "crew 2 sent from the depot") in kinds
+    assert kinds[-1] == ("closed", env.operator.name, "Response in 6 minutes. No injury.")
+    actions = await api_call(env, "GET", f"/api/v1/emergencies/{emergency_id}/actions")
+    lamp = [a for a in actions if a["device_id"] == LAMP]
+    assert sorted((a["action"], a["command"], a["state"]) for a in lamp) == [
+        ("lights_full", "set_dim", "succeeded"),
+        ("lights_full", "switch_on", "succeeded"),
+    ]
+    assert all(a["command_id"] for a in lamp)
+    no_errors(page)
+    await ctx.close()
+
+
+async def test_a_manager_stores_a_plan_and_records_a_drill(env: Env) -> None:
+    ctx = await new_context(env)
+    page = await log_in(ctx, env.operator.name)
+    await page.goto("/console/#/emergency-plans")
+    await page.get_by_text("Store a plan").click()
+    await page.locator("#ep-p-type").select_option("flooding")
+    await page.get_by_label("Title").fill("Flooded cabinets")
+    await page.get_by_label("Plan text").fill("1. Cut tenant ports. 2. Dispatch crew.")
+    await page.get_by_role("button", name="Save plan").click()
+    await expect(page.locator("#em-plans")).to_contain_text("Flooded cabinets")
+    await page.get_by_text("Record a drill").click()
+    await page.locator("#ep-d-type").select_option("flooding")
+    await page.get_by_label("Plan", exact=True).select_option(label="Flooded cabinets (1)")
+    await page.get_by_label("Held").fill("2026-11-20T09:30")
+    await page.get_by_label("Participants (comma-separated)").fill("li.wei, zhang.min")
+    await page.get_by_role("button", name="Save drill").click()
+    drills = page.get_by_role("table", name="Drills")
+    await expect(drills).to_contain_text("li.wei, zhang.min")
+    await expect(drills).to_contain_text("Flooded cabinets")
+    # By type: another type shows neither.
+    filters = page.get_by_role("form", name="Filter")
+    await filters.get_by_label("Type").select_option("sos_call")
+    await filters.get_by_role("button", name="Filter").click()
+    await expect(page.locator("#em-plans")).not_to_contain_text("Flooded cabinets")
+    drill = (await api_call(env, "GET", "/api/v1/emergencies/drills"))["items"][0]
+    assert drill["participants"] == ["li.wei", "zhang.min"]
+    assert drill["held_at"] == "2026-11-20T01:30:00Z"
+    no_errors(page)
+    await ctx.close()
+
+
+async def test_the_protective_actions_need_a_staff_user_and_an_emergency(env: Env) -> None:
+    async with httpx.AsyncClient(base_url=env.api) as anonymous:
+        assert (await anonymous.get("/api/v1/emergencies/1/actions")).status_code == 401
+    async with httpx.AsyncClient(base_url=env.api, headers=env.admin) as client:
+        missing = await client.get("/api/v1/emergencies/999999/actions")
+        assert missing.status_code == 404
+
+
 # --------------------------------------------------------------------------- qualities
 
 
 async def ops_pages(env: Env) -> list[str]:
     """The ops pages, with an object of each kind to show."""
     orders = await api_call(env, "GET", "/api/v1/work-orders", params={"limit": 1})
-    pages = ["#/work-orders", "#/inspections"]
+    pages = ["#/work-orders", "#/inspections", "#/emergencies", "#/emergency-plans"]
     if orders["items"]:
         pages.append(f"#/work-orders/{orders['items'][0]['id']}")
+    emergencies = await api_call(env, "GET", "/api/v1/emergencies", params={"limit": 1})
+    if emergencies["items"]:
+        pages.append(f"#/emergencies/{emergencies['items'][0]['id']}")
     return pages
 
 
 async def test_the_ops_pages_speak_both_languages_completely(env: Env) -> None:
     en, zh = catalogue("en"), catalogue("zh-CN")
     english = {v for k, v in en.items() if re.search(r"[A-Za-z]{3}", v) and v != zh[k]}
-    # What people typed (an order's title) is data, shown as written.
+    # Titles and timeline texts (typed, or written by the gateway) are data, shown as written.
     orders = await api_call(env, "GET", "/api/v1/work-orders", params={"limit": 1000})
-    english -= {o["title"] for o in orders["items"]}
+    emergencies = await api_call(env, "GET", "/api/v1/emergencies", params={"limit": 1000})
+    typed = [o["title"] for o in orders["items"] + emergencies["items"]]
+    for e in emergencies["items"]:
+        detail = await api_call(env, "GET", f"/api/v1/emergencies/{e['id']}")
+        typed += [x["text"] for x in detail["timeline"]]
     ctx = await new_context(env, locale="zh-CN")
     page = await log_in(ctx, env.operator.name)
     await page.evaluate("window.__polegwMissing = new Set()")
@@ -373,6 +554,8 @@ async def test_the_ops_pages_speak_both_languages_completely(env: Env) -> None:
         await page.wait_for_load_state("networkidle")
         await page.wait_for_timeout(300)
         text = await visible_text(page)
+        for title in typed:
+            text = text.replace(title, "")
         leftovers = sorted(
             w for w in english if re.search(rf"(?<![\w-]){re.escape(w)}(?![\w-])", text)
         )

@@ -12,6 +12,9 @@ import * as overview from "./pages/overview.js";
 import * as pole from "./pages/pole.js";
 import * as sitemap from "./pages/map.js";
 import * as tenant from "./pages/tenant.js";
+import * as emergencies from "./pages/ops/emergencies.js";
+import * as emergency from "./pages/ops/emergency.js";
+import * as emplans from "./pages/ops/emplans.js";
 import * as inspections from "./pages/ops/inspections.js";
 import * as workorder from "./pages/ops/workorder.js";
 import * as workorders from "./pages/ops/workorders.js";
@@ -37,6 +40,9 @@ const ROUTES = [
   [/^\/work-orders$/, workorders, "staff", "ops.nav.work_orders"],
   [/^\/work-orders\/(\d+)$/, workorder, "staff", null],
   [/^\/inspections$/, inspections, "staff", null],
+  [/^\/emergencies$/, emergencies, "staff", "ops.nav.emergencies"],
+  [/^\/emergencies\/(\d+)$/, emergency, "staff", null],
+  [/^\/emergency-plans$/, emplans, "staff", null],
   [/^\/leases$/, tenant.leases, "any", "nav.leases"],
   [/^\/bills$/, tenant.bills, "any", "nav.bills"],
 ];

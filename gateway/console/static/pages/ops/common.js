@@ -82,3 +82,34 @@ export async function myId(ctx) {
   }
   return ctx.me.id;
 }
+
+// The offset (ms) of `zone` from UTC at instant `ms`.
+function zoneOffset(ms, zone) {
+  const parts = Object.fromEntries(new Intl.DateTimeFormat("en-US", {
+    timeZone: zone, hourCycle: "h23", year: "numeric", month: "2-digit", day: "2-digit",
+    hour: "2-digit", minute: "2-digit", second: "2-digit",
+  }).formatToParts(new Date(ms)).map((p) => [p.type, p.value]));
+  const wall = Date.UTC(+parts.year, +parts.month - 1, +parts.day, +parts.hour, +parts.minute, +parts.second);
+  return wall - Math.floor(ms / 1000) * 1000;
+}
+
+// "2026-11-20T09:30" on the site's clock (ctx.config.site_timezone) as an ISO instant:
+// the console shows times in the site's zone, so it reads them in it too.
+export function siteTimeToISO(value, zone) {
+  const m = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})/.exec(value);
+  if (!m) return null;
+  const wall = Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5]);
+  if (!zone) return new Date(`${value}`).toISOString();
+  let ms = wall - zoneOffset(wall, zone);
+  ms = wall - zoneOffset(ms, zone);
+  return new Date(ms).toISOString();
+}
+
+// An instant as the value of a datetime-local input, on the site's clock.
+export function isoToSiteTime(ms, zone) {
+  const off = zone ? zoneOffset(ms, zone) : -new Date(ms).getTimezoneOffset() * 60000;
+  return new Date(ms + off).toISOString().slice(0, 16);
+}
+
+// Who wrote an entry: a user's name, or the gateway itself in words.
+export const who = (name) => (name === "system" || name === "system (gateway)" ? t("role.system") : name);

@@ -62,7 +62,7 @@ export function render(main, ctx) {
     h("div", { class: "page-head" },
       h("h1", {}, t("ops.nav.work_orders")),
       h("a", { href: "#/inspections" }, t("ops.nav.inspections")),
-      ctx.manager ? h("button", { type: "button", class: "primary", onclick: () => { createBox.hidden = !createBox.hidden; if (!createBox.hidden) createBox.querySelector("input").focus(); } }, t("ops.wo.new")) : null),
+      ctx.manager ? h("button", { type: "button", class: "primary", onclick: () => { createBox.hidden = !createBox.hidden; if (!createBox.hidden) createBox.querySelector("input")?.focus(); } }, t("ops.wo.new")) : null),
     createBox,
     mine,
     h("form", { class: "filters", "aria-label": t("app.filter"), onsubmit: (ev) => { ev.preventDefault(); apply(); } },
