@@ -15,8 +15,9 @@ import struct
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import orjson
@@ -521,13 +522,156 @@ async def test_the_protective_actions_need_a_staff_user_and_an_emergency(env: En
         assert missing.status_code == 404
 
 
+# --------------------------------------------------------------------------- 节能
+
+SITE_TZ = ZoneInfo("Asia/Shanghai")  # the settings' default site_timezone
+
+
+async def lighting_group(env: Env) -> str:
+    groups = await api_call(env, "GET", "/api/v1/lighting/groups")
+    if not any(g["id"] == "renmin" for g in groups["items"]):
+        await api_call(
+            env,
+            "POST",
+            "/api/v1/lighting/groups",
+            json={"id": "renmin", "name": "Renmin Rd", "road": "Renmin Rd"},
+        )
+        steps = [
+            {"at": "dusk", "level": 100},
+            {"at": "23:00", "level": 50},
+            {"at": "dawn", "level": 0},
+        ]
+        await api_call(
+            env,
+            "PUT",
+            "/api/v1/lighting/groups/renmin/schedule",
+            json={"rules": [{"days": [1, 2, 3, 4, 5, 6, 7], "steps": steps}]},
+        )
+    return "renmin"
+
+
+async def test_the_lighting_page_shows_the_group_its_nights_and_energy_and_sets_an_override(
+    env: Env,
+) -> None:
+    group = await lighting_group(env)
+    # Yesterday evening the lamp burned 2.5 kWh in three hours at up to 900 W.
+    yesterday = datetime.now(SITE_TZ).date() - timedelta(days=1)
+    evening = datetime.combine(yesterday, time(19, 0), SITE_TZ)
+    rows = []
+    for i in range(7):
+        ts = evening + timedelta(minutes=30 * i)
+        rows += [
+            (ts, LAMP, "energy_kwh", 10.0 + 2.5 * i / 6),
+            (ts, LAMP, "lamp_on", 1.0),
+            (ts, LAMP, "power_w", 900.0),
+        ]
+    copy_sql = "COPY telemetry (ts, device_id, metric, value) FROM STDIN"
+    with psycopg.connect(env.url) as conn, conn.cursor() as cur, cur.copy(copy_sql) as copy:
+        for row in rows:
+            copy.write_row(row)
+
+    ctx = await new_context(env)
+    page = await log_in(ctx, env.operator.name)
+    await page.goto(f"/console/#/lighting?group={group}")
+    # The group's poles stand out on the map.
+    await expect(page.locator("#light-map .pole-marker.in-group")).to_have_count(2)
+    await expect(page.locator("#light-map .pole-marker.not-in-group")).to_have_count(1)
+    await expect(page.locator("#light-members")).to_contain_text("Renmin Rd: 2 poles")
+    # The weekly calendar in words, and seven nights drawn as dim-level profiles.
+    await expect(page.locator("#light-calendar")).to_contain_text(
+        "Dusk → 100% · 23:00 → 50% · Dawn → off"
+    )
+    nights = page.locator("#light-profile li.night")
+    await expect(nights).to_have_count(7)
+    await expect(nights.locator("svg path.level")).to_have_count(7)
+    # A night's profile rises at dusk: the area is not flat.
+    d = await nights.nth(1).locator("path.level").get_attribute("d")
+    assert d is not None
+    assert len(set(re.findall(r"L[\d.]+,([\d.]+)", d))) >= 3
+
+    # Energy by day: 14 bars, yesterday's use as the API computes it.
+    bars = page.locator("#light-energy svg rect.bar-used")
+    await expect(bars).to_have_count(14)
+    day = bars.nth(12)
+    start, end = await day.get_attribute("data-start"), await day.get_attribute("data-end")
+    report = await api_call(
+        env,
+        "GET",
+        f"/api/v1/lighting/groups/{group}/energy",
+        params={"start": start, "end": end},
+    )
+    assert report["used_kwh"] == pytest.approx(2.5)
+    assert report["saved_kwh"] > 0
+    assert start == datetime.combine(yesterday, time(0), SITE_TZ).astimezone(
+        UTC
+    ).isoformat().replace("+00:00", ".000Z")
+    await page.get_by_text("The numbers").click()
+    cells = page.locator("#light-energy tbody tr").nth(12).locator("td")
+    await expect(cells.nth(1)).to_have_text("2.50")
+    await expect(cells.nth(3)).to_have_text(f"{report['saved_kwh']:.2f}")
+    await page.get_by_role("button", name="By month").click()
+    await expect(bars).to_have_count(12)
+
+    # A one-off override: 30 % until the time given; the API has it and the lamp follows.
+    form = page.get_by_role("form", name="One-off override")
+    await form.get_by_label("Level (%; 0 = off)").fill("30")
+    until = (datetime.now(SITE_TZ) + timedelta(hours=3)).replace(second=0, microsecond=0)
+    await form.get_by_label("Until").fill(until.strftime("%Y-%m-%dT%H:%M"))
+    await form.get_by_label("Reason").fill("street fair")
+    await form.get_by_role("button", name="Set override").click()
+    await expect(page.locator("#light-overrides li")).to_contain_text("30%")
+    active = await api_call(
+        env, "GET", f"/api/v1/lighting/groups/{group}/overrides", params={"active": "true"}
+    )
+    assert [(o["level"], o["reason"], o["created_by"]) for o in active["items"]] == [
+        (30, "street fair", env.operator.name)
+    ]
+    assert datetime.fromisoformat(active["items"][0]["until"]) == until
+    # Tonight's profile shows it.
+    await expect(nights.first.locator("svg")).to_have_attribute("aria-label", re.compile("30%"))
+    await until_lamp(env, 30)
+    # Ended from the page: gone from the active list.
+    await page.get_by_role("button", name="End now").click()
+    await expect(page.locator("#light-override")).to_contain_text("No override in force.")
+    no_errors(page)
+    await ctx.close()
+
+
+async def test_a_schedule_reads_a_week_ahead_with_the_level_in_force_now(env: Env) -> None:
+    group = await lighting_group(env)
+    url = f"/api/v1/lighting/groups/{group}/schedule"
+    now = datetime.now(UTC)
+    day = await api_call(env, "GET", url)
+    week = await api_call(env, "GET", url, params={"hours": 168})
+    last = max(datetime.fromisoformat(x["at"]) for x in week["upcoming"])
+    assert last > now + timedelta(days=6)
+    assert max(datetime.fromisoformat(x["at"]) for x in day["upcoming"]) <= now + timedelta(
+        hours=24, minutes=1
+    )
+    assert len(week["upcoming"]) >= 7 * 3 - 1  # dusk, 23:00 and dawn every night
+    # The schedule was put in force at least a test ago: a level is in force now.
+    assert week["level_now"] in (0, 50, 100)
+    async with httpx.AsyncClient(base_url=env.api, headers=env.admin) as client:
+        bad = await client.get(url, params={"hours": 400})
+    assert bad.status_code == 422
+    assert "hours" in bad.text
+
+
+async def until_lamp(env: Env, level: int) -> None:
+    async def dimmed() -> bool:
+        return bool(env.lamp.values(LAMP).get("dim_pct") == level)
+
+    await until(dimmed, within=20, what=f"the lamp dimmed to {level} %")
+
+
 # --------------------------------------------------------------------------- qualities
 
 
 async def ops_pages(env: Env) -> list[str]:
     """The ops pages, with an object of each kind to show."""
     orders = await api_call(env, "GET", "/api/v1/work-orders", params={"limit": 1})
-    pages = ["#/work-orders", "#/inspections", "#/emergencies", "#/emergency-plans"]
+    await lighting_group(env)
+    pages = ["#/work-orders", "#/inspections", "#/emergencies", "#/emergency-plans", "#/lighting"]
     if orders["items"]:
         pages.append(f"#/work-orders/{orders['items'][0]['id']}")
     emergencies = await api_call(env, "GET", "/api/v1/emergencies", params={"limit": 1})

@@ -16,6 +16,7 @@ import * as emergencies from "./pages/ops/emergencies.js";
 import * as emergency from "./pages/ops/emergency.js";
 import * as emplans from "./pages/ops/emplans.js";
 import * as inspections from "./pages/ops/inspections.js";
+import * as lighting from "./pages/ops/lighting.js";
 import * as workorder from "./pages/ops/workorder.js";
 import * as workorders from "./pages/ops/workorders.js";
 
@@ -43,6 +44,7 @@ const ROUTES = [
   [/^\/emergencies$/, emergencies, "staff", "ops.nav.emergencies"],
   [/^\/emergencies\/(\d+)$/, emergency, "staff", null],
   [/^\/emergency-plans$/, emplans, "staff", null],
+  [/^\/lighting$/, lighting, "staff", "ops.nav.lighting"],
   [/^\/leases$/, tenant.leases, "any", "nav.leases"],
   [/^\/bills$/, tenant.bills, "any", "nav.bills"],
 ];

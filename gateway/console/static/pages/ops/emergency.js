@@ -160,11 +160,20 @@ export function render(main, ctx, idText) {
       })) : h("p", { class: "empty" }, t("ops.em.no_actions")));
   }
 
+  // A live refresh keeps what is being typed: a form is redrawn only when what
+  // it is for changes.
+  let shown = {};
   function draw() {
     drawRecord(em);
-    drawTimeline(em);
-    drawClose(em);
-    drawLinks(em);
+    const keys = {
+      timeline: `${em.state}/${em.timeline.length ? em.timeline[em.timeline.length - 1].id : 0}`,
+      close: em.state,
+      links: `${em.alarm_ids}/${em.work_order_ids}`,
+    };
+    if (keys.timeline !== shown.timeline) drawTimeline(em);
+    if (keys.close !== shown.close) drawClose(em);
+    if (keys.links !== shown.links) drawLinks(em);
+    shown = keys;
   }
   async function refresh() {
     try {

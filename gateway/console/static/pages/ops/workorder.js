@@ -66,6 +66,8 @@ export function render(main, ctx, idText) {
   let stopped = false;
   let users = new Map();
   let order = null;
+  let shownMoves = null;
+  let shownParts = null;
 
   const mayWork = (o) => ctx.manager || (ctx.me.role === "maintainer" && o.assignee === ctx.me.id);
   const mayMove = (o, to) => ctx.manager || (o.assignee === ctx.me.id && ASSIGNEE_MOVES.has(`${o.state}>${to}`));
@@ -231,8 +233,17 @@ export function render(main, ctx, idText) {
     if (stopped) return;
     drawHead(order);
     drawRecord(order);
-    drawActions(order);
-    drawParts(order);
+    // A live refresh keeps what is being typed unless the moves change.
+    const moves = `${order.state}/${order.assignee}`;
+    if (moves !== shownMoves) {
+      shownMoves = moves;
+      drawActions(order);
+    }
+    const partsNow = JSON.stringify(order.spare_parts) + order.state;
+    if (partsNow !== shownParts) {
+      shownParts = partsNow;
+      drawParts(order);
+    }
     if (order.kind === "inspection") {
       checklist.hidden = false;
       checklistPanel(checklist, order, { mayRecord: mayWork(order) && ["assigned", "in_progress"].includes(order.state) });
