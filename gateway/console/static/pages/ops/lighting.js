@@ -341,7 +341,11 @@ export function render(main, ctx) {
       if (ctx.manager) drawCreate();
       if (!groups.length) {
         replace(picker, h("option", { value: "" }, t("ops.light.no_groups")));
-        replace(nights, h("p", { class: "empty" }, t("ops.light.no_groups")));
+        picker.disabled = true;
+        map = new SiteMap(mapEl, ctx.config, { onOpen: (pid) => ctx.navigate(`#/poles/${encodeURIComponent(pid)}`) });
+        map.update(site.poles);
+        replace(members, t("ops.light.no_groups_hint"));
+        for (const box of [nights, calendar, override, energy]) box.hidden = true;
         return;
       }
       replace(picker, groups.map((g) => h("option", { value: g.id }, g.name)));
