@@ -194,6 +194,11 @@ def no_errors(page: Page) -> None:
 
 
 async def test_an_alarm_order_is_taken_on_a_phone_resolved_and_closed(env: Env) -> None:
+    # The operator watches the work orders.
+    desk = await new_context(env)
+    op = await log_in(desk, env.operator.name)
+    await op.goto("/console/#/work-orders")
+    await expect(op.locator("#wo-list")).to_contain_text("No work order.")
     # The pole leans 20° for 12 s of reading time: a critical alarm, which opens
     # an urgent work order by itself.
     now = datetime.now(UTC)
@@ -221,12 +226,9 @@ async def test_an_alarm_order_is_taken_on_a_phone_resolved_and_closed(env: Env) 
 
     order_id = await until(alarm_order, what="a work order from the tilt alarm")
 
-    # The operator finds it in the list and assigns it to the maintainer.
-    desk = await new_context(env)
-    op = await log_in(desk, env.operator.name)
-    await op.goto("/console/#/work-orders")
+    # It shows up in the list by itself; the operator assigns it to the maintainer.
     item = op.locator(f"#wo-list [data-order='{order_id}']")
-    await expect(item).to_contain_text("Urgent")
+    await expect(item).to_contain_text("Urgent", timeout=10000)
     await expect(item).to_contain_text("Open")
     await item.locator("a.wo-title").click()
     await expect(op.get_by_role("heading", level=1)).to_contain_text(f"#{order_id}")
@@ -432,8 +434,13 @@ async def test_an_sos_opens_an_emergency_which_the_operator_records_and_closes(
     item = page.locator("#em-list [data-emergency]").filter(has_text="SOS call")
     await expect(item).to_have_count(1, timeout=15000)
     await expect(item).to_contain_text("Open")
-    await item.locator("a.wo-title").click()
-    emergency_id = int(re.findall(r"#/emergencies/(\d+)", page.url)[0])
+    title = await item.locator("a.wo-title").inner_text()
+    emergency_id = int(re.findall(r"^#(\d+) ", title)[0])
+    # The overview's open emergencies lead to it.
+    await page.goto("/console/#/")
+    await page.get_by_role("link", name=title.split(" ", 1)[1]).click()
+    await expect(page.get_by_role("heading", level=1)).to_have_text(title)
+    assert page.url.endswith(f"#/emergencies/{emergency_id}")
     # The lamps go to full: the action and its device command, live, to succeeded.
     acts = page.locator("#em-actions [data-action]").filter(has_text=LAMP)
     await expect(acts).to_have_count(2)  # switch on, dim to 100 %
@@ -662,6 +669,46 @@ async def until_lamp(env: Env, level: int) -> None:
         return bool(env.lamp.values(LAMP).get("dim_pct") == level)
 
     await until(dimmed, within=20, what=f"the lamp dimmed to {level} %")
+
+
+# --------------------------------------------------------------------------- roles
+
+
+async def test_a_maintainer_sees_no_manager_controls(env: Env) -> None:
+    await lighting_group(env)
+    ctx = await new_context(env, phone=True)
+    page = await log_in(ctx, env.maintainer.name)
+    await page.goto("/console/#/work-orders")
+    await expect(page.get_by_role("heading", name="My orders")).to_be_visible()
+    await expect(page.get_by_role("button", name="New work order")).to_have_count(0)
+    await page.goto("/console/#/emergencies")
+    await expect(page.locator("#em-list")).to_be_visible()
+    await expect(page.get_by_role("button", name="Open an emergency")).to_have_count(0)
+    await page.goto("/console/#/lighting?group=renmin")
+    await expect(page.locator("#light-profile li.night")).to_have_count(7)
+    await expect(page.get_by_role("button", name="Set override")).to_have_count(0)
+    await expect(page.get_by_role("button", name="New group")).to_have_count(0)
+    # The API agrees: a maintainer may not override the lamps.
+    await page.goto("/console/#/")
+    status = await page.evaluate(
+        """async () => {
+            const csrf = document.cookie.match(/polegw_csrf=([^;]+)/)[1];
+            const r = await fetch('/api/v1/lighting/groups/renmin/overrides', {
+                method: 'POST', credentials: 'same-origin',
+                headers: {
+                    'Content-Type': 'application/json',
+                    'X-CSRF-Token': decodeURIComponent(csrf),
+                },
+                body: JSON.stringify({
+                    level: 10, until: new Date(Date.now() + 3600e3).toISOString(),
+                }),
+            });
+            return r.status;
+        }"""
+    )
+    assert status == 403
+    no_errors(page)
+    await ctx.close()
 
 
 # --------------------------------------------------------------------------- qualities
