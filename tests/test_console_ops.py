@@ -333,7 +333,7 @@ async def test_an_order_made_by_hand_is_marked_overdue_when_its_deadline_passes(
     await expect(item.locator(".due.missed")).to_contain_text("Respond by")
     # Not overdue: it is not in that list.
     await page.goto("/console/#/work-orders?overdue=false")
-    await expect(page.locator("#wo-list")).to_contain_text("#")
+    await expect(page.locator("#wo-list > *")).to_have_count(1)  # the list is drawn
     await expect(page.locator(f"#wo-list [data-order='{order_id}']")).to_have_count(0)
     no_errors(page)
     await ctx.close()
@@ -391,6 +391,55 @@ async def test_an_inspection_plan_opens_an_order_and_its_checklist_is_filled_per
             {"pole upright": {"ok": True, "note": ""}, "cabinet locked": {"ok": True, "note": ""}},
         ),
     }
+    no_errors(page)
+    await ctx.close()
+
+
+async def test_the_list_sorts_by_priority_and_filters_by_pole(env: Env) -> None:
+    made = []
+    for fault, priority in (("door_open", "urgent"), ("noise_high", "general")):
+        body = {"title": fault, "pole_id": "P0003", "fault": fault, "priority": priority}
+        made.append((await api_call(env, "POST", "/api/v1/work-orders", json=body))["id"])
+    urgent, general = made
+    ctx = await new_context(env)
+    page = await log_in(ctx, env.operator.name)
+    await page.goto("/console/#/work-orders?pole=P0003&state=open")
+    items = page.locator("#wo-list [data-order]")
+    await expect(items).to_have_count(2)
+    assert await items.evaluate_all("(els) => els.map((e) => +e.dataset.order)") == [
+        general,
+        urgent,
+    ]
+    await page.get_by_label("Sort by").select_option("priority")
+    await page.get_by_role("button", name="Apply filters").click()
+    await expect(items.first).to_have_attribute("data-order", str(urgent))
+    await expect(items).to_have_count(2)
+    assert "sort=priority" in page.url
+    no_errors(page)
+    await ctx.close()
+
+
+async def test_a_manager_opens_an_emergency_by_hand(env: Env) -> None:
+    ctx = await new_context(env)
+    page = await log_in(ctx, env.operator.name)
+    await page.goto("/console/#/emergencies")
+    await page.get_by_role("button", name="Open an emergency").click()
+    form = page.locator("#em-create")
+    await form.get_by_label("Type", exact=True).select_option("severe_weather")
+    await form.get_by_label("Pole (empty: area-wide)").fill("P0003")
+    await form.get_by_label("Title").fill("Typhoon warning")
+    await form.get_by_label("Run the type's protective actions on the pole").uncheck()
+    await form.get_by_role("button", name="Open it").click()
+    await expect(page.get_by_role("heading", level=1)).to_contain_text("Typhoon warning")
+    await expect(page.locator("#em-actions")).to_contain_text("No protective action.")
+    emergency_id = int(re.findall(r"#/emergencies/(\d+)", page.url)[0])
+    em = await api_call(env, "GET", f"/api/v1/emergencies/{emergency_id}")
+    assert (em["type"], em["pole_id"], em["opened_by"], em["state"]) == (
+        "severe_weather",
+        "P0003",
+        env.operator.name,
+        "open",
+    )
     no_errors(page)
     await ctx.close()
 
@@ -669,6 +718,43 @@ async def until_lamp(env: Env, level: int) -> None:
         return bool(env.lamp.values(LAMP).get("dim_pct") == level)
 
     await until(dimmed, within=20, what=f"the lamp dimmed to {level} %")
+
+
+# --------------------------------------------------------------------------- maps
+
+
+async def test_a_site_map_drawn_twice_is_removed_without_an_error(env: Env) -> None:
+    # The lighting page (and the overview, on live events) draw the map again;
+    # leaving the page then must not leave a redraw behind for a removed canvas.
+    ctx = await new_context(env)
+    page = await log_in(ctx, env.operator.name)
+    errors = await page.evaluate(
+        """async () => {
+            const { SiteMap } = await import('/console/static/sitemap.js');
+            const errors = [];
+            window.addEventListener('error', (e) => errors.push(e.message));
+            const el = document.createElement('div');
+            el.style.height = '300px';
+            document.body.append(el);
+            const poles = [
+                {id: 'A1', name: 'A1', road: 'R', lat: 30.65, lon: 104.06, devices_offline: 0},
+                {id: 'A2', name: 'A2', road: 'R', lat: 30.66, lon: 104.06, devices_offline: 0},
+            ];
+            const map = new SiteMap(el, {});
+            map.update(poles);
+            await new Promise((r) => setTimeout(r, 120));
+            map.update(poles);
+            await new Promise((r) => setTimeout(r, 30));
+            map.destroy();
+            el.remove();
+            await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+            await new Promise((r) => setTimeout(r, 100));
+            return errors;
+        }"""
+    )
+    assert errors == []
+    no_errors(page)
+    await ctx.close()
 
 
 # --------------------------------------------------------------------------- roles

@@ -118,7 +118,9 @@ export class SiteMap {
       }
     }
     if (!this.fitted && shown.length) {
-      this.map.fitBounds(L.latLngBounds(shown.map((p) => [p.lat, p.lon])), { padding: [20, 20] });
+      // Not animated: a page left during the zoom animation would leave Leaflet
+      // (1.9) stepping a removed map ("_leaflet_pos" of undefined).
+      this.map.fitBounds(L.latLngBounds(shown.map((p) => [p.lat, p.lon])), { padding: [20, 20], animate: false });
       this.fitted = true;
     }
   }
@@ -128,6 +130,10 @@ export class SiteMap {
   }
 
   destroy() {
+    // Layers first, while the canvas renderer is still there to take their redraws.
+    this.map.stop();
+    this.roads.clearLayers();
+    this.poles.clearLayers();
     this.map.remove();
   }
 }

@@ -235,7 +235,8 @@ export function render(main, ctx, idText) {
     drawRecord(order);
     // A live refresh keeps what is being typed unless the moves change.
     const moves = `${order.state}/${order.assignee}`;
-    if (moves !== shownMoves) {
+    const movesChanged = moves !== shownMoves;
+    if (movesChanged) {
       shownMoves = moves;
       drawActions(order);
     }
@@ -244,7 +245,7 @@ export function render(main, ctx, idText) {
       shownParts = partsNow;
       drawParts(order);
     }
-    if (order.kind === "inspection") {
+    if (order.kind === "inspection" && movesChanged) {
       checklist.hidden = false;
       checklistPanel(checklist, order, { mayRecord: mayWork(order) && ["assigned", "in_progress"].includes(order.state) });
     }
