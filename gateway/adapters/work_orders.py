@@ -268,6 +268,15 @@ class WorkOrderStore:
             )
             return await cur.fetchone()
 
+    async def staff_users(self) -> list[Row]:
+        """Every enabled staff user (who may be assigned a work order), by name."""
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT id, name, role FROM users WHERE NOT disabled"
+                " AND role IN ('admin', 'operator', 'maintainer') ORDER BY name"
+            )
+            return await cur.fetchall()
+
     async def pole_exists(self, pole_id: str) -> bool:
         async with self._pool.connection() as conn:
             cur = await conn.execute("SELECT 1 FROM poles WHERE id = %s", (pole_id,))

@@ -395,6 +395,37 @@ async def get_emergency(ctx: Context, _: Staff, emergency_id: int) -> EmergencyD
     return await _detail(ctx, emergency_id)
 
 
+class ProtectiveAction(BaseModel):
+    id: int
+    action: str = Field(description="What the action is for, e.g. lamps_full")
+    device_id: str
+    command: str
+    args: dict[str, Any]
+    state: Literal["pending", "running", "succeeded", "failed", "cancelled"]
+    attempts: int
+    next_at: datetime | None = Field(description="When a pending action is (re)tried")
+    command_id: str | None = Field(description="The device command of the latest attempt")
+    last_error: str | None
+
+
+@router.get(
+    "/{emergency_id}/actions",
+    summary="The protective actions issued for an emergency, with their states",
+    responses=NOT_FOUND,
+)
+async def list_actions(ctx: Context, _: Staff, emergency_id: int) -> list[ProtectiveAction]:
+    async with ctx.pool.connection() as conn:
+        if await store.get(conn, emergency_id) is None:
+            raise not_found("emergency", str(emergency_id))
+        rows = await store.actions(conn, emergency_id)
+    return [
+        ProtectiveAction.model_validate(
+            {**r, "command_id": None if r["command_id"] is None else str(r["command_id"])}
+        )
+        for r in rows
+    ]
+
+
 @router.post(
     "/{emergency_id}/timeline",
     status_code=201,

@@ -85,7 +85,12 @@ class GroupSchedule(BaseModel):
     created_at: datetime
     site: dict[str, Any] = Field(description="lat, lon and time zone the sun times are for")
     upcoming: list[UpcomingStep] = Field(
-        description="The next 24 h of steps (schedule and overrides)"
+        description="The next 24 h (or `hours`) of steps (schedule and overrides)"
+    )
+    level_now: int | None = Field(
+        None,
+        description="The level in force now (schedule or override); null if no step"
+        " was due in the last 3 days",
     )
 
 
@@ -265,11 +270,14 @@ async def delete_group(ctx: Context, principal: Managers, audit: Audit, group_id
 # --------------------------------------------------------------------------- schedules
 
 
-async def _with_upcoming(ctx: ApiContext, row: dict[str, Any], now: datetime) -> GroupSchedule:
+async def _with_upcoming(
+    ctx: ApiContext, row: dict[str, Any], now: datetime, hours: int = 24
+) -> GroupSchedule:
     plan_rows = await _store(ctx).plan_rows(now - LOOKBACK, row["group_id"])
     plan = build_plan(plan_rows[0], _defaults(ctx))
-    # (now - 1 µs, now + 24 h]: a schedule put in force now shows its first level.
-    steps = plan_steps(plan, now - timedelta(microseconds=1), now + timedelta(hours=24))
+    # (now - 1 µs, now + hours]: a schedule put in force now shows its first level.
+    steps = plan_steps(plan, now - timedelta(microseconds=1), now + timedelta(hours=hours))
+    past = plan_steps(plan, now - LOOKBACK, now)
     return GroupSchedule(
         group_id=row["group_id"],
         schedule=Schedule.model_validate(row["definition"]),
@@ -278,6 +286,7 @@ async def _with_upcoming(ctx: ApiContext, row: dict[str, Any], now: datetime) ->
         created_at=row["created_at"],
         site={"lat": plan.site.lat, "lon": plan.site.lon, "timezone": str(plan.tz)},
         upcoming=[UpcomingStep(at=s.instant, level=s.level, source=s.source) for s in steps],
+        level_now=past[-1].level if past else None,
     )
 
 
@@ -296,15 +305,22 @@ async def list_schedules(
 
 @router.get(
     "/groups/{group_id}/schedule",
-    summary="A group's active schedule and the steps of the next 24 h",
+    summary="A group's active schedule and the steps of the next 24 h (or `hours`)",
     responses={404: {"description": "No such group, or it has no schedule"}},
 )
-async def get_schedule(ctx: Context, _: Staff, group_id: str) -> GroupSchedule:
+async def get_schedule(
+    ctx: Context,
+    _: Staff,
+    group_id: str,
+    hours: Annotated[
+        int, Query(ge=1, le=336, description="How far ahead `upcoming` goes (a week: 168)")
+    ] = 24,
+) -> GroupSchedule:
     await _group_or_404(ctx, group_id)
     row = await _store(ctx).schedule(group_id)
     if row is None:
         raise not_found("schedule of lighting group", group_id)
-    return await _with_upcoming(ctx, row, datetime.now(UTC))
+    return await _with_upcoming(ctx, row, datetime.now(UTC), hours)
 
 
 @router.put(

@@ -186,6 +186,20 @@ def _may_work_on(principal: Principal, row: dict[str, Any]) -> None:
         )
 
 
+class Assignee(BaseModel):
+    id: int
+    name: str
+    role: str = Field(description="admin, operator or maintainer")
+
+
+@router.get(
+    "/assignees",
+    summary="The staff users a work order may be assigned to (enabled, by name)",
+)
+async def list_assignees(ctx: Context, _: Staff) -> list[Assignee]:
+    return [Assignee.model_validate(r) for r in await _store(ctx).staff_users()]
+
+
 @router.get("", summary="List work orders, filtered")
 async def list_work_orders(
     ctx: Context,

@@ -23,6 +23,13 @@ import * as mountApps from "./pages/mount/applications.js";
 import * as mountBills from "./pages/mount/bills.js";
 import * as mountLeases from "./pages/mount/leases.js";
 import * as mountTariffs from "./pages/mount/tariffs.js";
+import * as emergencies from "./pages/ops/emergencies.js";
+import * as emergency from "./pages/ops/emergency.js";
+import * as emplans from "./pages/ops/emplans.js";
+import * as inspections from "./pages/ops/inspections.js";
+import * as lighting from "./pages/ops/lighting.js";
+import * as workorder from "./pages/ops/workorder.js";
+import * as workorders from "./pages/ops/workorders.js";
 
 const STAFF = new Set(["admin", "operator", "maintainer"]);
 // Who may see a page: the roles the API admits to what the page is for.
@@ -43,6 +50,13 @@ const ROUTES = [
   [/^\/alarms$/, alarms, "staff", "nav.alarms"],
   [/^\/poles\/([^/]+)$/, pole, "staff", null],
   [/^\/devices\/([^/]+)$/, device, "staff", null],
+  [/^\/work-orders$/, workorders, "staff", "ops.nav.work_orders"],
+  [/^\/work-orders\/(\d+)$/, workorder, "staff", null],
+  [/^\/inspections$/, inspections, "staff", null],
+  [/^\/emergencies$/, emergencies, "staff", "ops.nav.emergencies"],
+  [/^\/emergencies\/(\d+)$/, emergency, "staff", null],
+  [/^\/emergency-plans$/, emplans, "staff", null],
+  [/^\/lighting$/, lighting, "staff", "ops.nav.lighting"],
   // Staff reach every lease and bill here too, but their menu has the lease board
   // and the bill runs (挂载服务) instead.
   [/^\/leases$/, tenant.leases, "any", "nav.leases", "tenant"],

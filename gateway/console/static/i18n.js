@@ -24,7 +24,7 @@ export function pickLanguage() {
 
 // The areas whose catalogues are loaded; an area's pages add their words in its own
 // pair of files, so areas are translated (and reviewed) independently.
-export const AREAS = ["console", "portal", "admin", "mount"];
+export const AREAS = ["console", "portal", "admin", "mount", "ops"];
 
 async function load(l) {
   const parts = await Promise.all(AREAS.map(async (area) => {

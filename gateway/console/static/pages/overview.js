@@ -40,7 +40,7 @@ export function emergencyList(items) {
   if (!items.length) return h("p", { class: "empty" }, t("overview.no_emergencies"));
   return h("ul", { class: "list" }, items.map((e) => h("li", { class: "emergency" },
     h("span", { class: "badge state-critical" }, h("span", { "aria-hidden": "true", class: "glyph" }, "!"), " ", term("emergency_type", e.type)),
-    " ", h("strong", {}, e.title), " ",
+    " ", h("a", { href: `#/emergencies/${e.id}` }, h("strong", {}, e.title)), " ",
     e.pole_id ? h("a", { href: `#/poles/${encodeURIComponent(e.pole_id)}` }, e.pole_id) : null,
     " ", h("span", { class: "muted", title: fmtDateTime(e.opened_at) }, fmtAge(e.opened_at)))));
 }
