@@ -28,6 +28,15 @@ OPERATOR_PAGES = [
     ("pole", "#/poles/P0001", "article[data-device] table"),
     ("device", "#/devices/P0001-meter?range=24h&metrics=port1_power_w,port2_power_w", "canvas"),
     ("alarms", "#/alarms?state=", "#alarm-list"),
+    ("work-orders", "#/work-orders", "main h1"),
+    ("lease-board", "#/mount/leases", "main h1"),
+    ("bill-run", "#/mount/bills", "main h1"),
+    ("archive", "#/archive", "main h1"),
+]
+TENANT_PAGES = [
+    ("tenant-apply", "#/portal/apply", "#apply-map .pole-marker"),
+    ("tenant-usage", "#/portal/usage", "main h1"),
+    ("tenant-bills", "#/bills", "#bill-list"),
 ]
 
 
@@ -80,7 +89,8 @@ def main() -> int:
             tenant = browser.new_context(viewport=DESKTOP, locale=lang)  # type: ignore[arg-type]
             page = tenant.new_page()
             log_in(page, args.base, "telecom", telecom)
-            shoot(page, args.base, "#/bills", "#bill-list", args.out / f"tenant-bills-{lang}.png")
+            for name, route, wait in TENANT_PAGES:
+                shoot(page, args.base, route, wait, args.out / f"{name}-{lang}.png")
             tenant.close()
         browser.close()
     return 0
