@@ -41,9 +41,9 @@ from tests.support import add_user, gateway, gateway_settings, prepare_database,
 from tests.test_console import (
     CHROMIUM,
     FLAGS,
-    catalogue,
+    assert_both_languages,
+    assert_fits_a_phone,
     log_in,
-    visible_text,
 )
 
 CATALOG = load_catalog()
@@ -814,8 +814,6 @@ async def ops_pages(env: Env) -> list[str]:
 
 
 async def test_the_ops_pages_speak_both_languages_completely(env: Env) -> None:
-    en, zh = catalogue("en"), catalogue("zh-CN")
-    english = {v for k, v in en.items() if re.search(r"[A-Za-z]{3}", v) and v != zh[k]}
     # Titles and timeline texts (typed, or written by the gateway) are data, shown as written.
     orders = await api_call(env, "GET", "/api/v1/work-orders", params={"limit": 1000})
     emergencies = await api_call(env, "GET", "/api/v1/emergencies", params={"limit": 1000})
@@ -825,27 +823,7 @@ async def test_the_ops_pages_speak_both_languages_completely(env: Env) -> None:
         typed += [x["text"] for x in detail["timeline"]]
     ctx = await new_context(env, locale="zh-CN")
     page = await log_in(ctx, env.operator.name)
-    await page.evaluate("window.__polegwMissing = new Set()")
-    for path in await ops_pages(env):
-        await page.goto(f"/console/{path}")
-        await page.wait_for_load_state("networkidle")
-        await page.wait_for_timeout(300)
-        text = await visible_text(page)
-        for title in typed:
-            text = text.replace(title, "")
-        leftovers = sorted(
-            w for w in english if re.search(rf"(?<![\w-]){re.escape(w)}(?![\w-])", text)
-        )
-        assert leftovers == [], f"{path}: English on the Chinese page: {leftovers}"
-        await page.get_by_label("语言").select_option("en")
-        await expect(page.get_by_role("button", name="Log out")).to_be_visible()
-        await page.wait_for_load_state("networkidle")
-        await page.wait_for_timeout(300)
-        text = await visible_text(page)
-        assert re.findall(r"[\u4e00-\u9fff]+", text) == [], f"{path}: Chinese on the English page"
-        await page.get_by_label("Language").select_option("zh-CN")
-        await expect(page.get_by_role("button", name="退出登录")).to_be_visible()
-    assert await page.evaluate("[...window.__polegwMissing]") == []
+    await assert_both_languages(page, await ops_pages(env), data=typed)
     no_errors(page)
     await ctx.close()
 
@@ -853,13 +831,6 @@ async def test_the_ops_pages_speak_both_languages_completely(env: Env) -> None:
 async def test_the_ops_pages_fit_a_phone(env: Env) -> None:
     ctx = await new_context(env, phone=True)
     page = await log_in(ctx, env.operator.name)
-    for path in await ops_pages(env):
-        await page.goto(f"/console/{path}")
-        await page.wait_for_load_state("networkidle")
-        await page.wait_for_timeout(300)
-        overflow = await page.evaluate(
-            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
-        )
-        assert overflow <= 0, f"{path} scrolls sideways by {overflow}px at 390 px"
+    await assert_fits_a_phone(page, await ops_pages(env))
     no_errors(page)
     await ctx.close()

@@ -25,11 +25,11 @@ from playwright.async_api import BrowserContext, Page, Response, expect
 from tests.test_console import (
     Env,
     api_get,
-    catalogue,
+    assert_both_languages,
+    assert_fits_a_phone,
     env,
     log_in,
     new_context,
-    visible_text,
 )
 
 SITE_TZ = ZoneInfo("Asia/Shanghai")
@@ -427,44 +427,12 @@ def pages(env: Env) -> list[str]:
 
 
 async def test_the_portal_speaks_both_languages_on_every_page(env: Env) -> None:
-    en, zh = catalogue("en"), catalogue("zh-CN")
-    # Words that are the same in Chinese ("明细 CSV") are not leftovers.
-    english = {
-        v
-        for v in en.values()
-        if re.search(r"[A-Za-z]{3}", v) and not any(v in z for z in zh.values())
-    }
     ctx, page = await tenant_page(env, locale="zh-CN")
-    await page.evaluate("window.__polegwMissing = new Set()")
-    for path in pages(env):
-        await page.goto(f"/console/{path}")
-        await page.wait_for_load_state("networkidle")
-        await page.wait_for_timeout(300)
-        text = await visible_text(page)
-        leftovers = sorted(
-            w for w in english if re.search(rf"(?<![\w-]){re.escape(w)}(?![\w-])", text)
-        )
-        assert leftovers == [], f"{path}: English on the Chinese page: {leftovers}"
-        await page.get_by_label("语言").select_option("en")
-        await expect(page.get_by_role("button", name="Log out")).to_be_visible()
-        await page.wait_for_load_state("networkidle")
-        await page.wait_for_timeout(300)
-        text = await visible_text(page)
-        assert re.findall(r"[\u4e00-\u9fff]+", text) == [], f"{path}: Chinese on the English page"
-        await page.get_by_label("Language").select_option("zh-CN")
-        await expect(page.get_by_role("button", name="退出登录")).to_be_visible()
-    assert await page.evaluate("[...window.__polegwMissing]") == []
+    await assert_both_languages(page, pages(env))
     await ctx.close()
 
 
 async def test_the_portal_has_no_horizontal_scrolling_on_a_phone(env: Env) -> None:
     ctx, page = await tenant_page(env, phone=True)
-    for path in pages(env):
-        await page.goto(f"/console/{path}")
-        await page.wait_for_load_state("networkidle")
-        await page.wait_for_timeout(300)
-        overflow = await page.evaluate(
-            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
-        )
-        assert overflow <= 0, f"{path} scrolls sideways by {overflow}px at 390 px"
+    await assert_fits_a_phone(page, pages(env))
     await ctx.close()
