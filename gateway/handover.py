@@ -45,6 +45,8 @@ OMITTED_TABLES: dict[str, str] = {
     "api_keys": "credentials are not handed over: the incoming operator issues new keys",
     "handovers": "each installation's own record of the handovers it took part in",
     "alarm_progress": "the outgoing alarm engine's place in its own event stream",
+    "meter_queue": "the outgoing metering worker's to-do list of readings; the incoming"
+    " worker queues its own (the cut-over readings first)",
 }
 # Readings this far either side of the cut-over give its interval its context
 # (as billing reads a window: usage_store.MARGIN).

@@ -268,7 +268,9 @@ async def test_bill_numbers_come_quantised(env: Env) -> None:
         more.append((last_ts + timedelta(minutes=15 * k), value))
     store_readings(env.url, more)
     r = await env.client.post(
-        "/bills/generate", json={"month": "2026-12", "tenant": TENANT}, headers=env.operator
+        "/bills/generate",
+        json={"month": "2026-12", "tenant": TENANT, "provisional": True},
+        headers=env.operator,
     )
     assert r.status_code == 200, r.text
     (generated,) = r.json()

@@ -36,7 +36,7 @@ LOOKAHEAD = timedelta(hours=6)  # readings read after the slots a step writes
 
 # Flags as bits (smallint in the database); CLOCK_SUSPECT is the ledger's own:
 # a reading held out of metering (its clock cannot be right) fell in the piece.
-CLOCK_SUSPECT = "clock_suspect"
+CLOCK_SUSPECT = mt.Flag.CLOCK_SUSPECT
 BITS: dict[str, int] = {
     mt.Flag.WRAPPED: 1,
     mt.Flag.RESET: 2,

@@ -55,6 +55,9 @@ class Flag(StrEnum):
     CAPPED = "capped"
     GAP = "gap"
     ESTIMATED = "estimated"
+    # Set by the ledger, not by metering: a clock-suspect reading was held out of
+    # the piece (gateway/core/ledger.py).
+    CLOCK_SUSPECT = "clock_suspect"
 
 
 FLAG_MEANINGS: dict[Flag, str] = {
@@ -65,6 +68,8 @@ FLAG_MEANINGS: dict[Flag, str] = {
     Flag.CAPPED: "above rated power x time: capped, the excess not billed (excess_kwh)",
     Flag.GAP: "readings further apart than the gap limit",
     Flag.ESTIMATED: "energy across a gap with a reset, estimated from the neighbours",
+    Flag.CLOCK_SUSPECT: "a reading stamped by a wrong clock was held out; the energy across"
+    " it comes from the readings around it",
 }
 FLAGS_DOC = "; ".join(f"`{f.value}`: {text}" for f, text in FLAG_MEANINGS.items())
 
