@@ -814,10 +814,14 @@ async def ops_pages(env: Env) -> list[str]:
 
 
 async def test_the_ops_pages_speak_both_languages_completely(env: Env) -> None:
-    # Titles and timeline texts (typed, or written by the gateway) are data, shown as written.
+    # Titles, notes and timeline texts (typed, or written by the gateway) are data,
+    # shown as written.
     orders = await api_call(env, "GET", "/api/v1/work-orders", params={"limit": 1000})
     emergencies = await api_call(env, "GET", "/api/v1/emergencies", params={"limit": 1000})
     typed = [o["title"] for o in orders["items"] + emergencies["items"]]
+    for o in orders["items"]:
+        notes = await api_call(env, "GET", f"/api/v1/work-orders/{o['id']}/notes")
+        typed += [n["text"] for n in notes["items"]]
     for e in emergencies["items"]:
         detail = await api_call(env, "GET", f"/api/v1/emergencies/{e['id']}")
         typed += [x["text"] for x in detail["timeline"]]
