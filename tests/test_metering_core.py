@@ -18,6 +18,7 @@ from gateway.core.metering import (
     counter_modulus,
     meter,
     meter_reference,
+    shown_kwh,
     split_interval,
     to_decimal,
 )
@@ -210,3 +211,11 @@ def test_a_reading_above_the_modulus_is_no_wrap() -> None:
         assert all(iv.kwh >= 0 for iv in out.intervals), out.intervals
         assert Flag.WRAPPED not in out.intervals[0].flags
         assert Flag.RESET in out.intervals[0].flags
+
+
+def test_shown_kwh_agrees_for_sums_that_agree_to_the_micro_kwh() -> None:
+    # Two ways of summing one interval's energy (the ledger's pieces, the readings'
+    # shares) differ in the last digits; to the Wh they must print the same.
+    assert shown_kwh(Decimal("3.0314999999")) == shown_kwh(Decimal("3.0315000001"))
+    assert shown_kwh(Decimal("3.0315000001")) == Decimal("3.032")
+    assert shown_kwh(Decimal("115.819999")) == Decimal("115.820")

@@ -35,7 +35,6 @@ from gateway.core.profiles import ProfileCatalog
 
 Row = dict[str, Any]
 
-KWH = mt.KWH
 HOURS = Decimal("0.000001")
 PERIOD_ORDER = {p: i for i, p in enumerate(tf.Period)}
 
@@ -292,7 +291,7 @@ class BillingStore:
             price = tariff.definition.energy.prices[tf.Period(period)] if tariff else unit_price
             if price is None:
                 continue
-            delta_kwh = kwh.quantize(KWH) - qty
+            delta_kwh = mt.shown_kwh(kwh) - qty
             delta = tf.money(kwh * price) - amount
             if delta_kwh == 0 and delta == 0:
                 continue
@@ -512,7 +511,7 @@ class BillingStore:
                     "period": period.value,
                     "label": f"electricity, port {lease.port_id}, {period.value}"
                     f" ({tariff.name} v{tariff.version})" + (", estimated" if estimated else ""),
-                    "quantity": kwh.quantize(KWH),
+                    "quantity": mt.shown_kwh(kwh),
                     "unit": "kWh",
                     "unit_price": price,
                     "amount": tf.money(kwh * price),

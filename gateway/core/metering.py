@@ -40,6 +40,15 @@ ZERO = Decimal(0)
 # meter register (0.01 kWh in the shipped profiles). Below it a split interval's
 # share or a float reading's noise (115.819999) is no energy anyone measured.
 KWH = Decimal("0.001")
+MICRO_KWH = Decimal("0.000001")
+
+
+def shown_kwh(kwh: Decimal) -> Decimal:
+    """kWh as shown and billed: to the Wh from its value to the µWh, so that two ways
+    of summing the same energy (the ledger's pieces, the readings' intervals) that
+    agree to the µWh also agree to the Wh, whichever side of a half-Wh their last
+    digits fall."""
+    return kwh.quantize(MICRO_KWH).quantize(KWH)
 HOUR_S = Decimal(3600)
 GLITCH_RUN = 3  # the longest run of odd readings taken for a glitch
 V = TypeVar("V")
