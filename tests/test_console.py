@@ -502,7 +502,7 @@ async def test_the_language_switch_changes_every_visible_label(env: Env) -> None
     ctx = await new_context(env, locale="zh-CN")
     page = await log_in(ctx, env.operator)
     await assert_both_languages(page, PAGES)
-    # The choice is kept.
+    # The choice is kept, even by a reload at once.
     await page.get_by_label("语言").select_option("en")
     await page.reload()
     await expect(page.get_by_role("button", name="Log out")).to_be_visible(timeout=15000)

@@ -37,11 +37,12 @@ async function load(l) {
 
 export async function setLanguage(l, { remember = false } = {}) {
   if (!LANGS.includes(l)) l = "zh-CN";
+  // Kept at once: a reload while the catalogue is still loading keeps the choice.
+  if (remember) localStorage.setItem(STORE, l);
   messages = await load(l);
   if (l !== "en" && Object.keys(fallback).length === 0) fallback = await load("en");
   lang = l;
   document.documentElement.lang = l;
-  if (remember) localStorage.setItem(STORE, l);
 }
 
 export function setTimeZone(tz) {
