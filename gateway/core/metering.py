@@ -49,6 +49,8 @@ def shown_kwh(kwh: Decimal) -> Decimal:
     agree to the µWh also agree to the Wh, whichever side of a half-Wh their last
     digits fall."""
     return kwh.quantize(MICRO_KWH).quantize(KWH)
+
+
 HOUR_S = Decimal(3600)
 GLITCH_RUN = 3  # the longest run of odd readings taken for a glitch
 V = TypeVar("V")
