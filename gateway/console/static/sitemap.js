@@ -147,8 +147,9 @@ export class SiteMap {
   constructor(el, config, { onOpen } = {}) {
     const L = window.L;
     this.onOpen = onOpen;
+    // Roads are a few dozen SVG paths (the markers are a layer of their own): no
+    // canvas renderer, whose redraw after the map is removed throws ("clearRect").
     this.map = L.map(el, {
-      preferCanvas: true,
       zoomSnap: 0.25,
       attributionControl: Boolean(config.map_tile_url),
       keyboard: true,
