@@ -14,38 +14,25 @@ import asyncio
 import csv
 import io
 import re
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 import httpx
-import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
-from gateway.core.site import DeviceSpec, ModbusEndpoint
-from simulators.modbus_devices import SwitchedPortMeter
 from simulators.modbus_server import ModbusSimulator
 from tests import test_console as tc
 from tests.support import add_user, gateway, gateway_settings, prepare_database
-from tests.test_mounting_e2e import CATALOG, CST, METER, PORT, TENANT, TIME_SCALE, site
+from tests.test_mounting_e2e import (
+    CST,
+    METER,
+    PORT,
+    TENANT,
+    simulated_meter,  # noqa: F401 - the fixture, shared
+    site,
+)
 
 API = "/api/v1"
-
-
-@pytest.fixture
-async def meter() -> AsyncIterator[ModbusSimulator]:
-    spec = DeviceSpec(
-        id=METER,
-        profile="port-meter-4",
-        transport="modbus",
-        modbus=ModbusEndpoint(host="127.0.0.1", port=1, unit=1),
-    )
-    async with ModbusSimulator([(spec, CATALOG["port-meter-4"])], time_scale=TIME_SCALE) as sim:
-        model = sim.device(METER).model
-        assert isinstance(model, SwitchedPortMeter)
-        model.switch(1, False)  # dead until a lease puts the port in service
-        sim.refresh()
-        yield sim
 
 
 async def browser_context(browser: Browser, origin: str) -> BrowserContext:
@@ -112,9 +99,12 @@ async def operator_approves_and_puts_in_service(page: Page, app_id: int) -> int:
 
 
 async def test_a_tenant_applies_and_is_billed_for_what_the_meter_counted(
-    fresh_database_url: str, mqtt_url: str, topic_prefix: str, meter: ModbusSimulator
+    fresh_database_url: str,
+    mqtt_url: str,
+    topic_prefix: str,
+    simulated_meter: ModbusSimulator,  # noqa: F811 - the fixture imported above
 ) -> None:
-    url = fresh_database_url
+    url, meter = fresh_database_url, simulated_meter
     await prepare_database(url, site(meter.port))
     operator = add_user(url, "operator").name
     tenant = add_user(url, "tenant", tenant=TENANT).name
