@@ -28,6 +28,13 @@ class Settings(BaseSettings):
     mqtt_receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 2000
     mqtt_session_expiry_s: Annotated[int, Field(ge=0)] = 7 * 24 * 3600
     mqtt_keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    # Replicas (docs/scaling.md): set on every replica of one installation, each
+    # with its own POLEGW_MQTT_CLIENT_ID. Subscriptions become `$share/{group}/…`
+    # (MQTT 5 shared subscriptions: each message goes to one replica), and the
+    # work that must happen once is owned through leases in PostgreSQL, taken
+    # over by another replica within POLEGW_LEASE_TTL_S of a replica's loss.
+    mqtt_share_group: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    lease_ttl_s: Annotated[float, Field(ge=2, le=120)] = 6.0
     # TLS (mqtts://): the CA that signed the broker's certificate (unset: the
     # system's CAs), and a client certificate and key for brokers that ask for one
     # (a pole's CN is its id; the listener uses it as the user name).
@@ -206,6 +213,18 @@ class Settings(BaseSettings):
             if parts.path or parts.query:
                 raise ValueError(f"{origin!r}: an origin has no path")
         return v
+
+    @field_validator("mqtt_share_group")
+    @classmethod
+    def _share_group(cls, v: str | None) -> str | None:
+        if v is not None and any(c in v for c in "/+#$ "):
+            raise ValueError("a share group name has no '/', '+', '#', '$' or spaces")
+        return v
+
+    @property
+    def replicated(self) -> bool:
+        """Running as one of several replicas (POLEGW_MQTT_SHARE_GROUP set)."""
+        return self.mqtt_share_group is not None
 
     @model_validator(mode="after")
     def _client_cert_pair(self) -> Settings:

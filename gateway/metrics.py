@@ -222,6 +222,23 @@ class Metrics:
         self.spool_errors = Counter(
             "polegw_spool_errors", "Failed writes to the spool (disk full, I/O error)", registry=r
         )
+        # Scale-out (docs/scaling.md): what this replica owns, and how often leases moved.
+        self.lease_held = Gauge(
+            "polegw_lease_held",
+            "1 while this replica holds the lease (leader/<role>, bus/<address>)",
+            ["lease"],
+            registry=r,
+        )
+        self.lease_changes = Counter(
+            "polegw_lease_changes",
+            "Leases taken, handed back or lost by this replica",
+            ["group", "change"],
+            registry=r,
+        )
+        self.replicas_live = Gauge(
+            "polegw_replicas_live", "Gateway replicas alive (heartbeat leases)", registry=r
+        )
+        self.replicas_live.set(1)
         for kind in TOPIC_KINDS:
             self.messages_received.labels(kind)
         for reason in DeadLetterReason:

@@ -17,6 +17,7 @@ from gateway.adapters.command_store import CommandStore
 from gateway.adapters.credentials import TokenIssuer
 from gateway.adapters.db import DatabaseHealth, TenantScopedPool, libpq_url
 from gateway.adapters.events import LiveEvents, TelemetryAnnouncer, poles_from
+from gateway.adapters.leases import LeaseKeeper
 from gateway.adapters.modbus_bus import BusOptions
 from gateway.adapters.mqtt import MqttSubscription, client_id_lock, settings_tls_context
 from gateway.adapters.spool import AsyncSpool, FullPolicy, SpoolError
@@ -28,6 +29,7 @@ from gateway.clocks import ClockSync
 from gateway.commands import CommandDispatcher
 from gateway.config import MqttEndpoint, Settings
 from gateway.core.auth import LoginThrottle
+from gateway.core.ownership import LEADER_ROLES, leader
 from gateway.core.profiles import ProfileCatalog, load_catalog
 from gateway.core.rate_limit import TokenBuckets
 from gateway.errors import ConfigError
@@ -182,6 +184,16 @@ async def run_gateway(
     )
     pool = open_pool(database_url)
     database = DatabaseHealth(database_url)
+    # Replicas share the work that must happen once through leases (docs/scaling.md);
+    # a single gateway (no share group) owns everything without asking.
+    leases = LeaseKeeper(
+        database_url,
+        settings.mqtt_client_id,
+        ttl_s=settings.lease_ttl_s,
+        enabled=settings.replicated,
+        metrics=metrics,
+    )
+    leases.want("leader", lambda: [leader(role) for role in LEADER_ROLES])
     command_store = CommandStore(pool)
     replies: list[CommandDispatcher] = []  # the dispatcher needs mqtt, mqtt routes replies to it
     mqtt = MqttSubscription(
@@ -234,6 +246,7 @@ async def run_gateway(
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(database.run(stop), name="database-probe")
+            lease_keeper = tg.create_task(leases.run(stop), name="leases")
             # Commands the last run left unfinished are failed once the database answers.
             tg.create_task(command_store.abandon_unfinished_when_reachable(stop), name="commands")
             commit = tg.create_task(pipeline.run(), name="ingest-commit")
@@ -243,20 +256,33 @@ async def run_gateway(
             tg.create_task(announcer.run(stop), name="telemetry-announcer")
             from gateway.retention import Retention  # data management (docs/decisions-archive.md)
 
-            tg.create_task(Retention.from_settings(settings).run(stop), name="retention")
+            retention = Retention.from_settings(settings)
+            tg.create_task(
+                leases.while_held(leader("retention"), lambda: retention.run(stop), stop),
+                name="retention",
+            )
             from gateway.inspections import InspectionScheduler  # docs/decisions-maintenance.md
 
             scheduler = InspectionScheduler(pool, settings)
-            tg.create_task(scheduler.run(stop), name="inspection-scheduler")
+            tg.create_task(
+                leases.while_held(leader("inspections"), lambda: scheduler.run(stop), stop),
+                name="inspection-scheduler",
+            )
             from gateway.lighting import LightingDispatcher  # docs/decisions-lighting.md
 
             lighting = LightingDispatcher.from_settings(settings, pool, registry, dispatcher)
             states.on_online.append(lighting.poke)  # a lamp that is back gets its level
-            tg.create_task(lighting.run(stop), name="lighting-dispatcher")
+            tg.create_task(
+                leases.while_held(leader("lighting"), lambda: lighting.run(stop), stop),
+                name="lighting-dispatcher",
+            )
             from gateway.metering_worker import MeteringWorker  # the meter-data ledger
 
             metering = MeteringWorker(pool, catalog, metrics, every_s=settings.metering_every_s)
-            tg.create_task(metering.run(stop), name="metering-worker")
+            tg.create_task(
+                leases.while_held(leader("metering"), lambda: metering.run(stop), stop),
+                name="metering-worker",
+            )
             if api:
                 # Live events end their streams when `stop` is set, so open
                 # streams never hold the server's shutdown.
@@ -322,6 +348,8 @@ async def run_gateway(
             if internals is not None:
                 internals.should_exit = True
             await cancel_all([alarm_task, commit, state_writer, refresh])
+            await lease_keeper
+            await leases.release_all()  # the others take over at once
     finally:
         await dispatcher.close()
         await clocks.close()
