@@ -227,6 +227,15 @@ class Settings(BaseSettings):
         return self.mqtt_share_group is not None
 
     @model_validator(mode="after")
+    def _share_group_needs_mqtt5(self) -> Settings:
+        if self.mqtt_share_group is not None and self.mqtt_protocol != "5":
+            raise ValueError(
+                "POLEGW_MQTT_SHARE_GROUP needs POLEGW_MQTT_PROTOCOL=5:"
+                " shared subscriptions ($share/…) are MQTT 5"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _client_cert_pair(self) -> Settings:
         if (self.mqtt_cert_file is None) != (self.mqtt_key_file is None):
             raise ValueError(

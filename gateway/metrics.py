@@ -239,6 +239,12 @@ class Metrics:
             "polegw_replicas_live", "Gateway replicas alive (heartbeat leases)", registry=r
         )
         self.replicas_live.set(1)
+        self.replica = Gauge(
+            "polegw_replica",
+            "1, labelled with this process's replica id (its MQTT client id) and share group",
+            ["replica", "share_group"],
+            registry=r,
+        )
         for kind in TOPIC_KINDS:
             self.messages_received.labels(kind)
         for reason in DeadLetterReason:

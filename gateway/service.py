@@ -194,6 +194,7 @@ async def run_gateway(
         metrics=metrics,
     )
     leases.want("leader", lambda: [leader(role) for role in LEADER_ROLES])
+    metrics.replica.labels(settings.mqtt_client_id, settings.mqtt_share_group or "").set(1)
     command_store = CommandStore(pool)
     replies: list[CommandDispatcher] = []  # the dispatcher needs mqtt, mqtt routes replies to it
     mqtt = MqttSubscription(
@@ -301,6 +302,7 @@ async def run_gateway(
                     events=events,
                     database=database,
                     clock_skew=clocks.watch.skew.get,
+                    leases=leases,
                 )
                 config = uvicorn.Config(
                     create_app(ctx),

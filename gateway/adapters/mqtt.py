@@ -49,7 +49,7 @@ class Inbound:
     ack: Ack
 
 
-def ingest_topics(prefix: str) -> list[str]:
+def _plain_topics(prefix: str) -> list[str]:
     return [
         f"{prefix}/+/telemetry",
         f"{prefix}/+/devices/+/telemetry",
@@ -57,6 +57,30 @@ def ingest_topics(prefix: str) -> list[str]:
         f"{prefix}/+/status",
         f"{prefix}/+/commands/+/reply",
     ]
+
+
+def ingest_topics(prefix: str, share_group: str | None = None) -> list[str]:
+    """The gateway's subscription filters. With a share group (replicas,
+    docs/scaling.md) each becomes `$share/{group}/{filter}`, so that the broker
+    gives each message to one replica of the group; the messages still arrive on
+    their own topics. Pole status stays a plain subscription on every replica:
+    shared subscriptions get no retained messages (MQTT 5, section 4.8.2), and a
+    replica that sees every status in order writes the newest state last."""
+    plain = _plain_topics(prefix)
+    if share_group is None:
+        return plain
+    status = f"{prefix}/+/status"
+    return [t if t == status else f"$share/{share_group}/{t}" for t in plain]
+
+
+def unshared_topics(prefix: str, share_group: str | None) -> list[str]:
+    """Plain filters that a persistent session may still hold from a run without
+    the share group (a single gateway turned replica keeps its client id): left
+    there, they would bring this replica every message a second time."""
+    if share_group is None:
+        return []
+    shared = set(ingest_topics(prefix, share_group))
+    return [t for t in _plain_topics(prefix) if t not in shared]
 
 
 def is_command_reply(topic: str, prefix: str) -> bool:
@@ -287,7 +311,9 @@ class MqttSubscription:
         drain: Callable[[], Awaitable[object]],
     ) -> None:
         backoff = Backoff()
-        topics = ingest_topics(self._settings.mqtt_topic_prefix)
+        prefix, group = self._settings.mqtt_topic_prefix, self._settings.mqtt_share_group
+        topics = ingest_topics(prefix, group)
+        stale = unshared_topics(prefix, group)
         first = True
         self._closing = False
         while not stop.is_set():
@@ -307,6 +333,8 @@ class MqttSubscription:
                     self._metrics.mqtt_connected.set(1)
                     granted = await client.subscribe([(t, 1) for t in topics])
                     _require_qos1(granted, topics)
+                    if stale:  # after subscribing: an overlap repeats messages, a gap misses them
+                        await client.unsubscribe(stale)
                     log.info(
                         "MQTT connected to %r as %s, subscribed to %s",
                         self._endpoint,

@@ -13,6 +13,7 @@ from gateway.adapters.command_store import CommandStore
 from gateway.adapters.credentials import TokenIssuer
 from gateway.adapters.db import DatabaseHealth
 from gateway.adapters.events import LiveEvents
+from gateway.adapters.leases import LeaseKeeper
 from gateway.adapters.read_model import ReadModel
 from gateway.adapters.users import UserStore
 from gateway.api.cache import StaleWhileRevalidate
@@ -47,6 +48,9 @@ class ApiContext:
     # A pole's clock minus the gateway's at its last telemetry, s (clock sync,
     # README "Clocks"); None when this process runs no MQTT ingest.
     clock_skew: Callable[[str], float | None] | None = None
+    # What this replica holds (leader roles, buses), for /readyz's details; None
+    # when this process takes no part in sharing work (an API-only test app).
+    leases: LeaseKeeper | None = None
     # The dashboard's kWh today: a scan of the day's counter readings (seconds at
     # city scale), so computed at most every 30 s and served from the last result.
     kwh_today: StaleWhileRevalidate[float] = field(

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import PoolTimeout
 
+from gateway.adapters.leases import LeaseKeeper
 from gateway.api.deps import Context
 from gateway.api.hardening import may_see_internals, require_internals_access
 from gateway.api.security import _api_key, _bearer
@@ -47,7 +48,20 @@ async def readyz(request: Request, ctx: Context) -> JSONResponse:
     body: dict[str, object] = {"ready": ready}
     if may_see_internals(request, ctx.settings):
         body["checks"] = checks
+        if ctx.leases is not None:
+            body["replica"] = replica_details(ctx.leases, ctx.settings.mqtt_share_group)
     return JSONResponse(body, status_code=200 if ready else 503)
+
+
+def replica_details(leases: LeaseKeeper, share_group: str | None) -> dict[str, object]:
+    """Who this replica is and what it holds (docs/scaling.md): a single gateway
+    (no share group) holds every leader role without asking anyone."""
+    return {
+        "id": leases.holder,
+        "share_group": share_group,
+        "live_replicas": leases.live_replicas,
+        "owns": leases.owned(),
+    }
 
 
 @router.get(
