@@ -214,6 +214,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"{origin!r}: an origin has no path")
         return v
 
+    @field_validator("mqtt_share_group", mode="before")
+    @classmethod
+    def _share_group_empty(cls, v: object) -> object:
+        return None if v == "" else v  # set but empty (a compose default): not replicated
+
     @field_validator("mqtt_share_group")
     @classmethod
     def _share_group(cls, v: str | None) -> str | None:

@@ -38,7 +38,14 @@ def test_every_image_from_a_registry_is_pinned_to_a_version(services: dict[str, 
 
 def test_polegw_local_is_built_and_never_pulled(services: dict[str, Any]) -> None:
     local = {n: s for n, s in services.items() if s.get("image") == "polegw:local"}
-    assert set(local) == {"migrate", "provision", "gateway", "simulators"}
+    assert set(local) == {
+        "migrate",
+        "provision",
+        "gateway",
+        "gateway-2",
+        "gateway-3",
+        "simulators",
+    }
     for name, service in local.items():
         if "build" in service:
             assert service.get("pull_policy") == "build", name

@@ -85,6 +85,14 @@ def test_a_share_group_shares_every_subscription_but_pole_status() -> None:
     assert unshared_topics("poles", None) == []
 
 
+def test_an_empty_share_group_is_a_single_gateway() -> None:
+    """docker-compose.yml passes `${POLEGW_MQTT_SHARE_GROUP:-}` to the gateway."""
+    assert not Settings(mqtt_share_group="").replicated
+    assert Settings(mqtt_share_group="city").replicated
+    with pytest.raises(ValueError, match="share group name"):
+        Settings(mqtt_share_group="a/b")
+
+
 def test_a_share_group_needs_mqtt5_and_says_so_in_one_line() -> None:
     with pytest.raises(ValueError, match="POLEGW_MQTT_SHARE_GROUP needs POLEGW_MQTT_PROTOCOL=5"):
         Settings(mqtt_share_group="city", mqtt_protocol="3.1.1")
