@@ -46,7 +46,11 @@ from tests.support import (
     TEST_SECRET,
     api_context,
     count,
+    eventually,
+    gateway,
+    gateway_settings,
     prepare_database,
+    publish,
     stream,
 )
 
@@ -132,6 +136,34 @@ async def test_readyz_shows_what_the_replica_holds_only_to_internals(
     outside = httpx.ASGITransport(app=app, client=("203.0.113.7", 40000))
     async with httpx.AsyncClient(transport=outside, base_url="http://api") as api:
         assert (await api.get("/readyz")).json() == {"ready": True}
+
+
+async def test_a_single_gateway_turned_replica_receives_each_message_once(
+    fresh_database_url: str, mqtt_url: str, topic_prefix: str
+) -> None:
+    """Its persistent session still holds the plain filters of its single-gateway
+    days; joining the group must not leave it receiving everything twice."""
+    await prepare_database(fresh_database_url)
+    settings = gateway_settings(fresh_database_url, mqtt_url, topic_prefix)
+    async with gateway(settings):  # the single gateway: plain subscriptions
+        pass
+    replica = settings.model_copy(update={"mqtt_share_group": f"t{secrets.token_hex(4)}"})
+    messages = stream(topic_prefix, 30)
+    try:
+        async with gateway(replica) as gw:
+            await asyncio.to_thread(publish, mqtt_url, messages)
+            expected = len(messages) * READINGS_PER_MESSAGE
+            await eventually(
+                lambda: count(fresh_database_url, "SELECT count(*) FROM telemetry") == expected,
+                what="every reading stored",
+            )
+            await asyncio.sleep(1.0)  # a second copy would arrive meanwhile
+            received = gw.metrics.registry.get_sample_value(
+                "polegw_mqtt_messages_received_total", {"kind": "telemetry"}
+            )
+            assert received == len(messages)
+    finally:
+        await asyncio.to_thread(forget_session, mqtt_url, settings.mqtt_client_id)
 
 
 # ------------------------------------------------------------ real processes
