@@ -22,10 +22,10 @@ One run does, on this machine, against the real broker and PostgreSQL:
 
    - idle database load: 10 s without messages; PostgreSQL's transaction count
      on the bench database (``pg_stat_database.xact_commit``, everything the
-     gateways do) and the statements on ``gateway_leases`` (its scans and row
-     writes in ``pg_stat_user_tables``), per second and per replica. The lease
-     keeper runs in autocommit, one statement per transaction, so the difference
-     between ``single`` and one replica is what the leases cost;
+     gateways do), and the lease keepers' rounds (``gateway_leases``'s sequential
+     scans: one per round; a round is a renewal and an observation, two
+     statements) and row writes (``pg_stat_user_tables``), per second and per
+     replica;
    - each ``--rate`` in turn for ``--duration`` s (the first ``--warmup`` s not
      measured): readings stored per second (the sum of the replicas'
      ``polegw_readings_stored_total``), CPU seconds of the replicas, the broker,
@@ -94,8 +94,12 @@ from ingest import (  # noqa: E402  (beside this script; run as bench/replicas.p
 )
 
 IDLE_S = 10.0
+# A lease keeper's round is a renewal (an index scan per lease named) and an
+# observation (the table's only sequential scan), plus an acquisition when a
+# lease is free: so sequential scans count rounds, and statements are about two
+# a round.
 LEASE_STATS = (
-    "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0), n_tup_ins + n_tup_upd + n_tup_del"
+    "SELECT coalesce(seq_scan, 0), n_tup_ins + n_tup_upd + n_tup_del"
     " FROM pg_stat_user_tables WHERE relname = 'gateway_leases'"
 )
 
@@ -114,6 +118,16 @@ class Replicas:
 
     def stored(self) -> float:
         return sum(g.stored() for g in self.gateways if g.proc.poll() is None)
+
+    def batches(self) -> tuple[float, float]:
+        """Readings committed in batches, and batches, summed over the replicas."""
+        readings = batches = 0.0
+        for g in self.gateways:
+            if g.proc.poll() is None:
+                m = g.metrics()
+                readings += m.get("polegw_batch_readings_sum", 0.0)
+                batches += m.get("polegw_batch_readings_count", 0.0)
+        return readings, batches
 
 
 @dataclass
@@ -200,9 +214,12 @@ def db_counters(ctx: Context) -> tuple[float, int, int, int]:
 
 def idle_load(ctx: Context, reps: Replicas) -> dict[str, float]:
     time.sleep(2.0)  # past start-up's own queries
+    meter = CpuMeter()
+    meter.start(reps.pids)
     t0, x0, s0, w0 = db_counters(ctx)
     time.sleep(IDLE_S)
     t1, x1, s1, w1 = db_counters(ctx)
+    idle_cpu = meter.stop()
     dt, n = t1 - t0, len(reps.gateways)
     # Each db_counters call is itself 4 transactions (connect, clear, two reads).
     xacts = max(0, x1 - x0 - 4)
@@ -210,8 +227,9 @@ def idle_load(ctx: Context, reps: Replicas) -> dict[str, float]:
         "window_s": dt,
         "xacts_per_s": xacts / dt,
         "xacts_per_s_per_replica": xacts / dt / n,
-        "lease_statements_per_s_per_replica": (s1 - s0) / dt / n,
+        "lease_rounds_per_s_per_replica": (s1 - s0) / dt / n,
         "lease_row_writes_per_s_per_replica": (w1 - w0) / dt / n,
+        "idle_cpu_cores_per_replica": idle_cpu / dt / n,
     }
 
 
@@ -241,11 +259,13 @@ def load_step(ctx: Context, reps: Replicas, rate: float, label: str) -> dict[str
     meters["publishers"].start(pubs.pids)
     sys0 = all_processes_cpu()
     s_start, w_start, sent0 = reps.stored(), time.monotonic(), pacer.sent
+    b_start = reps.batches()
     while time.time() < load_end:
         if pacer.error:
             raise pacer.error
         time.sleep(0.2)
     s_end, w_end, sent1 = reps.stored(), time.monotonic(), pacer.sent
+    b_end = reps.batches()
     sys1 = all_processes_cpu()
     cpu = {k: m.stop() for k, m in meters.items()}
     pacer.join()
@@ -278,6 +298,7 @@ def load_step(ctx: Context, reps: Replicas, rate: float, label: str) -> dict[str
         "cpu_s": cpu,
         "cpu_cores": {k: v / window for k, v in cpu.items()},
         "replica_cpu_us_per_reading": 1e6 * cpu["replicas"] / max(1.0, s_end - s_start),
+        "mean_batch_readings": (b_end[0] - b_start[0]) / max(1.0, b_end[1] - b_start[1]),
     }
 
 
@@ -298,8 +319,10 @@ def ingest(ctx: Context) -> None:
             say(
                 f"   idle: {idle['xacts_per_s']:.1f} transactions/s on the database"
                 f" ({idle['xacts_per_s_per_replica']:.1f} per gateway);"
-                f" gateway_leases: {idle['lease_statements_per_s_per_replica']:.2f} statements/s"
-                f" and {idle['lease_row_writes_per_s_per_replica']:.2f} row writes/s per gateway"
+                f" per gateway: {idle['lease_rounds_per_s_per_replica']:.2f} lease rounds/s"
+                " (~2 statements each),"
+                f" {idle['lease_row_writes_per_s_per_replica']:.2f} gateway_leases row writes/s,"
+                f" {idle['idle_cpu_cores_per_replica']:.3f} cores of CPU"
             )
             for rate in args.rate:
                 step = load_step(ctx, reps, rate, f"{label}-{rate:.0f}")
@@ -311,7 +334,8 @@ def ingest(ctx: Context) -> None:
                     f" CPU (cores) replicas {c['replicas']:.2f}, broker {c['broker']:.2f},"
                     f" postgres {c['postgres']:.2f}, publishers {c['publishers']:.2f},"
                     f" other {c['other']:.2f}, machine {c['machine']:.2f};"
-                    f" {step['replica_cpu_us_per_reading']:.1f} µs replica CPU per reading"
+                    f" {step['replica_cpu_us_per_reading']:.1f} µs replica CPU per reading,"
+                    f" batches of {step['mean_batch_readings']:,.0f} readings"
                 )
             out[label] = row
         finally:
