@@ -79,6 +79,7 @@ from ingest import (  # noqa: E402  (beside this script; run as bench/replicas.p
     Publishers,
     all_processes_cpu,
     bench_pg_pids,
+    broker_drops,
     build_plan,
     build_site,
     create_database,
@@ -284,6 +285,9 @@ def load_step(ctx: Context, reps: Replicas, rate: float, label: str) -> dict[str
         time.sleep(0.2)
     pubs.wait(30)
     stored_db = count_rows(ctx) - before_db
+    # Readings missing after the drain were dropped by the broker (its queue per
+    # session full): the replicas never received them. Its log says so.
+    drops = sum(max(0, broker_drops(args.broker_log, g.client_id, t0 - 2)) for g in reps.gateways)
     busy = machine_cpu_between(sys0, sys1)
     cpu["machine"] = busy
     cpu["other"] = max(0.0, busy - sum(v for k, v in cpu.items() if k != "machine"))
@@ -294,6 +298,7 @@ def load_step(ctx: Context, reps: Replicas, rate: float, label: str) -> dict[str
         "stored_rps": stored_rps,
         "readings": plan.readings,
         "missing": plan.readings - stored_db,
+        "broker_drop_notices": drops,
         "window_s": window,
         "cpu_s": cpu,
         "cpu_cores": {k: v / window for k, v in cpu.items()},
@@ -330,7 +335,8 @@ def ingest(ctx: Context) -> None:
                 c = step["cpu_cores"]
                 say(
                     f"   {rate:>8,.0f}/s offered {step['offered_rps']:>8,.0f}:"
-                    f" stored {step['stored_rps']:>8,.0f}/s, missing {step['missing']:,};"
+                    f" stored {step['stored_rps']:>8,.0f}/s, missing {step['missing']:,}"
+                    f" (broker drop notices {step['broker_drop_notices']});"
                     f" CPU (cores) replicas {c['replicas']:.2f}, broker {c['broker']:.2f},"
                     f" postgres {c['postgres']:.2f}, publishers {c['publishers']:.2f},"
                     f" other {c['other']:.2f}, machine {c['machine']:.2f};"
@@ -478,6 +484,11 @@ def main() -> None:
     ap.add_argument("--poles", type=int, default=200)
     ap.add_argument("--readings-per-message", type=int, default=20)
     ap.add_argument("--drain-timeout", type=float, default=10.0)
+    ap.add_argument(
+        "--broker-log",
+        default="/var/log/mosquitto/mosquitto.log",
+        help="mosquitto's log, read for 'messages are being dropped' notices",
+    )
     ap.add_argument("--ttl", type=float, default=6.0, help="failover: lease TTL (default 6)")
     ap.add_argument("--failover-replicas", type=int, default=3)
     ap.add_argument(
