@@ -39,7 +39,7 @@ One run does, on this machine, against the real broker and PostgreSQL:
 3. Failover: N replicas (``--failover-replicas``, default 3) with the production
    lease TTL (``--ttl``, default 6 s). For every lease in ``gateway_leases``
    other than the replicas' heartbeats (the five leader roles; the buses too
-   once buses are leased), the holder is killed with SIGKILL and the time until
+   once buses are leased) the holder is killed with SIGKILL and the time until
    another replica holds each lease it held is read from ``gateway_leases``
    (polled every 50 ms); the killed replica is started again and the leases
    settle before the next kill. Then one holder is stopped with SIGTERM, the
@@ -407,13 +407,19 @@ def failover(ctx: Context) -> None:
     try:
         rows = settle(ctx, reps)
         say(f"   holders: {rows}")
-        for round_ in range(args.kills):
+        kills = 0
+        graceful_round = False
+        while not graceful_round:
             rows = settle(ctx, reps)
-            todo = [name for name in sorted(rows) if name not in measured] or sorted(rows)
+            todo = [name for name in sorted(rows) if name not in measured]
+            # SIGKILL the holder of a lease not measured yet, until each was
+            # (at most --kills times); then SIGTERM one holder.
+            graceful_round = not todo or kills >= args.kills
+            todo = todo or sorted(rows)
+            kills += not graceful_round
             victim_id = rows[todo[0]]
             i = next(k for k, g in enumerate(reps.gateways) if g.client_id == victim_id)
             held = sorted(name for name, h in rows.items() if h == victim_id)
-            graceful_round = round_ == args.kills - 1
             t0 = time.monotonic()
             if graceful_round:
                 reps.gateways[i].proc.send_signal(signal.SIGTERM)
@@ -492,7 +498,10 @@ def main() -> None:
     ap.add_argument("--ttl", type=float, default=6.0, help="failover: lease TTL (default 6)")
     ap.add_argument("--failover-replicas", type=int, default=3)
     ap.add_argument(
-        "--kills", type=int, default=4, help="failover: SIGKILLs, then one SIGTERM (default 4)"
+        "--kills",
+        type=int,
+        default=6,
+        help="failover: SIGKILLs until each lease was measured (at most this many), then a SIGTERM",
     )
     ap.add_argument("--skip-ingest", action="store_true")
     ap.add_argument("--skip-failover", action="store_true")
