@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import paho.mqtt.client as paho
 import psycopg
 import pytest
@@ -328,7 +329,18 @@ def test_three_replicas_store_every_reading_once_through_a_sigkill_and_restart(
     asyncio.run(prepare_database(fresh_database_url))
     messages = stream(topic_prefix, MESSAGES)
     expected = MESSAGES * READINGS_PER_MESSAGE
-    duration = MESSAGES / RATE
+    # Among them, events and malformed messages: they are stored once too (events
+    # by device, type and ts; dead letters by a hash of topic, payload and reason).
+    events, bad, sent = [], [], []
+    for i, message in enumerate(messages):
+        sent.append(message)
+        if i % 25 == 0:
+            pole, ts = POLES[i % len(POLES)], orjson.loads(message[1])["ts"]
+            body = {"ts": ts, "device": f"{pole}-cab", "type": "door_close", "data": {"n": i}}
+            events.append((f"{topic_prefix}/{pole}/events", orjson.dumps(body)))
+            bad.append((f"{topic_prefix}/{pole}/telemetry", b"not json %d" % i))
+            sent += [events[-1], bad[-1]]
+    duration = len(sent) / RATE
     # Batches held open for half a second: the kill catches messages received
     # and not yet committed (and so not acknowledged).
     with replicas(
@@ -336,9 +348,7 @@ def test_three_replicas_store_every_reading_once_through_a_sigkill_and_restart(
     ) as gws:
         victim = gws[0]
         with AckedPublisher(mqtt_url) as pub:
-            sender = threading.Thread(
-                target=pub.publish_all, args=(messages,), kwargs={"rate": RATE}
-            )
+            sender = threading.Thread(target=pub.publish_all, args=(sent,), kwargs={"rate": RATE})
             sender.start()
             time.sleep(duration * 0.25)
             victim.kill(signal.SIGKILL)
@@ -349,7 +359,7 @@ def test_three_replicas_store_every_reading_once_through_a_sigkill_and_restart(
             victim.wait_ready(60)
             sender.join()
             assert pub.wait_all_acked(30)
-            assert len(pub.acked) == MESSAGES
+            assert len(pub.acked) == len(sent)
         deadline = time.monotonic() + 60
         while count(fresh_database_url, "SELECT count(*) FROM telemetry") < expected:
             assert time.monotonic() < deadline, "\n".join(gw.tail() for gw in gws)
@@ -357,6 +367,8 @@ def test_three_replicas_store_every_reading_once_through_a_sigkill_and_restart(
         time.sleep(1.0)  # anything redelivered late must not add rows either
         with psycopg.connect(fresh_database_url) as conn:
             stored = conn.execute("SELECT device_id, metric, ts, value FROM telemetry").fetchall()
+            stored_events = conn.execute("SELECT count(*) FROM device_events").fetchone()
+            dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()
         # The two that ran throughout each received a share, not the whole stream.
         for gw in gws[1:]:
             got = gw.metric("polegw_mqtt_messages_received_total", 'kind="telemetry"')
@@ -365,3 +377,5 @@ def test_three_replicas_store_every_reading_once_through_a_sigkill_and_restart(
             assert "Traceback" not in gw.tail(10**7)
     assert len(stored) == expected
     assert set(stored) == readings_of(messages)
+    assert stored_events == (len(events),)
+    assert dead == (len(bad),)
