@@ -13,7 +13,7 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
@@ -26,6 +26,7 @@ import pytest
 from playwright.async_api import (
     Browser,
     BrowserContext,
+    Dialog,
     FilePayload,
     Page,
     ViewportSize,
@@ -720,7 +721,17 @@ async def until_lamp(env: Env, level: int) -> None:
     await until(dimmed, within=20, what=f"the lamp dimmed to {level} %")
 
 
-def asked_yet(asked: list[str]) -> Any:
+def answering(asked: list[str], *, accept: bool) -> Callable[[Dialog], Awaitable[None]]:
+    """A dialog handler that notes the dialog's message, then accepts or dismisses it."""
+
+    async def answer(dialog: Dialog) -> None:
+        asked.append(dialog.message)
+        await (dialog.accept() if accept else dialog.dismiss())
+
+    return answer
+
+
+def asked_yet(asked: list[str]) -> Callable[[], Awaitable[bool]]:
     """A check for until(): a dialog's message has been seen."""
 
     async def check() -> bool:
@@ -792,18 +803,14 @@ async def test_a_manager_edits_a_group_on_the_map_and_deletes_it(env: Env) -> No
     # Deleting asks first, saying what goes with the group; declined, nothing goes.
     asked: list[str] = []
 
-    async def answer(dialog: Any, accept: bool) -> None:
-        asked.append(dialog.message)
-        await (dialog.accept() if accept else dialog.dismiss())
-
-    page.once("dialog", lambda d: asyncio.ensure_future(answer(d, False)))
+    page.once("dialog", answering(asked, accept=False))
     await page.get_by_role("button", name="Delete group").click()
     await until(asked_yet(asked), what="the confirmation")
     assert "Station square" in asked[0]
     for word in ("schedule", "overrides", "history"):
         assert word in asked[0], asked[0]
     await api_call(env, "GET", f"/api/v1/lighting/groups/{gid}")
-    page.once("dialog", lambda d: asyncio.ensure_future(answer(d, True)))
+    page.once("dialog", answering(asked, accept=True))
     await page.get_by_role("button", name="Delete group").click()
     await expect(page.locator(f'#light-group option[value="{gid}"]')).to_have_count(0)
     async with httpx.AsyncClient(base_url=env.api, headers=env.admin) as client:
@@ -826,7 +833,7 @@ async def test_a_group_deleted_meanwhile_is_said_to_be_gone(env: Env) -> None:
     await page.goto("/console/#/lighting?group=gone")
     # The confirmation is in the user's language.
     asked: list[str] = []
-    page.once("dialog", lambda d: (asked.append(d.message), asyncio.ensure_future(d.dismiss())))
+    page.once("dialog", answering(asked, accept=False))
     await page.get_by_role("button", name="删除分组").click()
     await until(asked_yet(asked), what="the confirmation")
     for word in ("日程", "临时调整", "下发记录"):
