@@ -12,7 +12,8 @@ Everything goes through the stores the API uses (LightingStore,
 InspectionStore, WorkOrderStore) and is written to the audit log as made by the
 system via the demo. Made on the first run and left as it is on the next ones:
 a group, plan or order the demo made before (found by its id, name or title)
-is not made again, nor changed, whatever was done to it since.
+is not made again, nor changed, whatever was done to it since; a group whose
+deletion is in the audit log stays deleted.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from gateway.adapters.audit import append
+from gateway.adapters.audit import AuditLog, append
 from gateway.adapters.inspection_store import InspectionStore
 from gateway.adapters.lighting_store import LightingStore
 from gateway.adapters.users import UserStore
@@ -79,7 +80,7 @@ MANAGER = "admin"  # the demo's manager, who opens the repair order
 
 @dataclass(frozen=True, slots=True)
 class OpsSeeded:
-    groups: list[str]  # the demo's lighting group ids (made now or before)
+    groups: list[str]  # the demo's lighting group ids (made now or before; not deleted)
     groups_made: int
     orders: list[int]  # the demo's open work orders' ids (made now or before)
     orders_made: int
@@ -136,8 +137,21 @@ async def _lighting_groups(
     store = LightingStore(pool)
     definition = NIGHT_PROFILE.model_dump(mode="json", exclude_none=True)
     ids, made = [], 0
+    audit = AuditLog(pool)
     for road in roads(site):
         gid = group_id(road)
+        deleted = await audit.entries(
+            resource="lighting_group",
+            resource_id=gid,
+            actor=None,
+            start=None,
+            end=None,
+            before_id=None,
+            action="delete",
+            limit=1,
+        )
+        if deleted:  # someone deleted it: it stays deleted
+            continue
         ids.append(gid)
         async with pool.connection() as conn, conn.transaction():
             row = await store.save_group(conn, gid, road, road, [], [], create=True)

@@ -1,7 +1,7 @@
 """The demo's seed for the operator pages (gateway.demo_seed) on a real database:
 a lighting group per road with its night schedule, an open inspection order and
 an open repair order, made once however often the demo starts, and left as the
-user left them."""
+user left them (edited, cancelled or deleted)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from gateway.adapters.audit import append
+from gateway.adapters.lighting_store import LightingStore
 from gateway.config import Settings
+from gateway.core.auth import SYSTEM
 from gateway.demo_seed import seed_demo_operations
+from gateway.service import open_pool
 from simulators.demo_site import demo_site
 from tests.support import prepare_database
 
@@ -61,16 +65,25 @@ async def test_the_seed_is_made_once_and_left_as_the_user_left_it(
     }
     assert {a["via"] for a in audit} == {"demo"}
 
-    # The user renames a group and cancels the repair order; the demo starts again.
+    # The user renames a group, deletes another (as DELETE /lighting/groups/{id} does:
+    # audited) and cancels the repair order; the demo starts again.
     with psycopg.connect(url) as conn:
         conn.execute("UPDATE lighting_groups SET name = 'Renmin Rd (mine)' WHERE id = 'renmin-rd'")
         conn.execute("UPDATE work_orders SET state = 'cancelled' WHERE kind = 'repair'")
+    pool = open_pool(url)
+    await pool.open()
+    try:
+        async with pool.connection() as aconn, aconn.transaction():
+            await LightingStore(pool).delete_group(aconn, "tianfu-ave")
+            await append(aconn, SYSTEM, "delete", "lighting_group", "tianfu-ave")
+    finally:
+        await pool.close()
     second = await seed_demo_operations(url, SITE, settings)
-    assert second.groups == first.groups
+    assert second.groups == ["renmin-rd", "shuncheng-st"]
     assert (second.groups_made, second.orders_made) == (0, 0)
     assert [o["id"] for o in orders if o["kind"] == "inspection"] == second.orders
-    assert len(rows(url, "SELECT 1 FROM lighting_groups")) == 3
-    assert len(rows(url, "SELECT 1 FROM lighting_schedules")) == 3  # none put again
+    assert len(rows(url, "SELECT 1 FROM lighting_groups")) == 2
+    assert len(rows(url, "SELECT 1 FROM lighting_schedules")) == 2  # none put again
     assert len(rows(url, "SELECT 1 FROM work_orders")) == 2
     assert len(rows(url, "SELECT 1 FROM inspection_plans")) == 1
     assert rows(url, "SELECT name FROM lighting_groups WHERE id = 'renmin-rd'") == [
