@@ -54,6 +54,7 @@ class CommandRouting:
         store: CommandStore,
         leases: LeaseKeeper,
         registry: Callable[[], Registry],
+        polls: Callable[[str], object | None],
         prefix: str,
         command_timeout_s: float,
         sweep_s: float,
@@ -62,6 +63,7 @@ class CommandRouting:
         self._store = store
         self._leases = leases
         self._registry = registry
+        self._polls = polls  # the bus polling a device here now (ModbusPolling.bus_for)
         self._prefix = prefix
         self._sweep_s = sweep_s
         # A command nobody claimed by then is timed out, not carried out late:
@@ -74,9 +76,14 @@ class CommandRouting:
     # ------------------------------------------------------------ the dispatcher's side
 
     def runs_here(self, device: DeviceRef) -> bool:
-        """Whether this replica executes a command it receives for `device`."""
-        lease = bus_of(device)
-        return lease is None or self._leases.holds(lease)
+        """Whether this replica executes a command for `device` now: an MQTT
+        device's (or an unpolled one's, which fails at once) always; a polled
+        device's while its bus polls here, under the bus's lease."""
+        return bus_of(device) is None or self._polls(device.id) is not None
+
+    def kick(self) -> None:
+        """Sweep now (a bus started polling here: claim what waits for it)."""
+        self._kick.set()
 
     async def hand_on(self, device: DeviceRef, cid: uuid.UUID) -> bool:
         """A claimed Modbus command whose bus this replica no longer polls goes
@@ -195,11 +202,11 @@ class CommandRouting:
 
     async def _sweep_forever(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            self._kick.clear()  # (a kick during the sweep makes the next one come at once)
             try:
                 await self.sweep()
             except _DB_ERRORS as exc:
                 log.warning("commands: sweep failed (%s); again in %gs", exc, self._sweep_s)
-            self._kick.clear()
             waiters = {asyncio.create_task(self._kick.wait()), asyncio.create_task(stop.wait())}
             try:
                 await asyncio.wait(waiters, timeout=self._sweep_s)

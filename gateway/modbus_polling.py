@@ -152,6 +152,9 @@ class ModbusPolling:
         self._leases = leases if leases is not None and leases.enabled else None
         self._wanted: list[str] = []
         self._devices_of: dict[BusAddress, list[PolledDevice]] = {}
+        # Called when a bus starts polling under its lease (commands waiting for
+        # this bus's owner can be claimed now).
+        self.on_polling: list[Callable[[], None]] = []
         if self._leases is not None:
             self._leases.want("bus", lambda: self._wanted)
 
@@ -251,6 +254,8 @@ class ModbusPolling:
             for device_id in current.device_ids:
                 self._bus_of[device_id] = current
             log.info("Modbus bus %s: polling it (lease %s held)", bus.address, name)
+            for listener in self.on_polling:
+                listener()
             try:
                 await self._supervised(current, restart)
             finally:

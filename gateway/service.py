@@ -228,6 +228,7 @@ async def run_gateway(
             store=command_store,
             leases=leases,
             registry=registry,
+            polls=modbus.bus_for,
             prefix=settings.mqtt_topic_prefix,
             command_timeout_s=settings.command_timeout_s,
             sweep_s=max(1.0, settings.lease_ttl_s / 3),
@@ -235,6 +236,8 @@ async def run_gateway(
         if settings.replicated
         else None
     )
+    if routing is not None:
+        modbus.on_polling.append(routing.kick)
     dispatcher = CommandDispatcher(
         store=command_store,
         bus_for=modbus.bus_for,

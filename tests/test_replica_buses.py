@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -94,7 +95,7 @@ class Site:
 def no_overlap(clients: list[ClientConnection]) -> None:
     """No two connections to one bus were ever polling at the same time."""
     busy = sorted(b for c in clients if (b := c.busy()) is not None)
-    for (_, last), (first, _) in zip(busy, busy[1:], strict=False):
+    for (_, last), (first, _) in itertools.pairwise(busy):
         assert first > last, f"two pollers on one bus: {busy}"
 
 
