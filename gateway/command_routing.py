@@ -114,7 +114,10 @@ class CommandRouting:
                     self._kick.set()  # the sweep covers what was missed
                     await _sleep_or_stop(stop, backoff.next_delay())
         finally:
-            sweeper.cancel()
+            # Stopping: a claim not made yet is left to the sweeps; a reply not recorded
+            # yet makes its command time out at the sender, which is reported.
+            for task in (sweeper, *self._tasks):
+                task.cancel()
             await asyncio.gather(sweeper, *self._tasks, return_exceptions=True)
 
     async def _listen(self, stop: asyncio.Event) -> None:

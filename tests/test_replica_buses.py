@@ -31,7 +31,7 @@ import pytest
 from gateway.core.profiles import load_catalog
 from gateway.core.site import DeviceSpec, ModbusEndpoint, PoleSpec, SiteSpec
 from simulators.modbus_server import ClientConnection, ModbusSimulator
-from tests.faults import GatewayProcess, gateway_env
+from tests.faults import GatewayProcess, gated, gateway_env
 from tests.support import auth_headers, eventually, prepare_database
 from tests.test_commands_e2e import Pole
 
@@ -101,8 +101,16 @@ def no_overlap(clients: list[ClientConnection]) -> None:
 
 @contextlib.asynccontextmanager
 async def replicated_site(
-    database_url: str, mqtt_url: str, prefix: str, tmp_path: Path, *, ttl_s: float
+    database_url: str,
+    mqtt_url: str,
+    prefix: str,
+    tmp_path: Path,
+    *,
+    ttl_s: float,
+    replica_urls: tuple[str, str] | None = None,
 ) -> AsyncIterator[Site]:
+    """Two replicas (a, b), started in that order; `replica_urls`: the database
+    URL each one uses (default: `database_url`)."""
     async with contextlib.AsyncExitStack() as stack:
         buses: dict[str, ModbusSimulator] = {}
         for lamp in LAMPS:
@@ -126,7 +134,7 @@ async def replicated_site(
         replicas = [
             GatewayProcess(
                 gateway_env(
-                    database_url,
+                    url,
                     mqtt_url,
                     prefix,
                     client_id=f"replica-{name}-{secrets.token_hex(3)}",
@@ -137,7 +145,7 @@ async def replicated_site(
                 ),
                 tmp_path / f"replica-{name}.log",
             )
-            for name in ("a", "b")
+            for name, url in zip(("a", "b"), replica_urls or (database_url,) * 2, strict=True)
         ]
         stack.callback(lambda: [r.stop() for r in replicas])
         for r in replicas:
@@ -145,7 +153,11 @@ async def replicated_site(
         for r in replicas:
             await asyncio.to_thread(r.wait_ready)
         headers = await asyncio.to_thread(auth_headers, database_url)
-        yield Site(database_url, buses, replicas, headers)
+        site_ = Site(database_url, buses, replicas, headers)
+        try:
+            yield site_
+        except AssertionError as exc:  # with what the replicas said
+            raise AssertionError(f"{exc}\n" + "\n".join(_logs(site_))) from None
 
 
 def _logs(site: Site) -> Iterator[str]:
@@ -213,6 +225,49 @@ async def test_bus_failover_after_kill_and_graceful_hand_back(
         print(f"bus hand-over on a graceful stop: {handed - stopped_at:.2f} s")
         assert handed - stopped_at < 6.0, "\n".join(_logs(site))
 
+        for simulated in site.buses.values():
+            no_overlap(simulated.clients)
+
+
+async def test_a_replica_cut_off_from_the_database_stops_polling_before_the_takeover(
+    fresh_database_url: str, mqtt_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """Replica a loses the database but keeps running: it must stop polling its bus
+    (it cannot renew the lease) before replica b takes the bus over."""
+    async with (
+        gated(fresh_database_url) as (gate, gated_url),
+        replicated_site(
+            fresh_database_url,
+            mqtt_url,
+            topic_prefix,
+            tmp_path,
+            ttl_s=3.0,
+            replica_urls=(gated_url, fresh_database_url),
+        ) as site,
+    ):
+        owners = await site.balanced()
+        cut_off = site.replicas[0]
+        lamp = next(lamp for lamp, o in owners.items() if o == cut_off.env["POLEGW_MQTT_CLIENT_ID"])
+        bus = site.buses[lamp]
+        await asyncio.sleep(1.0)
+        stalled_at = time.monotonic()
+        await gate.stall()
+        await eventually(
+            lambda: any(
+                r.at > stalled_at + 0.5
+                for c in bus.clients
+                if c.opened > stalled_at
+                for r in c.requests
+            ),
+            within=15,
+            what="the bus polled by the other replica",
+        )
+        assert cut_off.running  # not dead: cut off
+        assert await site.owner(lamp) == site.replicas[1].env["POLEGW_MQTT_CLIENT_ID"]
+        # The database comes back: a rejoins and gets its share again.
+        await gate.open()
+        await site.balanced()
+        await asyncio.sleep(1.0)
         for simulated in site.buses.values():
             no_overlap(simulated.clients)
 
