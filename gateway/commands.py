@@ -129,17 +129,13 @@ class CommandDispatcher:
         write = device.profile.commands[name].modbus_write(args)
         if write is None:
             return Outcome("failed", f"{name!r} has no Modbus write in {device.profile.profile!r}")
-        # With replicas: the bus's lease moved since the claim (or it is being
-        # taken over here): the command goes back, unstarted, to the bus's owner.
-        routing = self._routing
-        unpolled_here = routing is not None and self._bus_for(device.id) is None
-        if unpolled_here and routing is not None and await routing.hand_on(device, cid):
+        if self._bus_for(device.id) is None and await self._handed_on(device, cid):
             return None
         await self._store.sent(cid)
         for _attempt in range(2):  # a bus rebuilt meanwhile (site import): once more on the new one
             bus = self._bus_for(device.id)
             if bus is None:
-                if self._routing is not None and await self._routing.hand_on(device, cid):
+                if await self._handed_on(device, cid):
                     return None  # its bus stopped here before the write: nothing was sent
                 return Outcome("failed", "the device is not being polled (no Modbus bus for it)")
             try:
@@ -154,7 +150,7 @@ class CommandDispatcher:
                     continue
                 return Outcome("timed_out" if exc.kind == "timeout" else "failed", str(exc))
         else:
-            if self._routing is not None and await self._routing.hand_on(device, cid):
+            if await self._handed_on(device, cid):
                 return None
             return Outcome("failed", "the device's bus was being rebuilt; try again")
         if not write.readback:
@@ -164,6 +160,12 @@ class CommandDispatcher:
             return Outcome("succeeded", None, result)
         detail = f"read back {write.point} = {got!r}, expected {write.value!r}"
         return Outcome("failed", detail, result)
+
+    async def _handed_on(self, device: DeviceRef, cid: uuid.UUID) -> bool:
+        """With replicas, a command whose bus does not poll here (its lease moved
+        since the claim, or is being taken over here) goes back, unstarted, to
+        the bus's owner. A single gateway fails it instead (False)."""
+        return self._routing is not None and await self._routing.hand_on(device, cid)
 
     async def _via_mqtt(
         self, device: DeviceRef, name: str, args: dict[str, ArgValue], cid: uuid.UUID
