@@ -33,6 +33,8 @@ would answer.
 The bus keeps a log of its clients (`clients`): each connection with its peer,
 when it opened and closed, and when each request arrived (monotonic clock), so
 that a test can tell whether two pollers ever talked to one converter at once.
+It is bounded (the last CLIENTS_KEPT connections, the last REQUESTS_KEPT
+requests of each), so a long `polegw simulate` does not grow.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import ipaddress
 import logging
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -98,6 +101,10 @@ class FaultSetting:
     code: int = ExcCodes.DEVICE_FAILURE  # exception: the exception code
 
 
+CLIENTS_KEPT = 1000
+REQUESTS_KEPT = 10_000
+
+
 @dataclass(slots=True)
 class Request:
     at: float  # time.monotonic() when it arrived
@@ -116,10 +123,10 @@ class ClientConnection:
     peer: tuple[str, int] | None
     opened: float  # time.monotonic()
     closed: float | None = None
-    requests: list[Request] = field(default_factory=list)
+    requests: deque[Request] = field(default_factory=lambda: deque(maxlen=REQUESTS_KEPT))
 
     def busy(self) -> tuple[float, float] | None:
-        """From its first request to its last (None: it asked nothing)."""
+        """From its first request (kept) to its last (None: it asked nothing)."""
         if not self.requests:
             return None
         return self.requests[0].at, self.requests[-1].at
@@ -334,7 +341,8 @@ class ModbusSimulator:
         self._devices = {d.id: d for d in by_unit.values()}
         self.faults: dict[str, FaultSetting] = {}
         self.requests: dict[str, int] = {}  # requests addressed to each device so far
-        self.clients: list[ClientConnection] = []  # every connection so far, in order
+        # The connections so far, in order (the last CLIENTS_KEPT).
+        self.clients: deque[ClientConnection] = deque(maxlen=CLIENTS_KEPT)
         self._server: _BusServer | None = None
 
     # -- running -------------------------------------------------------------------------

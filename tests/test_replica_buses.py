@@ -20,7 +20,7 @@ import contextlib
 import itertools
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +92,7 @@ class Site:
         return {lamp: str(owner) for lamp, owner in owners.items()}
 
 
-def no_overlap(clients: list[ClientConnection]) -> None:
+def no_overlap(clients: Iterable[ClientConnection]) -> None:
     """No two connections to one bus were ever polling at the same time."""
     busy = sorted(b for c in clients if (b := c.busy()) is not None)
     for (_, last), (first, _) in itertools.pairwise(busy):
