@@ -288,6 +288,8 @@ class MqttSubscription:
     ) -> None:
         backoff = Backoff()
         topics = ingest_topics(self._settings.mqtt_topic_prefix)
+        if (group := self._settings.mqtt_share_group) is not None:  # replicas share the work
+            topics = [f"$share/{group}/{t}" for t in topics]
         first = True
         self._closing = False
         while not stop.is_set():
