@@ -20,7 +20,9 @@ the first run and left as it is on the next ones (`seed_mounting`). The leases
 made on the first run are in service from the start of the month, and their
 ports' meters get the month's readings up to then, as the simulated meters
 would have given them (`backfill_meters`): the first bill already has its
-electricity by time-of-use period.
+electricity by time-of-use period. The operator pages get a lighting group per
+road with a night profile, an inspection order and a repair order
+(gateway.demo_seed), also made once.
 
 `run_simulators` is what `polegw simulate` runs: a site's Modbus devices and
 its MQTT poles, side by side.
@@ -69,6 +71,7 @@ from gateway.core.site import (
 )
 from gateway.core.tariffs import NoTariff
 from gateway.demo_database import claim_database
+from gateway.demo_seed import seed_demo_operations
 from gateway.errors import ConfigError
 from gateway.service import open_pool, run_gateway
 from simulators.demo_site import MODBUS_BASE_PORT, demo_site
@@ -720,6 +723,12 @@ async def _run_demo(
         _say(
             f"mounting: {seeded.leases} leases in service{backdated}, {seeded.month} draft bills:"
             f" {', '.join(seeded.bills) or 'none'}"
+        )
+        ops = await seed_demo_operations(database_url, site, settings)
+        _say(
+            f"operations: lighting groups {', '.join(ops.groups) or 'none'} (night profile),"
+            f" {len(ops.orders)} open work orders of the demo ({ops.groups_made} groups and"
+            f" {ops.orders_made} orders made now)"
         )
 
         subscribed = asyncio.Event()

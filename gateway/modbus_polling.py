@@ -3,6 +3,12 @@
 The buses are built from the registry and rebuilt when its set of polled
 devices changes (a site import). Readings go into the same pipeline as MQTT
 readings; state changes (online/offline) are written to `device_state`.
+
+With replicas (a LeaseKeeper that is enabled) each bus is polled only while
+this replica holds its lease `bus/<address>`: exactly one replica talks to a
+converter at a time; when it dies another takes the bus over after the TTL,
+and one that stops hands its buses back at once. A bus taken over starts from
+the device states recorded in `device_state`, as after a restart.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ from datetime import datetime
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from gateway.adapters.leases import LeaseKeeper
 from gateway.adapters.modbus_bus import BusAddress, BusOptions, ModbusBus, PolledDevice
 from gateway.backoff import Backoff
+from gateway.core.ownership import bus as bus_lease
 from gateway.core.readings import Decoded
 from gateway.core.registry import DeviceRef, Registry
 from gateway.ingest import IngestPipeline
@@ -45,6 +53,14 @@ def group_by_bus(devices: list[DeviceRef]) -> dict[BusAddress, list[PolledDevice
         address = BusAddress(endpoint.host, endpoint.port, endpoint.framer)
         buses[address].append(PolledDevice.of(ref, endpoint.unit, endpoint.interval_s))
     return dict(buses)
+
+
+def bus_of(ref: DeviceRef) -> str | None:
+    """The lease of the bus that polls a device (None: the device is not polled)."""
+    endpoint = ref.modbus
+    if endpoint is None or ref.profile.modbus is None:
+        return None
+    return bus_lease(BusAddress(endpoint.host, endpoint.port, endpoint.framer))
 
 
 def _fingerprint(registry: Registry) -> frozenset[tuple[str, object, str]]:
@@ -123,6 +139,7 @@ class ModbusPolling:
         on_state: StateStore,
         options: BusOptions,
         refresh_s: float,
+        leases: LeaseKeeper | None = None,
     ) -> None:
         self._registry = registry
         self._pipeline = pipeline
@@ -131,10 +148,24 @@ class ModbusPolling:
         self._options = options
         self._refresh_s = refresh_s
         self._bus_of: dict[str, ModbusBus] = {}
+        # Replicas: each bus only under its lease (a single gateway polls them all).
+        self._leases = leases if leases is not None and leases.enabled else None
+        self._wanted: list[str] = []
+        self._devices_of: dict[BusAddress, list[PolledDevice]] = {}
+        # Called when a bus starts polling under its lease (commands waiting for
+        # this bus's owner can be claimed now).
+        self.on_polling: list[Callable[[], None]] = []
+        if self._leases is not None:
+            self._leases.want("bus", lambda: self._wanted)
 
     def bus_for(self, device_id: str) -> ModbusBus | None:
-        """The bus polling a device now (commands to it go through the same bus)."""
-        return self._bus_of.get(device_id)
+        """The bus polling a device now (commands to it go through the same bus);
+        with replicas, only while this replica holds the bus's lease."""
+        bus = self._bus_of.get(device_id)
+        leases = self._leases
+        if bus is None or leases is None or leases.holds(bus_lease(bus.address)):
+            return bus
+        return None
 
     async def _deliver(self, decoded: Decoded) -> None:
         await self._pipeline.put_decoded(decoded, _no_ack)
@@ -159,29 +190,28 @@ class ModbusPolling:
         while not stop.is_set():
             snapshot = self._registry()
             fingerprint = _fingerprint(snapshot)
+            self._devices_of = group_by_bus(snapshot.polled_devices())
             buses = [
-                ModbusBus(
-                    address,
-                    devices,
-                    deliver=self._deliver,
-                    on_state=self._on_state,
-                    metrics=self._metrics,
-                    options=self._options,
-                    known_online=known,
-                )
-                for address, devices in group_by_bus(snapshot.polled_devices()).items()
+                self._bus(address, devices, known) for address, devices in self._devices_of.items()
             ]
             if buses:
                 log.info(
-                    "Modbus: polling %d devices on %d buses",
+                    "Modbus: %s %d devices on %d buses",
+                    "polling" if self._leases is None else "sharing (by lease)",
                     sum(b.device_count for b in buses),
                     len(buses),
                 )
-            self._bus_of = {d: bus for bus in buses for d in bus.device_ids}
+            # With replicas a bus is known to commands only while it polls (below).
+            self._bus_of = (
+                {d: bus for bus in buses for d in bus.device_ids} if self._leases is None else {}
+            )
+            if self._leases is not None:
+                self._wanted = [bus_lease(b.address) for b in buses]
+                self._leases.poke()
             restart = asyncio.Event()
             async with asyncio.TaskGroup() as tg:
                 for bus in buses:
-                    tg.create_task(self._supervised(bus, restart), name=f"modbus-bus {bus.address}")
+                    tg.create_task(self._keep(bus, restart), name=f"modbus-bus {bus.address}")
                 while not stop.is_set():
                     try:
                         async with asyncio.timeout(self._refresh_s):
@@ -194,3 +224,44 @@ class ModbusPolling:
                 restart.set()
             for bus in buses:  # a rebuilt bus starts from what the old one knew
                 known.update(bus.known_online())
+
+    def _bus(
+        self, address: BusAddress, devices: list[PolledDevice], known: dict[str, bool]
+    ) -> ModbusBus:
+        return ModbusBus(
+            address,
+            devices,
+            deliver=self._deliver,
+            on_state=self._on_state,
+            metrics=self._metrics,
+            options=self._options,
+            known_online=known,
+        )
+
+    async def _keep(self, bus: ModbusBus, restart: asyncio.Event) -> None:
+        """Run one bus: at once (one gateway), or whenever this replica holds its lease."""
+        if self._leases is None:
+            await self._supervised(bus, restart)
+            return
+        name = bus_lease(bus.address)
+
+        async def owned() -> None:
+            # Taken (perhaps after another replica polled it): start from the
+            # states recorded in device_state, as a restart does, on a new
+            # ModbusBus, so that nothing of an earlier run (a connection) is reused.
+            known = await self._on_state.recorded()
+            current = self._bus(bus.address, self._devices_of[bus.address], known)
+            for device_id in current.device_ids:
+                self._bus_of[device_id] = current
+            log.info("Modbus bus %s: polling it (lease %s held)", bus.address, name)
+            for listener in self.on_polling:
+                listener()
+            try:
+                await self._supervised(current, restart)
+            finally:
+                for device_id in current.device_ids:
+                    if self._bus_of.get(device_id) is current:
+                        del self._bus_of[device_id]
+                log.info("Modbus bus %s: not polling it any more", bus.address)
+
+        await self._leases.while_held(name, owned, restart)

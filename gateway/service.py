@@ -26,6 +26,7 @@ from gateway.alarming import build_alarm_runner
 from gateway.api.app import create_app, create_internals_app
 from gateway.api.deps import ApiContext
 from gateway.clocks import ClockSync
+from gateway.command_routing import CommandRouting
 from gateway.commands import CommandDispatcher
 from gateway.config import MqttEndpoint, Settings
 from gateway.core.auth import LoginThrottle
@@ -195,7 +196,11 @@ async def run_gateway(
     )
     leases.want("leader", lambda: [leader(role) for role in LEADER_ROLES])
     metrics.replica.labels(settings.mqtt_client_id, settings.mqtt_share_group or "").set(1)
-    command_store = CommandStore(pool)
+    command_store = CommandStore(
+        pool,
+        replica=settings.mqtt_client_id if settings.replicated else None,
+        lease_ttl_s=settings.lease_ttl_s,
+    )
     replies: list[CommandDispatcher] = []  # the dispatcher needs mqtt, mqtt routes replies to it
     mqtt = MqttSubscription(
         settings,
@@ -216,13 +221,31 @@ async def run_gateway(
             quarantine_cap_s=settings.modbus_quarantine_cap_s,
         ),
         refresh_s=settings.registry_refresh_s,
+        leases=leases,  # replicas: each bus polled by the holder of its lease
     )
+    routing = (  # replicas: commands reach the owner of the device's bus via the database
+        CommandRouting(
+            database_url=database_url,
+            store=command_store,
+            leases=leases,
+            registry=registry,
+            polls=modbus.bus_for,
+            prefix=settings.mqtt_topic_prefix,
+            command_timeout_s=settings.command_timeout_s,
+            sweep_s=max(1.0, settings.lease_ttl_s / 3),
+        )
+        if settings.replicated
+        else None
+    )
+    if routing is not None:
+        modbus.on_polling.append(routing.kick)
     dispatcher = CommandDispatcher(
         store=command_store,
         bus_for=modbus.bus_for,
         publish=mqtt.publish,
         prefix=settings.mqtt_topic_prefix,
         timeout_s=settings.command_timeout_s,
+        routing=routing,
     )
     replies.append(dispatcher)
     await pool.open(wait=False)
@@ -250,6 +273,8 @@ async def run_gateway(
             lease_keeper = tg.create_task(leases.run(stop), name="leases")
             # Commands the last run left unfinished are failed once the database answers.
             tg.create_task(command_store.abandon_unfinished_when_reachable(stop), name="commands")
+            if routing is not None:
+                tg.create_task(routing.run(dispatcher, stop), name="command-routing")
             commit = tg.create_task(pipeline.run(), name="ingest-commit")
             state_writer = tg.create_task(states.run(), name="device-state-writer")
             tg.create_task(presence.run(stop), name="mqtt-presence")

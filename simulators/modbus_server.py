@@ -29,6 +29,12 @@ task is where faults act:
 A unit id with no device behind it is not answered on an RTU bus (nobody on
 the line replies) and gets exception 0x0B on a Modbus TCP bus, as a gateway
 would answer.
+
+The bus keeps a log of its clients (`clients`): each connection with its peer,
+when it opened and closed, and when each request arrived (monotonic clock), so
+that a test can tell whether two pollers ever talked to one converter at once.
+It is bounded (the last CLIENTS_KEPT connections, the last REQUESTS_KEPT
+requests of each), so a long `polegw simulate` does not grow.
 """
 
 from __future__ import annotations
@@ -38,9 +44,10 @@ import ipaddress
 import logging
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
 from typing import Self, cast
@@ -92,6 +99,37 @@ class FaultSetting:
     kind: Fault
     delay_s: float = 2.0  # slow: how late the answer is
     code: int = ExcCodes.DEVICE_FAILURE  # exception: the exception code
+
+
+CLIENTS_KEPT = 1000
+REQUESTS_KEPT = 10_000
+
+
+@dataclass(slots=True)
+class Request:
+    at: float  # time.monotonic() when it arrived
+    unit: int
+    function_code: int
+
+    @property
+    def is_write(self) -> bool:
+        return self.function_code in (5, 6, 15, 16, 22, 23)
+
+
+@dataclass(slots=True)
+class ClientConnection:
+    """One client connection to a simulated bus, as the bus saw it."""
+
+    peer: tuple[str, int] | None
+    opened: float  # time.monotonic()
+    closed: float | None = None
+    requests: deque[Request] = field(default_factory=lambda: deque(maxlen=REQUESTS_KEPT))
+
+    def busy(self) -> tuple[float, float] | None:
+        """From its first request (kept) to its last (None: it asked nothing)."""
+        if not self.requests:
+            return None
+        return self.requests[0].at, self.requests[-1].at
 
 
 class _BusDatastore:
@@ -160,6 +198,13 @@ class _BusLink(ServerRequestHandler):
         super().__init__(server, None, None, None)  # type: ignore[no-untyped-call]
         self.bus = server.bus
         self._answering: set[asyncio.Task[None]] = set()
+        self.record: ClientConnection | None = None
+
+    def callback_connected(self) -> None:
+        super().callback_connected()
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        self.record = ClientConnection(tuple(peer[:2]) if peer else None, time.monotonic())
+        self.bus.clients.append(self.record)
 
     def handle_later(self) -> None:
         # Called (soon) after callback_data decoded a request into last_pdu, and
@@ -167,12 +212,18 @@ class _BusLink(ServerRequestHandler):
         request: ModbusPDU | None = self.last_pdu
         if request is None:
             return
+        if self.record is not None:
+            self.record.requests.append(
+                Request(time.monotonic(), request.dev_id, request.function_code)
+            )
         task = self.loop.create_task(self._answer(request, self.last_addr))
         self._answering.add(task)
         task.add_done_callback(self._answering.discard)
 
     def callback_disconnected(self, exc: Exception | None) -> None:
         super().callback_disconnected(exc)
+        if self.record is not None and self.record.closed is None:
+            self.record.closed = time.monotonic()
         for task in self._answering:
             task.cancel()
 
@@ -290,6 +341,8 @@ class ModbusSimulator:
         self._devices = {d.id: d for d in by_unit.values()}
         self.faults: dict[str, FaultSetting] = {}
         self.requests: dict[str, int] = {}  # requests addressed to each device so far
+        # The connections so far, in order (the last CLIENTS_KEPT).
+        self.clients: deque[ClientConnection] = deque(maxlen=CLIENTS_KEPT)
         self._server: _BusServer | None = None
 
     # -- running -------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
@@ -26,6 +26,7 @@ import pytest
 from playwright.async_api import (
     Browser,
     BrowserContext,
+    Dialog,
     FilePayload,
     Page,
     ViewportSize,
@@ -720,6 +721,137 @@ async def until_lamp(env: Env, level: int) -> None:
     await until(dimmed, within=20, what=f"the lamp dimmed to {level} %")
 
 
+def answering(asked: list[str], *, accept: bool) -> Callable[[Dialog], Awaitable[None]]:
+    """A dialog handler that notes the dialog's message, then accepts or dismisses it."""
+
+    async def answer(dialog: Dialog) -> None:
+        asked.append(dialog.message)
+        await (dialog.accept() if accept else dialog.dismiss())
+
+    return answer
+
+
+def asked_yet(asked: list[str]) -> Callable[[], Awaitable[bool]]:
+    """A check for until(): a dialog's message has been seen."""
+
+    async def check() -> bool:
+        return bool(asked)
+
+    return check
+
+
+async def test_a_manager_edits_a_group_on_the_map_and_deletes_it(env: Env) -> None:
+    # A group of one pole, with a schedule and an override to be deleted with it.
+    # (P0001, the lamp the other tests watch, stays out of it.)
+    gid = "square"
+    await api_call(
+        env,
+        "POST",
+        "/api/v1/lighting/groups",
+        json={"id": gid, "name": "Square", "poles": ["P0003"]},
+    )
+    await api_call(
+        env,
+        "PUT",
+        f"/api/v1/lighting/groups/{gid}/schedule",
+        json={"rules": [{"steps": [{"at": "dusk", "level": 80}, {"at": "dawn", "level": 0}]}]},
+    )
+    until_at = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    await api_call(
+        env,
+        "POST",
+        f"/api/v1/lighting/groups/{gid}/overrides",
+        json={"level": 40, "until": until_at},
+    )
+    ctx = await new_context(env)
+    page = await log_in(ctx, env.operator.name)
+    await page.goto(f"/console/#/lighting?group={gid}")
+    await expect(page.locator("#light-members")).to_contain_text("1 poles")
+    await page.get_by_role("button", name="Edit group").click()
+    form = page.get_by_role("form", name="Edit group")
+    await expect(form.get_by_label("Name")).to_have_value("Square")
+    await expect(form.get_by_label("Poles (ids, comma-separated)")).to_have_value("P0003")
+
+    # An unknown pole: the API's 422, in words, next to the field.
+    await form.get_by_label("Poles (ids, comma-separated)").fill("P0003, P9999")
+    await form.get_by_role("button", name="Save group").click()
+    await expect(page.locator("#light-form-poles-error")).to_have_text("No pole P9999 on the site.")
+    await expect(form.get_by_label("Poles (ids, comma-separated)")).to_have_attribute(
+        "aria-invalid", "true"
+    )
+    # The members picked on the map: P0002 in, P0003 out (it is listed), plus a lamp.
+    await form.get_by_label("Poles (ids, comma-separated)").fill("P0003")
+    await page.locator('#light-map .pole-marker[data-pole="P0002"]').click()
+    await page.locator('#light-map .pole-marker[data-pole="P0003"]').click()
+    await expect(form.get_by_label("Poles (ids, comma-separated)")).to_have_value("P0002")
+    await expect(page.locator("#light-map .pole-marker.in-group")).to_have_attribute(
+        "data-pole", "P0002"
+    )
+    await form.get_by_label("Devices (ids, comma-separated)").fill("P0003-lamp")
+    await form.get_by_label("Name").fill("Station square")
+    await form.get_by_role("button", name="Save group").click()
+    await expect(page.locator("#light-group option:checked")).to_have_text("Station square")
+    group = await api_call(env, "GET", f"/api/v1/lighting/groups/{gid}")
+    assert (group["name"], group["road"], group["poles"], group["devices"]) == (
+        "Station square",
+        None,
+        ["P0002"],
+        ["P0003-lamp"],
+    )
+    await expect(page.locator("#light-map .pole-marker.in-group")).to_have_count(2)
+
+    # Deleting asks first, saying what goes with the group; declined, nothing goes.
+    asked: list[str] = []
+
+    page.once("dialog", answering(asked, accept=False))
+    await page.get_by_role("button", name="Delete group").click()
+    await until(asked_yet(asked), what="the confirmation")
+    assert "Station square" in asked[0]
+    for word in ("schedule", "overrides", "history"):
+        assert word in asked[0], asked[0]
+    await api_call(env, "GET", f"/api/v1/lighting/groups/{gid}")
+    page.once("dialog", answering(asked, accept=True))
+    await page.get_by_role("button", name="Delete group").click()
+    await expect(page.locator(f'#light-group option[value="{gid}"]')).to_have_count(0)
+    async with httpx.AsyncClient(base_url=env.api, headers=env.admin) as client:
+        for path in ("", "/schedule", "/overrides"):
+            r = await client.get(f"/api/v1/lighting/groups/{gid}{path}")
+            assert r.status_code == 404, (path, r.text)
+    no_errors(page)
+    await ctx.close()
+
+
+async def test_a_group_deleted_meanwhile_is_said_to_be_gone(env: Env) -> None:
+    await api_call(
+        env,
+        "POST",
+        "/api/v1/lighting/groups",
+        json={"id": "gone", "name": "Gone", "poles": ["P0003"]},
+    )
+    ctx = await new_context(env, locale="zh-CN")
+    page = await log_in(ctx, env.operator.name)
+    await page.goto("/console/#/lighting?group=gone")
+    # The confirmation is in the user's language.
+    asked: list[str] = []
+    page.once("dialog", answering(asked, accept=False))
+    await page.get_by_role("button", name="删除分组").click()
+    await until(asked_yet(asked), what="the confirmation")
+    for word in ("日程", "临时调整", "下发记录"):
+        assert word in asked[0], asked[0]
+    await page.get_by_role("button", name="编辑分组").click()
+    await api_call(env, "DELETE", "/api/v1/lighting/groups/gone")
+    form = page.get_by_role("form", name="编辑分组")
+    await form.get_by_label("名称").fill("Still here?")
+    await form.get_by_role("button", name="保存分组").click()
+    await expect(form.get_by_role("alert").filter(has_text="已不存在")).to_be_visible()
+    # A name left out is said at its field before anything is sent.
+    await form.get_by_label("名称").fill("")
+    await form.get_by_role("button", name="保存分组").click()
+    await expect(form.locator('[data-field="name"] .field-error')).to_have_text("请填写分组名称。")
+    no_errors(page)
+    await ctx.close()
+
+
 # --------------------------------------------------------------------------- maps
 
 
@@ -774,6 +906,8 @@ async def test_a_maintainer_sees_no_manager_controls(env: Env) -> None:
     await expect(page.locator("#light-profile li.night")).to_have_count(7)
     await expect(page.get_by_role("button", name="Set override")).to_have_count(0)
     await expect(page.get_by_role("button", name="New group")).to_have_count(0)
+    await expect(page.get_by_role("button", name="Edit group")).to_have_count(0)
+    await expect(page.get_by_role("button", name="Delete group")).to_have_count(0)
     # The API agrees: a maintainer may not override the lamps.
     await page.goto("/console/#/")
     status = await page.evaluate(
@@ -793,6 +927,23 @@ async def test_a_maintainer_sees_no_manager_controls(env: Env) -> None:
         }"""
     )
     assert status == 403
+    # Nor edit or delete a group.
+    statuses = await page.evaluate(
+        """async () => {
+            const csrf = decodeURIComponent(document.cookie.match(/polegw_csrf=([^;]+)/)[1]);
+            const headers = {'Content-Type': 'application/json', 'X-CSRF-Token': csrf};
+            const put = await fetch('/api/v1/lighting/groups/renmin', {
+                method: 'PUT', credentials: 'same-origin', headers,
+                body: JSON.stringify({name: 'mine', road: 'Renmin Rd'}),
+            });
+            const del = await fetch('/api/v1/lighting/groups/renmin', {
+                method: 'DELETE', credentials: 'same-origin', headers,
+            });
+            return [put.status, del.status];
+        }"""
+    )
+    assert statuses == [403, 403]
+    assert (await api_call(env, "GET", "/api/v1/lighting/groups/renmin"))["name"] == "Renmin Rd"
     no_errors(page)
     await ctx.close()
 

@@ -1,8 +1,10 @@
 """`polegw demo` as a user runs it: embedded broker and database, live values within
 15 s (MQTT poles and Modbus meters), two tenants with leases in service and a draft
 bill each for the current month (electricity metered since the month began: the
-first run backfills the simulated meters), Ctrl-C without a traceback, and a second
-run that reuses the data (the same leases, the bills generated again)."""
+first run backfills the simulated meters), lighting groups with a schedule and open
+work orders for the operator pages, Ctrl-C without a traceback, and a second run
+that reuses the data (the same leases, groups and orders, the bills generated
+again)."""
 
 from __future__ import annotations
 
@@ -101,6 +103,24 @@ def mounting(port: int, headers: dict[str, str], log: Path) -> dict[str, Any]:
     }
 
 
+def operations(port: int, headers: dict[str, str]) -> dict[str, Any]:
+    """What the lighting page and the work-order list show: the groups, the groups with
+    a schedule (and steps ahead), and the orders not opened by an alarm."""
+    api = f"http://127.0.0.1:{port}/api/v1"
+    groups = httpx.get(f"{api}/lighting/groups", headers=headers, timeout=5).json()
+    schedules = httpx.get(f"{api}/lighting/schedules", headers=headers, timeout=5).json()
+    orders = httpx.get(f"{api}/work-orders?limit=1000", headers=headers, timeout=5).json()
+    return {
+        "groups": [g["id"] for g in groups["items"]],
+        "scheduled": [s["group_id"] for s in schedules["items"] if s["upcoming"]],
+        "orders": [
+            (o["id"], o["kind"], o["source"], o["state"])
+            for o in orders["items"]
+            if o["source"] != "alarm"
+        ],
+    }
+
+
 def latest(port: int, headers: dict[str, str], device: str, metric: str) -> dict[str, object]:
     """The device's latest values once `metric` is among them; {} until then."""
     try:
@@ -160,7 +180,7 @@ def run_demo_once(data_dir: Path, port: int, modbus_port: int, log: Path) -> dic
             poles = httpx.get(
                 f"http://127.0.0.1:{port}/api/v1/poles", headers=headers, timeout=2
             ).json()
-            seen = mounting(port, headers, log)
+            seen = mounting(port, headers, log) | operations(port, headers)
             # The banner's console address serves the console.
             console = re.search(r"console: +(\S+)", log.read_text())
             assert console, log.read_text()
@@ -230,6 +250,13 @@ def test_demo_twice_on_embedded_services(tmp_path: Path) -> None:
     assert first["poles"] == ["P0001", "P0002", "P0003"]
     assert "polegw demo stopped." in str(first["log"])
     check_mounting(first)
+    # The lighting page and the work-order list have something to show.
+    roads = ["renmin-rd", "shuncheng-st", "tianfu-ave"]
+    assert (first["groups"], first["scheduled"]) == (roads, roads)
+    assert sorted(o[1:] for o in first["orders"]) == [
+        ("inspection", "schedule", "open"),
+        ("repair", "manual", "open"),
+    ]
     assert "bills:" in str(first["log"])  # the banner says where the bills are
     assert "anonymous, no TLS (demo only)" in str(first["log"])  # and that MQTT is open
 
@@ -239,6 +266,10 @@ def test_demo_twice_on_embedded_services(tmp_path: Path) -> None:
     assert second["lamp"]
     assert second["meter"]
     check_mounting(second)
+    # The same groups and orders, none made again.
+    assert (second["groups"], second["scheduled"]) == (roads, roads)
+    assert second["orders"] == first["orders"]
+    assert "(0 groups and 0 orders made now)" in str(second["log"])
     # The same leases and bills; the bills generated again at the start.
     assert [ls["id"] for ls in second["leases"]] == [ls["id"] for ls in first["leases"]]
     generated = {b["id"]: b["generated_at"] for b in first["bills"]}

@@ -63,14 +63,16 @@ def test_plan_takes_a_fair_share_and_hands_back_the_rest() -> None:
     wanted = {"leader": [f"leader/{i}" for i in range(5)]}
     live = {f"replica/{r}": Observed(r, expired=False) for r in ("a", "b")}
     first = plan(me="a", wanted=wanted, held=[], observed=live)
-    assert len(first.acquire) == 3 and not first.release
+    assert len(first.acquire) == 3
+    assert not first.release
     taken = {n: Observed("a", False) for n in first.acquire}
     second = plan(me="b", wanted=wanted, held=[], observed=live | taken)
     assert set(second.acquire) == set(wanted["leader"]) - set(first.acquire)
     # A third replica joins: a holds one more than its share, and hands it back.
     more = live | {"replica/c": Observed("c", False)} | taken
     third = plan(me="a", wanted=wanted, held=first.acquire, observed=more)
-    assert len(third.release) == 1 and not third.acquire
+    assert len(third.release) == 1
+    assert not third.acquire
     # An expired row is free; a lease no longer wanted goes back.
     gone = plan(
         me="a",
@@ -78,7 +80,8 @@ def test_plan_takes_a_fair_share_and_hands_back_the_rest() -> None:
         held=["leader/9"],
         observed={"leader/0": Observed("b", expired=True)},
     )
-    assert gone.acquire == ("leader/0",) and gone.release == ("leader/9",)
+    assert gone.acquire == ("leader/0",)
+    assert gone.release == ("leader/9",)
 
 
 async def test_each_lease_has_one_holder_and_the_work_is_shared(
@@ -179,7 +182,7 @@ async def test_two_jobs_never_overlap_across_a_takeover(migrated_database_url: s
     # o1's database goes away: its keeper stops renewing (the task is frozen in
     # a way the watchdog still sees, as a partition would leave it).
     await first.kill()
-    one_watch = asyncio.create_task(one._watch_deadlines(stop))  # noqa: SLF001
+    one_watch = asyncio.create_task(one._watch_deadlines(stop))
     await eventually(lambda: running == ["o2"], within=TTL * 3, what="o2 took over")
     assert overlaps == []
     stop.set()

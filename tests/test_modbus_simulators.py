@@ -528,3 +528,29 @@ async def test_a_site_the_simulator_cannot_serve_is_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=complaint):
         await run_modbus_devices(site_of(*devices), catalog, stop=asyncio.Event())
+
+
+async def test_the_bus_records_its_clients_and_their_requests(catalog: ProfileCatalog) -> None:
+    spec = device("L1", "lamp-controller", 1)
+    async with ModbusSimulator([(spec, catalog["lamp-controller"])]) as sim:
+        for _ in range(2):  # two connections, one after the other
+            client = AsyncModbusTcpClient(LOCAL, port=sim.port, timeout=1, retries=0)
+            assert await client.connect()
+            await client.read_holding_registers(0, count=1, device_id=1)
+            await client.write_register(0, 1, device_id=1)
+            client.close()
+            for _ in range(50):
+                if sim.clients and sim.clients[-1].closed is not None:
+                    break
+                await asyncio.sleep(0.02)
+        first, second = sim.clients
+        assert [r.function_code for r in first.requests] == [3, 6]
+        assert [r.is_write for r in first.requests] == [False, True]
+        assert first.closed is not None
+        assert first.opened <= first.requests[0].at <= first.requests[-1].at <= first.closed
+        assert first.peer is not None
+        assert first.peer[0] == LOCAL
+        busy_first, busy_second = first.busy(), second.busy()
+        assert busy_first is not None
+        assert busy_second is not None
+        assert busy_first[1] < busy_second[0]

@@ -411,6 +411,9 @@ class ModbusBus:
             if self._connect_backoff.failures == 1:
                 log.warning("Modbus bus %s unreachable; retrying with back-off", self.address)
             raise PollFailed("connection", f"cannot connect to {self.address}", reconnect=False)
+        if self._stopped:  # stopped while connecting (a lease lost): never talk on it
+            client.close()
+            raise PollFailed("stopped", f"bus {self.address} was stopped", reconnect=False)
         if self._connect_backoff.failures:
             log.info("Modbus bus %s connected again", self.address)
         # The back-off starts over only after an answered exchange (see _poll):

@@ -7,6 +7,7 @@ import * as api from "../../api.js";
 import { h, replace, table, toast } from "../../dom.js";
 import { fmtDate, fmtDateTime, fmtNumber, fmtTime, language, t } from "../../i18n.js";
 import { SiteMap } from "../../sitemap.js";
+import { clearErrors, field as errorField, generalError, showErrors } from "../admin/form.js";
 import { field, isoToSiteTime, sitePoles, siteTimeToISO } from "./common.js";
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -105,12 +106,22 @@ export function render(main, ctx) {
   const calendar = h("section", { class: "panel", id: "light-calendar", "aria-labelledby": "light-cal-h" });
   const override = h("section", { class: "panel", id: "light-override", "aria-labelledby": "light-ov-h" });
   const energy = h("section", { class: "panel", id: "light-energy", "aria-labelledby": "light-en-h" });
-  const createBox = h("section", { class: "panel", hidden: true, "aria-labelledby": "light-new-h" });
+  // The form to create a group, or to edit the one shown (managers only).
+  const formBox = h("section", { class: "panel", id: "light-group-form", hidden: true, "aria-labelledby": "light-form-h" });
+  const headError = generalError();
+  headError.id = "light-head-error";
+  let current = null; // the group shown
+  let formFor; // the group the form edits; null: a new group; undefined: no form open
+  const editButton = h("button", { type: "button", id: "light-edit", hidden: true, onclick: () => openForm(current) }, t("ops.light.edit_group"));
+  const deleteButton = h("button", { type: "button", id: "light-delete", class: "danger", hidden: true, onclick: () => deleteGroup(current) }, t("ops.light.delete_group"));
   replace(main, h("section", { class: "page" },
     h("div", { class: "page-head" }, h("h1", {}, t("ops.nav.lighting")),
       field("light-group", t("ops.light.group"), picker),
-      ctx.manager ? h("button", { type: "button", onclick: () => { createBox.hidden = !createBox.hidden; } }, t("ops.light.new_group")) : null),
-    createBox,
+      ctx.manager ? [
+        h("button", { type: "button", onclick: () => (formFor === null ? closeForm() : openForm(null)) }, t("ops.light.new_group")),
+        editButton, deleteButton] : null),
+    ctx.manager ? headError : null,
+    formBox,
     h("div", { class: "grid-2" },
       h("div", { class: "col" }, h("section", { class: "panel", "aria-labelledby": "light-map-h" }, h("h2", { id: "light-map-h" }, t("ops.light.on_map")), members, mapEl), nights, calendar),
       h("div", { class: "col" }, override, energy))));
@@ -118,7 +129,18 @@ export function render(main, ctx) {
   let map = null;
   let site = { poles: [], roads: [] };
   let devicePoles = null;
+  let picking = null; // while the group form is open: a click on a pole toggles it in the form
   const fail = (err) => toast(`${t("error.generic")} ${err.message}`, "error");
+
+  function ensureMap() {
+    if (!map) {
+      map = new SiteMap(mapEl, ctx.config, {
+        onOpen: (pid) => (picking ? picking(pid) : ctx.navigate(`#/poles/${encodeURIComponent(pid)}`)),
+      });
+      map.update(site.poles);
+    }
+    return map;
+  }
 
   async function memberPoles(g) {
     const set = new Set(g.poles);
@@ -133,12 +155,11 @@ export function render(main, ctx) {
   async function drawMap(g) {
     const inGroup = await memberPoles(g);
     if (stopped) return;
-    if (!map) map = new SiteMap(mapEl, ctx.config, { onOpen: (pid) => ctx.navigate(`#/poles/${encodeURIComponent(pid)}`) });
-    map.update(site.poles);
+    ensureMap().update(site.poles);
     map.forEachMarker((pid, icon) => {
       icon.classList.toggle("in-group", inGroup.has(pid));
       icon.classList.toggle("not-in-group", !inGroup.has(pid));
-      if (inGroup.has(pid)) icon.setAttribute("aria-label", `${icon.title} · ${t("ops.light.in_group", { name: g.name })}`);
+      icon.setAttribute("aria-label", inGroup.has(pid) ? `${icon.title} · ${t("ops.light.in_group", { name: g.name })}` : icon.title);
     });
     replace(members, g.road ? t("ops.light.road_members", { road: g.road, n: inGroup.size }) : t("ops.light.members", { n: inGroup.size }));
   }
@@ -307,28 +328,133 @@ export function render(main, ctx) {
           reports.map((r, i) => [ps[i][0], fmtNumber(r.used_kwh, 2), fmtNumber(r.baseline_kwh, 2), fmtNumber(r.saved_kwh, 2)]))));
   }
 
-  function drawCreate() {
-    const c = {
-      id: h("input", { required: true, pattern: "[A-Za-z0-9][A-Za-z0-9_.\\-]{0,63}", maxlength: 64 }),
-      name: h("input", { required: true, maxlength: 200 }),
-      road: h("select", {}, h("option", { value: "" }, t("ops.light.by_poles")), site.roads.map((r) => h("option", { value: r }, r))),
-      poles: h("input", { placeholder: "P0001, P0002" }),
+  // The group form: a new group (g null) or the group g, prefilled. Members are
+  // a road, poles (typed, or picked on the map) and devices; the map shows the
+  // members as they stand in the form until it is saved or cancelled.
+  function openForm(g) {
+    const editing = g !== null;
+    formFor = g;
+    const list = (text) => text.split(/[\s,，;；]+/).filter(Boolean);
+    const roads = [...site.roads];
+    if (editing && g.road && !roads.includes(g.road)) roads.push(g.road);
+    const fields = {
+      ...(editing ? {} : { id: errorField("id", t("ops.light.group_id"), h("input", { id: "light-form-id", required: true, pattern: "[A-Za-z0-9][A-Za-z0-9_.\\-]{0,63}", maxlength: 64, autocomplete: "off" })) }),
+      name: errorField("name", t("ops.insp.name"), h("input", { id: "light-form-name", required: true, maxlength: 200, autocomplete: "off" })),
+      road: errorField("road", t("ops.insp.road"), h("select", { id: "light-form-road" }, h("option", { value: "" }, t("ops.light.by_poles")), roads.map((r) => h("option", { value: r }, r)))),
+      poles: errorField("poles", t("ops.insp.poles"), h("input", { id: "light-form-poles", placeholder: "P0001, P0002", autocomplete: "off" }), { hint: t("ops.light.pick_hint") }),
+      devices: errorField("devices", t("ops.light.devices"), h("input", { id: "light-form-devices", placeholder: "P0001-lamp", autocomplete: "off" })),
     };
-    replace(createBox, h("h2", { id: "light-new-h" }, t("ops.light.new_group")),
-      h("form", { class: "form-grid", onsubmit: async (ev) => {
-        ev.preventDefault();
-        const body = { id: c.id.value.trim(), name: c.name.value.trim() };
-        if (c.road.value) body.road = c.road.value;
-        body.poles = c.poles.value.split(/[\s,，]+/).filter(Boolean);
-        try {
-          const g = await api.post("lighting/groups", body);
-          ctx.navigate(`#/lighting?group=${encodeURIComponent(g.id)}`);
-        } catch (err) {
-          fail(err);
-        }
-      } }, field("light-new-id", t("ops.light.group_id"), c.id), field("light-new-name", t("ops.insp.name"), c.name),
-      field("light-new-road", t("ops.insp.road"), c.road), field("light-new-poles", t("ops.insp.poles"), c.poles),
-      h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, t("ops.light.create_group")))));
+    if (editing) {
+      fields.name.input.value = g.name;
+      fields.road.input.value = g.road || "";
+      fields.poles.input.value = g.poles.join(", ");
+      fields.devices.input.value = g.devices.join(", ");
+    }
+    const general = generalError();
+    const draft = () => ({
+      name: fields.name.input.value.trim() || (editing ? g.name : t("ops.light.new_group")),
+      road: fields.road.input.value || null,
+      poles: list(fields.poles.input.value),
+      devices: list(fields.devices.input.value),
+    });
+    const redraw = () => drawMap(draft()).catch(fail);
+    picking = (pid) => {
+      const poles = list(fields.poles.input.value);
+      fields.poles.input.value = (poles.includes(pid) ? poles.filter((p) => p !== pid) : [...poles, pid]).join(", ");
+      redraw();
+    };
+    for (const f of [fields.road, fields.poles, fields.devices]) f.input.addEventListener("change", redraw);
+    const submit = h("button", { type: "submit", class: "primary" }, t(editing ? "ops.light.save_group" : "ops.light.create_group"));
+    const form = h("form", { class: "form-grid", novalidate: true, "aria-label": t(editing ? "ops.light.edit_group" : "ops.light.new_group"), onsubmit: async (ev) => {
+      ev.preventDefault();
+      clearErrors(fields, general);
+      const d = draft();
+      const body = { name: fields.name.input.value.trim(), poles: d.poles, devices: d.devices };
+      if (d.road) body.road = d.road;
+      const local = [];
+      if (!editing && !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(fields.id.input.value.trim())) local.push({ loc: ["body", "id"], msg: t("ops.light.bad_id") });
+      if (!body.name) local.push({ loc: ["body", "name"], msg: t("ops.light.need_name") });
+      if (!d.road && !d.poles.length && !d.devices.length) local.push({ loc: ["body", "poles"], msg: t("ops.light.need_members") });
+      if (local.length) {
+        showErrors(fields, general, new api.ApiError(422, local));
+        return;
+      }
+      submit.disabled = true;
+      try {
+        const saved = editing
+          ? await api.put(`lighting/groups/${encodeURIComponent(g.id)}`, body)
+          : await api.post("lighting/groups", { id: fields.id.input.value.trim(), ...body });
+        toast(t(editing ? "ops.light.group_saved" : "ops.light.group_created", { name: saved.name }));
+        picking = null;
+        ctx.navigate(`#/lighting?group=${encodeURIComponent(saved.id)}`);
+      } catch (err) {
+        submit.disabled = false;
+        formError(err, fields, general);
+      }
+    } },
+    fields.id ? fields.id.row : null, fields.name.row, fields.road.row, fields.poles.row, fields.devices.row, general,
+    h("div", { class: "actions" }, submit, h("button", { type: "button", onclick: closeForm }, t("ops.light.cancel"))));
+    replace(formBox, h("h2", { id: "light-form-h" }, editing ? t("ops.light.edit_named", { name: g.name }) : t("ops.light.new_group")), form);
+    formBox.hidden = false;
+    redraw();
+    (fields.id || fields.name).input.focus();
+  }
+
+  function closeForm() {
+    picking = null;
+    formFor = undefined;
+    formBox.hidden = true;
+    replace(formBox);
+    if (current) {
+      drawMap(current).catch(fail);
+    } else if (map) {
+      map.forEachMarker((pid, icon) => {
+        icon.classList.remove("in-group", "not-in-group");
+        icon.setAttribute("aria-label", icon.title);
+      });
+      replace(members, t("ops.light.no_groups_hint"));
+    }
+  }
+
+  // The API's refusals, in the user's words where the page knows them: a
+  // group gone (404), an id taken (409), unknown poles or devices (422).
+  function formError(err, fields, general) {
+    if (!(err instanceof api.ApiError)) {
+      showErrors(fields, general, err);
+      return;
+    }
+    if (err.status === 404) {
+      clearErrors(fields, general);
+      replace(general, t("ops.light.group_gone"));
+      general.focus();
+      return;
+    }
+    if (err.status === 409) {
+      showErrors(fields, general, new api.ApiError(409, [{ loc: ["body", "id"], msg: t("ops.light.id_taken") }]));
+      return;
+    }
+    const detail = Array.isArray(err.detail) ? err.detail.map((d) => {
+      const m = /^no such (pole|device): '(.*)'$/.exec(d.msg || "");
+      return m ? { ...d, msg: t(m[1] === "pole" ? "ops.light.unknown_pole" : "ops.light.unknown_device", { id: m[2] }) } : d;
+    }) : err.detail;
+    showErrors(fields, general, new api.ApiError(err.status, detail));
+  }
+
+  // Deleting a group deletes its schedules, overrides and dispatch history: the
+  // confirmation says so.
+  async function deleteGroup(g) {
+    replace(headError);
+    if (!window.confirm(t("ops.light.delete_confirm", { name: g.name }))) return;
+    deleteButton.disabled = true;
+    try {
+      await api.del(`lighting/groups/${encodeURIComponent(g.id)}`);
+      toast(t("ops.light.group_deleted", { name: g.name }));
+      ctx.navigate("#/lighting");
+    } catch (err) {
+      deleteButton.disabled = false;
+      replace(headError, err.status === 404 ? t("ops.light.group_gone") : `${t("error.generic")} ${err.message}`);
+      headError.focus();
+    }
   }
 
   (async () => {
@@ -336,19 +462,22 @@ export function render(main, ctx) {
       const [groups, s0] = await Promise.all([api.all("lighting/groups", {}, { max: 1000 }), sitePoles()]);
       if (stopped) return;
       site = s0;
-      if (ctx.manager) drawCreate();
       if (!groups.length) {
         replace(picker, h("option", { value: "" }, t("ops.light.no_groups")));
         picker.disabled = true;
-        map = new SiteMap(mapEl, ctx.config, { onOpen: (pid) => ctx.navigate(`#/poles/${encodeURIComponent(pid)}`) });
-        map.update(site.poles);
+        ensureMap();
         replace(members, t("ops.light.no_groups_hint"));
         for (const box of [nights, calendar, override, energy]) box.hidden = true;
         return;
       }
       replace(picker, groups.map((g) => h("option", { value: g.id }, g.name)));
       const g = groups.find((x) => x.id === ctx.query.get("group")) || groups[0];
+      current = g;
       picker.value = g.id;
+      editButton.hidden = false;
+      deleteButton.hidden = false;
+      editButton.setAttribute("aria-label", t("ops.light.edit_named", { name: g.name }));
+      deleteButton.setAttribute("aria-label", t("ops.light.delete_named", { name: g.name }));
       picker.addEventListener("change", () => ctx.navigate(`#/lighting?group=${encodeURIComponent(picker.value)}`));
       await Promise.all([drawMap(g), drawSchedule(g), drawOverride(g), drawEnergy(g, ctx.query.get("by") === "month" ? "month" : "day")]);
     } catch (err) {
