@@ -5,8 +5,11 @@ aiomqtt owns the connection (asyncio integration, TLS, subscribe) and reports
 its loss. It does not expose manual acknowledgement, so the adapter switches on
 paho-mqtt's manual ack on the client aiomqtt wraps, and takes paho's message
 callback over to hand each message to the pipeline without a task per message
-(see docs/decisions.md). `MqttSubscription._take_over_messages` is the only
-place polegw reaches into aiomqtt.
+(see docs/decisions.md). That client is also switched to `DrainingClient`
+(paho_reader.py), which reads in chunks, handles every buffered PUBLISH per
+socket wakeup and passes QoS 1 messages on without an `MQTTMessage`.
+`MqttSubscription._take_over_messages` is the only place polegw reaches into
+aiomqtt.
 """
 
 from __future__ import annotations

@@ -21,12 +21,12 @@ per-topic callbacks. For the gateway, that was about half its CPU per message
   where paho would call `on_message`, so acknowledging stays the caller's job
   (manual ack) exactly as before.
 
-It relies on three private methods of paho's `Client`: `_sock_recv(bufsize)`,
-`_packet_read()` (through `loop_read`) and `_handle_publish()`, and on the
-`_in_packet` dict. tests/test_paho_reader.py fails if any of them changes shape;
-pyproject.toml pins paho-mqtt below 3. The upstream home for the first two would
-be paho's own `_packet_read` (a buffered reader; eclipse-paho/paho.mqtt.python
-issue #131 is the same "bytes left in a buffer" problem for TLS).
+It relies on private parts of paho 2.x's `Client`: `_sock_recv(bufsize)`,
+`_packet_read()` (through `loop_read`), `_handle_publish()`, `_packet_write()`,
+and the `_in_packet` / `_out_packet` structures. tests/test_paho_reader.py fails
+if any of them changes shape; pyproject.toml pins paho-mqtt to >=2.2,<3. Upstream,
+a buffered `_packet_read` and batched writes belong in paho itself
+(eclipse-paho/paho.mqtt.python; docs/decisions.md, issue 20).
 """
 
 from __future__ import annotations
