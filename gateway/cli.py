@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 from datetime import datetime
@@ -77,6 +78,11 @@ def run() -> None:
 
     settings = settings_or_exit()
     setup_logging(settings.log_level)
+    # The start-up heap (modules, settings, the API's routes) lives as long as the
+    # process: keep it out of every later garbage collection, which otherwise walks
+    # it again and again under ingest load (docs/decisions.md, issue 20).
+    gc.collect()
+    gc.freeze()
     run_until_signal(lambda stop: run_gateway(settings, stop))
 
 

@@ -66,11 +66,14 @@ class MqttPresence:
     def _observe(self, presence: DataPresence, batch: Batch) -> list[Change]:
         registry, now = self._registry(), self._clock()
         newest: dict[str, datetime] = {}
+        # Once per reading of every batch: no allocation per reading.
         for r in batch.readings:
-            if r.ts > newest.get(r.device_id, r.ts - timedelta(1)):
+            seen = newest.get(r.device_id)
+            if seen is None or r.ts > seen:
                 newest[r.device_id] = r.ts
         for e in batch.events:
-            if e.ts > newest.get(e.device_id, e.ts - timedelta(1)):
+            seen = newest.get(e.device_id)
+            if seen is None or e.ts > seen:
                 newest[e.device_id] = e.ts
         changes: list[Change] = []
         for p in batch.presence:
