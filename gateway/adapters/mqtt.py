@@ -288,6 +288,8 @@ class MqttSubscription:
     ) -> None:
         backoff = Backoff()
         topics = ingest_topics(self._settings.mqtt_topic_prefix)
+        if self._settings.mqtt_share_group is not None:  # replicas: one of them gets each message
+            topics = [f"$share/{self._settings.mqtt_share_group}/{t}" for t in topics]
         first = True
         self._closing = False
         while not stop.is_set():
