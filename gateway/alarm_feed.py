@@ -82,6 +82,10 @@ class CommittedFeed:
             pos = self._positions[key] = min(starts, default=self._from)
         return pos
 
+    def position(self, device_id: str, metric: str) -> datetime | None:
+        """The time of the newest reading of (device, metric) evaluated so far."""
+        return self._positions.get((device_id, metric))
+
     async def round(self, targets: Iterable[Target]) -> list[Reading]:
         """The readings ready to evaluate, per device in time order."""
         pairs = [
