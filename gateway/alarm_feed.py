@@ -42,6 +42,7 @@ class CommittedFeed:
         catalog: ProfileCatalog,
         settle_s: float,
         per_pair: int = 1000,
+        quiet_cap_s: float = 4.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pool = pool
@@ -49,6 +50,12 @@ class CommittedFeed:
         self._catalog = catalog
         self._settle_s = settle_s
         self._per_pair = per_pair
+        self._quiet_cap_s = quiet_cap_s
+        # A pair that had nothing new is asked again after a growing pause (up to
+        # quiet_cap_s): most devices report every minute or so, and asking each
+        # every tick would cost the database for nothing. Timing is unaffected
+        # (rules use the readings' own times); only the alarm comes that much later.
+        self._quiet: dict[Pair, tuple[float, float]] = {}  # pause, next ask
         self._monotonic = monotonic
         self._positions: dict[Pair, datetime] = {}
         self._first_seen: dict[tuple[str, str, datetime], float] = {}
@@ -66,6 +73,7 @@ class CommittedFeed:
         those an earlier leader evaluated (up to its alarms' last readings)."""
         self._positions.clear()
         self._first_seen.clear()
+        self._quiet.clear()
         self._from = now - self.lookback()
         async with self._pool.connection() as conn:
             self._resume = await evaluated_until(conn, self._from)
@@ -88,6 +96,7 @@ class CommittedFeed:
 
     async def round(self, targets: Iterable[Target]) -> list[Reading]:
         """The readings ready to evaluate, per device in time order."""
+        asked = self._monotonic()
         pairs = [
             (t.device_id, m, self._position(t, m))
             for t in targets
@@ -96,12 +105,20 @@ class CommittedFeed:
         live = {(d, m) for d, m, _ in pairs}
         for gone in [k for k in self._positions if k not in live]:
             del self._positions[gone]
+            self._quiet.pop(gone, None)
+        pairs = [p for p in pairs if self._quiet.get((p[0], p[1]), (0.0, 0.0))[1] <= asked]
         async with self._pool.connection() as conn:
             rows = await readings_after(conn, pairs, self._per_pair)
         now = self._monotonic()
         by_pair: dict[Pair, list[Reading]] = defaultdict(list)
         for r in rows:
             by_pair[(r.device_id, r.metric)].append(r)
+        for d, m, _ in pairs:
+            if (d, m) in by_pair:
+                self._quiet.pop((d, m), None)
+            else:
+                pause = min(self._quiet_cap_s, max(0.25, 2 * self._quiet.get((d, m), (0.0,))[0]))
+                self._quiet[(d, m)] = (pause, asked + pause)
         ready: list[Reading] = []
         for key, readings in by_pair.items():
             readings.sort(key=lambda r: r.ts)
