@@ -168,10 +168,11 @@ class AlarmRunner:
         self._enqueue(self.engine.tick(self._clock(), self._targets))
 
     async def from_database(self, recheck_offline: bool) -> None:
-        """Replica mode, before each tick: the readings every replica committed
-        that are ready, then when the devices about to be called offline (and,
-        with `recheck_offline`, those that are) were last heard of."""
+        """Replica mode, before each tick: the events and the readings every
+        replica committed that are ready, then when the devices about to be called
+        offline (and, with `recheck_offline`, those that are) were last heard of."""
         assert self.feed is not None
+        self.events_committed()  # other replicas commit events too: look each tick
         ready = await self.feed.round(self._targets)
         now = self._clock()
         if ready:

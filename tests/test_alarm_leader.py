@@ -33,6 +33,7 @@ CATALOG = load_catalog()
 POLES = [f"P{n}" for n in range(1, 9)]
 TILT = "tilt_deg"
 SETTLE_S = 1.0
+SEQ_TEST_EVENTS = "SELECT count(*) FROM device_events WHERE pole_id IN ('P6', 'P7')"
 
 
 def site() -> SiteSpec:
@@ -253,6 +254,29 @@ async def test_offline_is_judged_from_what_any_replica_stored(
             await conn.execute("DELETE FROM alarm_rule_overrides")
 
 
+async def test_events_committed_by_another_replica_raise_their_alarm(
+    database_url: str,
+    pool: AsyncConnectionPool,
+    registry: RegistrySource,
+    writers: list[TelemetryWriter],
+) -> None:
+    leader = Leader(database_url, pool, registry)
+    await leader.start()
+    try:
+        struck = DeviceEvent(datetime.now(UTC), "P2", "P2-tilt", "impact", {})
+        await writers[1].write(Batch(events=[struck]))
+        await eventually(
+            lambda: (
+                [s for k, _, s in alarms_of(database_url, "P2-tilt") if k.endswith("/impact")]
+                == ["active"]
+            ),
+            within=10,
+            what="the impact alarm",
+        )
+    finally:
+        await leader.stop()
+
+
 async def test_event_seqs_of_concurrent_writers_commit_in_order(
     database_url: str, pool: AsyncConnectionPool, writers: list[TelemetryWriter]
 ) -> None:
@@ -268,10 +292,12 @@ async def test_event_seqs_of_concurrent_writers_commit_in_order(
             )
             await asyncio.sleep(0.5)
             assert not b.done()
-            assert count(database_url, "SELECT count(*) FROM device_events") == 0
+            assert count(database_url, SEQ_TEST_EVENTS) == 0
         await asyncio.wait_for(b, 5)
     with psycopg.connect(database_url) as conn:
-        rows = conn.execute("SELECT device_id FROM device_events ORDER BY seq").fetchall()
+        rows = conn.execute(
+            "SELECT device_id FROM device_events WHERE pole_id IN ('P6', 'P7') ORDER BY seq"
+        ).fetchall()
     assert [r[0] for r in rows] == ["P6-tilt", "P7-tilt"]
 
 
