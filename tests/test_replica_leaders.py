@@ -6,6 +6,8 @@ and one database (issue 19):
   raises exactly one alarm and one work order, at the time one process gives;
   an interrupted condition (readings alternating between replicas, never held
   for the rule's duration) raises none;
+- a condition held while the alarm leader is killed (SIGKILL) raises once, at
+  the same reading time, from the next leader;
 - a lighting step due while its leader is killed (SIGKILL) is dispatched
   exactly once, by the new leader, within the lease TTL.
 """
@@ -166,6 +168,45 @@ def test_a_condition_across_replicas_raises_once_at_one_process_time(
         received = [p.metric("polegw_readings_received_total") for p in procs]
         assert sum(received) == len(readings)
         assert sum(1 for n in received if n > 0) >= 2, received  # shared, not copied
+
+
+def alarms_token(database_url: str) -> int:
+    return count(database_url, "SELECT token FROM gateway_leases WHERE name = 'leader/alarms'")
+
+
+def test_a_condition_held_while_the_alarm_leader_is_killed_raises_once_on_time(
+    fresh_database_url: str, mqtt_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    url = fresh_database_url
+    prepare_database_sync(url, poles_with(["P1"], tilt="pole-tilt"))
+    with replicas(url, mqtt_url, topic_prefix, tmp_path) as procs:
+        t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=30)
+        readings = [
+            Reading(t0 + timedelta(seconds=i), "P1-tilt", "tilt_deg", 20.0) for i in range(15)
+        ]
+        (expected,) = one_process(readings)
+        messages = [
+            (f"{topic_prefix}/P1/telemetry", tilt_message(r.device_id, r.ts, r.value))
+            for r in readings
+        ]
+        # Held for 6 s, evaluated by the alarm leader (pending, not raised yet)...
+        publish(mqtt_url, messages[:7])
+        wait_for(lambda: count(url, "SELECT count(*) FROM telemetry") == 7, "7 readings", 10, procs)
+        time.sleep(3.0)  # the leader's settle time and a tick
+        assert alarms(url) == []
+        # ...when the leader dies (and is started again, as an operator would).
+        token = alarms_token(url)
+        leader = holders(url)["leader/alarms"]
+        (victim,) = [p for p in procs if p.env["POLEGW_MQTT_CLIENT_ID"] == leader]
+        victim.kill()
+        victim.start()
+        publish(mqtt_url, messages[7:])
+        wait_for(lambda: alarms(url) != [], "the alarm", 30, procs)
+        time.sleep(2 * TTL_S)  # anything more would show now
+        assert alarms_token(url) > token  # another term of the alarm leader
+        assert alarms(url) == [("P1-tilt", expected.rule.key, expected.at)]
+        assert expected.at == t0 + timedelta(seconds=10)
+        assert count(url, "SELECT count(*) FROM work_orders WHERE pole_id = 'P1'") == 1
 
 
 # --------------------------------------------------------------------------- lighting
