@@ -46,7 +46,7 @@ GROUP BY p.device_id
 
 _EVENTS_HEARD = """
 SELECT device_id, max(ts) FROM device_events
-WHERE device_id = ANY(%(devices)s::text[]) AND ts > %(since)s
+WHERE device_id = ANY(%(devices)s::text[] COLLATE "C") AND ts > %(since)s
 GROUP BY device_id
 """
 
