@@ -389,7 +389,7 @@ def bills_generate(
     import psycopg
 
     from gateway.adapters.audit import append
-    from gateway.adapters.billing_store import BillingStore, MonthNotEnded, dumps
+    from gateway.adapters.billing_store import BillingStore, BillRunBusy, MonthNotEnded, dumps
     from gateway.core.auth import SYSTEM
     from gateway.core.profiles import load_catalog
     from gateway.core.tariffs import NoTariff
@@ -424,6 +424,8 @@ def bills_generate(
         raise fail(str(exc)) from None
     except MonthNotEnded as exc:
         raise fail(f"--period: {exc} (--provisional)") from None
+    except BillRunBusy as exc:
+        raise fail(f"--period: {exc}") from None
     except (OSError, psycopg.Error) as exc:
         raise fail(f"database: {(str(exc) or repr(exc)).splitlines()[0]}") from None
     for bill, outcome in results:

@@ -278,7 +278,12 @@ async def run_gateway(
             commit = tg.create_task(pipeline.run(), name="ingest-commit")
             state_writer = tg.create_task(states.run(), name="device-state-writer")
             tg.create_task(presence.run(stop), name="mqtt-presence")
-            alarm_task = tg.create_task(alarms.run(), name="alarms")
+            # The alarm engine, offline detection and protective actions run in the
+            # alarm leader only; with replicas it evaluates what all of them
+            # committed (gateway/alarm_feed.py).
+            alarm_task = tg.create_task(
+                leases.while_held(leader("alarms"), alarms.run, stop), name="alarms"
+            )
             tg.create_task(announcer.run(stop), name="telemetry-announcer")
             from gateway.retention import Retention  # data management (docs/decisions-archive.md)
 

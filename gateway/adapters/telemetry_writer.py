@@ -34,6 +34,8 @@ from gateway.errors import StorageUnavailable
 log = logging.getLogger(__name__)
 
 COPY_COLUMNS = "ts, device_id, metric, value, quality"
+# pg_advisory_xact_lock key serialising the commits of device events (see _events).
+EVENTS_SEQ_LOCK = 0x706F_6C65_6777_0001
 COPY_TYPES = ["timestamptz", "text", "text", "float8", "int2"]
 
 
@@ -187,6 +189,12 @@ class TelemetryWriter:
     ) -> None:
         if not events:
             return
+        # The alarm engine reads events by `seq` (alarm_progress). With several
+        # writers (replicas) a seq taken before another's could commit after it and
+        # be passed over; holding this lock from taking the seqs to the commit makes
+        # the seqs commit in order. Events are few, and the lock is taken after the
+        # readings' COPY, so it is held for the rest of the transaction only.
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_SEQ_LOCK,))
         async with conn.cursor() as cur:
             await cur.executemany(
                 "INSERT INTO device_events (ts, pole_id, device_id, type, data)"
