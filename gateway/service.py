@@ -37,7 +37,7 @@ from gateway.errors import ConfigError
 from gateway.ingest import IngestPipeline
 from gateway.metrics import Metrics
 from gateway.modbus_polling import ModbusPolling, StateStore
-from gateway.presence import MqttPresence
+from gateway.presence import MqttPresence, heard_in
 from gateway.registry_source import RegistrySource
 
 log = logging.getLogger(__name__)
@@ -263,7 +263,9 @@ async def run_gateway(
         interval_s=settings.clock_sync_interval_s,
     )
     pipeline.on_stamp.append(clocks.observe)
-    presence = MqttPresence(registry, states)  # MQTT devices' state from data and status
+    presence = MqttPresence(  # MQTT devices' state from data and status
+        registry, states, heard=heard_in(pool, registry) if settings.replicated else None
+    )
     pipeline.on_committed.append(presence.on_batch)
     server: ApiServer | None = None
     internals: ApiServer | None = None
