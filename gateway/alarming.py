@@ -32,6 +32,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.adapters.alarm_store import AlarmStore
+from gateway.adapters.leases import LeaseLost
 from gateway.alarm_feed import CommittedFeed
 from gateway.backoff import Backoff
 from gateway.core.alarms import AlarmEngine, Target, Transition, compile_rules
@@ -363,6 +364,8 @@ class AlarmRunner:
         while True:
             try:
                 await self._store.apply(items, events_seq=events_seq)
+            except LeaseLost:
+                await self._lost_lead(len(items))
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 self._rolled_back()
                 log.warning("alarms not recorded yet (database): %s", exc)
@@ -377,6 +380,14 @@ class AlarmRunner:
             await self._committed()
             return
 
+    async def _lost_lead(self, count: int) -> None:
+        """Another replica leads the alarms now (the lease fence refused the
+        write): what was not recorded is the new leader's to evaluate, from the
+        committed readings; wait here to be stopped (LeaseKeeper.while_held)."""
+        self._rolled_back()
+        log.warning("alarm lead lost: %d transitions left to the next leader", count)
+        await asyncio.Future()
+
     async def _apply_singly(self, items: list[Transition], events_seq: int | None) -> None:
         """Each transition in a savepoint: a bad one is logged and left out, the
         rest (and the position) commit together."""
@@ -384,6 +395,8 @@ class AlarmRunner:
         while True:
             try:
                 await self._store.apply_each(items, events_seq=events_seq)
+            except LeaseLost:
+                await self._lost_lead(len(items))
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 self._rolled_back()
                 log.warning("alarms not recorded yet (database): %s", exc)
@@ -422,9 +435,11 @@ def build_alarm_runner(
     catalog: ProfileCatalog,
     registry: Callable[[], Registry],
     dispatcher: CommandDispatcher | None,
+    fence: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]] | None = None,
 ) -> AlarmRunner:
     """The runner as the gateway runs it: emergency and work-order listeners,
-    door-open alarms suppressed while a work order has someone on the pole."""
+    door-open alarms suppressed while a work order has someone on the pole;
+    `fence` (replicas) checks the alarm lead inside each write."""
     from gateway.adapters.work_orders import (
         MaintenanceRules,
         WorkOrderPolicy,
@@ -433,6 +448,7 @@ def build_alarm_runner(
     from gateway.emergencies import EmergencyPolicy
 
     store = AlarmStore(pool, suppress=pole_has_open_work_order)
+    store.fence = fence
     runner = AlarmRunner(
         pool=pool,
         store=store,

@@ -250,7 +250,12 @@ async def run_gateway(
     replies.append(dispatcher)
     await pool.open(wait=False)
     alarms = build_alarm_runner(  # docs/decisions-alarms.md
-        settings=settings, pool=pool, catalog=catalog, registry=registry, dispatcher=dispatcher
+        settings=settings,
+        pool=pool,
+        catalog=catalog,
+        registry=registry,
+        dispatcher=dispatcher,
+        fence=(lambda conn: leases.fence(conn, leader("alarms"))) if settings.replicated else None,
     )
     pipeline.on_committed.append(alarms.on_batch)
     announcer = TelemetryAnnouncer(pool)  # the console's live telemetry events

@@ -17,6 +17,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.adapters import emergency_store
+from gateway.adapters.leases import LeaseKeeper
 from gateway.adapters.telemetry_writer import TelemetryWriter
 from gateway.alarming import AlarmRunner, build_alarm_runner
 from gateway.config import Settings
@@ -30,7 +31,7 @@ from tests.support import count, eventually, poles_with
 from tests.test_emergency_actions import Broker, actions_of, dispatcher, open_emergency
 
 CATALOG = load_catalog()
-POLES = [f"P{n}" for n in range(1, 9)]
+POLES = [f"P{n}" for n in range(1, 10)]
 TILT = "tilt_deg"
 SETTLE_S = 1.0
 SEQ_TEST_EVENTS = "SELECT count(*) FROM device_events WHERE pole_id IN ('P6', 'P7')"
@@ -331,3 +332,29 @@ async def test_an_action_submitted_by_a_leader_that_stopped_is_not_sent_again(
         sent: Any = await emergency_store.detail(conn, eid)
     entries = [e for e in sent["timeline"] if e["kind"] == "action"]
     assert len(entries) == len(planned)
+
+
+async def test_a_leader_fenced_out_records_nothing_and_waits_to_be_stopped(
+    database_url: str,
+    pool: AsyncConnectionPool,
+    registry: RegistrySource,
+    writers: list[TelemetryWriter],
+) -> None:
+    """Its lease taken over while it worked (LeaseKeeper.fence refuses the
+    write): the transitions are left to the next leader, none is recorded."""
+    elsewhere = LeaseKeeper(database_url, "replica-that-lost-the-lead", ttl_s=3)
+    leader = Leader(database_url, pool, registry)
+    leader.runner._store.fence = lambda conn: elsewhere.fence(conn, "leader/alarms")
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=30)
+    before = alarms_of(database_url, "P9-tilt")  # (offline, from the tests before)
+    orders = work_orders(database_url, "P9")
+    await leader.start()
+    try:
+        await writers[0].write(Batch(readings=tilt("P9-tilt", t0, [20.0] * 15)))
+        await asyncio.sleep(SETTLE_S + 2)
+        assert leader.task is not None
+        assert not leader.task.done()  # waiting for while_held to stop it
+        assert alarms_of(database_url, "P9-tilt") == before
+        assert work_orders(database_url, "P9") == orders
+    finally:
+        await leader.stop()
