@@ -26,7 +26,12 @@ from pymodbus import FramerType, ModbusException
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 
-from gateway.adapters.modbus_registers import bit_write_masks, decode_block, encode_write
+from gateway.adapters.modbus_registers import (
+    BlockDecoder,
+    bit_write_masks,
+    decode_block,
+    encode_write,
+)
 from gateway.backoff import Backoff
 from gateway.core.decode import decode_polled
 from gateway.core.modbus_plan import ReadBlock, plan_reads
@@ -83,13 +88,16 @@ class PolledDevice:
     unit: int
     interval_s: float
     blocks: tuple[ReadBlock, ...]
+    decoders: tuple[BlockDecoder, ...] = field(compare=False)  # one per block, compiled once
 
     @classmethod
     def of(cls, ref: DeviceRef, unit: int, interval_s: float) -> PolledDevice:
         modbus = ref.profile.modbus
         if modbus is None:
             raise ValueError(f"profile {ref.profile.profile!r} has no register map")
-        return cls(ref, unit, interval_s, tuple(plan_reads(modbus)))
+        blocks = tuple(plan_reads(modbus))
+        decoders = tuple(BlockDecoder(block, modbus) for block in blocks)
+        return cls(ref, unit, interval_s, blocks, decoders)
 
 
 class PollFailed(Exception):
@@ -313,11 +321,9 @@ class ModbusBus:
     async def _read_device(self, device: PolledDevice) -> dict[str, object]:
         client = await self._connected()
         values: dict[str, object] = {}
-        modbus = device.ref.profile.modbus
-        assert modbus is not None
-        for block in device.blocks:
-            registers = await self._request(client, block, device.unit)
-            values.update(decode_block(block, modbus, registers))
+        for decoder in device.decoders:
+            registers = await self._request(client, decoder.block, device.unit)
+            values.update(decoder.decode(registers))
         return values
 
     async def _request(
@@ -343,11 +349,11 @@ class ModbusBus:
                 detail = f"asked for {block.count} bits at {block.start}, got {len(response.bits)}"
                 raise PollFailed("protocol", detail, reconnect=True)
             return list(response.bits[: block.count])
-        got = len(response.registers)
-        if got != block.count:
-            detail = f"asked for {block.count} registers at {block.start}, got {got}"
+        registers: list[int] = response.registers
+        if len(registers) != block.count:
+            detail = f"asked for {block.count} registers at {block.start}, got {len(registers)}"
             raise PollFailed("protocol", detail, reconnect=True)
-        return list(response.registers)
+        return registers
 
     async def write(self, device_id: str, write: ModbusWrite) -> float | bool | None:
         """Execute one command write on a device of this bus; with readback, read the
