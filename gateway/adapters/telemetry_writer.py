@@ -5,7 +5,9 @@ already stored (a redelivery after a crash, a replay), the unique index refuses
 the COPY and the transaction with it; the batch is then committed again, its
 readings COPYed into a session temp table and moved across with INSERT … ON
 CONFLICT DO NOTHING. Either way a reading stored twice leaves one row, and the
-common case costs one COPY in one transaction.
+common case, a batch of readings only, costs one COPY statement, which is its own
+transaction (the connection is in autocommit mode; a batch with more in it is
+written in an explicit transaction).
 """
 
 from __future__ import annotations
@@ -56,8 +58,10 @@ class TelemetryWriter:
 
     async def _connection(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
         if self._conn is None or self._conn.closed:
+            # Autocommit: a batch of readings alone is one COPY, a transaction by
+            # itself (two round trips); anything more takes conn.transaction().
             self._conn = await psycopg.AsyncConnection.connect(
-                self._url, application_name="polegw-writer", connect_timeout=5
+                self._url, application_name="polegw-writer", connect_timeout=5, autocommit=True
             )
             async with self._conn.transaction():
                 await self._conn.execute(
@@ -114,6 +118,12 @@ class TelemetryWriter:
         batch: Batch,
         readings: _StoreReadings,
     ) -> int:
+        if readings == self._copy_readings and not (
+            batch.events or batch.presence or batch.dead_letters
+        ):
+            # Readings only (every Modbus poll, most MQTT batches): one COPY
+            # statement commits all of them or none, without BEGIN and COMMIT.
+            return await readings(conn, batch.readings)
         async with conn.transaction():
             inserted = await readings(conn, batch.readings)
             await self._events(conn, batch.events)
