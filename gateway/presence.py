@@ -66,8 +66,9 @@ class MqttPresence:
     def _observe(self, presence: DataPresence, batch: Batch) -> list[Change]:
         registry, now = self._registry(), self._clock()
         newest: dict[str, datetime] = {}
-        for r in batch.readings:
-            if r.ts > newest.get(r.device_id, r.ts - timedelta(1)):
+        for r in batch.readings:  # a batch may hold thousands: no datetime arithmetic here
+            seen = newest.get(r.device_id)
+            if seen is None or r.ts > seen:
                 newest[r.device_id] = r.ts
         for e in batch.events:
             if e.ts > newest.get(e.device_id, e.ts - timedelta(1)):
