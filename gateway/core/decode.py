@@ -26,6 +26,7 @@ from gateway.core.readings import (
 from gateway.core.registry import DeviceRef, Registry
 
 R = DeadLetterReason
+_new = tuple.__new__
 
 # A dead letter keeps at most this much of the raw payload.
 MAX_KEPT_PAYLOAD = 64 * 1024
@@ -242,7 +243,8 @@ def decode_polled(
         limits = bounds.get(name)
         if limits is None or type(raw) not in (float, int) or not limits[0] <= raw <= limits[1]:  # type: ignore[operator]
             break
-        readings.append(Reading(ts, device_id, name, float(raw), 0))  # type: ignore[arg-type]
+        # tuple.__new__: Reading's own __new__ is a Python function (~0.1 us more each)
+        readings.append(_new(Reading, (ts, device_id, name, float(raw), 0)))  # type: ignore[arg-type]
     else:
         return Decoded(readings=readings, message_ts=ts, topic_kind="modbus")
     b = _Builder(source, orjson.dumps(values, option=orjson.OPT_NON_STR_KEYS), None)
