@@ -103,7 +103,7 @@ def writer(admin_url: str, rows: int, batches: int) -> None:
     dbname = f"polegw_bench_parts_{os.getpid()}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-    url = psycopg.conninfo.make_conninfo(admin_url, dbname=dbname)
+    url = admin_url.rsplit("/", 1)[0] + "/" + dbname  # same server, this database
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(
