@@ -51,7 +51,7 @@ def test_polled_values_are_checked_like_a_messages(values: dict[str, Any]) -> No
 
 
 def test_in_bounds_numbers_are_readings_and_a_refused_value_keeps_the_poll() -> None:
-    good = {name: 1.0 for name in NAMES if name in DEVICE.profile.number_bounds}
+    good: dict[str, object] = {n: 1.0 for n in NAMES if n in DEVICE.profile.number_bounds}
     polled = decode_polled(DEVICE, good, T0, source=SOURCE)
     assert [(r.metric, r.value, r.ts, r.device_id) for r in polled.readings] == [
         (name, 1.0, T0, DEVICE.id) for name in good
@@ -59,7 +59,7 @@ def test_in_bounds_numbers_are_readings_and_a_refused_value_keeps_the_poll() -> 
     assert polled.dead_letters == []
 
     first = next(iter(good))
-    bad = {**good, first: float("nan")}
+    bad: dict[str, object] = {**good, first: float("nan")}
     polled = decode_polled(DEVICE, bad, T0, source=SOURCE)
     assert [r.metric for r in polled.readings] == [name for name in good if name != first]
     [dead] = polled.dead_letters
