@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/modbus_parts.py decode           # registers -> values -> readings
     .venv/bin/python bench/modbus_parts.py writer           # TelemetryWriter vs a bare COPY
+    .venv/bin/python bench/modbus_parts.py waits            # the asyncio patterns of a poll
     .venv/bin/python bench/modbus_parts.py decode --root /tmp/old-checkout   # another tree
 
 `decode`: for each bench profile (bench/profiles: bench-meter, 28 points in 2 blocks;
@@ -14,6 +15,11 @@ decoders (`decode_block`) and of `decode_polled`.
 bare synchronous binary COPY of the same rows, each followed by a commit, on its own
 database (created and dropped here, `--admin-url`). Client CPU only (this process);
 PostgreSQL's own CPU is not counted.
+
+`waits`: CPU per use (one event-loop pass included) of the asyncio patterns a poll
+used before and uses now: the scheduler's wait (asyncio.timeout around Event.wait,
+against a future resolved by loop.call_at) and the time limit around a request (an
+asynccontextmanager with asyncio.timeout, against none).
 
 `--root` imports `gateway` from another checkout, to compare two versions back to
 back on the same machine. bench/modbus.py measures the whole poll side by side with a
@@ -166,9 +172,62 @@ def writer(admin_url: str, rows: int, batches: int) -> None:
             )
 
 
+def waits(n: int) -> None:
+    import contextlib
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        async def timeout_around_event_wait() -> None:  # the scheduler's wait, before
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0):
+                    await stop.wait()
+
+        async def future_and_timer() -> None:  # the scheduler's wait, now
+            future: asyncio.Future[None] = loop.create_future()
+            timer = loop.call_at(loop.time(), future.set_result, None)
+            try:
+                await future
+            finally:
+                timer.cancel()
+
+        @contextlib.asynccontextmanager
+        async def exchange() -> AsyncIterator[None]:
+            try:
+                async with asyncio.timeout(10):
+                    yield
+            except TimeoutError as exc:  # mapped to PollFailed, as the bus did
+                raise RuntimeError("timeout") from exc
+
+        async def request_with_exchange() -> None:  # around each request, before
+            async with exchange():
+                await asyncio.sleep(0)
+
+        async def request_alone() -> None:  # now (pymodbus's own limit only)
+            await asyncio.sleep(0)
+
+        cases: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("scheduler wait: asyncio.timeout + Event.wait", timeout_around_event_wait),
+            ("scheduler wait: future + loop.call_at", future_and_timer),
+            ("request: asynccontextmanager + asyncio.timeout", request_with_exchange),
+            ("request: no wrapper", request_alone),
+        ]
+        for name, case in cases:
+            for _ in range(n // 10):
+                await case()
+            t = time.process_time()
+            for _ in range(n):
+                await case()
+            print(f"{name:48s} {(time.process_time() - t) / n * 1e6:6.2f} µs")
+
+    asyncio.run(run())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("part", choices=("decode", "writer"))
+    ap.add_argument("part", choices=("decode", "writer", "waits"))
     ap.add_argument("--root", type=Path, default=HERE.parent, help="checkout to import")
     ap.add_argument("--polls", type=int, default=20_000, help="decode: polls timed")
     ap.add_argument("--rows", type=int, default=1100, help="writer: rows per batch")
@@ -180,6 +239,8 @@ def main() -> None:
     print(f"gateway from {Path(gateway.__file__ or '').parent}")
     if args.part == "decode":
         decode(args.polls)
+    elif args.part == "waits":
+        waits(args.polls)
     else:
         writer(args.admin_url, args.rows, args.batches)
 
