@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import sys
 from datetime import datetime
@@ -78,12 +77,10 @@ def run() -> None:
 
     settings = settings_or_exit()
     setup_logging(settings.log_level)
-    # The start-up heap (modules, settings, the API's routes) lives as long as the
-    # process: keep it out of every later garbage collection, which otherwise walks
-    # it again and again under ingest load (docs/decisions.md, issue 20).
-    gc.collect()
-    gc.freeze()
-    run_until_signal(lambda stop: run_gateway(settings, stop))
+    # The start-up heap is frozen out of the garbage collector (service.tune_collector):
+    # only here, where the process is the gateway; tests and the demo run gateways
+    # in one process, where a frozen heap would never be freed.
+    run_until_signal(lambda stop: run_gateway(settings, stop, tune_gc=True))
 
 
 @app.command()

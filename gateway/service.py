@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -41,6 +42,23 @@ from gateway.presence import MqttPresence, heard_in
 from gateway.registry_source import RegistrySource
 
 log = logging.getLogger(__name__)
+
+# The cyclic collector's young generation, in tracked objects allocated net of those
+# freed. CPython's default, 700, is crossed by every batch of readings in flight, so
+# each batch was walked and promoted, and every ~15 s a full collection (~90 ms of CPU)
+# stalled the event loop: ~6 % of a polling gateway's CPU (docs/performance.md).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_collector() -> None:
+    """Once the process is built: what exists now lives as long as the process and
+    is left out of every collection (gc.freeze); the young generation is raised so
+    that batches are freed by reference counting before the collector sees them."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
 
 # The last known registry, beside the spool (RegistrySource): a gateway started
 # while the database is down starts from it.
@@ -139,6 +157,7 @@ async def run_gateway(
     metrics: Metrics | None = None,
     api: bool = True,
     subscribed: asyncio.Event | None = None,
+    tune_gc: bool = False,
 ) -> None:
     """Run ingest and (optionally) the API until `stop` is set, then shut down cleanly.
 
@@ -274,6 +293,8 @@ async def run_gateway(
     pipeline.on_committed.append(presence.on_batch)
     server: ApiServer | None = None
     internals: ApiServer | None = None
+    if tune_gc:  # `polegw run`: this process is the gateway (docs/decisions.md, issue 20)
+        tune_collector()
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(database.run(stop), name="database-probe")
