@@ -5,8 +5,9 @@ aiomqtt owns the connection (asyncio integration, TLS, subscribe) and reports
 its loss. It does not expose manual acknowledgement, so the adapter switches on
 paho-mqtt's manual ack on the client aiomqtt wraps, and takes paho's message
 callback over to hand each message to the pipeline without a task per message
-(see docs/decisions.md). `MqttSubscription._take_over_messages` is the only
-place polegw reaches into aiomqtt.
+(see docs/decisions.md). `MqttSubscription._take_over_messages` and the
+DISCONNECT with a Session Expiry that ends an adopted session (`_adopt`) are the
+only places polegw reaches into aiomqtt.
 """
 
 from __future__ import annotations
@@ -89,6 +90,12 @@ def is_command_reply(topic: str, prefix: str) -> bool:
     return len(parts) == n + 4 and parts[n + 1] == "commands" and parts[n + 3] == "reply"
 
 
+def is_pole_status(topic: str, prefix: str) -> bool:
+    parts = topic.split("/")
+    n = len(prefix.split("/"))
+    return len(parts) == n + 2 and parts[n + 1] == "status"
+
+
 def _no_ack() -> bool:
     return False
 
@@ -112,6 +119,12 @@ def _require_qos1(granted: object, topics: list[str]) -> None:
 
 
 SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: another client took the client id
+
+# A replica leaving its share group (graceful stop) unsubscribes, then ingests
+# what the broker still sends it until nothing came for LEAVE_QUIET_S (at most
+# LEAVE_MAX_S): afterwards its session holds nothing and receives nothing.
+LEAVE_QUIET_S = 1.0
+LEAVE_MAX_S = 10.0
 
 
 @contextlib.contextmanager
@@ -219,6 +232,8 @@ class MqttSubscription:
         self._connected = False
         self._closing = False
         self._endpoint = MqttEndpoint(settings.mqtt_url)
+        self._received = 0  # messages handed to `deliver`, for leaving and adopting
+        self.left_behind = False  # stopped before its session was empty (replicas)
 
     @property
     def connected(self) -> bool:
@@ -316,6 +331,11 @@ class MqttSubscription:
         stale = unshared_topics(prefix, group)
         first = True
         self._closing = False
+
+        def counted(message: Inbound) -> None:
+            self._received += 1
+            deliver(message)
+
         while not stop.is_set():
             if not first:
                 self._metrics.mqtt_reconnects.inc()
@@ -324,7 +344,7 @@ class MqttSubscription:
                 self._settings, client_id=self._settings.mqtt_client_id, clean=False
             )
             self._generation += 1
-            self._take_over_messages(client, deliver)
+            self._take_over_messages(client, counted)
             try:
                 async with client:
                     connected_at = time.monotonic()
@@ -349,6 +369,8 @@ class MqttSubscription:
                         if time.monotonic() - connected_at > STABLE_AFTER_S:
                             backoff.reset()
                     if stopped:
+                        if group is not None:
+                            await self._leave(client, topics, drain)
                         self._closing = True
                         await drain()
                         return
@@ -369,6 +391,44 @@ class MqttSubscription:
             except TimeoutError:
                 pass
 
+    async def _leave(
+        self, client: aiomqtt.Client, topics: list[str], drain: Callable[[], Awaitable[object]]
+    ) -> None:
+        """Leave the share group before disconnecting (replicas, graceful stop).
+
+        Mosquitto (and EMQX) keep dealing a share of the group's messages to a
+        member's persistent session while it is offline; unsubscribed, the
+        session gets none. What the broker had already queued for this session
+        still comes after the UNSUBSCRIBE (docs/scaling.md, measured): ingest it
+        until nothing more comes, acknowledging after commit as always."""
+        try:
+            await client.unsubscribe(topics)
+        except aiomqtt.MqttError as exc:
+            log.warning("MQTT: could not leave the share group before stopping: %s", exc)
+            self.left_behind = True
+            return
+        started, before = time.monotonic(), self._received
+        while True:
+            seen = self._received
+            drained = await drain()  # committed and acknowledged: the broker sends more
+            await asyncio.sleep(LEAVE_QUIET_S)
+            if drained and self._received == seen:
+                break
+            if time.monotonic() - started > LEAVE_MAX_S or not self._connected:
+                log.warning(
+                    "MQTT: stopping with messages still queued in session %s; they are"
+                    " delivered when it starts again, or adopted by another replica",
+                    self._settings.mqtt_client_id,
+                )
+                self.left_behind = True
+                return
+        log.info(
+            "MQTT: left share group %s: %d messages ingested after unsubscribing, %.1fs",
+            self._settings.mqtt_share_group,
+            self._received - before,
+            time.monotonic() - started,
+        )
+
     @staticmethod
     async def _until_disconnected(client: aiomqtt.Client) -> None:
         """Messages go to the callback, so this only waits for aiomqtt's MqttError."""
@@ -388,6 +448,86 @@ class MqttSubscription:
             pump.result()  # re-raises the disconnect
             raise aiomqtt.MqttError("message stream ended")
         return True
+
+    async def adopt(
+        self,
+        client_id: str,
+        deliver: Callable[[Inbound], None],
+        stop: asyncio.Event,
+        *,
+        quiet_s: float,
+    ) -> int | None:
+        """Ingest what the persistent session of `client_id` (a replica that is gone)
+        holds, then end that session; the number of messages ingested, or None when
+        `stop` came first (the session is left as it is).
+
+        Connects with that client id and clean_start=False, keeping the session's
+        expiry (an adopter that dies leaves the session to the next one), removes
+        the session's subscriptions (the broker routes nothing more to it), hands
+        the queued messages to `deliver` (acknowledged after commit, as always) and,
+        once every one is acknowledged and nothing came for `quiet_s`, disconnects
+        with Session Expiry 0: the broker deletes the session. Raises MqttError
+        when the connection is lost or taken over (the replica came back): the
+        session is kept and its unacknowledged messages go to whoever has it next.
+        Not under `client_id_lock`: the replica must be able to come back here."""
+        settings = self._settings.model_copy(update={"mqtt_client_id": client_id})
+        adopter = MqttSubscription(settings, self._metrics, on_reply=self._on_reply)
+        return await adopter._adopt(deliver, stop, quiet_s)
+
+    async def _adopt(
+        self, deliver: Callable[[Inbound], None], stop: asyncio.Event, quiet_s: float
+    ) -> int | None:
+        prefix, group = self._settings.mqtt_topic_prefix, self._settings.mqtt_share_group
+        received = acked = 0
+        last = time.monotonic()  # the last message or acknowledgement
+
+        def counted(message: Inbound) -> None:
+            nonlocal received, last
+            received += 1
+            last = time.monotonic()
+
+            def ack() -> bool:
+                nonlocal acked, last
+                sent = message.ack()
+                if sent:
+                    acked += 1
+                    last = time.monotonic()  # the broker may send the next one now
+                return sent
+
+            if is_pole_status(message.topic, prefix):
+                # Every replica received it (a plain subscription); an old copy
+                # written now would overwrite a newer state.
+                ack()
+                return
+            deliver(Inbound(message.topic, message.payload, ack))
+
+        client = make_client(self._settings, client_id=self._settings.mqtt_client_id, clean=False)
+        self._generation += 1
+        self._take_over_messages(client, counted)
+        async with client:
+            self._connected = True
+            pump = asyncio.create_task(self._until_disconnected(client), name="mqtt-adopted")
+            try:
+                filters = dict.fromkeys(ingest_topics(prefix, group) + _plain_topics(prefix))
+                await client.unsubscribe(list(filters))
+                while not (acked == received and time.monotonic() - last >= quiet_s):
+                    if stop.is_set():
+                        return None
+                    done, _ = await asyncio.wait({pump}, timeout=0.25)
+                    if done:
+                        pump.result()  # re-raises the disconnect
+                        raise aiomqtt.MqttError("connection ended")
+                self._closing = True  # nothing more is taken: the session ends now
+                props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+                props.SessionExpiryInterval = 0
+                client._client.disconnect(properties=props)
+                await asyncio.wait({pump}, timeout=10.0)
+            finally:
+                self._connected = False
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await pump
+        return received
 
     async def publish(self, topic: str, payload: bytes, expiry_s: int | None = None) -> None:
         """Publish at QoS 1 on the gateway's connection; returns when the broker has

@@ -1,0 +1,207 @@
+"""A gone replica's share of the messages (issue 19, docs/scaling.md "Failure
+behaviour"): Mosquitto keeps dealing a share of a group's messages to a member's
+persistent session while it is offline. A replica stopped gracefully leaves the
+group first; the session of one that was killed is adopted by a survivor, which
+ingests what is queued there and ends the session.
+
+The first tests drive `MqttSubscription` against the real broker; the slow ones
+run three `polegw run` processes (tests/test_replicas.py's helpers)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiomqtt
+import paho.mqtt.client as paho
+import psycopg
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.adapters.mqtt import Inbound, MqttSubscription, ingest_topics
+from gateway.config import Settings
+from gateway.core.ownership import Observed, gone
+from gateway.metrics import Metrics
+from tests.faults import AckedPublisher, readings_of
+from tests.support import READINGS_PER_MESSAGE, count, prepare_database, stream
+from tests.test_replicas import RATE, forget_session, replicas
+
+# ------------------------------------------------------------------ pure
+
+
+def test_the_replicas_to_adopt_are_those_whose_heartbeat_expired_but_this_one() -> None:
+    observed = {
+        "replica/a": Observed("a", expired=True),
+        "replica/b": Observed("b", expired=False),
+        "replica/me": Observed("me", expired=True),  # its own row, about to be renewed
+        "leader/alarms": Observed("a", expired=True),
+        "replica/c": Observed("c", expired=True),
+    }
+    assert gone(observed, "me") == ["a", "c"]
+    assert gone({}, "me") == []
+
+
+# ----------------------------------------------------------------- broker
+
+
+class Member:
+    """A paho client in the share group with a persistent session (a replica)."""
+
+    def __init__(
+        self, mqtt_url: str, client_id: str, *, clean: bool = False, manual_ack: bool = True
+    ) -> None:
+        host, _, port = mqtt_url.split("://", 1)[1].rpartition(":")
+        self.got: list[paho.MQTTMessage] = []
+        self.session_present: bool | None = None
+        self.closed = threading.Event()
+        self.c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=5)
+        self.c.manual_ack_set(manual_ack)
+        self.c.on_message = lambda _c, _u, m: self.got.append(m)
+        self.c.on_connect = self._on_connect
+        self.c.on_disconnect = lambda *_a: self.closed.set()
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 600
+        self.c.connect(host, int(port), clean_start=clean, properties=props)
+        self.c.loop_start()
+        deadline = time.monotonic() + 5
+        while self.session_present is None:
+            assert time.monotonic() < deadline, "no CONNACK"
+            time.sleep(0.02)
+
+    def _on_connect(self, _c: object, _u: object, flags: paho.ConnectFlags, *_a: object) -> None:
+        self.session_present = flags.session_present
+
+    def subscribe(self, topics: list[str]) -> None:
+        done = threading.Event()
+        self.c.on_subscribe = lambda *_a: done.set()
+        self.c.subscribe([(t, 1) for t in topics])
+        assert done.wait(5)
+
+    def ack_all(self) -> None:
+        for m in self.got:
+            self.c.ack(m.mid, m.qos)
+
+    def close(self, *, end_session: bool = False) -> None:
+        props = None
+        if end_session:
+            props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0
+        self.c.disconnect(properties=props)
+        self.closed.wait(5)
+        self.c.loop_stop()
+
+
+def replica_settings(mqtt_url: str, prefix: str, group: str, client_id: str) -> Settings:
+    return Settings(
+        mqtt_url=mqtt_url,
+        mqtt_topic_prefix=prefix,
+        mqtt_share_group=group,
+        mqtt_client_id=client_id,
+        mqtt_session_expiry_s=600,
+    )
+
+
+@contextlib.contextmanager
+def sessions(mqtt_url: str, *ids: str) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for cid in ids:
+            forget_session(mqtt_url, cid)
+
+
+async def test_an_adopted_session_is_ingested_acked_after_commit_and_ended(
+    mqtt_url: str, topic_prefix: str
+) -> None:
+    group, tag = f"t{secrets.token_hex(4)}", secrets.token_hex(3)
+    dead, alive, me = f"dead-{tag}", f"alive-{tag}", f"adopter-{tag}"
+    with sessions(mqtt_url, dead, alive, me):
+        topics = ingest_topics(topic_prefix, group)
+        gone_one = Member(mqtt_url, dead, clean=True)
+        gone_one.subscribe(topics)
+        gone_one.c.loop_stop()  # killed: no DISCONNECT, nothing acknowledged
+        gone_one.c.socket().close()  # type: ignore[union-attr]
+        survivor = Member(mqtt_url, alive, clean=True, manual_ack=False)
+        survivor.subscribe(topics)
+        messages = stream(topic_prefix, 60)
+        with AckedPublisher(mqtt_url) as pub:
+            pub.publish_all(messages, rate=500)
+            assert pub.wait_all_acked(10)
+        await asyncio.sleep(0.5)
+        queued = len(messages) - len(survivor.got)
+        assert 0 < queued < len(messages)  # the broker dealt the dead member its share
+
+        received: list[Inbound] = []
+        commits: list[asyncio.Handle] = []
+
+        def deliver(message: Inbound) -> None:  # "committed" 0.2 s later, then acked
+            received.append(message)
+            commits.append(asyncio.get_running_loop().call_later(0.2, message.ack))
+
+        settings = replica_settings(mqtt_url, topic_prefix, group, me)
+        mqtt = MqttSubscription(settings, Metrics())
+        n = await mqtt.adopt(dead, deliver, asyncio.Event(), quiet_s=1.0)
+        assert n == queued == len(received)
+        # The survivor got the rest and nothing was given to both.
+        mine = {(m.topic, bytes(m.payload)) for m in received}
+        theirs = {(m.topic, bytes(m.payload)) for m in survivor.got}
+        assert mine | theirs == set(messages) and not mine & theirs
+        # The session is gone; a new message goes to the survivor.
+        back = Member(mqtt_url, dead)
+        assert back.session_present is False
+        back.close(end_session=True)
+        before = len(survivor.got)
+        with AckedPublisher(mqtt_url) as pub:
+            pub.publish_all(stream(topic_prefix, 4), rate=100)
+            assert pub.wait_all_acked(10)
+        await asyncio.sleep(0.3)
+        assert len(survivor.got) == before + 4
+        survivor.close(end_session=True)
+
+
+async def test_a_replica_that_comes_back_takes_its_session_from_the_adopter(
+    mqtt_url: str, topic_prefix: str
+) -> None:
+    """The adoption stops without ending the session: what the adopter had not
+    acknowledged goes to the returning replica."""
+    group, tag = f"t{secrets.token_hex(4)}", secrets.token_hex(3)
+    dead, me = f"dead-{tag}", f"adopter-{tag}"
+    with sessions(mqtt_url, dead, me):
+        topics = ingest_topics(topic_prefix, group)
+        gone_one = Member(mqtt_url, dead, clean=True)
+        gone_one.subscribe(topics)
+        gone_one.close()  # the session stays, in the group
+        messages = stream(topic_prefix, 20)
+        with AckedPublisher(mqtt_url) as pub:
+            pub.publish_all(messages, rate=500)
+            assert pub.wait_all_acked(10)
+
+        received: list[Inbound] = []  # never "committed": nothing acknowledged
+        settings = replica_settings(mqtt_url, topic_prefix, group, me)
+        mqtt = MqttSubscription(settings, Metrics())
+        adopting = asyncio.create_task(
+            mqtt.adopt(dead, received.append, asyncio.Event(), quiet_s=1.0)
+        )
+        while len(received) < len(messages):
+            await asyncio.sleep(0.05)
+        back = await asyncio.to_thread(Member, mqtt_url, dead)  # the replica is back
+        with pytest.raises(aiomqtt.MqttError):
+            await asyncio.wait_for(adopting, 10)
+        assert back.session_present is True
+        deadline = time.monotonic() + 5
+        while len(back.got) < len(messages):
+            assert time.monotonic() < deadline, f"{len(back.got)} redelivered"
+            await asyncio.sleep(0.05)
+        assert {(m.topic, bytes(m.payload)) for m in back.got} == set(messages)
+        assert all(m.dup for m in back.got)
+        back.ack_all()
+        back.close(end_session=True)
