@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiomqtt
@@ -31,9 +32,9 @@ from gateway.adapters.mqtt import Inbound, MqttSubscription, ingest_topics
 from gateway.config import Settings
 from gateway.core.ownership import Observed, gone
 from gateway.metrics import Metrics
-from tests.faults import AckedPublisher, readings_of
-from tests.support import READINGS_PER_MESSAGE, count, prepare_database, stream
-from tests.test_replicas import RATE, forget_session, replicas
+from tests.faults import AckedPublisher, readings_of, scaled
+from tests.support import READINGS_PER_MESSAGE, count, eventually, prepare_database, stream
+from tests.test_replicas import RATE, forget_session, replicas, wait_subscribed
 
 # ------------------------------------------------------------------ pure
 
@@ -63,7 +64,7 @@ class Member:
         self.got: list[paho.MQTTMessage] = []
         self.session_present: bool | None = None
         self.closed = threading.Event()
-        self.c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=5)
+        self.c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
         self.c.manual_ack_set(manual_ack)
         self.c.on_message = lambda _c, _u, m: self.got.append(m)
         self.c.on_connect = self._on_connect
@@ -154,7 +155,8 @@ async def test_an_adopted_session_is_ingested_acked_after_commit_and_ended(
         # The survivor got the rest and nothing was given to both.
         mine = {(m.topic, bytes(m.payload)) for m in received}
         theirs = {(m.topic, bytes(m.payload)) for m in survivor.got}
-        assert mine | theirs == set(messages) and not mine & theirs
+        assert mine | theirs == set(messages)
+        assert not mine & theirs
         # The session is gone; a new message goes to the survivor.
         back = Member(mqtt_url, dead)
         assert back.session_present is False
@@ -191,8 +193,7 @@ async def test_a_replica_that_comes_back_takes_its_session_from_the_adopter(
         adopting = asyncio.create_task(
             mqtt.adopt(dead, received.append, asyncio.Event(), quiet_s=1.0)
         )
-        while len(received) < len(messages):
-            await asyncio.sleep(0.05)
+        await eventually(lambda: len(received) == len(messages), what="the queue delivered")
         back = await asyncio.to_thread(Member, mqtt_url, dead)  # the replica is back
         with pytest.raises(aiomqtt.MqttError):
             await asyncio.wait_for(adopting, 10)
@@ -205,3 +206,150 @@ async def test_a_replica_that_comes_back_takes_its_session_from_the_adopter(
         assert all(m.dup for m in back.got)
         back.ack_all()
         back.close(end_session=True)
+
+
+# ------------------------------------------------------------ real processes
+
+STREAM = scaled(600)  # 12 s at RATE
+
+
+@contextlib.contextmanager
+def paced(
+    mqtt_url: str, messages: list[tuple[str, bytes]]
+) -> Iterator[tuple[AckedPublisher, threading.Thread]]:
+    """A QoS 1 stream at RATE, sent from a thread."""
+    with AckedPublisher(mqtt_url) as pub:
+        sender = threading.Thread(target=pub.publish_all, args=(messages,), kwargs={"rate": RATE})
+        sender.start()
+        try:
+            yield pub, sender
+        finally:
+            sender.join()
+
+
+def all_stored(database_url: str, expected: int, within: float, *logs: str) -> float:
+    """Seconds until `expected` readings are stored (fails after `within`)."""
+    started = time.monotonic()
+    while count(database_url, "SELECT count(*) FROM telemetry") < expected:
+        assert time.monotonic() - started < within, "\n".join(logs)
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def stored_readings(database_url: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute("SELECT device_id, metric, ts, value FROM telemetry").fetchall()
+
+
+def queued_in_session(mqtt_url: str, client_id: str) -> int:
+    """What the broker still holds for `client_id`'s session (it stays in place)."""
+    member = Member(mqtt_url, client_id, manual_ack=False)
+    time.sleep(1.0)
+    member.close()
+    return len(member.got)
+
+
+@pytest.mark.slow
+def test_a_replica_stopped_for_good_leaves_nothing_behind_in_its_session(
+    fresh_database_url: str, mqtt_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    asyncio.run(prepare_database(fresh_database_url))
+    messages = stream(topic_prefix, STREAM)
+    expected = STREAM * READINGS_PER_MESSAGE
+    with replicas(
+        fresh_database_url, mqtt_url, topic_prefix, tmp_path, BATCH_MAX_DELAY_S="0.5"
+    ) as gws:
+        leaving = gws[0]
+        with paced(mqtt_url, messages) as (pub, sender):
+            time.sleep(STREAM / RATE * 0.3)
+            assert leaving.stop() == 0  # SIGTERM mid-stream; not started again
+            sender.join()
+            assert pub.wait_all_acked(30)
+            assert len(pub.acked) == len(messages)
+        all_stored(fresh_database_url, expected, 30, *(gw.tail() for gw in gws))
+        time.sleep(1.0)  # a late second copy would add nothing, but show up in counts
+        stored = stored_readings(fresh_database_url)
+        assert len(stored) == expected
+        assert set(stored) == readings_of(messages)
+        log = leaving.tail(10**7)
+        left = re.search(
+            r"left share group \S+: \d+ messages ingested after unsubscribing, \S+", log
+        )
+        assert left, log
+        # Its session is empty and in no subscription: nothing waits for it.
+        assert queued_in_session(mqtt_url, leaving.env["POLEGW_MQTT_CLIENT_ID"]) == 0
+        for gw in gws[1:]:  # nothing to adopt: it handed its heartbeat back
+            assert gw.metric("polegw_mqtt_sessions_adopted_total", 'outcome="ended"') == 0
+        # Started again (a rolling upgrade), it subscribes again and takes its share.
+        leaving.start()
+        leaving.wait_ready(60)
+        wait_subscribed(leaving)
+        more = stream(topic_prefix, 60, start=datetime(2026, 11, 23, tzinfo=UTC))
+        with paced(mqtt_url, more) as (pub, _):
+            pass
+        assert pub.wait_all_acked(30)
+        all_stored(fresh_database_url, expected + len(more) * READINGS_PER_MESSAGE, 30)
+        assert leaving.metric("polegw_mqtt_messages_received_total", 'kind="telemetry"') > 0
+        print(left.group(0))
+        for gw in gws:
+            assert "Traceback" not in gw.tail(10**7)
+
+
+@pytest.mark.slow
+def test_a_killed_replica_that_never_returns_has_its_session_adopted_once(
+    fresh_database_url: str, mqtt_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    asyncio.run(prepare_database(fresh_database_url))
+    messages = stream(topic_prefix, STREAM)
+    expected = STREAM * READINGS_PER_MESSAGE
+    with replicas(
+        fresh_database_url, mqtt_url, topic_prefix, tmp_path, BATCH_MAX_DELAY_S="0.5"
+    ) as gws:
+        victim, survivors = gws[0], gws[1:]
+        gone_id = victim.env["POLEGW_MQTT_CLIENT_ID"]
+        with paced(mqtt_url, messages) as (pub, sender):
+            time.sleep(STREAM / RATE * 0.3)
+            victim.kill(signal.SIGKILL)  # never started again
+            killed_at = time.monotonic()
+            assert count(fresh_database_url, "SELECT count(*) FROM telemetry") < expected
+            sender.join()
+            assert pub.wait_all_acked(30)
+            assert len(pub.acked) == len(messages)
+        all_stored(fresh_database_url, expected, 30, *(gw.tail() for gw in gws))
+        took = time.monotonic() - killed_at
+        time.sleep(1.0)
+        stored = stored_readings(fresh_database_url)
+        assert len(stored) == expected
+        assert set(stored) == readings_of(messages)
+        done = [
+            m
+            for gw in survivors
+            if (
+                m := re.search(
+                    rf"replica (\S+) adopted the MQTT session of replica {gone_id}:"
+                    r" (\d+) messages ingested in ([\d.]+)s",
+                    gw.tail(10**7),
+                )
+            )
+        ]
+        assert len(done) == 1, [gw.tail() for gw in survivors]
+        adopted = int(done[0].group(2))
+        assert adopted > 0
+        ended = [
+            gw.metric("polegw_mqtt_sessions_adopted_total", 'outcome="ended"') for gw in survivors
+        ]
+        assert sorted(ended) == [0.0, 1.0]
+        assert sum(gw.metric("polegw_mqtt_adopted_messages_total") for gw in survivors) == adopted
+        # Nobody adopts it again, nor counts it as alive.
+        assert not count(
+            fresh_database_url,
+            "SELECT count(*) FROM gateway_leases WHERE name LIKE %s",
+            f"%/{gone_id}",
+        )
+        with sessions(mqtt_url):  # the broker deleted its session
+            member = Member(mqtt_url, gone_id)
+            assert member.session_present is False
+            member.close(end_session=True)
+        for gw in survivors:
+            assert "Traceback" not in gw.tail(10**7)
+        print(f"killed → every reading stored: {took:.1f}s; adoption: {done[0].group(0)}")
