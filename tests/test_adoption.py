@@ -353,3 +353,60 @@ def test_a_killed_replica_that_never_returns_has_its_session_adopted_once(
         for gw in survivors:
             assert "Traceback" not in gw.tail(10**7)
         print(f"killed → every reading stored: {took:.1f}s; adoption: {done[0].group(0)}")
+
+
+@pytest.mark.slow
+def test_a_killed_replica_that_returns_during_the_adoption_takes_its_session_back(
+    fresh_database_url: str, mqtt_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """Batches held open 8 s keep the adoption from ending (it waits for every
+    acknowledgement) while the replica starts again: the broker hands the session
+    to the replica, the adopter stops without ending it, nothing is lost."""
+    asyncio.run(prepare_database(fresh_database_url))
+    messages = stream(topic_prefix, STREAM // 2)
+    expected = len(messages) * READINGS_PER_MESSAGE
+    with replicas(
+        fresh_database_url, mqtt_url, topic_prefix, tmp_path, BATCH_MAX_DELAY_S="8"
+    ) as gws:
+        victim, survivors = gws[0], gws[1:]
+        gone_id = victim.env["POLEGW_MQTT_CLIENT_ID"]
+        with paced(mqtt_url, messages) as (pub, sender):
+            time.sleep(len(messages) / RATE * 0.3)
+            victim.kill(signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            adopting = f"adopting the MQTT session of replica {gone_id}"
+            while not any(adopting in gw.tail(10**7) for gw in survivors):
+                assert time.monotonic() < deadline, [gw.tail() for gw in survivors]
+                time.sleep(0.1)
+            victim.start()  # same client id, same machine: not refused by the adopter
+            victim.wait_ready(60)
+            wait_subscribed(victim)
+            sender.join()
+            assert pub.wait_all_acked(30)
+        all_stored(fresh_database_url, expected, 40, *(gw.tail() for gw in gws))
+        time.sleep(1.0)
+        stored = stored_readings(fresh_database_url)
+        assert len(stored) == expected
+        assert set(stored) == readings_of(messages)
+        outcomes = [
+            (
+                gw.metric("polegw_mqtt_sessions_adopted_total", 'outcome="ended"'),
+                gw.metric("polegw_mqtt_sessions_adopted_total", 'outcome="interrupted"'),
+            )
+            for gw in survivors
+        ]
+        assert sorted(outcomes) == [(0.0, 0.0), (0.0, 1.0)], outcomes
+        # The replica is back in the group with its heartbeat; nobody adopts it.
+        assert count(
+            fresh_database_url,
+            "SELECT count(*) FROM gateway_leases WHERE name = %s AND expires_at > now()",
+            f"replica/{gone_id}",
+        )
+        # What the adopter had not acknowledged went to the replica (counted at
+        # commit, so after its batch's delay).
+        deadline = time.monotonic() + 20
+        while victim.metric("polegw_mqtt_messages_received_total", 'kind="telemetry"') == 0:
+            assert time.monotonic() < deadline, victim.tail()
+            time.sleep(0.5)
+        for gw in gws:
+            assert "Traceback" not in gw.tail(10**7)

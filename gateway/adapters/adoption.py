@@ -56,19 +56,10 @@ class SessionAdoption:
         self._deliver = deliver
         self._metrics = metrics
         self._quiet_s = quiet_s
-        # An adoption interrupted (the replica answered for its session, or the
-        # connection was lost) is tried again only after a back-off per id.
-        self._backoff: dict[str, Backoff] = {}
-        self._not_before: dict[str, float] = {}
 
     def wanted(self) -> list[str]:
         """The `adopt/{id}` leases to ask for (LeaseKeeper.want)."""
-        now = time.monotonic()
-        return [
-            adoption(rid)
-            for rid in self._leases.gone_replicas
-            if self._not_before.get(rid, 0.0) <= now
-        ]
+        return [adoption(rid) for rid in self._leases.gone_replicas]
 
     async def run(self, stop: asyncio.Event) -> None:
         """Adopt each session whose `adopt/{id}` lease this replica takes."""
@@ -100,40 +91,46 @@ class SessionAdoption:
         return self._leases.owned().get(ADOPT.rstrip("/"), [])
 
     async def _adopt(self, rid: str, stop: asyncio.Event) -> None:
-        if not await self._still_gone(rid):
-            return
-        started = time.monotonic()
-        log.info("adopting the MQTT session of replica %s (its heartbeat expired)", rid)
-        try:
-            n = await self._mqtt.adopt(rid, self._deliver, stop, quiet_s=self._quiet_s)
-        except aiomqtt.MqttError as exc:
-            delay = self._backoff.setdefault(rid, Backoff(first=30.0, cap=600.0)).next_delay()
-            self._not_before[rid] = time.monotonic() + delay
-            self._metrics.sessions_adopted.labels("interrupted").inc()
-            log.warning(
-                "adoption of replica %s's MQTT session interrupted (%s): the replica is back"
-                " or the broker connection was lost; its session is kept, tried again in"
-                " %.0fs if the replica is still gone",
+        """Adopt `rid`'s session, while holding `adopt/{rid}`. Cancelled when the
+        lease goes: handed back once the replica's heartbeat is alive again."""
+        retry = Backoff(first=30.0, cap=600.0)
+        while await self._still_gone(rid):
+            started = time.monotonic()
+            log.info("adopting the MQTT session of replica %s (its heartbeat expired)", rid)
+            try:
+                n = await self._mqtt.adopt(rid, self._deliver, stop, quiet_s=self._quiet_s)
+            except aiomqtt.MqttError as exc:
+                # The replica is back (it took its session over) or the broker is
+                # gone. The lease is kept meanwhile, so no other replica tries at
+                # once; it is handed back when the heartbeat is renewed.
+                delay = retry.next_delay()
+                self._metrics.sessions_adopted.labels("interrupted").inc()
+                log.warning(
+                    "adoption of replica %s's MQTT session interrupted (%s): the replica"
+                    " is back or the broker connection was lost; the session is kept,"
+                    " tried again in %.0fs if the replica is still gone",
+                    rid,
+                    exc,
+                    delay,
+                )
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
+                continue
+            if n is None:  # stopping: the session stays for the next adopter
+                return
+            self._metrics.sessions_adopted.labels("ended").inc()
+            self._metrics.adopted_messages.inc(n)
+            await self._forget(rid)
+            log.info(
+                "replica %s adopted the MQTT session of replica %s: %d messages ingested in"
+                " %.1fs, session ended",
+                self._leases.holder,
                 rid,
-                exc,
-                delay,
+                n,
+                time.monotonic() - started,
             )
             return
-        if n is None:  # stopping: the session stays for the next adopter
-            return
-        self._metrics.sessions_adopted.labels("ended").inc()
-        self._metrics.adopted_messages.inc(n)
-        self._backoff.pop(rid, None)
-        self._not_before.pop(rid, None)
-        await self._forget(rid)
-        log.info(
-            "replica %s adopted the MQTT session of replica %s: %d messages ingested in"
-            " %.1fs, session ended",
-            self._leases.holder,
-            rid,
-            n,
-            time.monotonic() - started,
-        )
 
     async def _still_gone(self, rid: str) -> bool:
         """The heartbeat row is still expired (the replica did not come back)."""
