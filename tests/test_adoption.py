@@ -34,7 +34,7 @@ from gateway.core.ownership import Observed, gone
 from gateway.metrics import Metrics
 from tests.faults import AckedPublisher, readings_of, scaled
 from tests.support import READINGS_PER_MESSAGE, count, eventually, prepare_database, stream
-from tests.test_replicas import RATE, forget_session, replicas, wait_subscribed
+from tests.test_replicas import RATE, TTL_S, forget_session, replicas, wait_subscribed
 
 # ------------------------------------------------------------------ pure
 
@@ -118,6 +118,46 @@ def sessions(mqtt_url: str, *ids: str) -> Iterator[None]:
     finally:
         for cid in ids:
             forget_session(mqtt_url, cid)
+
+
+def test_the_broker_deals_an_offline_member_its_share_until_it_unsubscribes(
+    mqtt_url: str, topic_prefix: str
+) -> None:
+    """The broker behaviour this module exists for (docs/scaling.md)."""
+    group, tag = f"t{secrets.token_hex(4)}", secrets.token_hex(3)
+    a_id, b_id = f"a-{tag}", f"b-{tag}"
+
+    def send(n: int, day: int) -> None:
+        with AckedPublisher(mqtt_url) as pub:
+            pub.publish_all(
+                stream(topic_prefix, n, start=datetime(2026, 1, day, tzinfo=UTC)), rate=500
+            )
+            assert pub.wait_all_acked(10)
+        time.sleep(0.5)
+
+    with sessions(mqtt_url, a_id, b_id):
+        topics = ingest_topics(topic_prefix, group)
+        b = Member(mqtt_url, b_id, clean=True, manual_ack=False)
+        b.subscribe(topics)
+        a = Member(mqtt_url, a_id, clean=True, manual_ack=False)
+        a.subscribe(topics)
+        a.close()  # offline, its session kept
+        send(20, 1)
+        assert len(b.got) == 10  # round robin: the other half waits for `a`
+        a = Member(mqtt_url, a_id, manual_ack=False)
+        time.sleep(0.5)
+        assert len(a.got) == 10  # delivered on reconnecting, without subscribing
+        a.c.unsubscribe(topics)
+        time.sleep(0.3)
+        a.close()
+        send(20, 2)
+        assert len(b.got) == 30  # unsubscribed: the whole stream goes to `b`
+        a = Member(mqtt_url, a_id, manual_ack=False)
+        time.sleep(0.5)
+        assert a.session_present is True
+        assert a.got == []
+        a.close(end_session=True)
+        b.close(end_session=True)
 
 
 async def test_an_adopted_session_is_ingested_acked_after_commit_and_ended(
@@ -211,6 +251,7 @@ async def test_a_replica_that_comes_back_takes_its_session_from_the_adopter(
 # ------------------------------------------------------------ real processes
 
 STREAM = scaled(600)  # 12 s at RATE
+ADOPTING = "adopting the MQTT session of replica"
 
 
 @contextlib.contextmanager
@@ -310,7 +351,7 @@ def test_a_killed_replica_that_never_returns_has_its_session_adopted_once(
         with paced(mqtt_url, messages) as (pub, sender):
             time.sleep(STREAM / RATE * 0.3)
             victim.kill(signal.SIGKILL)  # never started again
-            killed_at = time.monotonic()
+            killed_at, killed_wall = time.monotonic(), datetime.now()
             assert count(fresh_database_url, "SELECT count(*) FROM telemetry") < expected
             sender.join()
             assert pub.wait_all_acked(30)
@@ -352,7 +393,21 @@ def test_a_killed_replica_that_never_returns_has_its_session_adopted_once(
             member.close(end_session=True)
         for gw in survivors:
             assert "Traceback" not in gw.tail(10**7)
-        print(f"killed → every reading stored: {took:.1f}s; adoption: {done[0].group(0)}")
+        # The adoption starts once the heartbeat has expired (TTL after its last
+        # renewal) and a round of the survivors saw it (a third of the TTL each).
+        started = [
+            m
+            for gw in survivors
+            if (m := re.search(rf"(\S+ \S+) INFO .*{ADOPTING}", gw.tail(10**7)))
+        ]
+        after = datetime.strptime(started[0].group(1), "%Y-%m-%d %H:%M:%S,%f") - killed_wall
+        ttl = float(TTL_S)
+        assert ttl * 2 / 3 <= after.total_seconds() <= ttl * 3, after
+        print(
+            f"kill → adoption started {after.total_seconds():.1f}s (TTL {ttl:g}s);"
+            f" {done[0].group(2)} messages in {done[0].group(3)}s;"
+            f" every reading stored {took:.1f}s after the kill"
+        )
 
 
 @pytest.mark.slow
@@ -374,7 +429,7 @@ def test_a_killed_replica_that_returns_during_the_adoption_takes_its_session_bac
             time.sleep(len(messages) / RATE * 0.3)
             victim.kill(signal.SIGKILL)
             deadline = time.monotonic() + 30
-            adopting = f"adopting the MQTT session of replica {gone_id}"
+            adopting = f"{ADOPTING} {gone_id}"
             while not any(adopting in gw.tail(10**7) for gw in survivors):
                 assert time.monotonic() < deadline, [gw.tail() for gw in survivors]
                 time.sleep(0.1)
