@@ -5,9 +5,10 @@ aiomqtt owns the connection (asyncio integration, TLS, subscribe) and reports
 its loss. It does not expose manual acknowledgement, so the adapter switches on
 paho-mqtt's manual ack on the client aiomqtt wraps, and takes paho's message
 callback over to hand each message to the pipeline without a task per message
-(see docs/decisions.md). `MqttSubscription._take_over_messages` and the
-DISCONNECT with a Session Expiry that ends an adopted session (`_adopt`) are the
-only places polegw reaches into aiomqtt.
+(see docs/decisions.md). `MqttSubscription._take_over_messages`, the
+connection check when leaving a share group (`_leave`) and the DISCONNECT with a
+Session Expiry that ends an adopted session (`_adopt`) are the only places
+polegw reaches into aiomqtt.
 """
 
 from __future__ import annotations
@@ -412,9 +413,11 @@ class MqttSubscription:
             seen = self._received
             drained = await drain()  # committed and acknowledged: the broker sends more
             await asyncio.sleep(LEAVE_QUIET_S)
-            if drained and self._received == seen:
+            # Acknowledgements sent on a connection that dropped meanwhile are lost.
+            lost = not client._client.is_connected()
+            if drained and self._received == seen and not lost:
                 break
-            if time.monotonic() - started > LEAVE_MAX_S or not self._connected:
+            if time.monotonic() - started > LEAVE_MAX_S or lost:
                 log.warning(
                     "MQTT: stopping with messages still queued in session %s; they are"
                     " delivered when it starts again, or adopted by another replica",
@@ -520,7 +523,8 @@ class MqttSubscription:
                 self._closing = True  # nothing more is taken: the session ends now
                 props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
                 props.SessionExpiryInterval = 0
-                client._client.disconnect(properties=props)
+                if client._client.disconnect(properties=props) != paho.MQTT_ERR_SUCCESS:
+                    raise aiomqtt.MqttError("connection lost before the session was ended")
                 await asyncio.wait({pump}, timeout=10.0)
             finally:
                 self._connected = False
