@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import aiomqtt
@@ -28,9 +29,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway.adapters.leases import LeaseKeeper
 from gateway.adapters.mqtt import Inbound, MqttSubscription, ingest_topics
 from gateway.config import Settings
-from gateway.core.ownership import Observed, gone
+from gateway.core.ownership import Observed, adoption, gone
 from gateway.metrics import Metrics
 from tests.faults import AckedPublisher, readings_of, scaled
 from tests.support import READINGS_PER_MESSAGE, count, eventually, prepare_database, stream
@@ -49,6 +51,52 @@ def test_the_replicas_to_adopt_are_those_whose_heartbeat_expired_but_this_one() 
     }
     assert gone(observed, "me") == ["a", "c"]
     assert gone({}, "me") == []
+
+
+def adoptions(keeper: LeaseKeeper) -> list[str]:
+    return [adoption(r) for r in keeper.gone_replicas]
+
+
+def rows_of(database_url: str, holder: str) -> list[str]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT name FROM gateway_leases WHERE holder = %s ORDER BY name", (holder,)
+        ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+async def test_the_keepers_see_a_killed_replica_as_gone_and_one_takes_its_adoption(
+    migrated_database_url: str,
+) -> None:
+    """`gone_replicas` and the `adopt/{id}` lease (one adopter), and the heartbeat
+    kept by a replica that stops with messages left in its session."""
+    ttl = 1.5
+    keepers = {n: LeaseKeeper(migrated_database_url, n, ttl_s=ttl) for n in ("a", "b", "c")}
+    stops = {n: asyncio.Event() for n in keepers}
+    for keeper in keepers.values():
+        keeper.want("adopt", partial(adoptions, keeper))
+        keeper.want("leader", lambda: [f"leader/r{i}" for i in range(4)])
+    tasks = {n: asyncio.create_task(k.run(stops[n])) for n, k in keepers.items()}
+    try:
+        await eventually(lambda: all(k.live_replicas == 3 for k in keepers.values()))
+        tasks["c"].cancel()  # killed: its heartbeat is left to expire
+        await eventually(
+            lambda: all(keepers[n].gone_replicas == ["c"] for n in "ab"), within=ttl * 4
+        )
+        await eventually(
+            lambda: sum(keepers[n].holds("adopt/c") for n in "ab") == 1, within=ttl * 4
+        )
+        await eventually(lambda: keepers["b"].owned().get("leader", []) != [], within=ttl * 4)
+        stops["b"].set()  # stopped with its session not emptied
+        await tasks["b"]
+        await keepers["b"].release_all(keep_heartbeat=True)
+        assert await asyncio.to_thread(rows_of, migrated_database_url, "b") == ["replica/b"]
+        await eventually(lambda: keepers["a"].gone_replicas == ["b", "c"], within=ttl * 4)
+    finally:
+        for n, task in tasks.items():
+            stops[n].set()
+            task.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
 
 
 # ----------------------------------------------------------------- broker
