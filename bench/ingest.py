@@ -1474,6 +1474,19 @@ def main() -> None:
                     "   (at the offered rate; if the gateway kept up, its own limit is higher:"
                     " --find-max measures it)"
                 )
+            # CPU per message at the same offered rate (the subscriber's first step is
+            # --rate, like the gateway phase): less disturbed by other load on the
+            # machine than the throughput ratio, which depends on what was left for
+            # the subscriber's highest steps.
+            bare_us = sub["steps"][0]["cpu_us_per_msg"]
+            gw_us = main_result.gateway_cpu_us_per_msg
+            results["cpu_ratio_bare_to_gateway"] = bare_us / gw_us
+            print(
+                f"== CPU per message at {args.rate:,.0f} readings/s offered:"
+                f" gateway {gw_us:.0f} µs,"
+                f" bare subscriber {bare_us:.0f} µs; the gateway needs {gw_us / bare_us:.2f}x"
+                f" the bare subscriber's CPU ({bare_us / gw_us:.0%} of its throughput per core)"
+            )
         ok = main_result.stored_rps >= 0.97 * main_result.offered_rps and main_result.missing == 0
         print(
             f"   kept up with the offered {main_result.offered_rps:,.0f} readings/s:"

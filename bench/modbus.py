@@ -56,7 +56,7 @@ One run does, on this machine:
 
 5. A second reference, bare COPY: after the gateway phase, this script stores
    ``--copy-polls`` polls' worth (or fewer: no more than the gateway stored in its
-   window) of the same shape of rows (28 per poll) with a bare
+   window) of the same shape of rows (28 per poll; 20 for --shape small) with a bare
    binary COPY (``write_row``, the gateway's column types, into ``LIKE telemetry
    INCLUDING ALL``), in the gateway's mean batch size and at its pace (batches/s from
    ``polegw_batch_readings``), and measures its own CPU. Gateway CPU is then also
@@ -72,7 +72,8 @@ the bare loop, the simulator process, the PostgreSQL processes serving the bench
 database (plus WAL writer, checkpointer, background writer), this script, and the
 whole machine ("other" = everything else: other users of the machine).
 "CPU per 1,000 points" = process CPU seconds / points read in the window x 1000;
-points are the profile's decoded values (28 per poll) for both.
+points are the profile's decoded values (28 per poll; 20 for --shape small) for
+both. Per poll: process CPU seconds / ok polls.
 
 Profiling: ``--py-spy FILE`` records the gateway during its window (py-spy is not a
 project dependency: ``.venv/bin/pip install py-spy``); it costs the machine CPU, so
@@ -119,8 +120,16 @@ _spec.loader.exec_module(ib)
 import spy_summary  # noqa: E402  (beside this script; run as bench/modbus.py)
 
 PROFILES_DIR = HERE / "profiles"
-PROFILE = "bench-meter"
-MARKER_METRIC = "l1_voltage_v"  # one reading per poll, stamped with the poll's start
+# --shape: (profile, a metric read once per poll (stamped with the poll's start),
+# default buses, default devices per bus).
+SHAPES: dict[str, tuple[str, str, int, int]] = {
+    # 28 points of mixed types in two blocks of 20 registers: two requests per poll.
+    "city": ("bench-meter", "l1_voltage_v", 20, 25),
+    # The small site: 100 devices x 20 float32 in one block of 40 registers.
+    "small": ("bench-float20", "f00", 4, 25),
+}
+PROFILE = "bench-meter"  # set from --shape (--profile in the child processes)
+MARKER_METRIC = "l1_voltage_v"
 HOST = "127.0.0.1"
 
 
@@ -132,14 +141,27 @@ def device_id(bus: int, unit: int) -> str:
 # --------------------------------------------------------------------------- simulators
 
 
-def bench_meter_model() -> type:
-    """The simulated device behind bench-meter (defined lazily: simulator process only)."""
+def bench_model(profile: str) -> type:
+    """The simulated device behind a bench profile (defined lazily: simulator process only)."""
     from simulators.model import DeviceModel
+
+    class Float20(DeviceModel):
+        """Twenty floats that move with time."""
+
+        profile = "bench-float20"
+
+        def __init__(self, device_id: str, ctx: Any) -> None:
+            super().__init__(device_id, ctx)
+            self.phase = self.noise.between("phase", 0.0, 6.28)
+
+        def sample(self, t: float) -> dict[str, float | bool]:
+            w = math.sin(t / 30.0 + self.phase)
+            return {f"f{k:02d}": 100.0 * k + 10.0 * w + t % 7 for k in range(20)}
 
     class BenchMeter(DeviceModel):
         """A three-phase analyser under a slowly varying load; values for every point."""
 
-        profile = PROFILE
+        profile = "bench-meter"
 
         def __init__(self, device_id: str, ctx: Any) -> None:
             super().__init__(device_id, ctx)
@@ -189,7 +211,7 @@ def bench_meter_model() -> type:
                 "uptime_s": float(int(t - self.boot)),
             }
 
-    return BenchMeter
+    return {m.profile: m for m in (BenchMeter, Float20)}[profile]
 
 
 def simulators_main(argv: list[str]) -> None:
@@ -201,6 +223,7 @@ def simulators_main(argv: list[str]) -> None:
     p.add_argument("--devices", type=int)
     p.add_argument("--interval", type=float)
     p.add_argument("--refresh", type=float)
+    p.add_argument("--profile")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
@@ -211,8 +234,8 @@ def simulators_main(argv: list[str]) -> None:
     from simulators.modbus_server import ModbusSimulator
 
     # make_device looks models up in this dict (its default argument): add ours.
-    modbus_devices.MODBUS_MODELS[PROFILE] = bench_meter_model()  # type: ignore[index]
-    profile = load_catalog(PROFILES_DIR).get(PROFILE)
+    modbus_devices.MODBUS_MODELS[a.profile] = bench_model(a.profile)  # type: ignore[index]
+    profile = load_catalog(PROFILES_DIR).get(a.profile)
     assert profile is not None
 
     async def serve() -> None:
@@ -222,7 +245,7 @@ def simulators_main(argv: list[str]) -> None:
                 (
                     DeviceSpec(
                         id=device_id(b, u),
-                        profile=PROFILE,
+                        profile=a.profile,
                         transport="modbus",
                         modbus=ModbusEndpoint(host=HOST, port=502, unit=u, interval_s=a.interval),
                     ),
@@ -257,6 +280,8 @@ class Simulators:
                 str(args.interval),
                 "--refresh",
                 str(args.sim_refresh),
+                "--profile",
+                PROFILE,
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -300,6 +325,7 @@ def bare_main(argv: list[str]) -> None:
     p.add_argument("--warmup", type=float)
     p.add_argument("--duration", type=float)
     p.add_argument("--timeout", type=float, default=1.0)
+    p.add_argument("--profile")
     a = p.parse_args(argv)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
@@ -309,7 +335,7 @@ def bare_main(argv: list[str]) -> None:
     from gateway.core.modbus_plan import plan_reads
     from gateway.core.profiles import load_catalog
 
-    profile = load_catalog(PROFILES_DIR).get(PROFILE)
+    profile = load_catalog(PROFILES_DIR).get(a.profile)
     assert profile is not None
     assert profile.modbus is not None
     blocks = [(b.table, b.start, b.count) for b in plan_reads(profile.modbus)]
@@ -424,6 +450,8 @@ class Bare:
                 str(args.warmup),
                 "--duration",
                 str(args.duration),
+                "--profile",
+                PROFILE,
             ],
             stdout=subprocess.PIPE,
             stderr=self.log,
@@ -787,8 +815,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--buses", type=int, default=20)
-    ap.add_argument("--devices", type=int, default=25, help="devices (unit ids) per bus")
+    ap.add_argument(
+        "--shape",
+        choices=SHAPES,
+        default="city",
+        help="city: bench-meter, 28 points in 2 blocks, 20 x 25 devices (default);"
+        " small: bench-float20, 20 float32 in 1 block, 4 x 25 devices",
+    )
+    ap.add_argument("--buses", type=int, help="default: the shape's")
+    ap.add_argument("--devices", type=int, help="devices (unit ids) per bus; default: the shape's")
     ap.add_argument("--interval", type=float, default=1.0, help="poll interval, s")
     ap.add_argument("--duration", type=float, default=70, help="seconds per phase (default 70)")
     ap.add_argument("--warmup", type=float, default=10, help="seconds not measured (default 10)")
@@ -820,6 +855,10 @@ def main() -> None:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` is fine
         summarise(args.summarise)
         return
+    global PROFILE, MARKER_METRIC
+    PROFILE, MARKER_METRIC, buses, devices = SHAPES[args.shape]
+    args.buses = args.buses or buses
+    args.devices = args.devices or devices
     if args.warmup >= args.duration:
         raise SystemExit("--warmup must be shorter than --duration")
 
@@ -833,8 +872,8 @@ def main() -> None:
     version = code_version()
     print(
         f"polegw modbus bench {run_id}: {os.cpu_count()} CPUs, load average"
-        f" {Path('/proc/loadavg').read_text().split()[:3]}; {args.buses} buses x"
-        f" {args.devices} devices every {args.interval:g} s; mode {args.mode};"
+        f" {Path('/proc/loadavg').read_text().split()[:3]}; shape {args.shape} ({PROFILE}),"
+        f" {args.buses} buses x {args.devices} devices every {args.interval:g} s; mode {args.mode};"
         f" work dir {workdir}; gateway code {version}",
         flush=True,
     )
@@ -994,6 +1033,8 @@ def main() -> None:
         ratio = gw_per_k / bare_per_k
         copy_per_k = copy_res["cpu_ms_per_1000_rows"] / 1000
         ratio_io = gw_per_k / (bare_per_k + copy_per_k)
+        gw_per_poll = gw_cpu / ok if ok else math.nan
+        bare_per_poll = bare_cpu / bare_res["polls_ok"] if bare_res["polls_ok"] else math.nan
 
         phase = "its own phase" if args.mode == "sequential" else "the gateway's window"
         print(f"\n== bare pymodbus loop ({phase})")
@@ -1091,6 +1132,12 @@ def main() -> None:
             f" and pace): {copy_res['cpu_ms_per_1000_rows']:.1f} ms"
             f" CPU per 1,000 rows; gateway / (bare loop + bare COPY): {ratio_io:.2f}x"
         )
+        print(
+            f"   per poll ({per_poll} points): gateway {gw_per_poll * 1e6:.0f} µs, bare loop"
+            f" {bare_per_poll * 1e6:.0f} µs, bare COPY {copy_per_k * per_poll * 1e3:.0f} µs;"
+            f" gateway above bare loop + bare COPY:"
+            f" {(gw_per_poll - bare_per_poll - copy_per_k * per_poll / 1000) * 1e6:.0f} µs"
+        )
         verdict = {
             "no skipped cycles": skipped_all == 0,
             "p99 lateness < 100 ms (exact)": (exact["p99"] or 1.0) < 0.1,
@@ -1128,6 +1175,8 @@ def main() -> None:
             ratio=ratio,
             bare_copy=copy_res,
             ratio_to_bare_loop_plus_copy=ratio_io,
+            gateway_us_per_poll=gw_per_poll * 1e6,
+            bare_us_per_poll=bare_per_poll * 1e6,
             verdict=verdict,
         )
     finally:

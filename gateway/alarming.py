@@ -11,6 +11,12 @@ listeners, then runs the post-commit hooks. After a crash the events past the
 recorded position are evaluated again at start; an event at or before it never
 is, and a redelivered event is not stored twice, so it causes nothing.
 Rule overrides and the device list are reloaded every `reload_s`.
+
+With replicas (`feed` given) the runner runs only in the alarm leader and
+evaluates readings from the database instead (gateway/alarm_feed.py): a batch
+this replica committed only says its devices were heard of. `run` may be
+started again after it was cancelled (the lease lost, then taken again): each
+start reloads the open alarms and the events position and forgets the rest.
 """
 
 from __future__ import annotations
@@ -19,13 +25,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.adapters.alarm_store import AlarmStore
+from gateway.adapters.leases import LeaseLost
+from gateway.alarm_feed import CommittedFeed
 from gateway.backoff import Backoff
 from gateway.core.alarms import AlarmEngine, Target, Transition, compile_rules
 from gateway.core.profiles import ProfileCatalog
@@ -66,6 +74,8 @@ class AlarmRunner:
         max_queued: int = 10_000,
         events_chunk: int = 1000,
         progress_s: float = 5.0,
+        settle_s: float | None = None,
+        offline_recheck_s: float = 5.0,
     ) -> None:
         self._pool = pool
         self._store = store
@@ -78,6 +88,15 @@ class AlarmRunner:
         self._events_chunk = events_chunk
         self._progress_s = progress_s
         self.engine = AlarmEngine(compile_rules(catalog)[0])
+        # Replica mode: readings and last-heard times from the database.
+        self.feed = (
+            CommittedFeed(pool=pool, engine=self.engine, catalog=catalog, settle_s=settle_s)
+            if settle_s is not None
+            else None
+        )
+        self._offline_recheck_s = offline_recheck_s
+        self._running = False  # between start() and the end of run()
+        self._terms = 0
         self.post_commit: list[PostCommit] = []
         # Tasks that run beside the writer and the timer (the protective actions).
         self.companions: list[Callable[[], Coroutine[Any, Any, None]]] = []
@@ -116,7 +135,14 @@ class AlarmRunner:
     def on_batch(self, batch: Batch) -> None:
         """The ingest hook: a committed batch's readings and events. Its events
         are read back from the database by the writer (in commit order, once)."""
-        if batch.readings:
+        if self.feed is not None:
+            if not self._running:
+                return  # not the alarm leader: another replica evaluates
+            if batch.readings:  # evaluated from the database; heard of now
+                now = self._clock()
+                heard = dict.fromkeys((r.device_id for r in batch.readings), now)
+                self._enqueue(self.engine.saw(heard, self._lookup, now))
+        elif batch.readings:
             self._enqueue(self.engine.readings(batch.readings, self._lookup, self._clock()))
         if batch.events:
             self.events_committed()
@@ -141,6 +167,26 @@ class AlarmRunner:
     async def tick(self) -> None:
         """Evaluate the timers now (offline devices, quiet event alarms)."""
         self._enqueue(self.engine.tick(self._clock(), self._targets))
+
+    async def from_database(self, recheck_offline: bool) -> None:
+        """Replica mode, before each tick: the events and the readings every
+        replica committed that are ready, then when the devices about to be called
+        offline (and, with `recheck_offline`, those that are) were last heard of."""
+        assert self.feed is not None
+        self.events_committed()  # other replicas commit events too: look each tick
+        ready = await self.feed.round(self._targets)
+        now = self._clock()
+        if ready:
+            self._enqueue(self.engine.readings(ready, self._lookup, now))
+        ask = self.engine.overdue(now, self._targets)
+        if recheck_offline:
+            offline = set(self.engine.offline_devices())
+            ask += [t for t in self._targets if t.device_id in offline]
+        if ask:
+            known = [s for t in ask if (s := self.engine.last_seen(t.device_id)) is not None]
+            since = min(known, default=now - timedelta(days=1))
+            heard = await self.feed.heard(ask, since)
+            self._enqueue(self.engine.saw(heard, self._lookup, now))
 
     async def settled(self, timeout_s: float = 10.0) -> None:
         """Wait until everything queued is written (tests, shutdown)."""
@@ -169,6 +215,12 @@ class AlarmRunner:
         """Load overrides and devices; take the alarms left open as on; load the
         events position, so that the writer evaluates the events committed after
         it (those a crash left unevaluated) first."""
+        if self._terms:  # again, after another replica was the leader: start afresh
+            self.engine.reset()
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._events_due = False
+        self._terms += 1
         await self.reload()
         open_alarms = await self._store.open_alarms()
         self.engine.prime(
@@ -176,11 +228,15 @@ class AlarmRunner:
             {(rule, device): seen for rule, device, seen in open_alarms},
         )
         self._seq = self._saved_seq = await self._store.position()
+        if self.feed is not None:
+            await self.feed.start(self._clock())
         self.events_committed()
 
     async def flush(self, timeout_s: float = 5.0) -> None:
         """On shutdown: give what is queued a moment to be written, and record
         how far the events are evaluated."""
+        if not self._running:
+            return  # not running here (another replica is the alarm leader)
         try:
             await self.settled(timeout_s)
         except TimeoutError:
@@ -203,14 +259,20 @@ class AlarmRunner:
             except (psycopg.Error, PoolTimeout) as exc:
                 log.warning("alarm rules not loaded yet: %s", exc)
                 await asyncio.sleep(backoff.next_delay())
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._write_forever(), name="alarm-writer")
-            tg.create_task(self._time_forever(), name="alarm-timer")
-            for companion in self.companions:
-                tg.create_task(companion(), name="alarm-companion")
+        self._running = True
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._write_forever(), name="alarm-writer")
+                tg.create_task(self._time_forever(), name="alarm-timer")
+                for companion in self.companions:
+                    tg.create_task(companion(), name="alarm-companion")
+        finally:
+            self._running = False
+            self._idle.set()
 
     async def _time_forever(self) -> None:
         next_reload = time.monotonic() + self._reload_s
+        next_recheck = time.monotonic()
         while True:
             await asyncio.sleep(self._tick_s)
             if time.monotonic() >= next_reload:
@@ -219,6 +281,16 @@ class AlarmRunner:
                     await self.reload()
                 except (psycopg.Error, PoolTimeout) as exc:
                     log.warning("alarm rules not reloaded: %s", exc)
+            if self.feed is not None:
+                recheck = time.monotonic() >= next_recheck
+                try:
+                    await self.from_database(recheck)
+                except (psycopg.Error, PoolTimeout) as exc:
+                    # Nobody can be called offline from what this replica alone saw.
+                    log.warning("committed readings not read (database): %s", exc)
+                    continue
+                if recheck:
+                    next_recheck = time.monotonic() + self._offline_recheck_s
             await self.tick()
 
     async def _write_forever(self) -> None:
@@ -292,6 +364,8 @@ class AlarmRunner:
         while True:
             try:
                 await self._store.apply(items, events_seq=events_seq)
+            except LeaseLost:
+                await self._lost_lead(len(items))
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 self._rolled_back()
                 log.warning("alarms not recorded yet (database): %s", exc)
@@ -306,6 +380,14 @@ class AlarmRunner:
             await self._committed()
             return
 
+    async def _lost_lead(self, count: int) -> None:
+        """Another replica leads the alarms now (the lease fence refused the
+        write): what was not recorded is the new leader's to evaluate, from the
+        committed readings; wait here to be stopped (LeaseKeeper.while_held)."""
+        self._rolled_back()
+        log.warning("alarm lead lost: %d transitions left to the next leader", count)
+        await asyncio.Future()
+
     async def _apply_singly(self, items: list[Transition], events_seq: int | None) -> None:
         """Each transition in a savepoint: a bad one is logged and left out, the
         rest (and the position) commit together."""
@@ -313,6 +395,8 @@ class AlarmRunner:
         while True:
             try:
                 await self._store.apply_each(items, events_seq=events_seq)
+            except LeaseLost:
+                await self._lost_lead(len(items))
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 self._rolled_back()
                 log.warning("alarms not recorded yet (database): %s", exc)
@@ -351,9 +435,11 @@ def build_alarm_runner(
     catalog: ProfileCatalog,
     registry: Callable[[], Registry],
     dispatcher: CommandDispatcher | None,
+    fence: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]] | None = None,
 ) -> AlarmRunner:
     """The runner as the gateway runs it: emergency and work-order listeners,
-    door-open alarms suppressed while a work order has someone on the pole."""
+    door-open alarms suppressed while a work order has someone on the pole;
+    `fence` (replicas) checks the alarm lead inside each write."""
     from gateway.adapters.work_orders import (
         MaintenanceRules,
         WorkOrderPolicy,
@@ -362,12 +448,14 @@ def build_alarm_runner(
     from gateway.emergencies import EmergencyPolicy
 
     store = AlarmStore(pool, suppress=pole_has_open_work_order)
+    store.fence = fence
     runner = AlarmRunner(
         pool=pool,
         store=store,
         catalog=catalog,
         registry=registry,
         reload_s=settings.registry_refresh_s,
+        settle_s=settings.alarm_settle_s if settings.replicated else None,
     )
     emergencies = EmergencyPolicy(
         pool=pool, registry=registry, rules=runner.engine.rule, dispatcher=dispatcher

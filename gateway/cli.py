@@ -77,7 +77,10 @@ def run() -> None:
 
     settings = settings_or_exit()
     setup_logging(settings.log_level)
-    run_until_signal(lambda stop: run_gateway(settings, stop))
+    # The start-up heap is frozen out of the garbage collector (service.tune_collector):
+    # only here, where the process is the gateway; tests and the demo run gateways
+    # in one process, where a frozen heap would never be freed.
+    run_until_signal(lambda stop: run_gateway(settings, stop, tune_gc=True))
 
 
 @app.command()
@@ -383,7 +386,7 @@ def bills_generate(
     import psycopg
 
     from gateway.adapters.audit import append
-    from gateway.adapters.billing_store import BillingStore, MonthNotEnded, dumps
+    from gateway.adapters.billing_store import BillingStore, BillRunBusy, MonthNotEnded, dumps
     from gateway.core.auth import SYSTEM
     from gateway.core.profiles import load_catalog
     from gateway.core.tariffs import NoTariff
@@ -418,6 +421,8 @@ def bills_generate(
         raise fail(str(exc)) from None
     except MonthNotEnded as exc:
         raise fail(f"--period: {exc} (--provisional)") from None
+    except BillRunBusy as exc:
+        raise fail(f"--period: {exc}") from None
     except (OSError, psycopg.Error) as exc:
         raise fail(f"database: {(str(exc) or repr(exc)).splitlines()[0]}") from None
     for bill, outcome in results:

@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     # over by another replica within POLEGW_LEASE_TTL_S of a replica's loss.
     mqtt_share_group: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     lease_ttl_s: Annotated[float, Field(ge=2, le=120)] = 6.0
+    # Replicas: the alarm leader evaluates readings from the database once they
+    # have been committed this long (so a reading another replica committed a
+    # little later is evaluated in its time order, not skipped).
+    alarm_settle_s: Annotated[float, Field(ge=0, le=60)] = 2.0
     # TLS (mqtts://): the CA that signed the broker's certificate (unset: the
     # system's CAs), and a client certificate and key for brokers that ask for one
     # (a pole's CN is its id; the listener uses it as the user name).

@@ -295,35 +295,47 @@ class ProtectiveActions:
                     "command": row["command"],
                     "args": row["args"],
                 }
-                ref = reg.device(row["device_id"])
-                command = ref.profile.commands.get(row["command"]) if ref is not None else None
-                checked = command.check_args(row["args"]) if command is not None else None
-                if ref is None or command is None or isinstance(checked, CommandRefused):
-                    why = (
-                        "the device is no longer registered"
-                        if ref is None
-                        else f"its profile refuses it ({checked or 'no such command'})"
-                    )
-                    await emergency_store.action_ended(conn, aid, "failed", why)
-                    await emergency_store.add_entry(
-                        conn,
+                sent = await emergency_store.unrecorded_attempt(conn, row)
+                if sent is not None:  # submitted by an issuer that stopped before recording it
+                    command_id = sent["id"]
+                    log.warning(
+                        "protective action %s of emergency %s: command %s was sent already;"
+                        " its outcome is awaited, not sent again",
+                        aid,
                         eid,
-                        "action",
-                        row["requested_by"],
-                        f"{what} FAILED: {why}",
-                        {**data, "outcome": "failed", "error": why},
+                        command_id,
                     )
-                    continue
-                assert checked is not None
-                try:
-                    record = await self._dispatcher.submit(ref, row["command"], checked)
-                except (psycopg.Error, PoolTimeout) as exc:
-                    # Not recorded, so not sent: keep what was issued so far, the
-                    # rest stays pending for the next round.
-                    log.warning("protective action %s not issued yet: %s", aid, exc)
-                    break
-                issued.append(record)
-                await emergency_store.action_sent(conn, aid, record["id"])
+                else:
+                    ref = reg.device(row["device_id"])
+                    command = ref.profile.commands.get(row["command"]) if ref is not None else None
+                    checked = command.check_args(row["args"]) if command is not None else None
+                    if ref is None or command is None or isinstance(checked, CommandRefused):
+                        why = (
+                            "the device is no longer registered"
+                            if ref is None
+                            else f"its profile refuses it ({checked or 'no such command'})"
+                        )
+                        await emergency_store.action_ended(conn, aid, "failed", why)
+                        await emergency_store.add_entry(
+                            conn,
+                            eid,
+                            "action",
+                            row["requested_by"],
+                            f"{what} FAILED: {why}",
+                            {**data, "outcome": "failed", "error": why},
+                        )
+                        continue
+                    assert checked is not None
+                    try:
+                        record = await self._dispatcher.submit(ref, row["command"], checked)
+                    except (psycopg.Error, PoolTimeout) as exc:
+                        # Not recorded, so not sent: keep what was issued so far, the
+                        # rest stays pending for the next round.
+                        log.warning("protective action %s not issued yet: %s", aid, exc)
+                        break
+                    issued.append(record)
+                    command_id = record["id"]
+                await emergency_store.action_sent(conn, aid, command_id)
                 if int(row["attempts"]) == 0:
                     await emergency_store.add_entry(
                         conn,
@@ -331,7 +343,7 @@ class ProtectiveActions:
                         "action",
                         row["requested_by"],
                         what,
-                        {**data, "command_id": str(record["id"])},
+                        {**data, "command_id": str(command_id)},
                     )
                 else:
                     log.info(
@@ -339,7 +351,7 @@ class ProtectiveActions:
                         aid,
                         eid,
                         int(row["attempts"]) + 1,
-                        record["id"],
+                        command_id,
                     )
         return issued
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from gateway.adapters.committed_readings import last_heard
 from gateway.core.presence import Change, DataPresence
 from gateway.core.readings import Batch
 from gateway.core.registry import DeviceRef, Registry
@@ -30,13 +34,21 @@ def silence_limit(device: DeviceRef) -> timedelta | None:
     return timedelta(seconds=spec.interval_s * spec.after_intervals)
 
 
+# heard(device ids, since): when each was last stored by anyone (replicas).
+Heard = Callable[[list[str], datetime], Awaitable[dict[str, datetime]]]
+
+
 def publishes(device: DeviceRef | None) -> bool:
     return device is not None and device.modbus is None
 
 
 class MqttPresence:
     """Feeds committed batches (`on_batch`, a hook of the ingest pipeline) and a
-    one-second timer into DataPresence; its changes go to the StateStore."""
+    one-second timer into DataPresence; its changes go to the StateStore.
+
+    With replicas each one receives a share of a device's messages, so silence is
+    not judged from the share alone: `heard` asks the database when the devices
+    about to be called offline were last stored by any replica (docs/scaling.md)."""
 
     def __init__(
         self,
@@ -45,7 +57,9 @@ class MqttPresence:
         *,
         clock: Callable[[], datetime] = utcnow,
         every_s: float = 1.0,
+        heard: Heard | None = None,
     ) -> None:
+        self._heard = heard
         self._registry = registry
         self._states = states
         self._clock = clock
@@ -66,11 +80,14 @@ class MqttPresence:
     def _observe(self, presence: DataPresence, batch: Batch) -> list[Change]:
         registry, now = self._registry(), self._clock()
         newest: dict[str, datetime] = {}
+        # Once per reading of every batch: no allocation per reading.
         for r in batch.readings:
-            if r.ts > newest.get(r.device_id, r.ts - timedelta(1)):
+            seen = newest.get(r.device_id)
+            if seen is None or r.ts > seen:
                 newest[r.device_id] = r.ts
         for e in batch.events:
-            if e.ts > newest.get(e.device_id, e.ts - timedelta(1)):
+            seen = newest.get(e.device_id)
+            if seen is None or e.ts > seen:
                 newest[e.device_id] = e.ts
         changes: list[Change] = []
         for p in batch.presence:
@@ -91,6 +108,20 @@ class MqttPresence:
                 log.info("device %s offline: %s", device_id, detail)
             self._states(device_id, online, since, detail)
 
+    async def _ask(self, presence: DataPresence, due: list[str], now: datetime) -> bool:
+        """Tell `presence` when others last stored the `due` devices; False when
+        the database could not say (silence is judged in a later round)."""
+        assert self._heard is not None
+        limits = [t for d in due if (t := self._silence_of(d)) is not None]
+        try:
+            heard = await self._heard(due, now - max(limits, default=timedelta(0)))
+        except (psycopg.Error, PoolTimeout) as exc:
+            log.warning("presence: silence not checked with the database (%s)", exc)
+            return False
+        for device_id, ts in heard.items():
+            presence.heard(device_id, ts)
+        return True
+
     async def run(self, stop: asyncio.Event) -> None:
         """Seed from the recorded states, then time silences until `stop` is set."""
         registry = self._registry()
@@ -102,9 +133,30 @@ class MqttPresence:
         for batch in early:
             self._report(self._observe(presence, batch))
         while not stop.is_set():
-            self._report(presence.silent(self._clock()))
+            now = self._clock()
+            due = presence.due(now) if self._heard is not None else []
+            if not due or await self._ask(presence, due, now):
+                self._report(presence.silent(now))
             try:
                 async with asyncio.timeout(self._every_s):
                     await stop.wait()
             except TimeoutError:
                 pass
+
+
+def heard_in(pool: AsyncConnectionPool, registry: Callable[[], Registry]) -> Heard:
+    """`heard` for replicas: each device's newest stored reading (any metric of its
+    profile) or event, whichever replica stored it."""
+
+    async def heard(device_ids: list[str], since: datetime) -> dict[str, datetime]:
+        reg = registry()
+        pairs = [
+            (d, metric)
+            for d in device_ids
+            if (device := reg.device(d)) is not None
+            for metric in device.profile.metrics
+        ]
+        async with pool.connection() as conn:
+            return await last_heard(conn, pairs, since)
+
+    return heard

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -38,10 +39,27 @@ from gateway.errors import ConfigError
 from gateway.ingest import IngestPipeline
 from gateway.metrics import Metrics
 from gateway.modbus_polling import ModbusPolling, StateStore
-from gateway.presence import MqttPresence
+from gateway.presence import MqttPresence, heard_in
 from gateway.registry_source import RegistrySource
 
 log = logging.getLogger(__name__)
+
+# The cyclic collector's young generation, in tracked objects allocated net of those
+# freed. CPython's default, 700, is crossed by every batch of readings in flight, so
+# each batch was walked and promoted, and every ~15 s a full collection (~90 ms of CPU)
+# stalled the event loop: ~6 % of a polling gateway's CPU (docs/performance.md).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_collector() -> None:
+    """Once the process is built: what exists now lives as long as the process and
+    is left out of every collection (gc.freeze); the young generation is raised so
+    that batches are freed by reference counting before the collector sees them."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
 
 # The last known registry, beside the spool (RegistrySource): a gateway started
 # while the database is down starts from it.
@@ -140,6 +158,7 @@ async def run_gateway(
     metrics: Metrics | None = None,
     api: bool = True,
     subscribed: asyncio.Event | None = None,
+    tune_gc: bool = False,
 ) -> None:
     """Run ingest and (optionally) the API until `stop` is set, then shut down cleanly.
 
@@ -251,7 +270,12 @@ async def run_gateway(
     replies.append(dispatcher)
     await pool.open(wait=False)
     alarms = build_alarm_runner(  # docs/decisions-alarms.md
-        settings=settings, pool=pool, catalog=catalog, registry=registry, dispatcher=dispatcher
+        settings=settings,
+        pool=pool,
+        catalog=catalog,
+        registry=registry,
+        dispatcher=dispatcher,
+        fence=(lambda conn: leases.fence(conn, leader("alarms"))) if settings.replicated else None,
     )
     pipeline.on_committed.append(alarms.on_batch)
     announcer = TelemetryAnnouncer(pool)  # the console's live telemetry events
@@ -264,10 +288,14 @@ async def run_gateway(
         interval_s=settings.clock_sync_interval_s,
     )
     pipeline.on_stamp.append(clocks.observe)
-    presence = MqttPresence(registry, states)  # MQTT devices' state from data and status
+    presence = MqttPresence(  # MQTT devices' state from data and status
+        registry, states, heard=heard_in(pool, registry) if settings.replicated else None
+    )
     pipeline.on_committed.append(presence.on_batch)
     server: ApiServer | None = None
     internals: ApiServer | None = None
+    if tune_gc:  # `polegw run`: this process is the gateway (docs/decisions.md, issue 20)
+        tune_collector()
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(database.run(stop), name="database-probe")
@@ -279,7 +307,12 @@ async def run_gateway(
             commit = tg.create_task(pipeline.run(), name="ingest-commit")
             state_writer = tg.create_task(states.run(), name="device-state-writer")
             tg.create_task(presence.run(stop), name="mqtt-presence")
-            alarm_task = tg.create_task(alarms.run(), name="alarms")
+            # The alarm engine, offline detection and protective actions run in the
+            # alarm leader only; with replicas it evaluates what all of them
+            # committed (gateway/alarm_feed.py).
+            alarm_task = tg.create_task(
+                leases.while_held(leader("alarms"), alarms.run, stop), name="alarms"
+            )
             tg.create_task(announcer.run(stop), name="telemetry-announcer")
             from gateway.retention import Retention  # data management (docs/decisions-archive.md)
 

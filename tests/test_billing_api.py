@@ -416,3 +416,21 @@ async def test_no_valid_tariff_is_a_conflict(env: Env) -> None:
     assert r.json() == []  # nobody in service then
     r = await env.client.post("/bills/generate", json={"month": "2026-13"}, headers=env.manager)
     assert r.status_code == 422
+
+
+async def test_a_second_bill_run_of_a_month_while_one_runs_is_a_conflict(env: Env) -> None:
+    # Another gateway (a replica) is running the month's bills: it holds the
+    # month's bill-run lock for the run.
+    with psycopg.connect(env.url, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(hashtext('polegw bill run ' || %s))", ("2026-11",))
+        r = await env.client.post("/bills/generate", json={"month": "2026-11"}, headers=env.manager)
+        assert r.status_code == 409
+        assert r.json()["detail"]["month"] == "2026-11"
+        assert "in progress" in r.json()["detail"]["msg"]
+        # Another month is not held up.
+        r = await env.client.post("/bills/generate", json={"month": "2025-11"}, headers=env.manager)
+        assert r.status_code == 200
+    # That run is over: this one goes ahead, and lets the lock go after it.
+    (first,) = await generate(env, month="2026-11")
+    (second,) = await generate(env, month="2026-11")
+    assert second["bill"]["id"] == first["bill"]["id"]

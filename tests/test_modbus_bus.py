@@ -267,3 +267,37 @@ async def test_a_dead_device_logs_once_per_failure_run_not_per_poll(
     await run_for(answering, 2.5)
     back = [r.getMessage() for r in caplog.records if "L03" in r.getMessage()]
     assert back == ["Modbus device L03 back online"], back
+
+
+async def test_stop_ends_the_wait_for_a_poll_far_ahead(
+    ten_lamps: tuple[ModbusSimulator, list[DeviceSpec]],
+) -> None:
+    # The scheduler waits for the next due poll on a timer that `stop` cuts short: a
+    # bus whose next poll is a minute away still stops at once.
+    sim, specs = ten_lamps
+    rec = Recorder()
+    ref = DeviceRef("L01", "P1", CATALOG["lamp-controller"], "modbus", specs[0].modbus)
+    polled = asyncio.Event()
+
+    async def deliver(decoded: Decoded) -> None:
+        await rec.deliver(decoded)
+        polled.set()
+
+    bus = ModbusBus(
+        BusAddress("127.0.0.1", sim.port, "socket"),
+        [PolledDevice.of(ref, 1, 60.0)],
+        deliver=deliver,
+        on_state=rec.on_state,
+        metrics=Metrics(),
+        options=OPTIONS,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(bus.run(stop))
+    await asyncio.wait_for(polled.wait(), 5)
+    await asyncio.sleep(0.2)  # now waiting for the poll due in 60 s
+    started = time.monotonic()
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert time.monotonic() - started < 0.5
+    assert len(rec.polls["L01"]) == 1
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("modbus-bus")]

@@ -64,6 +64,10 @@ class AlarmStore:
         self._pool = pool
         self.listeners: list[AlarmListener] = list(listeners)
         self._suppress = suppress
+        # Replicas: checks inside each transaction that this replica still leads
+        # the alarms (LeaseKeeper.fence; raises LeaseLost), so a leader that lost
+        # its lease while a write was under way cannot commit it.
+        self.fence: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]] | None = None
 
     # ------------------------------------------------------------------ engine side
 
@@ -73,6 +77,8 @@ class AlarmStore:
         """Record transitions in order, in one transaction with their listeners,
         and move the events position to `events_seq` (when given) in it."""
         async with self._pool.connection() as conn, conn.transaction():
+            if self.fence is not None:
+                await self.fence(conn)
             for t in transitions:
                 await self.apply_one(conn, t)
             if events_seq is not None:
@@ -86,6 +92,8 @@ class AlarmStore:
         position. For a list `apply` refused for its content."""
         failed: list[Transition] = []
         async with self._pool.connection() as conn, conn.transaction():
+            if self.fence is not None:
+                await self.fence(conn)
             for t in transitions:
                 try:
                     async with conn.transaction():

@@ -60,6 +60,17 @@ class MonthNotEnded(Exception):
         self.ends_at = ends_at
 
 
+class BillRunBusy(Exception):
+    """Another bill run for the month is in progress (on this or another gateway)."""
+
+    def __init__(self, month: str) -> None:
+        super().__init__(
+            f"a bill run for {month} is in progress (on this or another gateway):"
+            " try again when it has finished"
+        )
+        self.month = month
+
+
 # Every line has these keys; energy and rent lines leave them empty.
 LINE_REFERENCES: Row = {"emergency_id": None, "outage_id": None, "corrects_bill_id": None}
 
@@ -94,6 +105,35 @@ class BillingStore:
         is_provisional = end > utcnow()
         if is_provisional and not provisional:
             raise MonthNotEnded(month, end)
+        # One run of a month at a time across every gateway (replicas): a session
+        # lock on a connection held for the run, let go when it ends (or its
+        # process dies). Runs one after the other replace the drafts, as before.
+        async with self._pool.connection() as lock:
+            cur = await lock.execute(
+                "SELECT pg_try_advisory_lock(hashtext('polegw bill run ' || %s))", (month,)
+            )
+            row = await cur.fetchone()
+            if row is None or not row[0]:
+                raise BillRunBusy(month)
+            try:
+                return await self._generate(
+                    month, tenant_id, start, end, is_provisional, source=source
+                )
+            finally:
+                await lock.execute(
+                    "SELECT pg_advisory_unlock(hashtext('polegw bill run ' || %s))", (month,)
+                )
+
+    async def _generate(
+        self,
+        month: str,
+        tenant_id: str | None,
+        start: datetime,
+        end: datetime,
+        is_provisional: bool,
+        *,
+        source: str,
+    ) -> list[tuple[Row, str]]:
         spans = await self._usage.spans(start, end, tenant_id=tenant_id)
         by_tenant: dict[str, list[Span]] = defaultdict(list)
         for s in spans:

@@ -348,6 +348,28 @@ async def finished_attempts(conn: Conn, *, stale_after_s: float, limit: int) -> 
     )
 
 
+async def unrecorded_attempt(conn: Conn, action: Row) -> Row | None:
+    """The device command of an attempt at this pending action that was submitted
+    but not recorded as sent (the issuer stopped between the two: a crash, or the
+    alarm leader lost): the same command to the same device, created since the
+    action became due, and no action's attempt. Issued again it would be sent
+    twice; it is taken as the attempt instead."""
+    return await _one(
+        conn,
+        "SELECT c.id FROM device_commands c"
+        " WHERE c.device_id = %(device)s AND c.command = %(command)s"
+        " AND c.args = %(args)s::jsonb AND c.created_at >= %(due)s"
+        " AND NOT EXISTS (SELECT 1 FROM emergency_actions a WHERE a.command_id = c.id)"
+        " ORDER BY c.seq LIMIT 1",
+        {
+            "device": action["device_id"],
+            "command": action["command"],
+            "args": orjson.dumps(action["args"]).decode(),
+            "due": action["next_at"],
+        },
+    )
+
+
 async def action_sent(conn: Conn, action_id: int, command_id: Any) -> None:
     await conn.execute(
         "UPDATE emergency_actions SET state = 'running', attempts = attempts + 1,"

@@ -15,7 +15,9 @@ bits are left alone.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import operator
+import struct
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from functools import lru_cache
 from typing import Final
@@ -88,15 +90,36 @@ def _scaled(raw: int | float, point: ModbusPoint) -> float:
 
 
 class BlockDecoder:
-    """The points of one block, prepared once, decoded from every answer to its read."""
+    """The points of one block, compiled once, decoded from every answer to its read.
 
-    __slots__ = ("_bits", "_numbers", "_register_bits", "block")
+    The numbers of a block are decoded in one pass: when the decoder is built, the
+    registers its numbers occupy are put in value order (word order), and one
+    `struct.Struct` is compiled for all of them from pymodbus's own type table
+    (`DATATYPE`: the struct code and register count of each type, the ones
+    `convert_from_registers` unpacks with, big-endian after its word reordering).
+    An answer is then packed back to its big-endian bytes and unpacked in one call:
+    the same bytes and codes as pymodbus's per-value conversion (tests check the two
+    agree for every type and order), at a fraction of its cost per poll. Scale and
+    offset follow, for the points that have them (`_scaled`).
+    """
+
+    __slots__ = (
+        "_bits",
+        "_names",
+        "_pack",
+        "_register_bits",
+        "_scaled",
+        "_swap",
+        "_take",
+        "_unpack",
+        "block",
+    )
 
     def __init__(self, block: ReadBlock, modbus_map: ModbusMap) -> None:
         self.block = block
         self._bits: list[tuple[str, int]] = []
         self._register_bits: list[tuple[str, int, int]] = []
-        self._numbers: list[tuple[str, slice, ModbusPoint]] = []
+        numbers: list[tuple[int, str, ModbusPoint]] = []
         for name in block.points:
             point = modbus_map.points[name]
             where = extract(block, point)
@@ -106,7 +129,31 @@ class BlockDecoder:
                 assert point.bit is not None  # the profile check guarantees it
                 self._register_bits.append((name, where.start, point.bit))
             else:
-                self._numbers.append((name, where, point))
+                numbers.append((where.start, name, point))
+        numbers.sort()
+        order: list[int] = []  # the block's register indexes, in value order
+        swap: list[int] = []  # positions in `order` whose two bytes swap
+        codes: list[str] = []
+        scaled: list[tuple[str, float, float, int | None]] = []
+        for index, name, point in numbers:
+            code, count = _DATATYPES[point.type].value
+            indexes = list(range(index, index + count))
+            if point.word_order == "little":
+                indexes.reverse()
+            if point.byte_order == "little":
+                swap.extend(range(len(order), len(order) + count))
+            order.extend(indexes)
+            codes.append(str(code))
+            if point.scale != 1 or point.offset != 0:
+                # An integer register has the scale's resolution (see _scaled).
+                places = _places(point.scale, point.offset) if point.type in INTEGER_RANGE else None
+                scaled.append((name, point.scale, point.offset, places))
+        self._names = tuple(name for _, name, _ in numbers)
+        self._scaled = tuple(scaled)
+        self._swap = frozenset(swap)
+        self._pack = struct.Struct(f">{len(order)}H").pack
+        self._unpack = struct.Struct(">" + "".join(codes)).unpack
+        self._take = _taker(order)
 
     def decode(self, values: Sequence[int] | Sequence[bool]) -> dict[str, float | bool]:
         """Each point's value from the registers (or bits) the block's read returned.
@@ -119,14 +166,41 @@ class BlockDecoder:
                 f"{len(values)} values for a block of {self.block.count} "
                 f"({self.block.table} {self.block.start}..{self.block.end - 1})"
             )
-        out: dict[str, float | bool] = {}
+        out: dict[str, float | bool]
+        if self._names:
+            registers = self._take(values)
+            if self._swap:
+                registers = [
+                    ((r & 0xFF) << 8) | (r >> 8) if i in self._swap else r
+                    for i, r in enumerate(registers)
+                ]
+            out = dict(zip(self._names, self._unpack(self._pack(*registers)), strict=True))
+            for name, scale, offset, places in self._scaled:
+                raw = out[name]
+                value = raw * scale + offset
+                # 2516767 x 0.01 is 25167.67, not the float product 25167.670000000002.
+                out[name] = value if places is None else round(value, places)
+        else:
+            out = {}
         for name, index in self._bits:
             out[name] = bool(values[index])
         for name, index, bit in self._register_bits:
             out[name] = bool((int(values[index]) >> bit) & 1)
-        for name, where, point in self._numbers:
-            out[name] = _scaled(_raw_number(values[where], point), point)
         return out
+
+
+def _taker(order: list[int]) -> Callable[[Sequence[int] | Sequence[bool]], Sequence[int]]:
+    """A function picking the registers at `order` from an answer, as fast as it goes:
+    a slice when they are consecutive (the common case), else an itemgetter."""
+    if not order:
+        return lambda values: ()
+    first = order[0]
+    if order == list(range(first, first + len(order))):
+        end = first + len(order)
+        return lambda values: values[first:end]
+    if len(order) == 1:
+        return lambda values: (values[first],)
+    return operator.itemgetter(*order)
 
 
 # Prepared decoders by (block, id of the map); each entry holds its map, so the id

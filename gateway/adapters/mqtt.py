@@ -5,10 +5,12 @@ aiomqtt owns the connection (asyncio integration, TLS, subscribe) and reports
 its loss. It does not expose manual acknowledgement, so the adapter switches on
 paho-mqtt's manual ack on the client aiomqtt wraps, and takes paho's message
 callback over to hand each message to the pipeline without a task per message
-(see docs/decisions.md). `MqttSubscription._take_over_messages`, the
-connection check when leaving a share group (`_leave`) and the DISCONNECT with a
-Session Expiry that ends an adopted session (`_adopt`) are the only places
-polegw reaches into aiomqtt.
+(see docs/decisions.md). That client is also switched to `DrainingClient`
+(paho_reader.py), which reads in chunks, handles every buffered PUBLISH per
+socket wakeup and passes QoS 1 messages on without an `MQTTMessage`.
+`MqttSubscription._take_over_messages`, the connection check when leaving a
+share group (`_leave`) and the DISCONNECT with a Session Expiry that ends an
+adopted session (`_adopt`) are the only places polegw reaches into aiomqtt.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.adapters.paho_reader import DrainingClient
 from gateway.backoff import Backoff
 from gateway.config import MqttEndpoint, Settings
 from gateway.errors import ConfigError
@@ -263,31 +266,49 @@ class MqttSubscription:
         handing it to `deliver` in the callback halves the gateway's cost per
         message. aiomqtt still owns the connection and reports its loss.
         """
-        paho_client: paho.Client = client._client
+        paho_client = DrainingClient.adopt(client._client)
         generation = self._generation
         prefix = self._settings.mqtt_topic_prefix
 
-        def on_message(_client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
+        def receive(topic: str, payload: bytes, ack: Ack) -> None:
+            if self._on_reply is not None and is_command_reply(topic, prefix):
+                # Replies live in memory (the waiting command); a lost one
+                # makes that command time out, which is reported.
+                self._on_reply(topic, payload)
+                ack()
+                return
+            deliver(Inbound(topic, payload, ack))
+
+        def on_publish(raw_topic: bytes, mid: int, payload: bytes) -> None:
+            # Every QoS 1 PUBLISH comes here, without an MQTTMessage (paho_reader.py).
             if self._closing:
                 return  # stopping: left unacknowledged for the next session to receive
+            topic = raw_topic.decode("utf-8", "replace")  # brokers should refuse bad UTF-8
+            try:
+                receive(topic, payload, self._ack_for(paho_client, generation, mid, 1))
+            except Exception:  # a bug must not kill the network loop; the message stays unacked
+                log.exception("ingest failed on a message from %s", topic)
+
+        def on_message(_client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
+            # What on_publish does not take (QoS 0 and anything unusual), paho's way.
+            if self._closing:
+                return
             try:
                 topic = msg.topic
             except UnicodeDecodeError:  # brokers should refuse these; keep it readable
                 topic = msg._topic.decode("utf-8", "replace")
             try:
-                ack = self._ack_for(paho_client, generation, msg.mid, msg.qos)
-                if self._on_reply is not None and is_command_reply(topic, prefix):
-                    # Replies live in memory (the waiting command); a lost one
-                    # makes that command time out, which is reported.
-                    self._on_reply(topic, bytes(msg.payload))
-                    ack()
-                    return
-                deliver(Inbound(topic, bytes(msg.payload), ack))
+                receive(
+                    topic,
+                    bytes(msg.payload),
+                    self._ack_for(paho_client, generation, msg.mid, msg.qos),
+                )
             except Exception:  # a bug must not kill the network loop; the message stays unacked
                 log.exception("ingest failed on a message from %s", topic)
 
         paho_client.manual_ack_set(True)
         paho_client.on_message = on_message
+        paho_client.set_publish_sink(on_publish)
 
         def on_disconnect(
             _client: paho.Client,

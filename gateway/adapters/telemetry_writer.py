@@ -2,9 +2,12 @@
 
 The fast path COPYs a batch straight into `telemetry`. If any reading is
 already stored (a redelivery after a crash, a replay), the unique index refuses
-the COPY; the batch is then COPYed into a session temp table and moved across
-with INSERT … ON CONFLICT DO NOTHING. Either way a reading stored twice leaves
-one row, and the common case costs one COPY.
+the COPY and the transaction with it; the batch is then committed again, its
+readings COPYed into a session temp table and moved across with INSERT … ON
+CONFLICT DO NOTHING. Either way a reading stored twice leaves one row, and the
+common case, a batch of readings only, costs one COPY statement, which is its own
+transaction (the connection is in autocommit mode; a batch with more in it is
+written in an explicit transaction).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import orjson
 import psycopg
@@ -34,6 +37,8 @@ from gateway.errors import StorageUnavailable
 log = logging.getLogger(__name__)
 
 COPY_COLUMNS = "ts, device_id, metric, value, quality"
+# pg_advisory_xact_lock key serialising the commits of device events (see _events).
+EVENTS_SEQ_LOCK = 0x706F_6C65_6777_0001
 COPY_TYPES = ["timestamptz", "text", "text", "float8", "int2"]
 
 
@@ -55,8 +60,10 @@ class TelemetryWriter:
 
     async def _connection(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
         if self._conn is None or self._conn.closed:
+            # Autocommit: a batch of readings alone is one COPY, a transaction by
+            # itself (two round trips); anything more takes conn.transaction().
             self._conn = await psycopg.AsyncConnection.connect(
-                self._url, application_name="polegw-writer", connect_timeout=5
+                self._url, application_name="polegw-writer", connect_timeout=5, autocommit=True
             )
             async with self._conn.transaction():
                 await self._conn.execute(
@@ -81,11 +88,12 @@ class TelemetryWriter:
         try:
             conn = await self._connection()
             try:
-                async with conn.transaction():
-                    inserted = await self._readings(conn, batch.readings)
-                    await self._events(conn, batch.events)
-                    await self._presence(conn, batch.presence)
-                    await self._dead_letters(conn, batch.dead_letters)
+                try:
+                    inserted = await self._commit(conn, batch, self._copy_readings)
+                except pg_errors.UniqueViolation:
+                    # Some reading is stored already (a redelivery, a replay) or is in
+                    # this batch twice: the whole batch again, readings deduplicated.
+                    inserted = await self._commit(conn, batch, self._merge_readings)
             except _UNAVAILABLE:
                 raise
             except psycopg.DatabaseError as exc:
@@ -106,6 +114,25 @@ class TelemetryWriter:
             raise
         return WriteResult(inserted, len(batch.readings) - inserted)
 
+    async def _commit(
+        self,
+        conn: psycopg.AsyncConnection[tuple[object, ...]],
+        batch: Batch,
+        readings: _StoreReadings,
+    ) -> int:
+        if readings == self._copy_readings and not (
+            batch.events or batch.presence or batch.dead_letters
+        ):
+            # Readings only (every Modbus poll, most MQTT batches): one COPY
+            # statement commits all of them or none, without BEGIN and COMMIT.
+            return await readings(conn, batch.readings)
+        async with conn.transaction():
+            inserted = await readings(conn, batch.readings)
+            await self._events(conn, batch.events)
+            await self._presence(conn, batch.presence)
+            await self._dead_letters(conn, batch.dead_letters)
+        return inserted
+
     async def _salvage(
         self, conn: psycopg.AsyncConnection[tuple[object, ...]], batch: Batch
     ) -> int:
@@ -115,7 +142,7 @@ class TelemetryWriter:
         for reading in batch.readings:
             try:
                 async with conn.transaction():
-                    inserted += await self._readings(conn, [reading])
+                    inserted += await self._merge_readings(conn, [reading])
             except psycopg.DataError as exc:
                 refused.append(
                     _refused(
@@ -158,22 +185,30 @@ class TelemetryWriter:
             cur.copy(f"COPY {table} ({COPY_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy,
         ):
             copy.set_types(COPY_TYPES)
+            # AsyncCopy.write_row's own two steps, without a coroutine per row: the
+            # formatter buffers rows and hands back a block when it is full.
+            formatter, writer = copy.formatter, copy.writer
             for row in rows:
-                await copy.write_row(row)
+                if data := formatter.write_row(row):
+                    await writer.write(data)
 
-    async def _readings(
+    async def _copy_readings(
         self, conn: psycopg.AsyncConnection[tuple[object, ...]], readings: list[Reading]
     ) -> int:
+        """The fast path: one COPY into `telemetry`. A reading stored already makes the
+        unique index refuse it (UniqueViolation), and with it the whole transaction:
+        no savepoint around it, which would cost two round trips per batch."""
+        if readings:
+            await self._copy(conn, "telemetry", readings)
+        return len(readings)
+
+    async def _merge_readings(
+        self, conn: psycopg.AsyncConnection[tuple[object, ...]], readings: list[Reading]
+    ) -> int:
+        """Store the readings not stored yet, skipping the others (and a reading
+        that is in the batch twice); the number stored."""
         if not readings:
             return 0
-        try:
-            async with conn.transaction():  # a savepoint: a refused COPY undoes only itself
-                await self._copy(conn, "telemetry", readings)
-            return len(readings)
-        except pg_errors.UniqueViolation:
-            pass
-        # Some reading is stored already, or is in this batch twice (a
-        # redelivered message beside its original): DO NOTHING skips both.
         await self._copy(conn, "telemetry_incoming", readings)
         cur = await conn.execute(
             f"INSERT INTO telemetry ({COPY_COLUMNS}) SELECT {COPY_COLUMNS}"
@@ -187,6 +222,12 @@ class TelemetryWriter:
     ) -> None:
         if not events:
             return
+        # The alarm engine reads events by `seq` (alarm_progress). With several
+        # writers (replicas) a seq taken before another's could commit after it and
+        # be passed over; holding this lock from taking the seqs to the commit makes
+        # the seqs commit in order. Events are few, and the lock is taken after the
+        # readings' COPY, so it is held for the rest of the transaction only.
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_SEQ_LOCK,))
         async with conn.cursor() as cur:
             await cur.executemany(
                 "INSERT INTO device_events (ts, pole_id, device_id, type, data)"
@@ -240,6 +281,9 @@ class TelemetryWriter:
 
 
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError)
+_StoreReadings = Callable[
+    [psycopg.AsyncConnection[tuple[object, ...]], list[Reading]], Awaitable[int]
+]
 
 
 def _is_unavailable(exc: psycopg.DatabaseError) -> bool:

@@ -503,6 +503,69 @@ class AlarmEngine:
             rule = self._rules.get(rule_key)
             if rule is not None and rule.kind == "offline":
                 self._offline_active.add(device_id)
+                seen = last_seen.get((rule_key, device_id)) if last_seen is not None else None
+                if seen is not None:  # raised then: heard of after it, the device is back
+                    self._seen.setdefault(device_id, seen)
+
+    def reset(self) -> None:
+        """Forget every device's state (a new term as the alarm leader: what
+        another replica did meanwhile is in the store, primed again)."""
+        self._state.clear()
+        self._seen.clear()
+        self._offline_active.clear()
+
+    def watched(self, profile: str) -> list[str]:
+        """The metrics the enabled rules of `profile` evaluate."""
+        return sorted(m for p, m in self._by_metric if p == profile)
+
+    def longest_hold(self) -> float:
+        """The longest `for_s` of the enabled metric rules."""
+        return max((r.for_s for rs in self._by_metric.values() for r in rs), default=0.0)
+
+    def resume(self, rule_key: str, device_id: str, after: datetime) -> None:
+        """Readings of (rule, device) up to `after` were evaluated already (by the
+        leader before this one): they are skipped."""
+        st = self._state.setdefault((rule_key, device_id), _State())
+        if st.last_ts is None or after > st.last_ts:
+            st.last_ts = after
+
+    def rules_of(self, profile: str, metric: str) -> tuple[Rule, ...]:
+        return self._by_metric.get((profile, metric), ())
+
+    def overdue(self, now: datetime, targets: Iterable[Target]) -> list[Target]:
+        """The devices the next `tick` would call offline (not yet alarmed), to be
+        confirmed from what other replicas stored before it is called."""
+        out: list[Target] = []
+        for t in targets:
+            rule = self._offline.get(t.profile)
+            last = self._seen.get(t.device_id)
+            if rule is None or last is None or t.device_id in self._offline_active:
+                continue
+            interval = t.interval_s if t.interval_s is not None else rule.interval_s
+            if now - last > timedelta(seconds=rule.after_intervals * interval):
+                out.append(t)
+        return out
+
+    def last_seen(self, device_id: str) -> datetime | None:
+        return self._seen.get(device_id)
+
+    def offline_devices(self) -> list[str]:
+        """The devices with an offline alarm on."""
+        return sorted(self._offline_active)
+
+    def saw(self, seen: Mapping[str, datetime], lookup: Lookup, now: datetime) -> list[Transition]:
+        """Devices last heard of at these times (from the database: what any
+        replica stored). A device with an offline alarm heard of after it was
+        last seen here is back."""
+        out = _Out()
+        for device_id, at in seen.items():
+            last = self._seen.get(device_id)
+            if last is not None and at <= last:
+                continue
+            self._seen[device_id] = at
+            if device_id in self._offline_active and last is not None:
+                self._back_online(device_id, lookup, now, out)
+        return out.items
 
     def is_active(self, rule_key: str, device_id: str) -> bool:
         st = self._state.get((rule_key, device_id))

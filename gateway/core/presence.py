@@ -86,6 +86,23 @@ class DataPresence:
             out.append((device_id, online, ts, None if online else "its pole reported offline"))
         return out
 
+    def due(self, now: datetime) -> list[str]:
+        """The devices `silent(now)` would take offline."""
+        out = []
+        for device_id, d in self._devices.items():
+            if d.online is True:
+                limit = self._silence_of(device_id)
+                if limit is not None and now - d.last >= limit:
+                    out.append(device_id)
+        return out
+
+    def heard(self, device_id: str, ts: datetime) -> None:
+        """Data of the device stamped `ts` was stored by someone else (another
+        replica): its silence is timed from it, its state is left as it is."""
+        d = self._devices.get(device_id)
+        if d is not None:
+            d.last = max(d.last, ts)
+
     def silent(self, now: datetime) -> list[Change]:
         """Devices whose silence limit ran out by `now`: offline since it ran out."""
         out: list[Change] = []

@@ -275,6 +275,11 @@ class Profile(Strict):
             if m.type == "number"
         }
 
+    @cached_property
+    def bool_metrics(self) -> frozenset[str]:
+        """The bool metrics: the decoder's fast path takes true/false for them as they are."""
+        return frozenset(name for name, m in self.metrics.items() if m.type == "bool")
+
 
 class ProfileCatalog(Mapping[str, Profile]):
     """All known profiles by name."""

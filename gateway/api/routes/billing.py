@@ -16,7 +16,13 @@ from fastapi.responses import HTMLResponse, Response
 from psycopg import AsyncConnection
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from gateway.adapters.billing_store import BillConflict, BillingStore, MonthNotEnded, dumps
+from gateway.adapters.billing_store import (
+    BillConflict,
+    BillingStore,
+    BillRunBusy,
+    MonthNotEnded,
+    dumps,
+)
 from gateway.api.deps import ApiContext, Context
 from gateway.api.errors import bad_param, not_found
 from gateway.api.hardening import ExpensiveManagers
@@ -186,7 +192,12 @@ def _conflict(exc: BillConflict) -> HTTPException:
 @router.post(
     "/bills/generate",
     summary="Create or replace the month's draft bills (managers); issued bills stay as they are",
-    responses={409: {"description": "No tariff version is valid at a time to be priced"}},
+    responses={
+        409: {
+            "description": "No tariff version is valid at a time to be priced, or a bill"
+            " run for the month is in progress"
+        }
+    },
 )
 async def generate_bills(
     ctx: Context, _: ExpensiveManagers, audit: Audit, body: GenerateBills
@@ -196,6 +207,8 @@ async def generate_bills(
         results = await store.generate(body.month, body.tenant, provisional=body.provisional)
     except MonthNotEnded as exc:
         raise bad_param("month", str(exc), where="body") from None
+    except BillRunBusy as exc:
+        raise HTTPException(409, detail={"msg": str(exc), "month": exc.month}) from None
     except tf.NoTariff as exc:
         raise HTTPException(
             409, detail={"msg": str(exc), "tariff": exc.name, "at": exc.at.isoformat()}
