@@ -419,9 +419,9 @@ async def run_gateway(
                 internals.should_exit = True
             await cancel_all([alarm_task, commit, state_writer, refresh])
             await lease_keeper
-            # The others take over at once; a session left with messages in it is
-            # adopted once this replica's heartbeat expires.
-            await leases.release_all(keep_heartbeat=mqtt.left_behind)
+            # The others take over at once, and one adopts this replica's MQTT
+            # session (its share keeps arriving there; docs/scaling.md).
+            await leases.release_all(expire_heartbeat=settings.replicated)
     finally:
         await dispatcher.close()
         await clocks.close()

@@ -34,7 +34,7 @@ from gateway.adapters.mqtt import Inbound, MqttSubscription, ingest_topics
 from gateway.config import Settings
 from gateway.core.ownership import Observed, adoption, gone
 from gateway.metrics import Metrics
-from tests.faults import AckedPublisher, readings_of, scaled
+from tests.faults import AckedPublisher, GatewayProcess, readings_of, scaled
 from tests.support import READINGS_PER_MESSAGE, count, eventually, prepare_database, stream
 from tests.test_replicas import RATE, TTL_S, forget_session, replicas, wait_subscribed
 
@@ -69,7 +69,7 @@ async def test_the_keepers_see_a_killed_replica_as_gone_and_one_takes_its_adopti
     migrated_database_url: str,
 ) -> None:
     """`gone_replicas` and the `adopt/{id}` lease (one adopter), and the heartbeat
-    kept by a replica that stops with messages left in its session."""
+    a replica expires when it stops, so that the others adopt its session at once."""
     ttl = 1.5
     keepers = {n: LeaseKeeper(migrated_database_url, n, ttl_s=ttl) for n in ("a", "b", "c")}
     stops = {n: asyncio.Event() for n in keepers}
@@ -87,11 +87,11 @@ async def test_the_keepers_see_a_killed_replica_as_gone_and_one_takes_its_adopti
             lambda: sum(keepers[n].holds("adopt/c") for n in "ab") == 1, within=ttl * 4
         )
         await eventually(lambda: keepers["b"].owned().get("leader", []) != [], within=ttl * 4)
-        stops["b"].set()  # stopped with its session not emptied
+        stops["b"].set()  # stopped gracefully
         await tasks["b"]
-        await keepers["b"].release_all(keep_heartbeat=True)
+        await keepers["b"].release_all(expire_heartbeat=True)
         assert await asyncio.to_thread(rows_of, migrated_database_url, "b") == ["replica/b"]
-        await eventually(lambda: keepers["a"].gone_replicas == ["b", "c"], within=ttl * 4)
+        await eventually(lambda: keepers["a"].gone_replicas == ["b", "c"], within=ttl)
     finally:
         for n, task in tasks.items():
             stops[n].set()
@@ -330,27 +330,40 @@ def stored_readings(database_url: str) -> list[tuple[object, ...]]:
         return conn.execute("SELECT device_id, metric, ts, value FROM telemetry").fetchall()
 
 
-def queued_in_session(mqtt_url: str, client_id: str) -> int:
-    """What the broker still holds for `client_id`'s session (it stays in place)."""
-    member = Member(mqtt_url, client_id, manual_ack=False)
-    time.sleep(1.0)
-    member.close()
-    return len(member.got)
+def adoptions_of(gws: list[GatewayProcess], gone_id: str) -> list[re.Match[str]]:
+    """The adoption lines of `gone_id`'s session in the replicas' logs."""
+    line = re.compile(
+        rf"replica (\S+) adopted the MQTT session of replica {gone_id}:"
+        r" (\d+) messages ingested in ([\d.]+)s"
+    )
+    return [m for gw in gws if (m := line.search(gw.tail(10**7)))]
+
+
+def session_present(mqtt_url: str, client_id: str) -> bool:
+    member = Member(mqtt_url, client_id)
+    member.close(end_session=True)
+    return bool(member.session_present)
 
 
 @pytest.mark.slow
-def test_a_replica_stopped_for_good_leaves_nothing_behind_in_its_session(
+def test_a_replica_stopped_mid_stream_loses_nothing_and_all_stopped_queue_everything(
     fresh_database_url: str, mqtt_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
+    """A replica stopped for good (scale-down): its share goes on arriving in its
+    session until another replica adopts it, at once since it expired its own
+    heartbeat. Then all are stopped together (a full restart): nobody adopts, each
+    session stays in the group and keeps its share until its replica is back."""
     asyncio.run(prepare_database(fresh_database_url))
     messages = stream(topic_prefix, STREAM)
     expected = STREAM * READINGS_PER_MESSAGE
     with replicas(
         fresh_database_url, mqtt_url, topic_prefix, tmp_path, BATCH_MAX_DELAY_S="0.5"
     ) as gws:
-        leaving = gws[0]
+        leaving, survivors = gws[0], gws[1:]
+        gone_id = leaving.env["POLEGW_MQTT_CLIENT_ID"]
         with paced(mqtt_url, messages) as (pub, sender):
             time.sleep(STREAM / RATE * 0.3)
+            stopped_at = datetime.now()
             assert leaving.stop() == 0  # SIGTERM mid-stream; not started again
             sender.join()
             assert pub.wait_all_acked(30)
@@ -360,28 +373,35 @@ def test_a_replica_stopped_for_good_leaves_nothing_behind_in_its_session(
         stored = stored_readings(fresh_database_url)
         assert len(stored) == expected
         assert set(stored) == readings_of(messages)
-        log = leaving.tail(10**7)
-        left = re.search(
-            r"left share group \S+: \d+ messages ingested after unsubscribing, \S+", log
-        )
-        assert left, log
-        # Its session is empty and in no subscription: nothing waits for it.
-        assert queued_in_session(mqtt_url, leaving.env["POLEGW_MQTT_CLIENT_ID"]) == 0
-        for gw in gws[1:]:  # nothing to adopt: it handed its heartbeat back
-            assert gw.metric("polegw_mqtt_sessions_adopted_total", 'outcome="ended"') == 0
-        # Started again (a rolling upgrade), it subscribes again and takes its share.
+        done = adoptions_of(survivors, gone_id)
+        assert len(done) == 1, [gw.tail() for gw in survivors]
+        line = re.compile(rf"(\S+ \S+) INFO .*{ADOPTING} {gone_id}")
+        began = [m for gw in survivors if (m := line.search(gw.tail(10**7)))]
+        after = datetime.strptime(began[0].group(1), "%Y-%m-%d %H:%M:%S,%f") - stopped_at
+        assert after.total_seconds() < float(TTL_S), after  # not after the TTL: at once
+        assert not session_present(mqtt_url, gone_id)  # ended by the adopter
+
+        # All stopped together, then a burst while none runs: nothing may be lost.
         leaving.start()
         leaving.wait_ready(60)
         wait_subscribed(leaving)
-        more = stream(topic_prefix, 60, start=datetime(2026, 11, 23, tzinfo=UTC))
-        with paced(mqtt_url, more) as (pub, _):
+        stoppers = [threading.Thread(target=gw.stop) for gw in gws]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join()
+        burst = stream(topic_prefix, 90, start=datetime(2026, 11, 23, tzinfo=UTC))
+        with paced(mqtt_url, burst) as (pub, _):
             pass
         assert pub.wait_all_acked(30)
-        all_stored(fresh_database_url, expected + len(more) * READINGS_PER_MESSAGE, 30)
-        assert leaving.metric("polegw_mqtt_messages_received_total", 'kind="telemetry"') > 0
-        print(left.group(0))
+        for gw in gws:
+            gw.start()
+        total = expected + len(burst) * READINGS_PER_MESSAGE
+        all_stored(fresh_database_url, total, 60, *(gw.tail() for gw in gws))
+        assert set(stored_readings(fresh_database_url)) == readings_of(messages + burst)
         for gw in gws:
             assert "Traceback" not in gw.tail(10**7)
+        print(f"stop → adoption started {after.total_seconds():.1f}s; {done[0].group(0)}")
 
 
 @pytest.mark.slow
@@ -410,17 +430,7 @@ def test_a_killed_replica_that_never_returns_has_its_session_adopted_once(
         stored = stored_readings(fresh_database_url)
         assert len(stored) == expected
         assert set(stored) == readings_of(messages)
-        done = [
-            m
-            for gw in survivors
-            if (
-                m := re.search(
-                    rf"replica (\S+) adopted the MQTT session of replica {gone_id}:"
-                    r" (\d+) messages ingested in ([\d.]+)s",
-                    gw.tail(10**7),
-                )
-            )
-        ]
+        done = adoptions_of(survivors, gone_id)
         assert len(done) == 1, [gw.tail() for gw in survivors]
         adopted = int(done[0].group(2))
         assert adopted > 0

@@ -2,14 +2,15 @@
 behaviour"; issue 19).
 
 With MQTT 5 shared subscriptions Mosquitto (and EMQX) keep dealing a share of the
-group's messages to a member's persistent session while it is disconnected. A
-replica stopped gracefully unsubscribes first (`MqttSubscription._leave`); one
-that was killed cannot, and its share would wait in the broker until it comes
-back or the session expires. So when a replica's heartbeat lease `replica/{id}`
-has expired, one surviving replica (the holder of the lease `adopt/{id}`)
-connects with that client id, removes the session's subscriptions, ingests what
-is queued through its own pipeline (acknowledged after commit) and ends the
-session; then deletes the stale heartbeat row so that nobody adopts it again.
+group's messages to a member's persistent session while it is disconnected, so a
+replica that stopped or died would collect its share in the broker until it came
+back or the session expired. So when a replica's heartbeat lease `replica/{id}`
+has expired (killed, or expired by the replica itself as it stopped), one
+surviving replica (the holder of the lease `adopt/{id}`) connects with that
+client id, removes the session's subscriptions, ingests what is queued through
+its own pipeline (acknowledged after commit) and ends the session; then deletes
+the stale heartbeat row so that nobody adopts it again. With no replica left
+running nobody adopts: every session keeps its share until its replica is back.
 """
 
 from __future__ import annotations

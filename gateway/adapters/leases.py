@@ -209,10 +209,12 @@ class LeaseKeeper:
             with contextlib.suppress(asyncio.CancelledError):
                 await watchdog
 
-    async def release_all(self, *, keep_heartbeat: bool = False) -> None:
+    async def release_all(self, *, expire_heartbeat: bool = False) -> None:
         """Hand every lease back now (graceful shutdown: after the jobs stopped).
-        With `keep_heartbeat` the `replica/{id}` row is left to expire, so that
-        another replica adopts what this one's MQTT session still holds."""
+        With `expire_heartbeat` the `replica/{id}` row is kept but expired at once
+        instead of deleted: the others count this replica as gone straight away,
+        and one of them adopts what its MQTT session still holds or receives
+        (gateway/adapters/adoption.py)."""
         if not self.enabled:
             return
         names = [n for n, lease in self._leases.items() if lease.held.is_set()]
@@ -223,9 +225,14 @@ class LeaseKeeper:
             async with await psycopg.AsyncConnection.connect(
                 self._url, autocommit=True, connect_timeout=3, application_name="polegw-leases"
             ) as conn:
+                heartbeat = replica(self.holder) if expire_heartbeat else ""
                 await conn.execute(
                     "DELETE FROM gateway_leases WHERE holder = %s AND name <> %s",
-                    (self.holder, replica(self.holder) if keep_heartbeat else ""),
+                    (self.holder, heartbeat),
+                )
+                await conn.execute(
+                    "UPDATE gateway_leases SET expires_at = now() WHERE name = %s AND holder = %s",
+                    (heartbeat, self.holder),
                 )
                 await conn.execute(f"NOTIFY {CHANNEL}")
             log.info("leases handed back: %s", ", ".join(sorted(names)) or "none")

@@ -8,9 +8,9 @@ callback over to hand each message to the pipeline without a task per message
 (see docs/decisions.md). That client is also switched to `DrainingClient`
 (paho_reader.py), which reads in chunks, handles every buffered PUBLISH per
 socket wakeup and passes QoS 1 messages on without an `MQTTMessage`.
-`MqttSubscription._take_over_messages`, the connection check when leaving a
-share group (`_leave`) and the DISCONNECT with a Session Expiry that ends an
-adopted session (`_adopt`) are the only places polegw reaches into aiomqtt.
+`MqttSubscription._take_over_messages` and the DISCONNECT with a Session
+Expiry that ends an adopted session (`_adopt`) are the only places polegw
+reaches into aiomqtt.
 """
 
 from __future__ import annotations
@@ -124,12 +124,6 @@ def _require_qos1(granted: object, topics: list[str]) -> None:
 
 SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: another client took the client id
 
-# A replica leaving its share group (graceful stop) unsubscribes, then ingests
-# what the broker still sends it until nothing came for LEAVE_QUIET_S (at most
-# LEAVE_MAX_S): afterwards its session holds nothing and receives nothing.
-LEAVE_QUIET_S = 1.0
-LEAVE_MAX_S = 10.0
-
 
 @contextlib.contextmanager
 def client_id_lock(settings: Settings) -> Iterator[None]:
@@ -236,8 +230,6 @@ class MqttSubscription:
         self._connected = False
         self._closing = False
         self._endpoint = MqttEndpoint(settings.mqtt_url)
-        self._received = 0  # messages handed to `deliver`, for leaving and adopting
-        self.left_behind = False  # stopped before its session was empty (replicas)
 
     @property
     def connected(self) -> bool:
@@ -353,11 +345,6 @@ class MqttSubscription:
         stale = unshared_topics(prefix, group)
         first = True
         self._closing = False
-
-        def counted(message: Inbound) -> None:
-            self._received += 1
-            deliver(message)
-
         while not stop.is_set():
             if not first:
                 self._metrics.mqtt_reconnects.inc()
@@ -366,7 +353,7 @@ class MqttSubscription:
                 self._settings, client_id=self._settings.mqtt_client_id, clean=False
             )
             self._generation += 1
-            self._take_over_messages(client, counted)
+            self._take_over_messages(client, deliver)
             try:
                 async with client:
                     connected_at = time.monotonic()
@@ -391,8 +378,6 @@ class MqttSubscription:
                         if time.monotonic() - connected_at > STABLE_AFTER_S:
                             backoff.reset()
                     if stopped:
-                        if group is not None:
-                            await self._leave(client, topics, drain)
                         self._closing = True
                         await drain()
                         return
@@ -412,46 +397,6 @@ class MqttSubscription:
                     await stop.wait()
             except TimeoutError:
                 pass
-
-    async def _leave(
-        self, client: aiomqtt.Client, topics: list[str], drain: Callable[[], Awaitable[object]]
-    ) -> None:
-        """Leave the share group before disconnecting (replicas, graceful stop).
-
-        Mosquitto (and EMQX) keep dealing a share of the group's messages to a
-        member's persistent session while it is offline; unsubscribed, the
-        session gets none. What the broker had already queued for this session
-        still comes after the UNSUBSCRIBE (docs/scaling.md, measured): ingest it
-        until nothing more comes, acknowledging after commit as always."""
-        try:
-            await client.unsubscribe(topics)
-        except aiomqtt.MqttError as exc:
-            log.warning("MQTT: could not leave the share group before stopping: %s", exc)
-            self.left_behind = True
-            return
-        started, before = time.monotonic(), self._received
-        while True:
-            seen = self._received
-            drained = await drain()  # committed and acknowledged: the broker sends more
-            await asyncio.sleep(LEAVE_QUIET_S)
-            # Acknowledgements sent on a connection that dropped meanwhile are lost.
-            lost = not client._client.is_connected()
-            if drained and self._received == seen and not lost:
-                break
-            if time.monotonic() - started > LEAVE_MAX_S or lost:
-                log.warning(
-                    "MQTT: stopping with messages still queued in session %s; they are"
-                    " delivered when it starts again, or adopted by another replica",
-                    self._settings.mqtt_client_id,
-                )
-                self.left_behind = True
-                return
-        log.info(
-            "MQTT: left share group %s: %d messages ingested after unsubscribing, %.1fs",
-            self._settings.mqtt_share_group,
-            self._received - before,
-            time.monotonic() - started,
-        )
 
     @staticmethod
     async def _until_disconnected(client: aiomqtt.Client) -> None:
