@@ -235,6 +235,19 @@ class Metrics:
             ["group", "change"],
             registry=r,
         )
+        self.sessions_adopted = Counter(
+            "polegw_mqtt_sessions_adopted",
+            "MQTT sessions of gone replicas this replica adopted, by outcome (ended:"
+            " drained and deleted; interrupted: the replica came back or the connection"
+            " was lost, the session kept)",
+            ["outcome"],
+            registry=r,
+        )
+        self.adopted_messages = Counter(
+            "polegw_mqtt_adopted_messages",
+            "Messages ingested from the MQTT sessions of gone replicas",
+            registry=r,
+        )
         self.replicas_live = Gauge(
             "polegw_replicas_live", "Gateway replicas alive (heartbeat leases)", registry=r
         )

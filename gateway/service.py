@@ -14,6 +14,7 @@ from datetime import timedelta
 import uvicorn
 from psycopg_pool import AsyncConnectionPool
 
+from gateway.adapters.adoption import SessionAdoption
 from gateway.adapters.command_store import CommandStore
 from gateway.adapters.credentials import TokenIssuer
 from gateway.adapters.db import DatabaseHealth, TenantScopedPool, libpq_url
@@ -395,6 +396,15 @@ async def run_gateway(
                 ingest = tg.create_task(
                     mqtt.run(pipeline.offer, stop, pipeline.drain), name="mqtt-ingest"
                 )
+                if settings.replicated:  # the share a gone replica's session still holds
+                    adoption = SessionAdoption(
+                        database_url=database_url,
+                        leases=leases,
+                        mqtt=mqtt,
+                        deliver=pipeline.offer,
+                        metrics=metrics,
+                    )
+                    tg.create_task(adoption.run(stop), name="mqtt-session-adoption")
             await stop.wait()
             log.info("stopping: draining ingest")
             if polling is not None:
@@ -409,7 +419,9 @@ async def run_gateway(
                 internals.should_exit = True
             await cancel_all([alarm_task, commit, state_writer, refresh])
             await lease_keeper
-            await leases.release_all()  # the others take over at once
+            # The others take over at once, and one adopts this replica's MQTT
+            # session (its share keeps arriving there; docs/scaling.md).
+            await leases.release_all(expire_heartbeat=settings.replicated)
     finally:
         await dispatcher.close()
         await clocks.close()

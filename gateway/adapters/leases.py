@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 
 from gateway.backoff import Backoff
-from gateway.core.ownership import Observed, group_of, plan, replica
+from gateway.core.ownership import Observed, gone, group_of, plan, replica
 from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ class LeaseKeeper:
         self._draining: set[str] = set()  # held, being handed back (their jobs stopping)
         self._tasks: set[asyncio.Task[None]] = set()
         self.live_replicas = 1
+        self.gone_replicas: list[str] = []  # heartbeat expired: their sessions to adopt
 
     # ------------------------------------------------------------------ asking
 
@@ -208,8 +209,12 @@ class LeaseKeeper:
             with contextlib.suppress(asyncio.CancelledError):
                 await watchdog
 
-    async def release_all(self) -> None:
-        """Hand every lease back now (graceful shutdown: after the jobs stopped)."""
+    async def release_all(self, *, expire_heartbeat: bool = False) -> None:
+        """Hand every lease back now (graceful shutdown: after the jobs stopped).
+        With `expire_heartbeat` the `replica/{id}` row is kept but expired at once
+        instead of deleted: the others count this replica as gone straight away,
+        and one of them adopts what its MQTT session still holds or receives
+        (gateway/adapters/adoption.py)."""
         if not self.enabled:
             return
         names = [n for n, lease in self._leases.items() if lease.held.is_set()]
@@ -220,7 +225,15 @@ class LeaseKeeper:
             async with await psycopg.AsyncConnection.connect(
                 self._url, autocommit=True, connect_timeout=3, application_name="polegw-leases"
             ) as conn:
-                await conn.execute("DELETE FROM gateway_leases WHERE holder = %s", (self.holder,))
+                heartbeat = replica(self.holder) if expire_heartbeat else ""
+                await conn.execute(
+                    "DELETE FROM gateway_leases WHERE holder = %s AND name <> %s",
+                    (self.holder, heartbeat),
+                )
+                await conn.execute(
+                    "UPDATE gateway_leases SET expires_at = now() WHERE name = %s AND holder = %s",
+                    (heartbeat, self.holder),
+                )
                 await conn.execute(f"NOTIFY {CHANNEL}")
             log.info("leases handed back: %s", ", ".join(sorted(names)) or "none")
         except (psycopg.Error, OSError) as exc:
@@ -276,6 +289,7 @@ class LeaseKeeper:
         self.live_replicas = max(
             1, sum(1 for n, r in observed.items() if n.startswith("replica/") and not r.expired)
         )
+        self.gone_replicas = gone(observed, me)
         todo = plan(
             me=me,
             wanted=wanted,

@@ -8,8 +8,9 @@ callback over to hand each message to the pipeline without a task per message
 (see docs/decisions.md). That client is also switched to `DrainingClient`
 (paho_reader.py), which reads in chunks, handles every buffered PUBLISH per
 socket wakeup and passes QoS 1 messages on without an `MQTTMessage`.
-`MqttSubscription._take_over_messages` is the only place polegw reaches into
-aiomqtt.
+`MqttSubscription._take_over_messages` and the DISCONNECT with a Session
+Expiry that ends an adopted session (`_adopt`) are the only places polegw
+reaches into aiomqtt.
 """
 
 from __future__ import annotations
@@ -91,6 +92,12 @@ def is_command_reply(topic: str, prefix: str) -> bool:
     parts = topic.split("/")
     n = len(prefix.split("/"))
     return len(parts) == n + 4 and parts[n + 1] == "commands" and parts[n + 3] == "reply"
+
+
+def is_pole_status(topic: str, prefix: str) -> bool:
+    parts = topic.split("/")
+    n = len(prefix.split("/"))
+    return len(parts) == n + 2 and parts[n + 1] == "status"
 
 
 def _no_ack() -> bool:
@@ -410,6 +417,87 @@ class MqttSubscription:
             pump.result()  # re-raises the disconnect
             raise aiomqtt.MqttError("message stream ended")
         return True
+
+    async def adopt(
+        self,
+        client_id: str,
+        deliver: Callable[[Inbound], None],
+        stop: asyncio.Event,
+        *,
+        quiet_s: float,
+    ) -> int | None:
+        """Ingest what the persistent session of `client_id` (a replica that is gone)
+        holds, then end that session; the number of messages ingested, or None when
+        `stop` came first (the session is left as it is).
+
+        Connects with that client id and clean_start=False, keeping the session's
+        expiry (an adopter that dies leaves the session to the next one), removes
+        the session's subscriptions (the broker routes nothing more to it), hands
+        the queued messages to `deliver` (acknowledged after commit, as always) and,
+        once every one is acknowledged and nothing came for `quiet_s`, disconnects
+        with Session Expiry 0: the broker deletes the session. Raises MqttError
+        when the connection is lost or taken over (the replica came back): the
+        session is kept and its unacknowledged messages go to whoever has it next.
+        Not under `client_id_lock`: the replica must be able to come back here."""
+        settings = self._settings.model_copy(update={"mqtt_client_id": client_id})
+        adopter = MqttSubscription(settings, self._metrics, on_reply=self._on_reply)
+        return await adopter._adopt(deliver, stop, quiet_s)
+
+    async def _adopt(
+        self, deliver: Callable[[Inbound], None], stop: asyncio.Event, quiet_s: float
+    ) -> int | None:
+        prefix, group = self._settings.mqtt_topic_prefix, self._settings.mqtt_share_group
+        received = acked = 0
+        last = time.monotonic()  # the last message or acknowledgement
+
+        def counted(message: Inbound) -> None:
+            nonlocal received, last
+            received += 1
+            last = time.monotonic()
+
+            def ack() -> bool:
+                nonlocal acked, last
+                sent = message.ack()
+                if sent:
+                    acked += 1
+                    last = time.monotonic()  # the broker may send the next one now
+                return sent
+
+            if is_pole_status(message.topic, prefix):
+                # Every replica received it (a plain subscription); an old copy
+                # written now would overwrite a newer state.
+                ack()
+                return
+            deliver(Inbound(message.topic, message.payload, ack))
+
+        client = make_client(self._settings, client_id=self._settings.mqtt_client_id, clean=False)
+        self._generation += 1
+        self._take_over_messages(client, counted)
+        async with client:
+            self._connected = True
+            pump = asyncio.create_task(self._until_disconnected(client), name="mqtt-adopted")
+            try:
+                filters = dict.fromkeys(ingest_topics(prefix, group) + _plain_topics(prefix))
+                await client.unsubscribe(list(filters))
+                while not (acked == received and time.monotonic() - last >= quiet_s):
+                    if stop.is_set():
+                        return None
+                    done, _ = await asyncio.wait({pump}, timeout=0.25)
+                    if done:
+                        pump.result()  # re-raises the disconnect
+                        raise aiomqtt.MqttError("connection ended")
+                self._closing = True  # nothing more is taken: the session ends now
+                props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+                props.SessionExpiryInterval = 0
+                if client._client.disconnect(properties=props) != paho.MQTT_ERR_SUCCESS:
+                    raise aiomqtt.MqttError("connection lost before the session was ended")
+                await asyncio.wait({pump}, timeout=10.0)
+            finally:
+                self._connected = False
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await pump
+        return received
 
     async def publish(self, topic: str, payload: bytes, expiry_s: int | None = None) -> None:
         """Publish at QoS 1 on the gateway's connection; returns when the broker has

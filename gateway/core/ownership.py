@@ -20,6 +20,7 @@ from dataclasses import dataclass
 REPLICA = "replica/"
 LEADER = "leader/"
 BUS = "bus/"
+ADOPT = "adopt/"  # adopt/{id}: the replica ingesting a dead replica's MQTT session
 
 # The jobs that run once across the replicas, each through its own leader lease
 # (docs/scaling.md says why each is a leader and not partitioned).
@@ -42,6 +43,20 @@ def bus(address: object) -> str:
 
 def replica(holder: str) -> str:
     return REPLICA + holder
+
+
+def adoption(holder: str) -> str:
+    return ADOPT + holder
+
+
+def gone(observed: Mapping[str, Observed], me: str) -> list[str]:
+    """The replicas whose heartbeat lease has expired (killed, machine lost): the
+    ids whose MQTT sessions another replica adopts (docs/scaling.md)."""
+    return sorted(
+        name[len(REPLICA) :]
+        for name, row in observed.items()
+        if name.startswith(REPLICA) and row.expired and name != REPLICA + me
+    )
 
 
 def group_of(name: str) -> str:
