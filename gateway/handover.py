@@ -47,6 +47,8 @@ OMITTED_TABLES: dict[str, str] = {
     "alarm_progress": "the outgoing alarm engine's place in its own event stream",
     "meter_queue": "the outgoing metering worker's to-do list of readings; the incoming"
     " worker queues its own (the cut-over readings first)",
+    "gateway_leases": "which of the outgoing gateway's replicas held which role and bus;"
+    " the incoming gateways take their own",
 }
 # Readings this far either side of the cut-over give its interval its context
 # (as billing reads a window: usage_store.MARGIN).
