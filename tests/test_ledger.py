@@ -289,16 +289,6 @@ def ledger_equals_the_metering(url: str, scenario: dict[str, Any]) -> None:
     asyncio.run(run())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ledger bug (issue 17): a gap's estimate uses the 4 nearest *measured*"
-    " intervals on each side, skipping other gaps, so it can depend on readings"
-    " hours later; a step rewrites only from WRITE_BACK (2 h) before the first"
-    " changed reading, so the gap 09:25-10:40 keeps its estimate of none when"
-    " the readings from 12:52 arrive (the reference estimates it). The windows"
-    " (CONTEXT, WRITE_BACK, LOOKAHEAD) are bounded in time, the rules' reach"
-    " (neighbours, GLITCH_RUN) in readings",
-)
 def test_ledger_re_estimates_a_gap_whose_neighbours_arrive_after_another_gap(url: str) -> None:
     """Found by the property above (shrunk): flat readings, a reset across a gap,
     another gap; the readings after that one arrive in a second batch and give
@@ -309,6 +299,31 @@ def test_ledger_re_estimates_a_gap_whose_neighbours_arrive_after_another_gap(url
     rows += [(t0 + timedelta(minutes=m), Decimal("0.01")) for m in range(211, 224)]
     batches = [list(range(8)), list(range(8, len(rows)))]
     scenario = {"rows": rows, "batches": batches, "swap": None, "swap_batch": 0}
+    ledger_equals_the_metering(url, scenario)
+
+
+def test_ledger_rewrites_an_interval_that_new_readings_end_sooner(url: str) -> None:
+    """Found by the property above: in the first batch the readings of 09:41,
+    11:51 and 12:01 look like a glitch run (12:10 follows 09:21 plausibly), so
+    the ledger has an interval 09:21-12:10; the second batch brings readings
+    between them (no glitch then), and the piece of 09:21-09:30, far before
+    them, must be rewritten as part of the interval 09:21-09:41."""
+    t0 = datetime(2026, 10, 3, 9, 21, tzinfo=CST)
+    values = [
+        (0, "0"), (20, "13.705"), (150, "22.545"), (151, "22.591"), (152, "22.623"),
+        (153, "22.623"), (160, "23.134"), (161, "23.146"), (162, "23.205"), (163, "0.21"),
+        (164, "0.00"), (165, "0.053"), (166, "0.066"), (167, "0.066"), (168, "0.116"),
+        (169, "0.30"), (170, "0.331"), (171, "0.392"), (172, "0.434"), (173, "0.446"),
+        (174, "0.513"), (175, "0.537"), (176, "0.569"), (177, "0.620"), (178, "0.00"),
+        (179, "0.067"), (180, "0.01"), (181, "0.01"), (182, "0.01"), (183, "0.01"),
+    ]  # fmt: skip
+    rows = [(t0 + timedelta(minutes=m), Decimal(v)) for m, v in values]
+    batches = [
+        [0, 21, 2, 19, 15, 24, 1, 29, 28, 6],
+        [20, 13, 18, 17, 25, 16, 22, 3, 14, 9, 27, 7, 5, 23, 4, 10, 26, 11, 12, 8],
+    ]
+    swap = (datetime(2026, 10, 3, 12, 20, 40, tzinfo=CST), Decimal("0.120"), Decimal(0))
+    scenario = {"rows": rows, "batches": batches, "swap": swap, "swap_batch": 0}
     ledger_equals_the_metering(url, scenario)
 
 

@@ -220,31 +220,49 @@ class LedgerStore:
             first_w = lg.window(since, until, before_since=before_since, before_write=None)
             before_write = await _before(conn, key, first_w.write_from - lg.CONTEXT)
             w = lg.window(since, until, before_since=before_since, before_write=before_write)
-            cur = await conn.execute(READINGS, key | {"start": w.read_from, "end": w.read_to})
-            readings: list[mt.Reading] = []
-            dec = mt.to_decimal
-            for first_ts, first, last_ts, last_v in await cur.fetchall():
-                readings.append(mt.Reading(_utc0(first_ts), dec(first)))
-                if last_ts != first_ts:
-                    readings.append(mt.Reading(_utc0(last_ts), dec(last_v)))
             cur = await conn.execute(
                 "SELECT replaced_at, old_final_kwh, new_first_kwh FROM meter_replacements"
                 " WHERE port_id = %s ORDER BY replaced_at",
                 (port.id,),
             )
             swaps = [mt.Replacement(a, Decimal(o), Decimal(n)) for a, o, n in await cur.fetchall()]
-            metered = lg.meter_pieces(
-                readings, rated_w=port.rated_w, modulus=port.modulus, replacements=swaps
+            # A piece the ledger has of an interval across the write start goes
+            # whole too: new readings can change where an interval begins far
+            # before them (a glitch run is a count of readings, not a time).
+            cur = await conn.execute(
+                "SELECT min(iv_start) FROM meter_ledger WHERE port_id = %s"
+                " AND start < %s AND iv_end > %s",
+                (port.id, w.write_from, w.write_from),
             )
+            crossing = await cur.fetchone()
+            old_from = None if crossing is None or crossing[0] is None else _utc0(crossing[0])
+            read_from = w.read_from
+            if old_from is not None:
+                read_from = min(read_from, lg.slot_of(old_from - lg.CONTEXT))
+            while True:
+                readings = await _readings(conn, key, read_from, w.read_to)
+                metered = lg.meter_pieces(
+                    readings, rated_w=port.rated_w, modulus=port.modulus, replacements=swaps
+                )
+                # A gap's estimate looks at the nearest measured intervals on
+                # each side, skipping other gaps: one before the write start
+                # whose neighbours reach into it is rewritten too, read with
+                # its neighbours before it (further back as needed).
+                back, whole = lg.estimates_back(metered, w.write_from)
+                if whole or await _before(conn, key, read_from) is None:
+                    break
+                read_from = lg.slot_of(read_from - lg.CONTEXT)
+            write_from = w.write_from if back is None else min(w.write_from, lg.slot_of(back))
+            if old_from is not None:
+                write_from = min(write_from, lg.slot_of(old_from))
             # An interval across the write start is rewritten whole (an estimate
             # of a gap depends on readings after it).
-            write_from = w.write_from
             for p in metered:
                 if p.end > write_from:
                     write_from = min(write_from, lg.slot_of(p.iv_start))
                     break
             new = [p for p in metered if write_from <= p.start < w.write_to]
-            held = await _hold(conn, key, held_range, w.read_from, w.read_to)
+            held = await _hold(conn, key, held_range, read_from, w.read_to)
             if held:
                 new = _mark_suspect(new, held)
             cur = await conn.execute(
@@ -339,6 +357,20 @@ class LedgerStore:
             )
             row = await cur.fetchone()
         return 0.0 if row is None or row[0] is None else max(0.0, float(row[0]))
+
+
+async def _readings(
+    conn: psycopg.AsyncConnection[Any], key: dict[str, str], start: datetime, end: datetime
+) -> list[mt.Reading]:
+    """The port's readings of [start, end) reduced to slot ends, as the rollup."""
+    cur = await conn.execute(READINGS, key | {"start": start, "end": end})
+    readings: list[mt.Reading] = []
+    dec = mt.to_decimal
+    for first_ts, first, last_ts, last_v in await cur.fetchall():
+        readings.append(mt.Reading(_utc0(first_ts), dec(first)))
+        if last_ts != first_ts:
+            readings.append(mt.Reading(_utc0(last_ts), dec(last_v)))
+    return readings
 
 
 async def _before(

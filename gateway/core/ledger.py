@@ -236,3 +236,37 @@ def complete(change: Change, metered_to: datetime | None) -> bool:
     """Whether the ledger had counted the old piece as final: it ended at or
     before the newest reading metered then (a piece after it is still open)."""
     return change.old is not None and metered_to is not None and change.old.end <= metered_to
+
+
+def estimates_back(
+    metered: Sequence[Piece], write_from: datetime, *, neighbours: int = 4
+) -> tuple[datetime | None, bool]:
+    """Where a step must start writing so that the estimates of gaps before
+    `write_from` follow the readings from it on: the start of the earliest gap
+    across a reset with fewer than `neighbours` measured intervals between it
+    and the first interval ending after `write_from` (its estimate looks at
+    those, skipping other gaps, so readings hours later can change it), or None;
+    and whether the pieces hold that gap's `neighbours` measured intervals
+    before it (else the window must read further back)."""
+    ivs: list[tuple[datetime, int]] = []
+    for p in metered:
+        if not ivs or ivs[-1][0] != p.iv_start:
+            ivs.append((p.iv_start, p.flags))
+    ends = {p.iv_start: p.iv_end for p in metered}
+    unmeasured = BITS[mt.Flag.GAP] | BITS[mt.Flag.CAPPED]
+    across_reset = BITS[mt.Flag.GAP] | BITS[mt.Flag.RESET]
+    k = next((i for i, (s, _) in enumerate(ivs) if ends[s] > write_from), len(ivs))
+    found: int | None = None
+    seen = 0
+    for i in range(k - 1, -1, -1):
+        if seen >= neighbours:
+            break
+        flags = ivs[i][1]
+        if flags & across_reset == across_reset:
+            found = i
+        if not flags & unmeasured:
+            seen += 1
+    if found is None:
+        return None, True
+    before = sum(1 for _, f in ivs[:found] if not f & unmeasured)
+    return ivs[found][0], before >= neighbours
