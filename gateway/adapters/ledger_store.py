@@ -239,8 +239,9 @@ class LedgerStore:
             read_from = w.read_from
             if old_from is not None:
                 read_from = min(read_from, lg.slot_of(old_from - lg.CONTEXT))
+            read_to = w.read_to
             while True:
-                readings = await _readings(conn, key, read_from, w.read_to)
+                readings = await _readings(conn, key, read_from, read_to)
                 metered = lg.meter_pieces(
                     readings, rated_w=port.rated_w, modulus=port.modulus, replacements=swaps
                 )
@@ -249,9 +250,19 @@ class LedgerStore:
                 # whose neighbours reach into it is rewritten too, read with
                 # its neighbours before it (further back as needed).
                 back, whole = lg.estimates_back(metered, w.write_from)
-                if whole or await _before(conn, key, read_from) is None:
+                short_before, short_after = lg.estimates_short(
+                    metered, min(w.write_from, back or w.write_from), w.write_to
+                )
+                earlier = not (whole and not short_before) and (
+                    await _before(conn, key, read_from) is not None
+                )
+                later = short_after and await _after(conn, key, read_to) is not None
+                if not earlier and not later:
                     break
-                read_from = lg.slot_of(read_from - lg.CONTEXT)
+                if earlier:
+                    read_from = lg.slot_of(read_from - lg.CONTEXT)
+                if later:
+                    read_to = read_to + lg.LOOKAHEAD
             write_from = w.write_from if back is None else min(w.write_from, lg.slot_of(back))
             if old_from is not None:
                 write_from = min(write_from, lg.slot_of(old_from))
@@ -262,7 +273,7 @@ class LedgerStore:
                     write_from = min(write_from, lg.slot_of(p.iv_start))
                     break
             new = [p for p in metered if write_from <= p.start < w.write_to]
-            held = await _hold(conn, key, held_range, read_from, w.read_to)
+            held = await _hold(conn, key, held_range, read_from, read_to)
             if held:
                 new = _mark_suspect(new, held)
             cur = await conn.execute(
@@ -371,6 +382,18 @@ async def _readings(
         if last_ts != first_ts:
             readings.append(mt.Reading(_utc0(last_ts), dec(last_v)))
     return readings
+
+
+async def _after(
+    conn: psycopg.AsyncConnection[Any], key: dict[str, str], ts: datetime
+) -> datetime | None:
+    cur = await conn.execute(
+        "SELECT ts FROM telemetry WHERE device_id = %(device)s AND metric = %(metric)s"
+        " AND quality = 0 AND ts >= %(ts)s ORDER BY ts LIMIT 1",
+        key | {"ts": ts},
+    )
+    row = await cur.fetchone()
+    return None if row is None else _utc0(row[0])
 
 
 async def _before(

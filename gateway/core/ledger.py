@@ -270,3 +270,24 @@ def estimates_back(
         return None, True
     before = sum(1 for _, f in ivs[:found] if not f & unmeasured)
     return ivs[found][0], before >= neighbours
+
+
+def estimates_short(
+    metered: Sequence[Piece], write_from: datetime, write_to: datetime, *, neighbours: int = 4
+) -> tuple[bool, bool]:
+    """Whether a gap across a reset written in [write_from, write_to) has fewer
+    than `neighbours` measured intervals before it, or after it, in the pieces
+    (the window must then read further back, or further on, if it can)."""
+    ivs: list[tuple[datetime, int]] = []
+    for p in metered:
+        if not ivs or ivs[-1][0] != p.iv_start:
+            ivs.append((p.iv_start, p.flags))
+    unmeasured = BITS[mt.Flag.GAP] | BITS[mt.Flag.CAPPED]
+    across_reset = BITS[mt.Flag.GAP] | BITS[mt.Flag.RESET]
+    measured = [not f & unmeasured for _, f in ivs]
+    short_before = short_after = False
+    for i, (start, flags) in enumerate(ivs):
+        if flags & across_reset == across_reset and start < write_to:
+            short_before |= sum(measured[:i]) < neighbours
+            short_after |= sum(measured[i + 1 :]) < neighbours
+    return short_before, short_after
