@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -272,6 +273,23 @@ async def test_a_replica_cut_off_from_the_database_stops_polling_before_the_take
             no_overlap(simulated.clients)
 
 
+async def finished_command(
+    api: httpx.AsyncClient, device: str, command: dict[str, Any], *, poll_s: float
+) -> tuple[str, dict[str, Any]]:
+    """Post a command and poll it (at most 100 times) until it has an outcome;
+    its URL and last record."""
+    sent = await api.post(f"/api/v1/devices/{device}/commands", json=command)
+    assert sent.status_code == 202, sent.text
+    url = f"/api/v1/devices/{device}/commands/{sent.json()['id']}"
+    body: dict[str, Any] = sent.json()
+    for _ in range(100):
+        body = (await api.get(url)).json()
+        if body["state"] not in ("pending", "sent"):
+            break
+        await asyncio.sleep(poll_s)
+    return url, body
+
+
 async def test_command_posted_to_one_replica_runs_once_on_the_bus_owner(
     fresh_database_url: str, mqtt_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
@@ -285,18 +303,9 @@ async def test_command_posted_to_one_replica_runs_once_on_the_bus_owner(
             bus = site.buses[lamp]
             before = time.monotonic()
             async with httpx.AsyncClient(base_url=other.api, headers=site.headers) as api:
-                sent = await api.post(
-                    f"/api/v1/devices/{lamp}/commands",
-                    json={"command": "set_dim", "args": {"pct": 30}},
+                url, body = await finished_command(
+                    api, lamp, {"command": "set_dim", "args": {"pct": 30}}, poll_s=0.1
                 )
-                assert sent.status_code == 202, sent.text
-                url = f"/api/v1/devices/{lamp}/commands/{sent.json()['id']}"
-                body = sent.json()
-                for _ in range(100):
-                    body = (await api.get(url)).json()
-                    if body["state"] not in ("pending", "sent"):
-                        break
-                    await asyncio.sleep(0.1)
             assert body["state"] == "succeeded", (body, "\n".join(_logs(site)))
             assert body["result"] == {"readback": {"dim_pct": 30}}
             assert bus.values(lamp)["dim_pct"] == 30
@@ -329,17 +338,9 @@ async def test_mqtt_command_replies_reaching_the_other_replica(
             async with httpx.AsyncClient(base_url=sender.api, headers=site.headers) as api:
                 for _ in range(6):
                     started = time.monotonic()
-                    sent = await api.post(
-                        f"/api/v1/devices/{MQTT_LAMP}/commands", json={"command": "switch_on"}
+                    _, body = await finished_command(
+                        api, MQTT_LAMP, {"command": "switch_on"}, poll_s=0.05
                     )
-                    assert sent.status_code == 202, sent.text
-                    url = f"/api/v1/devices/{MQTT_LAMP}/commands/{sent.json()['id']}"
-                    body = sent.json()
-                    for _ in range(100):
-                        body = (await api.get(url)).json()
-                        if body["state"] not in ("pending", "sent"):
-                            break
-                        await asyncio.sleep(0.05)
                     took.append(time.monotonic() - started)
                     assert body["state"] == "succeeded", (body, "\n".join(_logs(site)))
         finally:
